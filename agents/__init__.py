@@ -1,8 +1,11 @@
 """Agents: algorithms and the buffers they learn from.
 
-What lives here: rollout collection over a lockstep token `VecEnv` (`rollout`). Agents meet
+What lives here: rollout collection over a lockstep token `VecEnv` (`rollout`), the token
+buffer (`buffer`), the PPO maths (`ppo_math`) and the PPO agent (`ppo`). Agents meet
 envs only through SB3's `VecEnv` API and policies only through the policy API.
 """
+from agents.buffer import TokenRolloutBuffer
+from agents.ppo import PPO
 from agents.rollout import Episodes, collect_episodes
 
-__all__ = ["Episodes", "collect_episodes"]
+__all__ = ["PPO", "Episodes", "TokenRolloutBuffer", "collect_episodes"]

@@ -35,6 +35,7 @@ class Episodes:
     infos: list[dict[str, Any]] = field(default_factory=list)
     num_steps: int = 0
     seconds: float = 0.0
+    complete: bool = True
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -52,8 +53,8 @@ def collect_episodes(policy: Any, env: Any, last_obs: dict[str, np.ndarray] | No
 
     :param last_obs: the obs the env returned last (``None``: call ``env.reset()``). In lockstep
         mode the step that finishes a batch already returns the next batch's first obs.
-    :param callback: optional SB3 callback; ``on_step()`` returning False stops early (the
-        partial batch is still returned, with unfinished rows marked by ``finished=False``).
+    :param callback: optional SB3 callback; ``on_step()`` returning False stops early and the
+        returned batch has ``complete=False`` (agents do not train on it).
     :return: the episodes and the obs to start the next batch from.
     """
     if env.get_attr("autoreset", [0])[0]:
@@ -71,7 +72,7 @@ def collect_episodes(policy: Any, env: Any, last_obs: dict[str, np.ndarray] | No
     scores = np.zeros(n, dtype=np.float32)
     terminated = np.zeros(n, dtype=bool)
     infos: list[dict[str, Any]] = [{} for _ in range(n)]
-    state, episode_start, step = None, np.ones(n, dtype=bool), 0
+    state, episode_start, step, complete = None, np.ones(n, dtype=bool), 0, True
     while not finished.all() and step < max_new:
         actions, step_log_probs, step_values, state = policy.act(
             obs_to_torch(obs, device), state, episode_start, deterministic)
@@ -92,6 +93,7 @@ def collect_episodes(policy: Any, env: Any, last_obs: dict[str, np.ndarray] | No
         if callback is not None:
             callback.update_locals({"infos": step_infos, "dones": dones, "rewards": rewards})
             if not callback.on_step():
+                complete = finished.all()
                 break
     episodes = Episodes(
         input_ids=torch.as_tensor(final_obs["input_ids"], device=device),
@@ -105,5 +107,6 @@ def collect_episodes(policy: Any, env: Any, last_obs: dict[str, np.ndarray] | No
         infos=infos,
         num_steps=step,
         seconds=time.perf_counter() - start,
+        complete=bool(complete),
     )
     return episodes, obs

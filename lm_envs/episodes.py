@@ -167,7 +167,9 @@ class EpisodeBatch:
             completions = [self.completion(row) for row in ended]
             references = [self.task.references[i] for i in self.row_index[ended]]
             prompts = [self.encode_prompt(int(i))[1] for i in self.row_index[ended]]
+            reward_start = time.perf_counter()
             scores = np.asarray(self.task.reward(completions, references, prompts), dtype=np.float32)
+            reward_time = (time.perf_counter() - reward_start) / len(ended)
             rewards[ended] = scores
             now = time.time()
             for k, row in enumerate(ended):
@@ -176,6 +178,7 @@ class EpisodeBatch:
                     "reference": references[k],
                     "prompt": prompts[k],
                     "score": float(scores[k]),
+                    "reward_time": reward_time,
                     "episode": {"r": float(scores[k]), "l": int(self.num_generated[row]),
                                 "t": round(now - self.start_time[row], 6)},
                 }
@@ -195,6 +198,16 @@ class EpisodeBatch:
         ids = ids[self.attention_mask[row, start:start + self.num_generated[row]] == 1]
         ids = ids[ids < len(self.tokenizer)]  # ids beyond the tokenizer decode to nothing
         return self.tokenizer.decode(ids.tolist(), skip_special_tokens=True)
+
+    _STATE_ARRAYS = ("input_ids", "attention_mask", "policy_mask", "prompt_length", "num_generated",
+                     "finished", "row_index", "start_time")
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name).copy() for name in self._STATE_ARRAYS}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        for name in self._STATE_ARRAYS:
+            getattr(self, name)[...] = state[name]
 
     def observation(self, rows: np.ndarray | slice = slice(None)) -> dict[str, np.ndarray]:
         """Copies of the state arrays in the observation-space layout."""

@@ -140,7 +140,15 @@ class TokenVecEnv(VecEnv):
     def close(self) -> None:
         pass
 
-    # -- sampler state, for checkpoints ------------------------------------------------------
+    # -- state, for checkpoints: samplers plus the batch in flight ---------------------------
+    def get_state(self) -> dict[str, Any]:
+        return {"samplers": self.get_sampler_state(), "batch": self.batch.get_state(), "ended": self._ended.copy()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.set_sampler_state(state["samplers"])
+        self.batch.set_state(state["batch"])
+        self._ended[...] = state["ended"]
+
     def get_sampler_state(self) -> list[dict[str, Any]]:
         return [deepcopy(sampler.state_dict()) for sampler in self.samplers]
 

@@ -1,0 +1,133 @@
+"""The RLHF-PPO maths on per-token tensors: KL estimators, rewards, GAE, whitening, losses.
+
+Every function takes ``(B, T)`` tensors and a boolean ``mask`` of valid actions (row ``b``'s
+actions are ``t < length[b]``). Pure functions, no model or env; imports only torch.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """Normalise to unit variance (and zero mean) over the masked entries of the whole batch."""
+    mean = masked_mean(values, mask)
+    var = masked_mean((values - mean) ** 2, mask)
+    whitened = (values - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+def kl_estimate(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token KL(policy ‖ reference) estimate from the sampled token's log-probs.
+
+    ``k1`` = log π − log π_ref (unbiased, can be negative); ``k3`` = (r − 1) − log r with
+    r = π_ref / π (unbiased, always ≥ 0, lower variance).
+    """
+    if estimator == "k1":
+        return log_probs - ref_log_probs
+    if estimator == "k3":
+        log_ratio = ref_log_probs - log_probs
+        return log_ratio.exp() - 1 - log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r}; use 'k1' or 'k3'")
+
+
+def token_rewards(scores: torch.Tensor, kl: torch.Tensor, kl_coef: float, mask: torch.Tensor) -> torch.Tensor:
+    """−β·KL on every token, plus the sequence score on each row's final real token."""
+    rewards = -kl_coef * kl * mask
+    last = (mask.sum(-1) - 1).clamp(min=0)
+    has_action = mask.any(-1)
+    rows = torch.arange(scores.shape[0], device=scores.device)[has_action]
+    rewards[rows, last[has_action]] += scores[has_action]
+    return rewards
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over tokens; returns ``(advantages, returns)``.
+
+    Each row ends at its last real token with no bootstrap: EOS and the token budget are both
+    real ends of the episode (the budget's final score is already in the last reward).
+    """
+    mask_f = mask.to(values.dtype)
+    advantages = torch.zeros_like(values)
+    next_value = torch.zeros_like(values[:, 0])
+    next_advantage = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        # Past a row's end, mask_f = 0 zeroes both the bootstrap and the carried advantage.
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantage = (delta + gamma * lam * next_advantage) * mask_f[:, t]
+        advantages[:, t] = advantage
+        next_value = values[:, t] * mask_f[:, t]
+        next_advantage = advantage
+    return advantages, (advantages + values) * mask_f
+
+
+def clipped_policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
+                        mask: torch.Tensor, clip_range: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate (to minimise), with the ratio statistics used for logging."""
+    log_ratio = log_probs - old_log_probs
+    ratio = log_ratio.exp()
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {
+            "approx_kl": masked_mean((ratio - 1) - log_ratio, mask),
+            "clip_fraction": masked_mean(((ratio - 1).abs() > clip_range).float(), mask),
+            "ratio_max_dev": ((ratio - 1).abs() * mask).max(),
+        }
+    return loss, stats
+
+
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                       clip_range_vf: float | None) -> torch.Tensor:
+    """½·max((V − R)², (V_clipped − R)²), V_clipped kept within ``clip_range_vf`` of the old value."""
+    loss = (values - returns) ** 2
+    if clip_range_vf is not None:
+        clipped = old_values + (values - old_values).clamp(-clip_range_vf, clip_range_vf)
+        loss = torch.maximum(loss, (clipped - returns) ** 2)
+    return 0.5 * masked_mean(loss, mask)
+
+
+def explained_variance(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> float:
+    var_targets = masked_mean((targets - masked_mean(targets, mask)) ** 2, mask)
+    residual = targets - predictions
+    var_residual = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
+    return float("nan") if var_targets == 0 else float(1 - var_residual / var_targets)
+
+
+class FixedKLController:
+    """A constant KL coefficient β."""
+
+    def __init__(self, kl_coef: float) -> None:
+        self.value = float(kl_coef)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = float(state["value"])
+
+
+class AdaptiveKLController(FixedKLController):
+    """Ziegler et al. (2019): move β so that the per-sequence KL tracks ``target``.
+
+    ``β ← β · (1 + clip(KL / target − 1, −0.2, 0.2) · n_steps / horizon)``.
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: int) -> None:
+        super().__init__(init_kl_coef)
+        self.target, self.horizon = float(target), int(horizon)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        error = min(max(current_kl / self.target - 1, -0.2), 0.2)
+        self.value *= 1 + error * n_steps / self.horizon
