@@ -154,24 +154,26 @@ class PPO(OnPolicyAlgorithm):
 
     # -- the loop ----------------------------------------------------------------------------
     def learn(self, total_timesteps: int, callback=None, log_interval: int = 1, tb_log_name: str = "PPO",
-              reset_num_timesteps: bool = True, progress_bar: bool = False) -> "PPO":
+              reset_num_timesteps: bool = True, progress_bar: bool = False,
+              max_iterations: int | None = None) -> "PPO":
         """Train for ``total_timesteps`` env steps × rows (SB3's unit; a batch of B rows that
-        runs T steps counts B·T). Rollouts, updates and logs alternate, one iteration each."""
+        runs T steps counts B·T). Rollouts, updates and logs alternate, one iteration each.
+
+        :param max_iterations: also stop once ``self.iteration`` (which survives save/load)
+            reaches this many iterations.
+        """
         total_timesteps, callback = self._setup_learn(total_timesteps, callback, reset_num_timesteps,
                                                       tb_log_name, progress_bar)
         callback.on_training_start(locals(), globals())
-        while self.num_timesteps < total_timesteps:
+        self.iteration = getattr(self, "iteration", 0)
+        while self.num_timesteps < total_timesteps and (max_iterations is None or self.iteration < max_iterations):
             if not self.collect_rollouts(self.env, callback, None, n_rollout_steps=1):
                 break
-            self._n_updates_at_iteration = self._n_updates
             self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
             self.train()
-            self.iteration = getattr(self, "iteration", 0) + 1
+            self.iteration += 1
             if log_interval is not None and self.iteration % log_interval == 0:
                 self._log_iteration()
-            callback.update_locals(locals())
-            if hasattr(callback, "on_iteration_end") and callback.on_iteration_end() is False:
-                break
         callback.on_training_end()
         return self
 

@@ -1,0 +1,81 @@
+"""SB3 callbacks for token agents: periodic atomic checkpoints and held-out evaluation.
+
+Both act at ``on_rollout_start``: at that moment the previous update is done and the next batch
+has not been generated, so a checkpoint written there resumes bit-for-bit.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from stable_baselines3.common.callbacks import BaseCallback
+
+from agents.evaluation import evaluate_policy
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint under ``directory`` (staging dirs start with '.')."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    done = sorted(p for p in directory.iterdir() if p.name.startswith("iter_") and (p / "agent.pt").exists())
+    return done[-1] if done else None
+
+
+class CheckpointEveryIterations(BaseCallback):
+    """Save the agent to ``directory/iter_NNNNNN`` every ``every`` iterations, keeping ``keep``."""
+
+    def __init__(self, directory: str | os.PathLike, every: int = 1, keep: int = 2, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.directory, self.every, self.keep = Path(directory), max(1, every), keep
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_start(self) -> None:
+        iteration = getattr(self.model, "iteration", 0)
+        if iteration and iteration % self.every == 0 and not (self.directory / f"iter_{iteration:06d}").exists():
+            self.save(iteration)
+
+    def save(self, iteration: int) -> Path:
+        path = self.directory / f"iter_{iteration:06d}"
+        self.model.save(path)
+        old = sorted(p for p in self.directory.iterdir() if p.name.startswith("iter_"))[: -self.keep]
+        for stale in old:
+            import shutil
+
+            shutil.rmtree(stale, ignore_errors=True)
+        if self.verbose:
+            print(f"checkpoint: {path}")
+        return path
+
+
+class EvalEveryIterations(BaseCallback):
+    """Evaluate on a held-out env every ``every`` iterations; log ``eval/*`` and call ``on_result``."""
+
+    def __init__(self, eval_env: Any, every: int, n_episodes: int,
+                 on_result: Callable[[int, dict], None] | None = None, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.eval_env, self.every, self.n_episodes, self.on_result = eval_env, every, n_episodes, on_result
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_start(self) -> None:
+        iteration = getattr(self.model, "iteration", 0)
+        if self.every and iteration and iteration % self.every == 0:
+            summary, _ = evaluate_policy(self.model.policy, self.eval_env, self.n_episodes)
+            for key, value in summary.items():
+                self.logger.record(f"eval/{key}", value)
+            if self.on_result:
+                self.on_result(iteration, summary)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON atomically (temp file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)

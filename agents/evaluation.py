@@ -1,0 +1,42 @@
+"""Evaluating a policy on a token VecEnv: mean score, task metrics, samples.
+
+Talks to the env through the VecEnv API (``env_method``/``get_attr``) and to the policy through
+``act``. Task metrics come from the reward object when it has ``metrics()`` (accuracy, compile
+rate, toxicity...), looked up through the env's task.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from agents.rollout import collect_episodes
+
+
+def evaluate_policy(policy: Any, env: Any, n_episodes: int, deterministic: bool = True,
+                    seed: int | None = 0) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Run whole batches until ``n_episodes`` episodes finished; return (summary, samples).
+
+    Seeding the env makes the held-out prompts the same every time it is called.
+    """
+    if seed is not None:
+        env.seed(seed)
+    obs = env.reset()
+    scores, lengths, samples = [], [], []
+    while len(scores) < n_episodes:
+        episodes, obs = collect_episodes(policy, env, obs, deterministic=deterministic)
+        for row, info in enumerate(episodes.infos):
+            if len(scores) >= n_episodes:
+                break
+            scores.append(float(episodes.scores[row]))
+            lengths.append(int(episodes.lengths[row]))
+            samples.append({k: info.get(k) for k in ("prompt", "completion", "reference", "score")})
+    summary = {"episodes": len(scores), "score_mean": float(np.mean(scores)),
+               "response_len_mean": float(np.mean(lengths))}
+    reward = env.get_attr("task", [0])[0].reward
+    if hasattr(reward, "metrics"):
+        metrics = reward.metrics([s["completion"] for s in samples], [s["reference"] for s in samples],
+                                 np.asarray(scores, dtype=np.float32))
+        summary.update({k: float(v) for k, v in metrics.items()})
+    return summary, samples
+

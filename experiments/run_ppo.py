@@ -1,0 +1,99 @@
+"""Train a language model with PPO on a token-level task: ``python experiments/run_ppo.py``.
+
+With no arguments: SmolLM2-135M-Instruct (embedded) + LoRA on GSM8K train, a few minutes on a
+2-core CPU. Configure with ``experiment=NAME`` presets and dotted overrides, e.g.
+``python experiments/run_ppo.py agent.learning_rate=1e-5 policy.lora.r=16 output_dir=runs/a``.
+Continue a killed run with ``resume=true``. A thin script: composition only, no algorithm logic.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `config` when run as a script
+
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from config import compose  # noqa: E402
+
+
+def build(cfg, tokenizer, model, eval_env: bool = False):
+    import lm_envs
+
+    kwargs = OmegaConf.to_container(cfg.env.kwargs, resolve=True)
+    if eval_env:
+        kwargs.update(OmegaConf.to_container(cfg.env.eval_kwargs, resolve=True))
+    if cfg.data_dir:
+        kwargs["data_dir"] = cfg.data_dir
+    return lm_envs.make_vec(cfg.env.id, cfg.env.num_envs, tokenizer, vocab_size=model.config.vocab_size,
+                            seed=cfg.seed + (10_000 if eval_env else 0), **kwargs)
+
+
+def prepare(cfg):
+    """Build (agent, train env, eval env, resumed-from checkpoint or None) from a composed config."""
+    from agents import PPO, latest_checkpoint
+    from policies import load_lm
+
+    out = Path(cfg.output_dir)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_lm(cfg.policy.model, dtype=cfg.policy.dtype)
+    env, eval_env = build(cfg, tokenizer, model), build(cfg, tokenizer, model, eval_env=True)
+    policy_kwargs = OmegaConf.to_container(cfg.policy, resolve=True)
+    policy_kwargs["model"] = model
+    device = policy_kwargs.pop("device", "auto")
+    agent_kwargs = OmegaConf.to_container(cfg.agent, resolve=True)
+    checkpoints = out / "checkpoints"
+    resume_from = latest_checkpoint(checkpoints) if cfg.resume else None
+    if cfg.resume and resume_from is None:
+        print(f"resume=true but no checkpoint in {checkpoints}; starting fresh", file=sys.stderr)
+    if resume_from is not None:
+        print(f"resuming from {resume_from}", file=sys.stderr)
+        agent = PPO.load(resume_from, env=env, model=model, device=device, tensorboard_log=str(out / "tb"),
+                         verbose=cfg.agent.verbose)
+    else:
+        agent = PPO("CausalLMPolicy", env, policy_kwargs=policy_kwargs, seed=cfg.seed, device=device,
+                    tensorboard_log=str(out / "tb"), **agent_kwargs)
+    return agent, env, eval_env, resume_from
+
+
+def main(argv: list[str]) -> dict:
+    cfg = compose(argv)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    from agents import CheckpointEveryIterations, EvalEveryIterations, evaluate_policy
+    from agents.callbacks import write_json
+    from stable_baselines3.common.callbacks import CallbackList
+
+    agent, env, eval_env, resume_from = prepare(cfg)
+    checkpoints = out / "checkpoints"
+
+    def evaluate(tag: str) -> dict:
+        summary, samples = evaluate_policy(agent.policy, eval_env, cfg.env.eval_episodes,
+                                           deterministic=cfg.env.eval_deterministic)
+        write_json(out / f"eval_{tag}.json", summary)
+        write_json(out / f"samples_{tag}.json", samples)
+        print(f"eval {tag}: " + " ".join(f"{k}={v:.4g}" for k, v in summary.items()), file=sys.stderr)
+        return summary
+
+    if resume_from is None or not (out / "eval_before.json").exists():
+        evaluate("before")
+    callbacks = [CheckpointEveryIterations(checkpoints, every=cfg.checkpoint_every)]
+    if cfg.eval_every:
+        callbacks.append(EvalEveryIterations(eval_env, cfg.eval_every, cfg.env.eval_episodes))
+    budget = cfg.env.num_envs * cfg.env.kwargs.max_new_tokens
+    remaining = max(cfg.iterations - getattr(agent, "iteration", 0), 0)
+    agent.learn(total_timesteps=agent.num_timesteps + remaining * budget, callback=CallbackList(callbacks),
+                progress_bar=cfg.progress_bar, reset_num_timesteps=resume_from is None,
+                tb_log_name="ppo", max_iterations=cfg.iterations)
+    agent.save(checkpoints / f"iter_{agent.iteration:06d}")
+    agent.policy.save_trainable(out / "final")
+    summary = evaluate("after")
+    print(f"done: outputs in {out} (tensorboard --logdir {out / 'tb'})", file=sys.stderr)
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
