@@ -21,14 +21,18 @@ from config import compose  # noqa: E402
 
 def build(cfg, tokenizer, model, eval_env: bool = False):
     import lm_envs
+    from lm_envs.reward_wrappers import VecRewardWrapper, from_config
 
     kwargs = OmegaConf.to_container(cfg.env.kwargs, resolve=True)
     if eval_env:
         kwargs.update(OmegaConf.to_container(cfg.env.eval_kwargs, resolve=True))
     if cfg.data_dir:
         kwargs["data_dir"] = cfg.data_dir
-    return lm_envs.make_vec(cfg.env.id, cfg.env.num_envs, tokenizer, vocab_size=model.config.vocab_size,
-                            seed=cfg.seed + (10_000 if eval_env else 0), **kwargs)
+    env = lm_envs.make_vec(cfg.env.id, cfg.env.num_envs, tokenizer, vocab_size=model.config.vocab_size,
+                           seed=cfg.seed + (10_000 if eval_env else 0), **kwargs)
+    # Both envs get the same wrappers; evaluation reports the raw task score (info["score"]).
+    wrappers = OmegaConf.to_container(cfg.env.reward_wrappers, resolve=True) if cfg.env.get("reward_wrappers") else []
+    return VecRewardWrapper(env, from_config(wrappers)) if wrappers else env
 
 
 def prepare(cfg):

@@ -8,6 +8,7 @@ names both ways of giving a local directory. Imports nothing from the rest of th
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -42,9 +43,22 @@ def local_file(data_dir: Path, *parts: str) -> Path:
     return path
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+def read_jsonl(path: str | os.PathLike, lenient: bool = False) -> list[Any]:
+    """Rows of a JSON-lines file (``.gz`` too). ``lenient=True`` reads a line that is not valid
+    JSON as ``None`` so that `lm_envs.tasks.validate_rows` counts it as a malformed row."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    rows: list[Any] = []
+    with opener(path, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if not lenient:
+                    raise
+                rows.append(None)
+    return rows
 
 
 def load_from_hub(loader: Callable[[], Iterable[dict[str, Any]]], what: str) -> list[dict[str, Any]]:

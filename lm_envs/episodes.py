@@ -137,8 +137,8 @@ class EpisodeBatch:
         """Append ``actions`` on ``active`` rows; return rewards, terminated, truncated, infos.
 
         Inactive rows are untouched (their actions are ignored) and get reward 0. Infos of
-        rows that end carry the decoded completion, the reference, the task score and an SB3
-        ``episode`` record.
+        rows that end carry everything per-episode metrics need: the decoded completion, the
+        reference, the prompt, the data row index, the task score and an SB3 ``episode`` record.
         """
         actions = np.asarray(actions, dtype=np.int64).reshape(self.n)
         rows = np.flatnonzero(active & ~self.finished)
@@ -177,6 +177,7 @@ class EpisodeBatch:
                     "completion": completions[k],
                     "reference": references[k],
                     "prompt": prompts[k],
+                    "index": int(self.row_index[row]),  # the data row, so evaluation samples can be traced
                     "score": float(scores[k]),
                     "reward_time": reward_time,
                     "episode": {"r": float(scores[k]), "l": int(self.num_generated[row]),

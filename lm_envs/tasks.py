@@ -3,7 +3,8 @@
 A `Task` is everything an env needs to know about a data set and nothing about models or
 agents. `Task.prompt(i, tokenizer)` renders row ``i`` as text, through the tokenizer's chat
 template when it has one (override with ``chat_template=False`` or a ``prompt_template``).
-Task builders (`gsm8k_task`, ...) read data through `lm_envs.data`. May import `rewards`.
+Task builders (`gsm8k_task` here, the rest in `lm_envs.suite`) read data through `lm_envs.data`
+and drop malformed rows through `validate_rows`. May import `rewards`.
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def load_gsm8k(split: str = "train", data_dir: str | None = None) -> list[dict[s
         raise ValueError(f"GSM8K has splits 'train' and 'test', not {split!r}")
     local = resolve_data_dir(data_dir)
     if local is not None:
-        return read_jsonl(local_file(local, "gsm8k", f"{split}.jsonl"))
+        return read_jsonl(local_file(local, "gsm8k", f"{split}.jsonl"), lenient=True)
 
     def from_hub():
         import datasets
@@ -89,36 +90,84 @@ def load_gsm8k(split: str = "train", data_dir: str | None = None) -> list[dict[s
     return load_from_hub(from_hub, f"openai/gsm8k ({split})")
 
 
-def validate_rows(rows: list[dict[str, Any]], required: Sequence[str], name: str, on_bad_row: str = "skip") -> list:
-    """Drop (with one counted warning) or reject rows that lack a required, non-empty field."""
-    good = [row for row in rows if all(row.get(key) not in (None, "", []) for key in required)]
+def validate_rows(
+    rows: Sequence[Any],
+    required: Sequence[str],
+    name: str,
+    on_bad_row: str = "skip",
+    check: Callable[[dict[str, Any]], bool] | None = None,
+) -> list[dict[str, Any]]:
+    """Drop (with one counted warning) or reject malformed rows.
+
+    A row is malformed when it is not a dict (e.g. an unparsable JSON line, read as ``None``),
+    lacks a required non-empty field, or fails the task's ``check`` (returns False or raises,
+    e.g. a non-numeric gold answer). ``on_bad_row="error"`` raises instead of skipping.
+    """
+    if on_bad_row not in ("skip", "error"):
+        raise ValueError(f"on_bad_row must be 'skip' or 'error', got {on_bad_row!r}")
+
+    def ok(row: Any) -> bool:
+        if not isinstance(row, dict) or any(row.get(key) in (None, "", []) for key in required):
+            return False
+        if check is None:
+            return True
+        try:
+            return bool(check(row))
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+            return False
+
+    good = [row for row in rows if ok(row)]
     dropped = len(rows) - len(good)
     if dropped:
+        what = f"missing one of {list(required)}" + (" or failing the task's validity check" if check else "")
         if on_bad_row == "error":
-            raise ValueError(f"{name}: {dropped} malformed rows (missing one of {list(required)})")
-        logger.warning("%s: skipped %d malformed rows (missing one of %s)", name, dropped, list(required))
+            raise ValueError(f"{name}: {dropped} malformed rows ({what})")
+        logger.warning("%s: skipped %d malformed rows (%s)", name, dropped, what)
     return good
+
+
+def make_reward(reward: RewardFn | str | None, default: str, reward_kwargs: dict[str, Any] | None = None) -> RewardFn:
+    """A reward object: ``reward`` itself when callable, else ``rewards.make(reward or default, **reward_kwargs)``."""
+    import rewards
+
+    if reward is not None and not isinstance(reward, str):
+        if reward_kwargs:
+            raise ValueError("reward_kwargs only apply when the reward is given by name")
+        return reward
+    return rewards.make(reward or default, **(reward_kwargs or {}))
+
+
+def _numeric_gold(row: dict[str, Any]) -> bool:
+    from rewards.math import parse_reference
+
+    parse_reference(row["answer"])  # raises ValueError when there is no number
+    return True
 
 
 def gsm8k_task(
     split: str = "train",
     data_dir: str | None = None,
     reward: RewardFn | str | None = None,
+    reward_kwargs: dict[str, Any] | None = None,
     prompt_template: str = GSM8K_TEMPLATE,
     limit: int | None = None,
+    on_bad_row: str = "skip",
     **task_kwargs: Any,
 ) -> Task:
-    import rewards
+    """GSM8K (``openai/gsm8k``, local ``gsm8k/{train,test}.jsonl``); splits train and test.
 
-    rows = validate_rows(load_gsm8k(split, data_dir), ("question", "answer"), "gsm8k")
+    Prompt: ``GSM8K_TEMPLATE``, i.e. the question, then "Solve step by step. End with the final
+    answer on its own line as '#### <number>'.", through the tokenizer's chat template when it
+    has one. Reference: the GSM8K answer text (ends with ``#### N``). Reward: ``rewards.make("gsm8k")``.
+    """
+    rows = validate_rows(load_gsm8k(split, data_dir), ("question", "answer"), "gsm8k", on_bad_row, _numeric_gold)
     if limit is not None:
         rows = rows[:limit]
-    reward_fn = rewards.make(reward or "gsm8k") if reward is None or isinstance(reward, str) else reward
     return Task(
         questions=[row["question"] for row in rows],
         references=[row["answer"] for row in rows],
-        reward=reward_fn,
+        reward=make_reward(reward, "gsm8k", reward_kwargs),
         name="gsm8k",
         prompt_template=prompt_template,
-        **task_kwargs,
+        **{"metadata": {"split": split}, **task_kwargs},
     )

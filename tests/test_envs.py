@@ -105,7 +105,7 @@ def test_autoreset_matches_dummy_vec_env(tokenizer):
                 if key == "terminal_observation":
                     for k in a[key]:
                         np.testing.assert_array_equal(a[key][k], b[key][k])
-                elif key != "episode":
+                elif key not in ("episode", "reward_time"):  # wall-clock measurements differ run to run
                     assert a[key] == b[key]
     assert ours.get_sampler_state()[0]["position"] == dummy.envs[0].sampler.position
 

@@ -1,0 +1,81 @@
+"""Rollout throughput: TokenVecEnv + CausalLMPolicy against `model.generate`, in one run.
+
+Same embedded model (SmolLM2-135M-Instruct), same 16 GSM8K prompts, same batch, same
+``max_new_tokens`` (64) and the same sampling (temperature 1, no top-k/top-p). Repetitions
+alternate between the two sides so machine noise hits both alike. Prints a table and, last,
+``ratio=<rollout tokens/s ÷ generate tokens/s>`` (median over repetitions).
+
+    python benchmarks/rollout_throughput.py [--repeats 3] [--batch 16] [--max-new-tokens 64]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from agents import collect_episodes
+from lm_envs import make_vec
+from policies import CausalLMPolicy, load_lm
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+
+    model, tokenizer = load_lm(args.model)
+    env = make_vec("lm_envs/GSM8K-v0", args.batch, tokenizer, split="test", max_new_tokens=args.max_new_tokens,
+                   max_prompt_tokens=512, truncate_prompt="left", vocab_size=model.config.vocab_size, seed=0)
+    policy = CausalLMPolicy(env.observation_space, env.action_space, lambda _: 0.0, model=model, reference=False)
+    P = env.batch.max_prompt_tokens
+    eos = tokenizer.eos_token_id
+
+    def ours(seed: int) -> tuple[int, float]:
+        env.seed(0)  # the same 16 prompts every time
+        torch.manual_seed(seed)
+        episodes, _ = collect_episodes(policy, env)
+        return int(episodes.lengths.sum()), episodes.seconds
+
+    env.seed(0)
+    prompts = env.reset()
+    prompt_ids = torch.as_tensor(prompts["input_ids"][:, :P])
+    prompt_mask = torch.as_tensor(prompts["attention_mask"][:, :P]).long()
+    first_real = int(prompt_mask.any(0).nonzero()[0])  # give generate the same trimmed prefix
+    prompt_ids, prompt_mask = prompt_ids[:, first_real:], prompt_mask[:, first_real:]
+
+    def theirs(seed: int) -> tuple[int, float]:
+        torch.manual_seed(seed)
+        start = time.perf_counter()
+        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, temperature=1.0,
+                             top_k=0, top_p=1.0, max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+        seconds = time.perf_counter() - start
+        new = out[:, prompt_ids.shape[1]:]
+        # Count each row's tokens up to and including its first EOS, like the env does.
+        is_eos = (new == eos).int()
+        ended_before = is_eos.cumsum(-1) - is_eos
+        return int((ended_before == 0).sum()), seconds
+
+    ours(0), theirs(0)  # warm-up
+    rows = []
+    for repeat in range(args.repeats):
+        for name, fn in (("TokenVecEnv+CausalLMPolicy", ours), ("model.generate", theirs)):
+            tokens, seconds = fn(repeat + 1)
+            rows.append((name, repeat, tokens, seconds, tokens / seconds))
+    print(f"{'side':28s} {'rep':>3s} {'tokens':>7s} {'seconds':>8s} {'tokens/s':>9s}")
+    for name, repeat, tokens, seconds, rate in rows:
+        print(f"{name:28s} {repeat:3d} {tokens:7d} {seconds:8.2f} {rate:9.1f}")
+    ours_rate = statistics.median(r[4] for r in rows if r[0] != "model.generate")
+    theirs_rate = statistics.median(r[4] for r in rows if r[0] == "model.generate")
+    print(f"median tokens/s: ours {ours_rate:.1f}, generate {theirs_rate:.1f} "
+          f"(batch {args.batch}, max_new_tokens {args.max_new_tokens}, sampled, T=1)")
+    print(f"ratio={ours_rate / theirs_rate:.3f}")
+
+
+if __name__ == "__main__":
+    main()

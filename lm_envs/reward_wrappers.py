@@ -1,0 +1,408 @@
+"""Reward wrappers: reshape the reward of ended episodes without touching the task.
+
+One implementation of the reward logic, two shells:
+
+* a `RewardTransform` maps the rewards of a batch of ended episodes (plus their completions,
+  references, prompts and infos) to new rewards and named components;
+* `apply_transform` runs a transform on chosen rows of a step's rewards/infos;
+* `RewardWrapper` (a `gymnasium.Wrapper` on one `TokenEnv`) and `VecRewardWrapper` (an SB3
+  `VecEnvWrapper` on `TokenVecEnv`) both call `apply_transform`, so they give the same numbers.
+
+Transforms compose: `ReplaceReward`, `AddTerms`, `Scale`, `Clip`, `Normalize`, `Compose`, and
+`from_config` builds them from plain dicts (YAML/CLI). After a wrapper, the returned reward and
+``info["episode"]["r"]`` are the transformed value, ``info["score"]`` stays the raw task score,
+and ``info["reward_components"]`` holds ``{"score": task score, <term name>: value, ...}``
+(agents log these as ``rewards/<name>/mean``). May import `rewards`; never `policies`/`agents`.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvWrapper
+
+Components = dict[str, np.ndarray]
+
+
+@runtime_checkable
+class RewardTransform(Protocol):
+    """``(rewards, completions, references, prompts, infos) -> (new rewards, components)``.
+
+    ``rewards`` is float32 ``(n,)``: the rewards the wrapped env returned for ``n`` ended
+    episodes (the task score, or an inner wrapper's result). Components are ``(n,)`` arrays.
+    """
+
+    def __call__(self, scores: np.ndarray, completions: Sequence[str], references: Sequence[Any],
+                 prompts: Sequence[str], infos: Sequence[dict[str, Any]]) -> tuple[np.ndarray, Components]:
+        ...
+
+
+class Transform:
+    """Base class of the built-in transforms: stateless unless they override the state methods."""
+
+    def __call__(self, scores: np.ndarray, completions: Sequence[str], references: Sequence[Any],
+                 prompts: Sequence[str], infos: Sequence[dict[str, Any]]) -> tuple[np.ndarray, Components]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def _state_of(transform: Any) -> dict[str, Any]:
+    return transform.state_dict() if hasattr(transform, "state_dict") else {}
+
+
+# -- terms: anything that scores ended episodes --------------------------------------------------
+Term = Callable[..., Any]
+
+
+def _takes_infos(fn: Callable[..., Any]) -> bool:
+    """True for a 4-argument term ``(completions, references, prompts, infos)``; a `RewardFn`
+    or `rewards.Reward` takes ``(completions, references, prompts)``."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return True
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params) >= 4
+
+
+def _call_term(term: Term, takes_infos: bool, completions, references, prompts, infos) -> np.ndarray:
+    values = term(completions, references, prompts, infos) if takes_infos else term(completions, references, prompts)
+    values = np.asarray(values, dtype=np.float32).reshape(-1)
+    if values.shape != (len(completions),):
+        raise ValueError(f"reward term {term!r} returned {values.shape[0]} values for {len(completions)} episodes")
+    return values
+
+
+class LengthTerm:
+    """Completion length per episode: generated tokens (``info["episode"]["l"]``) or characters.
+    Use with a negative weight as a length penalty."""
+
+    def __init__(self, unit: str = "tokens") -> None:
+        if unit not in ("tokens", "chars"):
+            raise ValueError(f"unit must be 'tokens' or 'chars', got {unit!r}")
+        self.unit = unit
+
+    def __call__(self, completions, references, prompts, infos) -> np.ndarray:
+        if self.unit == "chars":
+            return np.array([len(c) for c in completions], dtype=np.float32)
+        return np.array([info["episode"]["l"] for info in infos], dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"LengthTerm(unit={self.unit!r})"
+
+
+class InfoTerm:
+    """A numeric field of each ended episode's info (``default`` when absent): the hook for
+    costs an env reports itself, e.g. ``InfoTerm("pauses")`` with a negative weight."""
+
+    def __init__(self, key: str, default: float = 0.0) -> None:
+        self.key, self.default = key, float(default)
+
+    def __call__(self, completions, references, prompts, infos) -> np.ndarray:
+        return np.array([float(info.get(self.key, self.default)) for info in infos], dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"InfoTerm(key={self.key!r})"
+
+
+# -- transforms ----------------------------------------------------------------------------------
+class ReplaceReward(Transform):
+    """Replace the reward by another one, e.g. ``ReplaceReward(rewards.make("gsm8k-format"))``.
+    The task score stays in ``info["score"]``; the new reward is also logged as component ``name``."""
+
+    def __init__(self, reward: Term, name: str | None = None) -> None:
+        if not callable(reward):
+            raise TypeError(f"ReplaceReward needs a callable reward, got {type(reward).__name__}")
+        self.reward, self.name = reward, name or getattr(reward, "name", "replaced")
+        self._takes_infos = _takes_infos(reward)
+
+    def __call__(self, scores, completions, references, prompts, infos):
+        values = _call_term(self.reward, self._takes_infos, completions, references, prompts, infos)
+        return values, {self.name: values}
+
+
+class AddTerms(Transform):
+    """Add weighted terms: ``reward + Σ weight · term(...)``; each weighted term is a component.
+
+    :param terms: ``{name: (term, weight)}`` or ``{name: term}`` (weight 1). A term is a
+        `rewards.Reward` / ``RewardFn`` ``(completions, references, prompts)`` or a 4-argument
+        callable that also gets the infos (`LengthTerm`, `InfoTerm`, a per-pause cost...).
+    """
+
+    def __init__(self, terms: Mapping[str, Term | tuple[Term, float]]) -> None:
+        self.terms: dict[str, tuple[Term, float, bool]] = {}
+        for name, spec in terms.items():
+            term, weight = spec if isinstance(spec, tuple) else (spec, 1.0)
+            if not callable(term):
+                raise TypeError(f"term {name!r} is not callable: {term!r}")
+            self.terms[name] = (term, float(weight), _takes_infos(term))
+
+    def __call__(self, scores, completions, references, prompts, infos):
+        total = np.asarray(scores, dtype=np.float32).copy()
+        components: Components = {}
+        for name, (term, weight, takes_infos) in self.terms.items():
+            components[name] = weight * _call_term(term, takes_infos, completions, references, prompts, infos)
+            total += components[name]
+        return total, components
+
+
+class Scale(Transform):
+    """Multiply the reward by ``factor``."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = float(factor)
+
+    def __call__(self, scores, completions, references, prompts, infos):
+        return np.asarray(scores, dtype=np.float32) * np.float32(self.factor), {}
+
+
+class Clip(Transform):
+    """Clip the reward to ``[low, high]`` (``None``: unbounded on that side)."""
+
+    def __init__(self, low: float | None = None, high: float | None = None) -> None:
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"Clip needs low <= high, got {low} > {high}")
+        self.low, self.high = low, high
+
+    def __call__(self, scores, completions, references, prompts, infos):
+        scores = np.asarray(scores, dtype=np.float32)
+        if self.low is None and self.high is None:
+            return scores, {}
+        return np.clip(scores, self.low, self.high).astype(np.float32), {}
+
+
+class Normalize(Transform):
+    """Normalize by running statistics of the rewards seen so far (this batch included):
+    ``(r - mean) / sqrt(var + epsilon)``, or ``r / sqrt(var + epsilon)`` with ``center=False``.
+
+    :param clip: clip the normalized reward to ``[-clip, clip]`` (``None``: off).
+    :param update: update the statistics (turn off to freeze them, e.g. for evaluation).
+
+    The statistics are state: `state_dict`/`load_state_dict`, and `VecRewardWrapper.get_state`
+    includes them, so a checkpoint resumes with the same normalization.
+    """
+
+    def __init__(self, epsilon: float = 1e-8, clip: float | None = None, center: bool = True,
+                 update: bool = True) -> None:
+        self.epsilon, self.clip, self.center, self.update = float(epsilon), clip, center, update
+        self.mean, self.var, self.count = 0.0, 1.0, 0
+
+    def _update(self, x: np.ndarray) -> None:
+        # Chan et al.'s parallel update: the batch's moments merged into the running ones.
+        n, batch_mean, batch_var = x.size, float(x.mean()), float(x.var())
+        total = self.count + n
+        delta = batch_mean - self.mean
+        m2 = self.var * self.count + batch_var * n + delta ** 2 * self.count * n / total
+        self.mean, self.var, self.count = self.mean + delta * n / total, m2 / total, total
+
+    def __call__(self, scores, completions, references, prompts, infos):
+        x = np.asarray(scores, dtype=np.float64)
+        if self.update and x.size:
+            self._update(x)
+        out = ((x - self.mean) if self.center else x) / np.sqrt(self.var + self.epsilon)
+        if self.clip is not None:
+            out = np.clip(out, -self.clip, self.clip)
+        return out.astype(np.float32), {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), int(state["count"])
+
+
+class Compose(Transform):
+    """Apply transforms in order; components of later transforms win on equal names."""
+
+    def __init__(self, transforms: Sequence[RewardTransform]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, scores, completions, references, prompts, infos):
+        components: Components = {}
+        for transform in self.transforms:
+            scores, parts = transform(scores, completions, references, prompts, infos)
+            components.update(parts)
+        return np.asarray(scores, dtype=np.float32), components
+
+    def __len__(self) -> int:
+        return len(self.transforms)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {str(i): _state_of(t) for i, t in enumerate(self.transforms)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for i, transform in enumerate(self.transforms):
+            if hasattr(transform, "load_state_dict") and str(i) in state:
+                transform.load_state_dict(state[str(i)])
+
+
+# -- the shared application ----------------------------------------------------------------------
+def apply_transform(transform: RewardTransform, rewards: np.ndarray, infos: Sequence[dict[str, Any]],
+                    rows: Sequence[int]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Transform the rewards of ended ``rows`` (one call for all of them); other rows untouched.
+
+    Returns new rewards (float32) and infos; the infos of ``rows`` are copies with
+    ``reward_components`` (inner wrappers' components kept, ``"score"`` = raw task score) and
+    ``episode["r"]`` set to the new reward.
+    """
+    rewards = np.array(rewards, dtype=np.float32)  # a copy: the caller's array is left alone
+    infos = list(infos)
+    rows = [int(r) for r in rows]
+    if not rows:
+        return rewards, infos
+    ended = [infos[r] for r in rows]
+    new, components = transform(rewards[rows], [i["completion"] for i in ended], [i.get("reference") for i in ended],
+                                [i.get("prompt", "") for i in ended], ended)
+    new = np.asarray(new, dtype=np.float32).reshape(-1)
+    if new.shape != (len(rows),):
+        raise ValueError(f"reward transform returned {new.shape[0]} rewards for {len(rows)} episodes")
+    for k, row in enumerate(rows):
+        info = dict(infos[row])
+        parts = dict(info.get("reward_components", {}))
+        parts.setdefault("score", float(info.get("score", rewards[row])))
+        parts.update({name: float(np.asarray(values).reshape(-1)[k]) for name, values in components.items()})
+        info["reward_components"] = parts
+        if "episode" in info:
+            info["episode"] = {**info["episode"], "r": float(new[k])}
+        infos[row] = info
+        rewards[row] = new[k]
+    return rewards, infos
+
+
+class RewardWrapper(gym.Wrapper):
+    """Apply a `RewardTransform` on the step that ends an episode of a single `TokenEnv`."""
+
+    def __init__(self, env: gym.Env, transform: RewardTransform) -> None:
+        super().__init__(env)
+        self.transform = transform
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if (terminated or truncated) and "completion" in info:
+            rewards, infos = apply_transform(self.transform, np.array([reward]), [info], [0])
+            reward, info = float(rewards[0]), infos[0]
+        return obs, reward, terminated, truncated, info
+
+
+class VecRewardWrapper(VecEnvWrapper):
+    """Apply a `RewardTransform` to the rows of a `TokenVecEnv` that ended in a step, batched
+    (one call for all ended rows). Waiting lockstep rows are untouched.
+
+    Everything else forwards to the wrapped env (``get_sampler_state``, ``task``...), except
+    ``get_state``/``set_state`` (also through ``env_method``), which add the transform's state
+    under ``"reward_transforms"`` so checkpoints keep e.g. `Normalize` statistics. The env's own
+    keys are unchanged, so a plain `TokenVecEnv` still loads such a state and vice versa.
+    """
+
+    _OWN_METHODS = ("get_state", "set_state")
+
+    def __init__(self, venv: VecEnv, transform: RewardTransform) -> None:
+        super().__init__(venv)
+        self.transform = transform
+
+    def reset(self):
+        return self.venv.reset()
+
+    def step_wait(self):
+        obs, rewards, dones, infos = self.venv.step_wait()
+        rows = [r for r in np.flatnonzero(dones) if "completion" in infos[r] and not infos[r].get("waiting")]
+        rewards, infos = apply_transform(self.transform, rewards, infos, rows)
+        return obs, rewards, dones, infos
+
+    def get_state(self) -> dict[str, Any]:
+        state = dict(self.venv.env_method("get_state", indices=[0])[0])
+        state["reward_transforms"] = [*state.get("reward_transforms", []), _state_of(self.transform)]
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        stack = list(state.get("reward_transforms", []))
+        if stack and hasattr(self.transform, "load_state_dict"):
+            self.transform.load_state_dict(stack.pop())  # the outermost wrapper's state is last
+        self.venv.env_method("set_state", {**state, "reward_transforms": stack}, indices=[0])
+
+    def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
+        if method_name in self._OWN_METHODS:
+            return [getattr(self, method_name)(*method_args, **method_kwargs) for _ in self._get_indices(indices)]
+        return self.venv.env_method(method_name, *method_args, indices=indices, **method_kwargs)
+
+
+# -- from configuration --------------------------------------------------------------------------
+def _reward_from_spec(spec: Any, kwargs: Mapping[str, Any] | None = None) -> Any:
+    import rewards
+
+    return rewards.make(spec, **dict(kwargs or {})) if isinstance(spec, str) else spec
+
+
+def _term_from_spec(name: str, spec: Any) -> tuple[Term, float]:
+    if not isinstance(spec, Mapping):
+        return _reward_from_spec(spec), 1.0
+    spec = dict(spec)
+    weight = float(spec.pop("weight", 1.0))
+    if "reward" in spec:
+        term = _reward_from_spec(spec.pop("reward"), spec.pop("kwargs", None))
+    elif spec.get("term") == "length":
+        spec.pop("term")
+        term = LengthTerm(**spec)
+        spec = {}
+    elif spec.get("term") == "info":
+        spec.pop("term")
+        term = InfoTerm(**spec)
+        spec = {}
+    else:
+        raise ValueError(f"term {name!r}: give 'reward: <rewards name>' or 'term: length|info', got {spec}")
+    if spec:
+        raise ValueError(f"term {name!r}: unexpected keys {sorted(spec)}")
+    return term, weight
+
+
+def _replace(reward: Any, kwargs: Mapping[str, Any] | None = None, name: str | None = None) -> ReplaceReward:
+    return ReplaceReward(_reward_from_spec(reward, kwargs), name=name)
+
+
+def _add_terms(terms: Mapping[str, Any]) -> AddTerms:
+    return AddTerms({name: _term_from_spec(name, spec) for name, spec in dict(terms).items()})
+
+
+_BUILDERS: dict[str, Callable[..., Transform]] = {
+    "replace": _replace, "add_terms": _add_terms, "scale": Scale, "clip": Clip, "normalize": Normalize,
+}
+
+
+def from_config(specs: Sequence[Mapping[str, Any]] | None) -> Compose:
+    """Build a `Compose` from plain dicts, applied in order. Types and their keys:
+
+    * ``{type: replace, reward: NAME, kwargs: {...}, name: ...}``
+    * ``{type: add_terms, terms: {NAME: {reward: REWARD_NAME, kwargs: {...}, weight: W}
+      | {term: length, unit: tokens|chars, weight: W} | {term: info, key: KEY, weight: W}}}``
+    * ``{type: scale, factor: F}``, ``{type: clip, low: L, high: H}``,
+      ``{type: normalize, epsilon: E, clip: C, center: true, update: true}``
+
+    ``REWARD_NAME`` is any `rewards.make` name (e.g. ``gsm8k-format``).
+    """
+    transforms: list[Transform] = []
+    for i, spec in enumerate(specs or []):
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"reward_wrappers[{i}] must be a mapping with a 'type', got {spec!r}")
+        spec = dict(spec)
+        kind = spec.pop("type", None)
+        if kind not in _BUILDERS:
+            raise ValueError(f"reward_wrappers[{i}]: unknown type {kind!r}; types: {sorted(_BUILDERS)}")
+        try:
+            transforms.append(_BUILDERS[kind](**spec))
+        except TypeError as err:
+            raise ValueError(f"reward_wrappers[{i}] ({kind}): {err}") from err
+    return Compose(transforms)
+
+
+__all__ = [
+    "AddTerms", "Clip", "Compose", "InfoTerm", "LengthTerm", "Normalize", "ReplaceReward", "RewardTransform",
+    "RewardWrapper", "Scale", "Transform", "VecRewardWrapper", "apply_transform", "from_config",
+]

@@ -1,0 +1,95 @@
+"""experiments/evaluate.py: base model end to end (subprocess), a PPO checkpoint, task options."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import lm_envs
+from agents import PPO, evaluate_policy
+from helpers import REPO, echo_task
+from lm_envs import TokenVecEnv
+
+sys.path.insert(0, str(REPO / "experiments"))
+import evaluate  # noqa: E402
+
+SMALL = ["--episodes", "4", "--batch-size", "2", "--max-new-tokens", "4", "--max-prompt-tokens", "256"]
+
+
+def read_samples(directory):
+    return [json.loads(line) for line in (directory / "samples.jsonl").read_text().splitlines()]
+
+
+def test_base_model_end_to_end_writes_summary_samples_and_table(tiny_dir, tmp_path):
+    out = tmp_path / "eval"
+    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "evaluate.py"), "--env", "lm_envs/GSM8K-v0",
+                           "--split", "test", "--checkpoint", "none", "--model", str(tiny_dir), *SMALL, "--greedy",
+                           "--output-dir", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["episodes"] == 4 and summary["env"] == "lm_envs/GSM8K-v0" and summary["split"] == "test"
+    assert summary["decoding"] == "greedy" and summary["model"] == str(tiny_dir)
+    for key in ("score_mean", "reward_mean", "response_len_mean", "accuracy", "no_answer_frac"):
+        assert 0 <= summary[key] <= 4, key
+    samples = read_samples(out)
+    assert len(samples) == 4
+    test = lm_envs.gsm8k_task(split="test")
+    for sample in samples:
+        assert set(sample) >= {"index", "prompt", "completion", "reference", "score", "reward", "length"}
+        assert sample["reference"] == test.references[sample["index"]] and 1 <= sample["length"] <= 4
+    assert summary["score_mean"] == pytest.approx(sum(s["score"] for s in samples) / 4)
+    table = proc.stdout
+    assert "metric" in table and "accuracy" in table and "score_mean" in table
+
+
+def echo_builder(split: str = "test", **task_kwargs):
+    return echo_task(**task_kwargs)
+
+
+def test_checkpoint_is_evaluated_with_its_trained_weights(tiny_dir, tiny_lm, tmp_path):
+    # Prompts the word-level tokenizer knows, so greedy completions are not all <unk> (= "").
+    lm_envs.register_task("test_envs/Echo-v0", echo_builder)
+    tokenizer = tiny_lm[1]
+    env = TokenVecEnv(echo_task(), tokenizer, num_envs=4, max_new_tokens=4, max_prompt_tokens=16, seed=0)
+    agent = PPO("CausalLMPolicy", env, batch_size=4, seed=0,
+                policy_kwargs=dict(model=str(tiny_dir), lora={"r": 2, "lora_alpha": 4,
+                                                               "target_modules": ["q_proj", "v_proj"]}))
+    agent.learn(4 * 4)
+    with torch.no_grad():  # make the adapter matter, so base and checkpoint surely decode differently
+        for name, param in agent.policy.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 2.0, generator=torch.Generator().manual_seed(0))
+    agent.save(tmp_path / "ckpt")
+
+    args = ["--env", "test_envs/Echo-v0", "--episodes", "8", "--batch-size", "4", "--max-new-tokens", "6",
+            "--max-prompt-tokens", "16"]
+    summary = evaluate.main([*args, "--checkpoint", str(tmp_path / "ckpt"), "--output-dir", str(tmp_path / "trained")])
+    assert summary["model"] == str(tiny_dir) and summary["checkpoint"] == str(tmp_path / "ckpt")
+    base = evaluate.main([*args, "--checkpoint", "none", "--model", str(tiny_dir), "--output-dir", str(tmp_path / "base")])
+    trained_samples, base_samples = read_samples(tmp_path / "trained"), read_samples(tmp_path / "base")
+    # The same prompts, decoded by the trained policy exactly as evaluate_policy does in-process.
+    direct_env = lm_envs.make_vec("test_envs/Echo-v0", 4, tokenizer, max_new_tokens=6, max_prompt_tokens=16,
+                                  truncate_prompt="left", seed=0)
+    _, direct = evaluate_policy(agent.policy, direct_env, 8, deterministic=True, seed=0)
+    assert [s["index"] for s in trained_samples] == [s["index"] for s in base_samples] == [s["index"] for s in direct]
+    assert [s["completion"] for s in trained_samples] == [s["completion"] for s in direct]
+    assert [s["completion"] for s in trained_samples] != [s["completion"] for s in base_samples]
+    assert any(s["completion"] for s in trained_samples + base_samples)
+    assert base["episodes"] == summary["episodes"] == 8
+
+
+def test_task_options_and_bad_arguments(tiny_dir, tmp_path):
+    summary = evaluate.main(["--env", "lm_envs/MGSM-v0", "--model", str(tiny_dir), "--task-kwarg", "language=de",
+                             "--task-kwarg", "limit=3", "--episodes", "2", "--batch-size", "2", "--max-new-tokens", "2",
+                             "--max-prompt-tokens", "64", "--sample", "--output-dir", str(tmp_path / "mgsm")])
+    assert summary["task"]["language"] == "de" and summary["decoding"] == "sample" and "accuracy" in summary
+    german = lm_envs.mgsm_task(language="de")
+    assert all(s["prompt"].startswith(german.questions[s["index"]]) for s in read_samples(tmp_path / "mgsm"))
+    with pytest.raises(SystemExit, match="not a PPO checkpoint"):
+        evaluate.main(["--checkpoint", str(tmp_path), "--output-dir", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="key=value"):
+        evaluate.main(["--model", str(tiny_dir), "--task-kwarg", "language", "--output-dir", str(tmp_path / "y")])
+    with pytest.raises(ValueError, match="not 'train'"):
+        evaluate.main(["--env", "lm_envs/MGSM-v0", "--split", "train", "--model", str(tiny_dir),
+                       "--output-dir", str(tmp_path / "z")])
