@@ -180,6 +180,21 @@ class CausalLMPolicy(BasePolicy):
             logits = logits.masked_fill(drop, float("-inf"))
         return torch.log_softmax(logits, dim=-1)
 
+    def action_log_probs(self, hidden: torch.Tensor, logits: torch.Tensor | None, model: nn.Module,
+                         input_ids: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """Log-probs over the action space at ``N`` decision points; the one place subclasses change.
+
+        :param hidden: ``(N, H)`` final hidden states at the decision points.
+        :param logits: ``(N, V)`` LM logits there when already computed, else ``None``.
+        :param model: the model that produced them (the policy's, or the reference).
+        :param input_ids, rows, columns: the token history; decision ``i`` follows
+            ``input_ids[rows[i], :columns[i] + 1]`` (a pause policy counts its pauses there).
+        Rollouts and teacher-forced evaluation both go through here, so they always agree.
+        """
+        if logits is None:
+            logits = model.get_output_embeddings()(hidden)
+        return self.log_probs_from_logits(logits)
+
     @staticmethod
     def entropy_from_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
         probs = log_probs.exp()
@@ -245,9 +260,11 @@ class CausalLMPolicy(BasePolicy):
             if not lockstep:  # rows out of step: each row's newest real token is its own column
                 last_column = self.prompt_width + num_generated - 1 - offset
                 last_hidden = hidden[torch.arange(hidden.shape[0]), last_column]
-                logits = self.model.get_output_embeddings()(last_hidden)
+                logits = None
         # The LM already computed logits for the last column only (logits_to_keep=1): reuse them.
-        log_probs = self.log_probs_from_logits(logits)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        log_probs = self.action_log_probs(last_hidden, logits, self.model, input_ids, rows,
+                                          self.prompt_width + num_generated - 1)
         if deterministic:
             actions = log_probs.argmax(-1)
         else:
@@ -275,16 +292,17 @@ class CausalLMPolicy(BasePolicy):
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         select = action_mask[:, 1:].bool()
         actions = input_ids[:, 1:][select]
+        rows, columns = select.nonzero(as_tuple=True)  # decision at column c scores token c + 1
         if reference:
             model, context = self._reference()
             with torch.no_grad(), context:
                 hidden, _, _ = self._run(model, input_ids, attention_mask, positions)
                 chosen = hidden[:, :-1][select]
-                log_probs = self.log_probs_from_logits(model.get_output_embeddings()(chosen))
+                log_probs = self.action_log_probs(chosen, None, model, input_ids, rows, columns)
             return SequenceEval(log_probs.gather(-1, actions[:, None]).squeeze(-1), None, None)
         hidden, _, _ = self._run(self.model, input_ids, attention_mask, positions)
         chosen = hidden[:, :-1][select]
-        log_probs = self.log_probs_from_logits(self.model.get_output_embeddings()(chosen))
+        log_probs = self.action_log_probs(chosen, None, self.model, input_ids, rows, columns)
         return SequenceEval(
             log_probs.gather(-1, actions[:, None]).squeeze(-1),
             self.entropy_from_log_probs(log_probs) if with_entropy else None,

@@ -282,16 +282,18 @@ def __lmsb_main(_src, _setup, _units, _nonce, _fd, _entry):
 
 def _python_program(code: str, setup: Sequence[str], units: Sequence[tuple[bool, str]],
                     entry: str | None) -> tuple[str, str]:
+    """(program, nonce): the call that runs `_PY_HARNESS` (passed as the sandbox prelude)."""
     nonce = secrets.token_hex(8)
-    call = "\n\n__lmsb_main(%r, %r, %r, %r, %r, %r)\n" % (code, list(setup), list(units), nonce, RESULT_FD, entry)
-    return _PY_HARNESS + call, nonce
+    call = "__lmsb_main(%r, %r, %r, %r, %r, %r)\n" % (code, list(setup), list(units), nonce, RESULT_FD, entry)
+    return call, nonce
 
 
 class _PythonCodeReward(CodeReward):
     def submit(self, sandbox: Sandbox, code: str, reference: Any, prompt: str | None) -> tuple[Future, Any]:
         program, setup, units, entry = self.program_parts(code, reference)
         src, nonce = _python_program(program, setup, units, entry)
-        return sandbox.submit_python(src, self.limits), (nonce, sum(1 for t, _ in units if t))
+        fut = sandbox.submit_python(src, self.limits, prelude=_PY_HARNESS)
+        return fut, (nonce, sum(1 for t, _ in units if t))
 
     def program_parts(self, code: str, reference: Any) -> tuple[str, list[str], list[tuple[bool, str]], str | None]:
         raise NotImplementedError

@@ -21,33 +21,41 @@ that is captured separately, so harnesses can report results that program output
 """
 from __future__ import annotations
 
-import atexit
 import ctypes
-import dataclasses
 import gc
 import itertools
 import os
 import pickle
-import random
 import selectors
-import shutil
 import signal
+import stat
 import struct
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
+
+# The server is the parent of every fork: each module it holds makes every fork and exit of a
+# program slower (page tables to copy and tear down), so it skips what only the host needs.
+_SERVING = __name__ == "__main__" and sys.argv[1:2] == ["--serve"]
+if _SERVING:
+    def dataclass(*args: Any, **kwargs: Any) -> Any:  # the server never builds these types
+        return args[0] if args else (lambda cls: cls)
+else:
+    import atexit
+    import dataclasses
+    import subprocess
+    import threading
+    from concurrent.futures import Future
+    from dataclasses import dataclass
 
 RESULT_FD = 3  # the result channel every program gets, next to stdout/stderr
 CHANNEL_BYTES = 1 << 20  # cap of the result channel
 _FLOOD_FACTOR = 256  # reading more than this times output_bytes kills the program
 _SHARED_ROOT = "/tmp/.lmsb-shared"  # where shared read-only dirs appear inside the namespace
+_DEPTH = 2  # jobs handed to one monitor at a time when there is a backlog
+_HARNESS_MODULES = ("builtins", "io", "linecache", "resource", "traceback", "types")
 _PRELOAD = (  # stdlib the server imports once so each program's imports are dictionary hits
     "array bisect cmath collections copy functools heapq itertools math operator re string"
 ).split()
@@ -170,6 +178,37 @@ def _make_root_readonly() -> None:
         raise OSError(err, f"mount_setattr /: {os.strerror(err)}")
 
 
+_PY_PATH_MAP: dict[str, str] = {}  # import path dir -> where a program under another uid sees it
+
+
+def _world_readable(path: str) -> bool:
+    """Can any user list `path` (and traverse every directory above it)?"""
+    try:
+        p = os.path.realpath(path)
+        if os.stat(p).st_mode & 0o005 != 0o005:
+            return False
+        while p != "/":
+            p = os.path.dirname(p)
+            if not os.stat(p).st_mode & 0o001:
+                return False
+        return True
+    except OSError:
+        return False
+
+
+def _bind_readonly(src: str, dst: str) -> str | None:
+    """Bind-mount `src` read-only at `dst` (inside our private /tmp); None if that fails."""
+    try:
+        os.makedirs(dst, exist_ok=True)
+        for d in (_SHARED_ROOT, dst):
+            os.chmod(d, 0o755)
+        _mount(src, dst, None, _MS_BIND | _MS_REC)
+        _mount(None, dst, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY)
+        return dst
+    except OSError:
+        return None
+
+
 def _can_setuid(uid: int) -> bool:
     pid = os.fork()
     if pid == 0:
@@ -224,22 +263,24 @@ def _isolate(shared_dirs: Sequence[str], probe_uid: int) -> tuple[dict[str, Any]
                 except OSError:
                     pass
             for i, src in enumerate(shared_dirs):
-                dst = f"{_SHARED_ROOT}/{i}"
-                os.makedirs(dst, exist_ok=True)
-                os.chmod(_SHARED_ROOT, 0o755)
-                os.chmod(dst, 0o755)
-                try:
-                    _mount(src, dst, None, _MS_BIND | _MS_REC)
-                    _mount(None, dst, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY)
-                    shared[src] = dst
-                except OSError:
-                    shared[src] = None
+                shared[src] = _bind_readonly(src, f"{_SHARED_ROOT}/{i}")
+            # A program running under another uid must still import the stdlib: mirror the
+            # import path dirs other users cannot read (e.g. a Python under /root/.pyenv).
+            for i, src in enumerate(p for p in sys.path if os.path.isdir(p)):
+                if not _world_readable(src):
+                    dst = _bind_readonly(os.path.realpath(src), f"{_SHARED_ROOT}/py{i}")
+                    if dst:
+                        _PY_PATH_MAP[src] = dst
         except OSError as e:
             prot["filesystem"] = f"none ({e})"
     # Root: every in-flight program gets its own throwaway uid, so RLIMIT_NPROC is a real
     # per-program cap (root ignores it) and root-owned files are out of reach.
+    hidden = [p for p in sys.path if os.path.isdir(p) and p not in _PY_PATH_MAP and not _world_readable(p)]
     if os.geteuid() == 0 and _can_setuid(probe_uid):
-        prot["uid"] = "per-program uid"
+        if hidden:  # no way to show it the interpreter's files: stay root rather than break imports
+            prot["uid"] = f"same (cannot expose {hidden[0]} to another uid)"
+        else:
+            prot["uid"] = "per-program uid"
     for src in shared_dirs:
         if src not in shared:  # no mount namespace: usable only if we stay the same user
             shared[src] = src if prot["uid"] == "same" else None
@@ -382,25 +423,20 @@ def _exit_code(code: Any) -> int:
     return 1
 
 
-def _exec_python(source: str, jobdir: str, allow_subprocess: bool) -> None:
+def _exec_python(source: str, jobdir: str, allow_subprocess: bool, prelude: Any = None) -> None:
     """Runs inside the program process (a fork of the monitor); never returns."""
-    import builtins
+    sys.dont_write_bytecode = True
+    sys.argv = ["<sandbox>"]
+    sys.path = [jobdir] + [_PY_PATH_MAP.get(p, p) for p in sys.path if p]
+    import builtins  # all preloaded by the server (_HARNESS_MODULES)
+    import io
     import linecache
     import traceback
     import types
 
-    sys.dont_write_bytecode = True
-    sys.argv = ["<sandbox>"]
-    sys.path = [jobdir] + [p for p in sys.path if p]
-    import io
-
-    def stream(fd: int, mode: str) -> io.TextIOWrapper:  # like open(fd) minus its fstat/ioctl calls
-        raw = io.FileIO(fd, mode, closefd=False)
-        buf = io.BufferedWriter(raw) if mode == "w" else io.BufferedReader(raw)
-        return io.TextIOWrapper(buf, encoding="utf-8", errors="backslashreplace")
-
-    out, err = stream(1, "w"), stream(2, "w")
-    sys.stdin = sys.__stdin__ = stream(0, "r")
+    # Made by the server, never used there: empty buffers on fds 0-2, which now are ours.
+    stdin, out, err = _STREAMS
+    sys.stdin = sys.__stdin__ = stdin
     sys.stdout = sys.__stdout__ = out
     sys.stderr = sys.__stderr__ = err
     main = types.ModuleType("__main__")
@@ -410,6 +446,8 @@ def _exec_python(source: str, jobdir: str, allow_subprocess: bool) -> None:
     linecache.cache["<sandbox>"] = (len(source), None, source.splitlines(True), "<sandbox>")  # tracebacks
     code = 0
     try:
+        if prelude is not None:
+            exec(prelude, main.__dict__)
         exec(compile(source, "<sandbox>", "exec"), main.__dict__)
     except SystemExit as e:
         code = _exit_code(e.code)
@@ -474,8 +512,28 @@ def _enter_jail(jobdir: str, limits: Mapping[str, Any], uid: int | None, nproc: 
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # Python ignores it; exec'd programs expect default
     else:
         _prctl(_PR_SET_DUMPABLE, 1)  # setuid cleared it; keeps /proc/self usable for the program
-    os.environ.clear()
-    os.environ.update(env)
+    if exec_path:
+        return  # execve gets `env` itself
+    # The server's environment is already _BASE_ENV (set once at start): only the job-specific
+    # variables change, which spares every program a rebuild of os.environ.
+    for key in set(os.environ) - set(env):
+        del os.environ[key]
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
+_PRELUDES: dict[str, Any] = {}
+
+
+def _compiled_prelude(text: str) -> Any:
+    """Compile a prelude once per monitor; every later fork inherits the code object."""
+    code = _PRELUDES.get(text)
+    if code is None:
+        if len(_PRELUDES) >= 64:
+            _PRELUDES.pop(next(iter(_PRELUDES)))
+        code = _PRELUDES[text] = compile(text, "<prelude>", "exec")
+    return code
 
 
 class _Step:
@@ -490,9 +548,16 @@ class _Step:
         exe = None
         if step["kind"] == "exec":
             argv = list(step["argv"])
-            exe = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=self.env.get("PATH"))
+            exe = argv[0] if "/" in argv[0] else _which(argv[0], self.env.get("PATH", ""))
             if exe is None:
                 return dict(returncode=127, stdout="", stderr=f"sandbox: command not found: {argv[0]}\n",
+                            timed_out=False, killed_by_signal=None, duration_s=0.0)
+        prelude = None
+        if exe is None and step.get("prelude"):
+            try:
+                prelude = _compiled_prelude(step["prelude"])
+            except Exception as e:  # noqa: BLE001 - a broken prelude is the caller's bug: report it
+                return dict(returncode=1, stdout="", stderr=f"sandbox: prelude does not compile: {e!r}\n",
                             timed_out=False, killed_by_signal=None, duration_s=0.0)
         pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, result channel
         t0 = time.monotonic()
@@ -505,7 +570,7 @@ class _Step:
                 _enter_jail(self.jobdir, limits, self.uid, self.nproc, self.env,
                             tuple(w for _, w in pipes), exe is not None, monitor)
                 if exe is None:
-                    _exec_python(step["source"], self.jobdir, bool(limits.get("allow_subprocess")))
+                    _exec_python(step["source"], self.jobdir, bool(limits.get("allow_subprocess")), prelude)
                 else:
                     os.execve(exe, argv, dict(self.env))
             except BaseException as e:  # noqa: BLE001 - report and die, whatever it was
@@ -639,16 +704,51 @@ def _write_files(jobdir: str, files: Mapping[str, bytes], uid: int | None) -> No
                 d = os.path.dirname(d)
 
 
-def _rmtree(path: str) -> None:
-    def onerror(func, p, exc):  # the program may have chmod-ed things away
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-            func(p)
-        except OSError:
-            pass
+def _which(name: str, path: str) -> str | None:
+    for d in path.split(os.pathsep):
+        p = os.path.join(d, name)
+        if os.path.isfile(p) and os.access(p, os.X_OK):
+            return p
+    return None
 
-    shutil.rmtree(path, onerror=onerror)
+
+def _rmtree(path: str) -> None:
+    """Remove a job dir whatever the program left in it. fd-relative and never following
+    symlinks (a program may plant links to elsewhere); chmods back what it made unreadable."""
+    try:
+        top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return
+    except OSError:
+        os.chmod(path, 0o700)
+        top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        _rmtree_fd(top)
+    finally:
+        os.close(top)
+    os.rmdir(path)
+
+
+def _rmtree_fd(dfd: int) -> None:
+    for entry in os.scandir(dfd):
+        name = entry.name
+        try:
+            is_dir = stat.S_ISDIR(os.lstat(name, dir_fd=dfd).st_mode)
+        except FileNotFoundError:
+            continue
+        if is_dir:
+            try:
+                sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+            except PermissionError:
+                os.chmod(name, 0o700, dir_fd=dfd, follow_symlinks=False)
+                sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+            try:
+                _rmtree_fd(sub)
+            finally:
+                os.close(sub)
+            os.rmdir(name, dir_fd=dfd)
+        else:
+            os.unlink(name, dir_fd=dfd)
 
 
 def _write_all(fd: int, data: bytes) -> bool:
@@ -696,8 +796,7 @@ def _run_job(job: Mapping[str, Any], base: str, uid: int | None, nproc: int) -> 
         if uid is not None:
             os.chown(jobdir, uid, uid)
         _write_files(jobdir, job.get("files") or {}, uid)
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": jobdir, "TMPDIR": jobdir,
-               "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        env = {**_BASE_ENV, "HOME": jobdir, "TMPDIR": jobdir}
         for step, limits in zip(job["steps"], job["limits"]):
             res = _Step(step, limits, jobdir, uid, nproc, env).run()
             results.append(res)
@@ -742,6 +841,48 @@ def _monitor(req_fd: int, out_fd: int, base: str, uid: int | None, nprocs: Any) 
             return
 
 
+_BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+_STREAMS: list[Any] = []  # stdin, stdout, stderr text streams for Python programs (fds 0-2)
+
+
+def _warm_up() -> None:
+    """Prepare, once, what every Python program's start would otherwise build: its std streams
+    and environment; and walk its start-up path so the lazy caches it fills (codecs, interned
+    names) are already in the memory every fork inherits. Faults on copied pages are what a
+    forked program pays for most (more than the work itself), so less touched memory wins."""
+    import io
+    import resource
+    import types
+
+    os.environ.clear()
+    os.environ.update(_BASE_ENV)
+    os.environ.update({"HOME": "/", "TMPDIR": "/"})
+
+    def stream(fd: int, mode: str) -> io.TextIOWrapper:  # like open(fd), minus fstat/ioctl calls
+        raw = io.FileIO(fd, mode, closefd=False)
+        buf = io.BufferedWriter(raw) if mode == "w" else io.BufferedReader(raw)
+        return io.TextIOWrapper(buf, encoding="utf-8", errors="backslashreplace")
+
+    _STREAMS[:] = [stream(0, "r"), stream(1, "w"), stream(2, "w")]
+    for res in (resource.RLIMIT_CPU, resource.RLIMIT_AS, resource.RLIMIT_FSIZE, resource.RLIMIT_NOFILE,
+                resource.RLIMIT_CORE, resource.RLIMIT_NPROC):
+        resource.getrlimit(res)
+    main = types.ModuleType("__main__")
+    exec(compile("x = [i * 2 for i in range(3)]\n", "<sandbox>", "exec"), main.__dict__)
+    _audit_hook("/", False)("open", ("/x", "r", 0))
+    _audit_hook("/", False)("open", ("/x", "w", os.O_WRONLY))
+
+
+def _fresh_dir(parent: str) -> str:
+    while True:
+        path = os.path.join(parent, f"lmsb-{os.urandom(6).hex()}")
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+
+
 class _Server:
     """The fork server: reads jobs from the host and hands each to an idle monitor."""
 
@@ -754,15 +895,15 @@ class _Server:
         os.close(null)
         self.workers = workers
         # Throwaway uids far from real users; random so two servers on one machine do not share.
-        uid_base = random.randrange(1 << 20, (1 << 31) - (1 << 16))
+        uid_base = (1 << 20) + int.from_bytes(os.urandom(4), "little") % ((1 << 31) - (1 << 21))
         self.protections, self.shared, private_tmp = _isolate(shared_dirs, uid_base)
         self.root = self.protections["uid"] != "same"
         self.uid_base = uid_base if self.root else None
-        self.base = os.path.realpath(tempfile.mkdtemp(prefix="lmsb-", dir="/tmp" if private_tmp else None))
+        self.base = os.path.realpath(_fresh_dir("/tmp" if private_tmp else os.environ.get("TMPDIR", "/tmp")))
         os.chmod(self.base, 0o711)
         self.queue: deque[dict[str, Any]] = deque()
-        self.monitors: dict[int, dict[str, Any]] = {}  # result fd -> {pid, req, slot, job, buf}
-        self.idle: deque[int] = deque()
+        self.monitors: dict[int, dict[str, Any]] = {}  # result fd -> {pid, req, slot, jobs, buf, out}
+        self.writers: dict[int, int] = {}  # request fd -> result fd
         self.outbuf = bytearray()
         self.inbuf = bytearray()
         self.sel = selectors.DefaultSelector()
@@ -772,7 +913,9 @@ class _Server:
                 __import__(mod)
             except Exception:
                 pass
-        import resource  # noqa: F401 - programs' jail setup needs it; import once here
+        for mod in _HARNESS_MODULES:  # what the jail and _exec_python need, whatever the uid
+            __import__(mod)
+        _warm_up()
 
         # Move everything allocated so far out of the collector's reach: a collection in a
         # forked child would otherwise write to every object and copy the whole heap.
@@ -824,20 +967,42 @@ class _Server:
         os.close(req_r)
         os.close(res_w)
         os.set_blocking(res_r, False)
-        self.monitors[res_r] = {"pid": pid, "req": req_w, "slot": slot, "job": None, "buf": bytearray()}
+        os.set_blocking(req_w, False)
+        self.monitors[res_r] = {"pid": pid, "req": req_w, "slot": slot, "jobs": deque(), "buf": bytearray(),
+                                "out": bytearray()}
+        self.writers[req_w] = res_r
         self.sel.register(res_r, selectors.EVENT_READ)
-        self.idle.append(res_r)
 
     def _dispatch(self) -> None:
-        while self.queue and self.idle:
-            fd = self.idle.popleft()
-            mon = self.monitors[fd]
+        """Idle monitors first; when jobs are waiting, also queue one more behind a running job,
+        so a monitor starts its next program without a round trip through this process (which
+        matters when the machine is busy and we are slow to be scheduled)."""
+        while self.queue:
+            mon = min(self.monitors.values(), key=lambda m: len(m["jobs"]), default=None)
+            depth = 1 if len(self.queue) <= sum(not m["jobs"] for m in self.monitors.values()) else _DEPTH
+            if mon is None or len(mon["jobs"]) >= depth:
+                return
             job = self.queue.popleft()
-            mon["job"] = job
-            # Blocking write is fine: an idle monitor is sitting in read().
-            if not _write_all(mon["req"], _frame(job)):
-                self.queue.appendleft(job)
-                mon["job"] = None  # it died; its EOF arrives next and replaces it
+            mon["jobs"].append(job)
+            mon["out"] += _frame(job)
+            self._write_monitor(mon)
+
+    def _write_monitor(self, mon: dict[str, Any]) -> None:
+        fd = mon["req"]
+        while mon["out"]:
+            try:
+                n = os.write(fd, mon["out"])
+            except BlockingIOError:
+                break
+            except OSError:  # it died: its EOF on the result pipe is handled in _monitor_died
+                mon["out"].clear()
+                break
+            del mon["out"][:n]
+        key = self.sel.get_map().get(fd)
+        if mon["out"] and key is None:
+            self.sel.register(fd, selectors.EVENT_WRITE)
+        elif not mon["out"] and key is not None:
+            self.sel.unregister(fd)
 
     def _monitor_output(self, fd: int) -> None:
         mon = self.monitors[fd]
@@ -851,22 +1016,25 @@ class _Server:
                 return
             mon["buf"] += data
         for msg in _unframe(mon["buf"]):
-            mon["job"] = None
-            self.idle.append(fd)
+            if mon["jobs"]:
+                mon["jobs"].popleft()
             self.send({"op": "result", **msg})
 
     def _monitor_died(self, fd: int) -> None:
         mon = self.monitors.pop(fd)
         self.sel.unregister(fd)
         os.close(fd)
+        self.writers.pop(mon["req"], None)
+        if mon["req"] in self.sel.get_map():
+            self.sel.unregister(mon["req"])
         os.close(mon["req"])
-        if fd in self.idle:
-            self.idle.remove(fd)
         _, status = os.waitpid(mon["pid"], 0)
         self._kill_strays()
-        if mon["job"] is not None:
-            self.send({"op": "result", "id": mon["job"]["id"], "results": [],
+        if mon["jobs"]:  # the one it was running fails; those queued behind it go elsewhere
+            job = mon["jobs"].popleft()
+            self.send({"op": "result", "id": job["id"], "results": [],
                        "error": f"sandbox monitor died (wait status {status})"})
+            self.queue.extendleft(reversed(mon["jobs"]))
         if self.running:
             self._spawn_monitor(mon["slot"])
 
@@ -909,6 +1077,8 @@ class _Server:
                     self._flush()
                 elif fd in self.monitors:
                     self._monitor_output(fd)
+                elif fd in self.writers:
+                    self._write_monitor(self.monitors[self.writers[fd]])
             self._dispatch()
         # Shutdown: monitors kill their programs and remove their dirs on SIGTERM.
         for mon in self.monitors.values():
@@ -924,9 +1094,8 @@ class _Server:
 
 
 def _serve_main(argv: Sequence[str]) -> None:
-    import json
-
-    cfg = json.loads(argv[0]) if argv else {}
+    cfg = pickle.loads(bytes.fromhex(argv[0])) if argv else {}
+    sys.path[:0] = [p for p in cfg.get("path", []) if p not in sys.path]
     # Ctrl-C is for the host; we stop when its pipe closes. (No PR_SET_PDEATHSIG: it fires when
     # the host *thread* that started us ends, and any thread may start a server.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -940,11 +1109,14 @@ def _serve_main(argv: Sequence[str]) -> None:
         os._exit(0)
 
 
+if _SERVING:  # run as the server: serve, then exit; the client half below is never defined
+    _serve_main(sys.argv[2:])
+
 # ----------------------------------------------------------------------------------- client side
 
 
 def _limits_dict(limits: Limits) -> dict[str, Any]:
-    return dataclasses.asdict(limits)
+    return dict(limits.__dict__)  # flat dataclass: no need for asdict's deep copy
 
 
 def _as_bytes(files: Mapping[str, str | bytes] | None) -> dict[str, bytes]:
@@ -961,14 +1133,14 @@ def _default_workers() -> int:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         n = os.cpu_count() or 2
-    return max(2, 2 * n)
+    return max(2, n)  # programs are CPU-bound; more in flight only adds contention
 
 
 class Sandbox:
     """One fork server and the pipes to it; thread-safe; restarts the server if it dies.
 
-    `workers` is how many programs run at once (default 2 x CPUs: programs often wait on I/O or
-    timeouts). `shared_dirs` are host directories every program can read (read-only bind mounts
+    `workers` is how many programs run at once (default: the CPUs this process may use, at
+    least 2). `shared_dirs` are host directories every program can read (read-only bind mounts
     where namespaces are available); `shared_path(d)` says where a program finds `d`.
     """
 
@@ -1002,11 +1174,12 @@ class Sandbox:
 
     def _spawn(self) -> None:
         """Start a server (caller holds _write_lock) and resend anything still pending."""
-        import json
-
-        cfg = json.dumps({"workers": self.workers, "shared_dirs": self.shared_dirs})
+        # Programs may import the host's third-party packages: hand over its site-packages, since
+        # -S skips the site module (and the .pth imports that would bloat every fork).
+        path = [p for p in sys.path if "-packages" in p] if self.python == sys.executable else []
+        cfg = pickle.dumps({"workers": self.workers, "shared_dirs": self.shared_dirs, "path": path}).hex()
         # -I: no env vars, no user site, no cwd on sys.path; env={} keeps host secrets out of it.
-        proc = subprocess.Popen([self.python, "-I", os.path.abspath(__file__), "--serve", cfg],
+        proc = subprocess.Popen([self.python, "-I", "-S", os.path.abspath(__file__), "--serve", cfg],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={"PATH": "/usr/bin:/bin"},
                                 close_fds=True, start_new_session=True, cwd="/")
         buf = bytearray()
@@ -1158,9 +1331,16 @@ class Sandbox:
         return limits
 
     def submit_python(self, source: str, limits: Limits | None = None,
-                      files: Mapping[str, str | bytes] | None = None) -> Future:
-        """Start one Python program; the future resolves to a one-element list of RunResult."""
-        return self._submit([{"kind": "python", "source": source}], [limits or Limits()], files)
+                      files: Mapping[str, str | bytes] | None = None, prelude: str | None = None) -> Future:
+        """Start one Python program; the future resolves to a one-element list of RunResult.
+
+        `prelude`: trusted code run first in the same namespace (e.g. a test harness). Each
+        worker compiles a given prelude once and every later program reuses the code object,
+        so a large shared harness costs nothing per program."""
+        step = {"kind": "python", "source": source}
+        if prelude:
+            step["prelude"] = prelude
+        return self._submit([step], [limits or Limits()], files)
 
     def submit_commands(self, commands: Sequence[Sequence[str]], files: Mapping[str, str | bytes] | None = None,
                         limits: Limits | Sequence[Limits] | None = None) -> Future:
@@ -1176,14 +1356,14 @@ class Sandbox:
         return res[-1] if res else _error_result("sandbox returned no result")
 
     def run_python(self, source: str, limits: Limits | None = None,
-                   files: Mapping[str, str | bytes] | None = None) -> RunResult:
+                   files: Mapping[str, str | bytes] | None = None, prelude: str | None = None) -> RunResult:
         """Run one Python program (exec'd in a fresh `__main__` of a forked, jailed child)."""
-        return self._one(self.submit_python(source, limits, files))
+        return self._one(self.submit_python(source, limits, files, prelude))
 
     def map_python(self, sources: Sequence[str], limits: Limits | None = None,
-                   files: Mapping[str, str | bytes] | None = None) -> list[RunResult]:
+                   files: Mapping[str, str | bytes] | None = None, prelude: str | None = None) -> list[RunResult]:
         """Run many Python programs, up to `workers` at once; results in input order."""
-        futs = [self.submit_python(s, limits, files) for s in sources]
+        futs = [self.submit_python(s, limits, files, prelude) for s in sources]
         return [self._one(f) for f in futs]
 
     def run_command(self, argv: Sequence[str], files: Mapping[str, str | bytes] | None = None,
@@ -1233,6 +1413,3 @@ def run_command(argv: Sequence[str], files: Mapping[str, str | bytes] | None = N
     """Run one command in the shared default Sandbox."""
     return default_sandbox().run_command(argv, files, limits)
 
-
-if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--serve":
-    _serve_main(sys.argv[2:])
