@@ -52,6 +52,29 @@ class CheckpointEveryIterations(BaseCallback):
         return path
 
 
+class StopAfterSeconds(BaseCallback):
+    """Stop training once ``seconds`` of wall time have passed since training started (the batch
+    in flight is dropped, so no update runs on a partial batch)."""
+
+    def __init__(self, seconds: float, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.seconds = seconds
+
+    def _on_training_start(self) -> None:
+        import time
+
+        self.deadline = time.monotonic() + self.seconds
+
+    def _on_step(self) -> bool:
+        import time
+
+        if time.monotonic() < self.deadline:
+            return True
+        if self.verbose:
+            print(f"time limit of {self.seconds:.0f}s reached; stopping")
+        return False
+
+
 class EvalEveryIterations(BaseCallback):
     """Evaluate on a held-out env every ``every`` iterations; log ``eval/*`` and call ``on_result``."""
 

@@ -2,19 +2,41 @@
 
 Talks to the env through the VecEnv API (``env_method``/``get_attr``) and to the policy through
 ``act``. Task metrics come from the reward object when it has ``metrics()`` (accuracy, compile
-rate, toxicity...), looked up through the env's task.
+rate, toxicity...), looked up through the env's task. A policy with a ``pause_token_id``
+(`policies.PauseLMPolicy`) also gets pause metrics, counted on the generated token ids (decoded
+completions no longer hold the special pause token).
 """
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+import torch
 
-from agents.rollout import collect_episodes
+from agents.rollout import Episodes, collect_episodes
+
+
+def distinct_n(texts: list[str], n: int = 2) -> float:
+    """Distinct-n: unique word n-grams over all n-grams of all texts (diversity; 1 = no repeats)."""
+    grams = [tuple(words[i:i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+@torch.no_grad()
+def reference_statistics(policy: Any, episodes: Episodes) -> tuple[np.ndarray, np.ndarray]:
+    """Per episode: KL(policy ‖ reference) summed over tokens (k1 estimate on the sampled
+    tokens) and the reference model's perplexity of the completion."""
+    mask = episodes.action_mask
+    ref = torch.zeros_like(episodes.log_probs).masked_scatter(
+        mask, policy.evaluate_actions(episodes.input_ids, episodes.attention_mask, episodes.policy_mask,
+                                      reference=True).log_prob)
+    kl = ((episodes.log_probs - ref) * mask).sum(-1)
+    perplexity = torch.exp(-(ref * mask).sum(-1) / mask.sum(-1).clamp(min=1))
+    return kl.cpu().numpy(), perplexity.cpu().numpy()
 
 
 def evaluate_policy(policy: Any, env: Any, n_episodes: int, deterministic: bool = True,
-                    seed: int | None = 0) -> tuple[dict[str, float], list[dict[str, Any]]]:
+                    seed: int | None = 0, reference_stats: bool = False) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Run whole batches until ``n_episodes`` episodes finished; return (summary, samples).
 
     Seeding the env makes the held-out prompts the same every time it is called. ``score_mean``
@@ -22,14 +44,31 @@ def evaluate_policy(policy: Any, env: Any, n_episodes: int, deterministic: bool 
     reward the env returned (different under reward wrappers, whose components are summarized
     as ``rewards/<name>/mean``). Samples carry the data row ``index``, prompt, completion,
     reference, score, reward and length of each episode.
+
+    With ``reference_stats`` (a policy with a KL reference), also ``kl_mean`` (nats per completion)
+    and ``perplexity_mean`` (the reference model's perplexity of the completions). Sampling uses
+    its own seeded torch RNG, so evaluating never shifts the training run's random stream.
+
+    A pause policy (one with ``pause_token_id``) adds ``pauses`` to each sample and the metrics of
+    `pause_metrics` to the summary.
     """
+    pause_id = getattr(policy, "pause_token_id", None)
     if seed is not None:
         env.seed(seed)
     obs = env.reset()
-    scores, returned, lengths, samples = [], [], [], []
+    scores, returned, lengths, samples, pauses = [], [], [], [], []
+    kls, perplexities = [], []
     components: dict[str, list[float]] = {}
     while len(scores) < n_episodes:
-        episodes, obs = collect_episodes(policy, env, obs, deterministic=deterministic)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0 if seed is None else seed + len(scores))
+            episodes, obs = collect_episodes(policy, env, obs, deterministic=deterministic)
+        if pause_id is not None:  # pauses the policy chose, from the token ids
+            counts = ((episodes.input_ids == pause_id) & episodes.policy_mask.bool()).sum(-1)
+        if reference_stats:
+            kl, perplexity = reference_statistics(policy, episodes)
+            kls.extend(kl.tolist())
+            perplexities.extend(perplexity.tolist())
         for row, info in enumerate(episodes.infos):
             if len(scores) >= n_episodes:
                 break
@@ -41,13 +80,43 @@ def evaluate_policy(policy: Any, env: Any, n_episodes: int, deterministic: bool 
                 components.setdefault(name, []).append(float(value))
             samples.append({**{k: info.get(k) for k in ("index", "prompt", "completion", "reference", "score")},
                             "reward": returned[-1], "length": lengths[-1]})
+            if pause_id is not None:
+                pauses.append(int(counts[row]))
+                samples[-1]["pauses"] = pauses[-1]
     summary = {"episodes": len(scores), "score_mean": float(np.mean(scores)),
                "reward_mean": float(np.mean(returned)), "response_len_mean": float(np.mean(lengths))}
     summary.update({f"rewards/{name}/mean": float(np.mean(v)) for name, v in components.items() if name != "score"})
+    summary["distinct_2"] = distinct_n([s["completion"] for s in samples], 2)
+    if reference_stats:
+        summary["kl_mean"] = float(np.mean(kls[:n_episodes]))
+        summary["perplexity_mean"] = float(np.mean(perplexities[:n_episodes]))
     reward = env.get_attr("task", [0])[0].reward
     if hasattr(reward, "metrics"):
         metrics = reward.metrics([s["completion"] for s in samples], [s["reference"] for s in samples],
                                  np.asarray(scores, dtype=np.float32))
         summary.update({k: float(v) for k, v in metrics.items()})
+    if pause_id is not None:
+        summary.update(pause_metrics(pauses, lengths, scores, samples, reward))
     return summary, samples
+
+
+def pause_metrics(pauses: list[int], lengths: list[int], scores: list[float], samples: list[dict[str, Any]],
+                  reward: Any) -> dict[str, float]:
+    """Pauses per reply (all, correct, incorrect) and the percentage of generated tokens that are pauses.
+
+    A reply is correct when the reward says so (``is_correct``), else when its task score is > 0.
+    Means over an empty group are NaN.
+    """
+    if hasattr(reward, "is_correct"):
+        correct = np.array([bool(reward.is_correct(s["completion"], s["reference"])) for s in samples])
+    else:
+        correct = np.asarray(scores) > 0
+    counts = np.asarray(pauses, dtype=np.float64)
+
+    def mean(values: np.ndarray) -> float:
+        return float(values.mean()) if values.size else float("nan")
+
+    return {"pauses_mean": mean(counts), "pauses_mean_correct": mean(counts[correct]),
+            "pauses_mean_incorrect": mean(counts[~correct]),
+            "pause_token_pct": float(100.0 * counts.sum() / max(1, int(np.sum(lengths))))}
 

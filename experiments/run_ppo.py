@@ -43,8 +43,14 @@ def prepare(cfg):
     out = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_lm(cfg.policy.model, dtype=cfg.policy.dtype)
-    env, eval_env = build(cfg, tokenizer, model), build(cfg, tokenizer, model, eval_env=True)
     policy_kwargs = OmegaConf.to_container(cfg.policy, resolve=True)
+    policy_class = policy_kwargs.pop("class", None) or "CausalLMPolicy"
+    policy_kwargs.update(policy_kwargs.pop("pause", None) or {})
+    if policy_class == "PauseLMPolicy":  # the envs' action space must already hold the pause token
+        from policies import PAUSE_TOKEN, add_pause_token
+
+        add_pause_token(model, tokenizer, policy_kwargs.get("pause_token", PAUSE_TOKEN))
+    env, eval_env = build(cfg, tokenizer, model), build(cfg, tokenizer, model, eval_env=True)
     policy_kwargs["model"] = model
     device = policy_kwargs.pop("device", "auto")
     agent_kwargs = OmegaConf.to_container(cfg.agent, resolve=True)
@@ -57,7 +63,7 @@ def prepare(cfg):
         agent = PPO.load(resume_from, env=env, model=model, device=device, tensorboard_log=str(out / "tb"),
                          verbose=cfg.agent.verbose)
     else:
-        agent = PPO("CausalLMPolicy", env, policy_kwargs=policy_kwargs, seed=cfg.seed, device=device,
+        agent = PPO(policy_class, env, policy_kwargs=policy_kwargs, seed=cfg.seed, device=device,
                     tensorboard_log=str(out / "tb"), **agent_kwargs)
     return agent, env, eval_env, resume_from
 
@@ -68,15 +74,16 @@ def main(argv: list[str]) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     from agents import CheckpointEveryIterations, EvalEveryIterations, evaluate_policy
-    from agents.callbacks import write_json
+    from agents.callbacks import StopAfterSeconds, write_json
     from stable_baselines3.common.callbacks import CallbackList
 
     agent, env, eval_env, resume_from = prepare(cfg)
     checkpoints = out / "checkpoints"
 
     def evaluate(tag: str) -> dict:
+        has_reference = agent.policy.uses_lora or agent.policy.reference_model is not None
         summary, samples = evaluate_policy(agent.policy, eval_env, cfg.env.eval_episodes,
-                                           deterministic=cfg.env.eval_deterministic)
+                                           deterministic=cfg.env.eval_deterministic, reference_stats=has_reference)
         write_json(out / f"eval_{tag}.json", summary)
         write_json(out / f"samples_{tag}.json", samples)
         print(f"eval {tag}: " + " ".join(f"{k}={v:.4g}" for k, v in summary.items()), file=sys.stderr)
@@ -85,6 +92,8 @@ def main(argv: list[str]) -> dict:
     if resume_from is None or not (out / "eval_before.json").exists():
         evaluate("before")
     callbacks = [CheckpointEveryIterations(checkpoints, every=cfg.checkpoint_every)]
+    if cfg.get("time_limit_minutes"):
+        callbacks.append(StopAfterSeconds(60 * cfg.time_limit_minutes, verbose=1))
     if cfg.eval_every:
         callbacks.append(EvalEveryIterations(eval_env, cfg.eval_every, cfg.env.eval_episodes))
     budget = cfg.env.num_envs * cfg.env.kwargs.max_new_tokens

@@ -83,20 +83,24 @@ def _call_term(term: Term, takes_infos: bool, completions, references, prompts, 
 
 class LengthTerm:
     """Completion length per episode: generated tokens (``info["episode"]["l"]``) or characters.
-    Use with a negative weight as a length penalty."""
+    Use with a negative weight as a length penalty. With ``below=N`` the term is instead 1 for
+    completions shorter than N (0 otherwise): with a negative weight, a minimum-length penalty
+    that keeps empty or cut-short continuations from winning."""
 
-    def __init__(self, unit: str = "tokens") -> None:
+    def __init__(self, unit: str = "tokens", below: int | None = None) -> None:
         if unit not in ("tokens", "chars"):
             raise ValueError(f"unit must be 'tokens' or 'chars', got {unit!r}")
-        self.unit = unit
+        self.unit, self.below = unit, below
 
     def __call__(self, completions, references, prompts, infos) -> np.ndarray:
         if self.unit == "chars":
-            return np.array([len(c) for c in completions], dtype=np.float32)
-        return np.array([info["episode"]["l"] for info in infos], dtype=np.float32)
+            lengths = np.array([len(c) for c in completions], dtype=np.float32)
+        else:
+            lengths = np.array([info["episode"]["l"] for info in infos], dtype=np.float32)
+        return lengths if self.below is None else (lengths < self.below).astype(np.float32)
 
     def __repr__(self) -> str:
-        return f"LengthTerm(unit={self.unit!r})"
+        return f"LengthTerm(unit={self.unit!r}, below={self.below!r})"
 
 
 class InfoTerm:
