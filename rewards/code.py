@@ -28,7 +28,6 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -36,7 +35,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from rewards.base import Reward, as_text
-from rewards.sandbox import RESULT_FD, Limits, RunResult, Sandbox
+from rewards.sandbox import RESULT_FD, Job, Limits, RunResult, Sandbox, command_job, python_job
 
 JAVATUPLES_JAR = "/usr/share/java/javatuples.jar"  # Debian's libjavatuples-java
 DATA_DIR_ENV = "LM_ENVS_DATA_DIR"
@@ -161,8 +160,8 @@ class CodeReward(Reward):
     def make_sandbox(self) -> Sandbox:
         return Sandbox(workers=self.workers)
 
-    def submit(self, sandbox: Sandbox, code: str, reference: Any, prompt: str | None) -> tuple[Future, Any]:
-        """Start one program; returns (future of list[RunResult], context for `judge`)."""
+    def job(self, sandbox: Sandbox, code: str, reference: Any, prompt: str | None) -> tuple[Job, Any]:
+        """The sandbox job scoring `code` against `reference`, and a context for `judge`."""
         raise NotImplementedError
 
     def judge(self, results: list[RunResult], context: Any) -> CodeResult:
@@ -187,20 +186,21 @@ class CodeReward(Reward):
                  prompts: Sequence[str] | None = None) -> list[CodeResult]:
         """Per-completion outcomes (what `score` turns into numbers)."""
         out: list[CodeResult | None] = [None] * len(completions)
-        running: list[tuple[int, Future, Any]] = []
+        todo: list[tuple[int, Job, Any]] = []
         for i, (completion, ref) in enumerate(zip(completions, references)):
             code = self.clean(as_text(completion), ref)
             if not code.strip() or len(code) > self.max_completion_chars:
                 out[i] = CodeResult(False, 0, self._n_tests(ref))
                 continue
             try:
-                fut, ctx = self.submit(self.sandbox, code, ref, prompts[i] if prompts is not None else None)
-            except (KeyError, TypeError, ValueError) as e:
+                job, ctx = self.job(self.sandbox, code, ref, prompts[i] if prompts is not None else None)
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
                 raise ValueError(f"{self.name}: reference {i} is not a usable record: {e!r}") from e
-            running.append((i, fut, ctx))
-        for i, fut, ctx in running:
+            todo.append((i, job, ctx))
+        futures = self.sandbox.submit([job for _, job, _ in todo]) if todo else []
+        for (i, _, ctx), fut in zip(todo, futures):
             out[i] = self.judge(fut.result(), ctx)
-        self._last = (list(completions), out)  # type: ignore[assignment]
+        self._last = ([as_text(c) for c in completions], out)  # type: ignore[assignment]
         return out  # type: ignore[return-value]
 
     def _n_tests(self, reference: Any) -> int:
@@ -214,8 +214,9 @@ class CodeReward(Reward):
         return [self.to_score(r) for r in self.evaluate(completions, references, prompts)]
 
     def metrics(self, completions: Sequence[str], references: Sequence[Any], scores: np.ndarray) -> dict[str, float]:
-        """compile_rate, pass@1 (all tests passed), mean test pass fraction and timeout rate."""
-        if self._last is not None and self._last[0] == list(completions):
+        """compile_rate, pass@1 (all tests passed), mean test pass fraction, timeout rate and the
+        rate of sandbox failures (scored as compile failures; should stay 0)."""
+        if self._last is not None and self._last[0] == [as_text(c) for c in completions]:  # the batch just scored
             results = self._last[1]
         else:
             results = self.evaluate(completions, references)
@@ -225,6 +226,7 @@ class CodeReward(Reward):
             "pass@1": sum(r.all_passed for r in results) / n,
             "test_pass_rate": sum(r.pass_fraction for r in results) / n,
             "timeout_rate": sum(r.timed_out for r in results) / n,
+            "sandbox_error_rate": sum(r.error is not None for r in results) / n,  # infrastructure, not the model
         }
 
     def __del__(self) -> None:
@@ -236,42 +238,50 @@ class CodeReward(Reward):
 
 # ----------------------------------------------------------------------------------- Python
 
-# The harness is the program; the model's code is data inside it. It keeps `os.write` and the
-# nonce in local variables taken before the model's code runs, catches SystemExit per test, and
-# writes one line per test to the result channel, so partial results survive a later timeout.
+# The harness is the program; the model's code is data inside it. It is the sandbox prelude
+# (compiled once per worker). Everything it relies on is bound before the model's code runs:
+# builtins as default arguments, `os.write`/`os._exit` as locals, the tests precompiled; so
+# rebinding builtins (exec, print, BaseException...), patching `os`, swapping `sys.stdout` or
+# raising SystemExit cannot fake a pass. One line per test goes to the result channel, tagged
+# with a per-program nonce, so results written so far survive a later timeout or crash.
 _PY_HARNESS = '''\
-def __lmsb_main(_src, _setup, _units, _nonce, _fd, _entry):
+def __lmsb_main(_src, _setup, _units, _nonce, _fd, _entry,
+                _exec=exec, _compile=compile, _BaseException=BaseException, _builtins=__builtins__):
     import os
     _write, _exit = os.write, os._exit
+
     def report(i, ok):
         try:
             _write(_fd, ("%s:%d:%d\\n" % (_nonce, i, 1 if ok else 0)).encode())
-        except BaseException:
+        except _BaseException:
             pass
+
     try:
-        code = compile(_src, "<solution>", "exec")
-    except BaseException:
+        code = _compile(_src, "<solution>", "exec")
+    except _BaseException:
         report(-1, False)
         _exit(0)
+    units = [(is_test, _compile(u, "<test>", "exec")) for is_test, u in _units]
+    setup = [_compile(u, "<setup>", "exec") for u in _setup]
     report(-1, True)
-    ns = {"__name__": "__main__", "__builtins__": __builtins__}
+    ns = {"__name__": "__main__", "__builtins__": _builtins}
     try:
-        exec(code, ns)
-        for s in _setup:
-            exec(compile(s, "<setup>", "exec"), ns)
+        _exec(code, ns)
+        for u in setup:
+            _exec(u, ns)
         if _entry is not None:
             ns["candidate"] = ns[_entry]
         loaded = True
-    except BaseException:
+    except _BaseException:
         loaded = False
     i = 0
-    for is_test, unit in _units:
+    for is_test, u in units:
         ok = False
         if loaded:
             try:
-                exec(compile(unit, "<test>", "exec"), ns)
+                _exec(u, ns)
                 ok = True
-            except BaseException:
+            except _BaseException:
                 ok = False
         if is_test:
             report(i, ok)
@@ -289,11 +299,10 @@ def _python_program(code: str, setup: Sequence[str], units: Sequence[tuple[bool,
 
 
 class _PythonCodeReward(CodeReward):
-    def submit(self, sandbox: Sandbox, code: str, reference: Any, prompt: str | None) -> tuple[Future, Any]:
+    def job(self, sandbox: Sandbox, code: str, reference: Any, prompt: str | None) -> tuple[Job, Any]:
         program, setup, units, entry = self.program_parts(code, reference)
         src, nonce = _python_program(program, setup, units, entry)
-        fut = sandbox.submit_python(src, self.limits, prelude=_PY_HARNESS)
-        return fut, (nonce, sum(1 for t, _ in units if t))
+        return python_job(src, self.limits, prelude=_PY_HARNESS), (nonce, sum(1 for t, _ in units if t))
 
     def program_parts(self, code: str, reference: Any) -> tuple[str, list[str], list[tuple[bool, str]], str | None]:
         raise NotImplementedError
@@ -502,9 +511,14 @@ class HumanEvalCppReward(_CompiledCodeReward):
     def __init__(self, *args: Any, pch: bool = True, compiler: str = "g++", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.compiler = compiler
-        self.pch_dir = build_cpp_pch(compiler=compiler) if pch else None
+        self.pch = pch
+        self.pch_dir: Path | None = None
 
     def make_sandbox(self) -> Sandbox:
+        # First use: build the PCH (seconds, once per machine) before the server starts, so the
+        # server can share its directory read-only with every compile.
+        if self.pch and self.pch_dir is None:
+            self.pch_dir = build_cpp_pch(compiler=self.compiler)
         return Sandbox(workers=self.workers, shared_dirs=[str(self.pch_dir)] if self.pch_dir else ())
 
     def compile_command(self, sandbox: Sandbox) -> list[str]:
@@ -514,16 +528,16 @@ class HumanEvalCppReward(_CompiledCodeReward):
             cmd += ["-I", inside, "-include", "bits/stdc++.h"]
         return cmd + ["-o", "prog", "main.cpp"]
 
-    def submit(self, sandbox, code, reference, prompt):
+    def job(self, sandbox, code, reference, prompt):
         nonce = secrets.token_hex(8)
         tests, total = _rewrite_asserts(reference["tests"], lambda i, e: f"LMSB_CHECK({i}, {e});")
         prelude = _CPP_PRELUDE.format(nonce=nonce, fd=RESULT_FD)
         at = tests.find("int main")
         tests = tests[:at] + prelude + tests[at:] if at >= 0 else tests
         source = reference["prompt"] + code + tests
-        fut = sandbox.submit_commands([self.compile_command(sandbox), ["./prog"]], {"main.cpp": source},
-                                      [self.compile_limits(), self.limits])
-        return fut, (nonce, total)
+        job = command_job([self.compile_command(sandbox), ["./prog"]], {"main.cpp": source},
+                          [self.compile_limits(), self.limits])
+        return job, (nonce, total)
 
 
 _JVM_FLAGS = ("-Xmx256m", "-Xss8m", "-XX:CompressedClassSpaceSize=64m", "-XX:MaxMetaspaceSize=192m",
@@ -561,7 +575,7 @@ class HumanEvalJavaReward(_CompiledCodeReward):
     def compile_limits(self) -> Limits:
         return Limits(wall_s=60.0, cpu_s=60.0, memory_mb=2048, max_procs=128, file_mb=64)
 
-    def submit(self, sandbox, code, reference, prompt):
+    def job(self, sandbox, code, reference, prompt):
         nonce = secrets.token_hex(8)
         tests, total = _rewrite_asserts(reference["tests"], lambda i, e: f"lmsbCheck({i}, () -> ({e}));")
         at = tests.find("public static void main")
@@ -575,9 +589,9 @@ class HumanEvalJavaReward(_CompiledCodeReward):
         if cp:
             javac += ["-cp", cp]
         java = ["java", "-ea", *_JVM_FLAGS, "-cp", ".:" + cp if cp else ".", cls]
-        fut = sandbox.submit_commands([javac + [f"{cls}.java"], java], {f"{cls}.java": source},
-                                      [self.compile_limits(), self.limits])
-        return fut, (nonce, total)
+        job = command_job([javac + [f"{cls}.java"], java], {f"{cls}.java": source},
+                          [self.compile_limits(), self.limits])
+        return job, (nonce, total)
 
 
 __all__ = [
