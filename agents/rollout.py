@@ -60,6 +60,7 @@ def collect_episodes(policy: Any, env: Any, last_obs: dict[str, np.ndarray] | No
     if env.get_attr("autoreset", [0])[0]:
         raise ValueError("collect_episodes needs a lockstep TokenVecEnv (autoreset=False)")
     start = time.perf_counter()
+    policy.set_training_mode(False)  # e.g. gradient checkpointing would switch the KV cache off
     obs = env.reset() if last_obs is None else last_obs
     n = env.num_envs
     max_new = int(env.observation_space["num_generated"].high[0])

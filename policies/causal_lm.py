@@ -10,8 +10,9 @@ Choices worth knowing:
 * **Sampling.** Plain temperature sampling by default (``top_k=0, top_p=1``). When top-k or
   top-p is set, the *same* truncated, tempered distribution is used for sampling and for every
   log-prob the agent trains on, so rollout and update agree.
-* **Dropout is always off**, in rollouts and updates alike (`set_training_mode` does not turn it
-  on): the first PPO ratio is then exactly 1 up to float noise.
+* **Dropout is always off**, in rollouts and updates alike (every dropout probability is zeroed
+  at construction; train mode only enables gradient checkpointing): the first PPO ratio is then
+  exactly 1 up to float noise.
 * **Reference model.** With LoRA the reference is the same backbone with the adapter disabled;
   with full fine-tuning it is a frozen copy made at construction (only if ``reference=True``).
 """
@@ -56,6 +57,16 @@ class SequenceEval:
     log_prob: torch.Tensor
     entropy: torch.Tensor | None
     values: torch.Tensor | None
+
+
+def _disable_dropout(model: nn.Module) -> None:
+    """Zero every dropout (modules and float ``*dropout*`` attributes such as attention dropout)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for name, value in vars(module).items():
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -135,6 +146,7 @@ class CausalLMPolicy(BasePolicy):
                 task_type="CAUSAL_LM", **{"lora_dropout": 0.0, **dict(lora)})
             backbone = peft.get_peft_model(backbone, config)
         self.model = backbone
+        _disable_dropout(self.model)
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         hidden = self.model.get_output_embeddings().weight.shape[1]
@@ -156,8 +168,11 @@ class CausalLMPolicy(BasePolicy):
         return model.get_base_model() if hasattr(model, "get_base_model") else model
 
     def set_training_mode(self, mode: bool) -> None:
-        # Dropout stays off: rollouts and updates must see the same function (ratio == 1).
-        self.training = mode
+        # Train mode only switches on what needs it (gradient checkpointing); dropout was zeroed
+        # at construction, so rollouts and updates compute the same function (ratio == 1).
+        self.train(mode)
+        if self.reference_model is not None:
+            self.reference_model.eval()
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -167,7 +182,9 @@ class CausalLMPolicy(BasePolicy):
     # -- distributions -----------------------------------------------------------------------
     def log_probs_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Log-probs of the sampling distribution: temperature, then top-k, then top-p."""
-        logits = logits.float() / self.temperature
+        logits = logits.float()
+        if self.temperature != 1.0:  # skip a (N, V) copy in the common case
+            logits = logits / self.temperature
         if self.top_k > 0 and self.top_k < logits.shape[-1]:
             kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -279,6 +296,7 @@ class CausalLMPolicy(BasePolicy):
         with_entropy: bool = True,
         with_values: bool = True,
         reference: bool = False,
+        entropy_grad: bool = True,
     ) -> SequenceEval:
         """Teacher-forced log-probs (and values, entropy) of every action, in one forward pass.
 
@@ -287,6 +305,8 @@ class CausalLMPolicy(BasePolicy):
             at column ``c`` is scored from the hidden state at ``c - 1``, and the value at
             ``c - 1`` is the value of the state it was chosen in.
         :param reference: score under the reference model (no grad) instead of the policy.
+        :param entropy_grad: build the entropy's graph; agents without an entropy bonus turn it
+            off, which saves several ``(N, V)`` tensors of memory traffic in the backward pass.
         Logits are computed only at action positions, never for the whole sequence.
         """
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -305,9 +325,15 @@ class CausalLMPolicy(BasePolicy):
         log_probs = self.action_log_probs(chosen, None, self.model, input_ids, rows, columns)
         return SequenceEval(
             log_probs.gather(-1, actions[:, None]).squeeze(-1),
-            self.entropy_from_log_probs(log_probs) if with_entropy else None,
+            (self._entropy(log_probs, entropy_grad) if with_entropy else None),
             self.value_of(chosen) if with_values else None,
         )
+
+    def _entropy(self, log_probs: torch.Tensor, grad: bool) -> torch.Tensor:
+        if grad:
+            return self.entropy_from_log_probs(log_probs)
+        with torch.no_grad():
+            return self.entropy_from_log_probs(log_probs.detach())
 
     def _reference(self):
         if self.uses_lora:
@@ -328,6 +354,7 @@ class CausalLMPolicy(BasePolicy):
 
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
         """SB3's ``predict``, with the KV cache as the recurrent ``state``."""
+        self.set_training_mode(False)
         obs_tensor, vectorized = self.obs_to_tensor(observation)
         actions, _, _, state = self.act(obs_tensor, state, episode_start, deterministic)
         actions = actions.cpu().numpy()

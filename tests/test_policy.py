@@ -149,3 +149,25 @@ def test_predict_sb3_surface(tiny_lm):
     obs, *_ = env.step(actions)
     actions2, state2 = policy.predict(obs, state, np.zeros(2, dtype=bool), deterministic=True)
     assert state2.length == state.length + 1
+
+
+def test_dropout_is_zeroed_and_gradient_checkpointing_is_live(tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_dir), attention_dropout=0.3)
+    env = TokenVecEnv(echo_task(), load_lm(str(tiny_dir))[1], num_envs=2, max_new_tokens=4, max_prompt_tokens=16)
+    policy = CausalLMPolicy(env.observation_space, env.action_space, lambda _: 1e-3, model=model,
+                            lora={"r": 2, "lora_dropout": 0.5, "target_modules": ["q_proj"]},
+                            gradient_checkpointing=True)
+    dropouts = [m.p for m in policy.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(p == 0.0 for p in dropouts)
+    policy.set_training_mode(True)
+    assert any(getattr(m, "gradient_checkpointing", False) and m.training for m in policy.model.modules())
+    torch.manual_seed(0)
+    episodes, _ = collect_episodes(policy, env)  # rollouts switch back to eval (KV cache on)
+    assert not policy.model.training
+    policy.set_training_mode(True)
+    out = policy.evaluate_actions(episodes.input_ids, episodes.attention_mask, episodes.policy_mask)
+    assert torch.allclose(out.log_prob, episodes.log_probs[episodes.action_mask], atol=1e-4)
+    out.log_prob.sum().backward()
+    assert any(p.grad is not None for p in policy.model.parameters() if p.requires_grad)
