@@ -33,6 +33,7 @@ from agents import ppo_math
 from agents.buffer import TokenRolloutBuffer
 from agents.rollout import collect_episodes
 from policies.causal_lm import CausalLMPolicy
+from policies.pause import PauseLMPolicy
 
 CHECKPOINT_FORMAT = 1
 
@@ -68,7 +69,7 @@ class PPO(OnPolicyAlgorithm):
         prints one summary line per iteration; ``verbose=2`` adds SB3's table.
     """
 
-    policy_aliases = {"CausalLMPolicy": CausalLMPolicy}
+    policy_aliases = {"CausalLMPolicy": CausalLMPolicy, "PauseLMPolicy": PauseLMPolicy}
 
     def __init__(
         self,
@@ -220,7 +221,8 @@ class PPO(OnPolicyAlgorithm):
                 minibatch_stats: dict[str, float] = {}
                 for micro in minibatch.split(self.micro_batch_size):
                     out = policy.evaluate_actions(micro.input_ids, micro.attention_mask, micro.policy_mask,
-                                                  with_entropy=True, with_values=True)
+                                                  with_entropy=True, with_values=True,
+                                                  entropy_grad=self.ent_coef != 0)
                     log_probs, values, entropy = (micro.unflatten(out.log_prob), micro.unflatten(out.values),
                                                   micro.unflatten(out.entropy))
                     # Token-level means over the whole minibatch: weight each micro-batch by its tokens.

@@ -8,7 +8,10 @@
 Task options go through ``--task-kwarg key=value`` (YAML values), e.g. ``--task-kwarg language=de``
 or ``--task-kwarg 'subjects=[anatomy, virology]'``. Writes ``summary.json`` (mean task score,
 the reward's metrics: accuracy, per-subject accuracy, compile rate, pass@1, toxicity...) and
-``samples.jsonl`` (one episode per line) to ``--output-dir`` and prints a table. A thin script:
+``samples.jsonl`` (one episode per line) to ``--output-dir`` and prints a table. A pause model
+(``config.pause_token_id``, e.g. ``--model outputs/sft/final``) or a `PauseLMPolicy` checkpoint is
+evaluated with that policy and adds pause metrics (pauses per reply overall/correct/incorrect,
+percentage of pause tokens). A thin script:
 composition only (lm_envs, policies, agents.evaluate_policy).
 """
 from __future__ import annotations
@@ -73,6 +76,15 @@ def load_policy(args: argparse.Namespace, env: Any, model: Any) -> Any:
     from policies import CausalLMPolicy
 
     overrides = {} if args.temperature is None else {"temperature": args.temperature}
+    pause = pause_policy_kwargs(args.checkpoint, model)
+    if pause is not None:  # a pause model or checkpoint: build the PauseLMPolicy itself, like PPO.load would
+        from policies import PauseLMPolicy
+
+        policy = PauseLMPolicy(env.observation_space, env.action_space, lambda _: 0.0, model=model,
+                               reference=False, device=args.device, **{**pause, **overrides})
+        if args.checkpoint.lower() != "none":
+            policy.load_trainable(Path(args.checkpoint) / "policy")
+        return policy
     if args.checkpoint.lower() == "none":
         return CausalLMPolicy(env.observation_space, env.action_space, lambda _: 0.0, model=model, reference=False,
                               device=args.device, **overrides)
@@ -84,6 +96,22 @@ def load_policy(args: argparse.Namespace, env: Any, model: Any) -> Any:
     if overrides:
         agent.policy.temperature = float(args.temperature)
     return agent.policy
+
+
+def pause_policy_kwargs(checkpoint: str, model: Any) -> dict[str, Any] | None:
+    """`PauseLMPolicy` kwargs when the checkpoint was trained with one (its ``policy/pause_config.json``)
+    or the model holds a pause token, else ``None`` (a plain `CausalLMPolicy`)."""
+    import torch
+
+    from policies.pause import pause_config
+
+    if checkpoint.lower() != "none":
+        if pause_config(Path(checkpoint) / "policy") is None:
+            return None
+        saved = torch.load(Path(checkpoint) / "agent.pt", map_location="cpu", weights_only=False)["policy_kwargs"]
+        return {k: v for k, v in saved.items() if k not in ("model", "reference", "device", "tokenizer")}
+    token = getattr(model.config, "pause_token", None)
+    return None if getattr(model.config, "pause_token_id", None) is None else {"pause_token": token}
 
 
 def checkpoint_model(checkpoint: str) -> str | None:
@@ -118,6 +146,11 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     model_spec = args.model or checkpoint_model(args.checkpoint) or "smollm2-135m-instruct"
     torch.manual_seed(args.seed)
     model, tokenizer = load_lm(model_spec, dtype=args.dtype)
+    pause = pause_policy_kwargs(args.checkpoint, model)
+    if pause is not None:  # the env's action space must hold the pause token (a no-op when the model has it)
+        from policies import PAUSE_TOKEN, add_pause_token
+
+        add_pause_token(model, tokenizer, pause.get("pause_token") or PAUSE_TOKEN)
     if args.data_dir:
         kwargs["data_dir"] = args.data_dir
     env = lm_envs.make_vec(args.env, args.batch_size, tokenizer, split=args.split, max_new_tokens=args.max_new_tokens,

@@ -2,10 +2,13 @@
 
 What lives here: model loading (`load_lm`, the embedded SmolLM2 included), `CausalLMPolicy`
 (LM + value head, optional LoRA, KV-cache stepping, teacher-forced evaluation, the KL
-reference). Knows nothing of tasks, envs or agents.
+reference), `PauseLMPolicy` (the same with a ``<|pause|>`` token chosen by a pause head, and
+`add_pause_token` to give a model that token). Knows nothing of tasks, envs or agents.
 """
 from policies.causal_lm import CausalLMPolicy, RolloutState, SequenceEval
 from policies.loading import DEFAULT_MODEL, EMBEDDED_MODELS, cache_dir, embedded_checkpoint, load_lm
+from policies.pause import PAUSE_TOKEN, PauseLMPolicy, add_pause_token, load_pause_head, save_pause_checkpoint
 
-__all__ = ["CausalLMPolicy", "DEFAULT_MODEL", "EMBEDDED_MODELS", "RolloutState", "SequenceEval",
-           "cache_dir", "embedded_checkpoint", "load_lm"]
+__all__ = ["CausalLMPolicy", "DEFAULT_MODEL", "EMBEDDED_MODELS", "PAUSE_TOKEN", "PauseLMPolicy", "RolloutState",
+           "SequenceEval", "add_pause_token", "cache_dir", "embedded_checkpoint", "load_lm", "load_pause_head",
+           "save_pause_checkpoint"]
