@@ -338,6 +338,7 @@ class PPO(OnPolicyAlgorithm):
                 hparams["learning_rate"] = float(self.policy.optimizer.param_groups[0]["lr"])
             policy_kwargs = {k: v for k, v in self.policy_kwargs.items() if k != "model" or isinstance(v, str)}
             meta = {"format": CHECKPOINT_FORMAT, "model": self.policy.model_spec, "uses_lora": self.policy.uses_lora,
+                    "policy_class": type(self.policy).__name__,
                     "num_timesteps": self.num_timesteps}
             (staging / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
             env_state = self.env.env_method("get_state", indices=[0])[0] if self.env is not None else None
@@ -387,7 +388,7 @@ class PPO(OnPolicyAlgorithm):
         policy_kwargs = dict(state["policy_kwargs"])
         policy_kwargs["model"] = model if model is not None else meta["model"]
         hparams = {**state["hparams"], **kwargs}
-        agent = cls("CausalLMPolicy", env, clip_range=state["clip_range"], policy_kwargs=policy_kwargs,
+        agent = cls(meta.get("policy_class", "CausalLMPolicy"), env, clip_range=state["clip_range"], policy_kwargs=policy_kwargs,
                     device=device, **hparams)
         agent.policy.load_trainable(path / "policy")
         agent.policy.optimizer.load_state_dict(state["optimizer"])

@@ -50,6 +50,10 @@ class EpisodeBatch:
     :param vocab_size: size of the action space (a model's vocabulary may exceed the tokenizer's).
     :param eos_token_ids: token ids that terminate; defaults to the tokenizer's EOS.
     :param stop_strings: strings that also terminate once they appear in the decoded completion.
+    :param count_tokens: ``{info_key: token}``: count these tokens (ids or token strings) in each
+        finished completion and report the count as ``info[info_key]``. Special tokens such as a
+        pause token are stripped from the text, so this is how a reward wrapper can price them
+        (``InfoTerm("pauses")``).
     :param truncate_prompt: ``"error"`` (default) or ``"left"``: keep the last tokens of a
         too-long prompt (and warn once), never a silent misalignment.
     """
@@ -65,6 +69,7 @@ class EpisodeBatch:
         eos_token_ids: Sequence[int] | None = None,
         stop_strings: Sequence[str] = (),
         truncate_prompt: str = "error",
+        count_tokens: dict[str, int | str] | None = None,
     ) -> None:
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
@@ -79,6 +84,7 @@ class EpisodeBatch:
             eos_token_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         self.eos_token_ids = np.asarray(sorted(set(eos_token_ids)), dtype=np.int64)
         self.stop_strings = tuple(stop_strings)
+        self.count_tokens = {key: self._token_id(token) for key, token in (count_tokens or {}).items()}
         self.truncate_prompt = truncate_prompt
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(self.eos_token_ids[0])
         self.length = max_prompt_tokens + max_new_tokens
@@ -94,6 +100,14 @@ class EpisodeBatch:
         self.finished = np.ones(n, dtype=bool)
         self.row_index = np.zeros(n, dtype=np.int64)
         self.start_time = np.zeros(n, dtype=np.float64)
+
+    def _token_id(self, token: int | str) -> int:
+        if isinstance(token, int):
+            return token
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise ValueError(f"count_tokens: {token!r} is not a token of this tokenizer")
+        return int(token_id)
 
     # -- prompts ---------------------------------------------------------------------------
     def encode_prompt(self, index: int) -> tuple[np.ndarray, str]:
@@ -172,6 +186,7 @@ class EpisodeBatch:
             reward_time = (time.perf_counter() - reward_start) / len(ended)
             rewards[ended] = scores
             now = time.time()
+            start = self.max_prompt_tokens
             for k, row in enumerate(ended):
                 infos[row] = {
                     "completion": completions[k],
@@ -183,6 +198,9 @@ class EpisodeBatch:
                     "episode": {"r": float(scores[k]), "l": int(self.num_generated[row]),
                                 "t": round(now - self.start_time[row], 6)},
                 }
+                generated = self.input_ids[row, start:start + self.num_generated[row]]
+                for key, token_id in self.count_tokens.items():
+                    infos[row][key] = int((generated == token_id).sum())
         return rewards, terminated, truncated, infos
 
     def completion(self, row: int) -> str:

@@ -17,7 +17,8 @@ from lm_envs.token_env import TokenEnv
 from lm_envs.vec_env import TokenVecEnv
 
 TaskBuilder = Callable[..., Task]
-_ENV_KEYS = {"max_new_tokens", "max_prompt_tokens", "vocab_size", "eos_token_ids", "stop_strings", "truncate_prompt"}
+_ENV_KEYS = {"max_new_tokens", "max_prompt_tokens", "vocab_size", "eos_token_ids", "stop_strings", "truncate_prompt",
+             "count_tokens"}
 _VEC_KEYS = _ENV_KEYS | {"completions_per_prompt", "autoreset", "seed"}
 
 

@@ -28,7 +28,7 @@ class TokenEnv(gym.Env):
         ``model.config.vocab_size`` when the model's vocabulary is larger.
     :param sampler: where the next prompt comes from; defaults to a shuffling `PromptSampler`.
         ``reset(seed=s)`` reseeds it.
-    :param eos_token_ids, stop_strings, truncate_prompt: see `EpisodeBatch`.
+    :param eos_token_ids, stop_strings, truncate_prompt, count_tokens: see `EpisodeBatch`.
     """
 
     metadata = {"render_modes": ["ansi"]}
@@ -44,11 +44,12 @@ class TokenEnv(gym.Env):
         eos_token_ids: Sequence[int] | None = None,
         stop_strings: Sequence[str] = (),
         truncate_prompt: str = "error",
+        count_tokens: dict[str, int | str] | None = None,
         render_mode: str | None = None,
     ) -> None:
         super().__init__()
         self.batch = EpisodeBatch(task, tokenizer, 1, max_new_tokens, max_prompt_tokens, vocab_size,
-                                  eos_token_ids, stop_strings, truncate_prompt)
+                                  eos_token_ids, stop_strings, truncate_prompt, count_tokens)
         self.sampler = sampler if sampler is not None else PromptSampler(len(task))
         self.observation_space = self.batch.observation_space
         self.action_space = gym.spaces.Discrete(self.batch.vocab_size)

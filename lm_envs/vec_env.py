@@ -43,7 +43,7 @@ class TokenVecEnv(VecEnv):
     :param autoreset: per-row SB3 auto-reset instead of whole-batch lockstep.
     :param seed: initial seed of the prompt samplers (``None``: fresh entropy).
     :param max_new_tokens, max_prompt_tokens, vocab_size, eos_token_ids, stop_strings,
-        truncate_prompt: see `EpisodeBatch`.
+        truncate_prompt, count_tokens: see `EpisodeBatch`.
     """
 
     def __init__(
@@ -60,6 +60,7 @@ class TokenVecEnv(VecEnv):
         eos_token_ids: Sequence[int] | None = None,
         stop_strings: Sequence[str] = (),
         truncate_prompt: str = "error",
+        count_tokens: dict[str, int | str] | None = None,
     ) -> None:
         if num_envs < 1:
             raise ValueError("num_envs must be at least 1")
@@ -68,7 +69,7 @@ class TokenVecEnv(VecEnv):
         if autoreset and completions_per_prompt != 1:
             raise ValueError("completions_per_prompt > 1 needs lockstep mode (autoreset=False)")
         self.batch = EpisodeBatch(task, tokenizer, num_envs, max_new_tokens, max_prompt_tokens, vocab_size,
-                                  eos_token_ids, stop_strings, truncate_prompt)
+                                  eos_token_ids, stop_strings, truncate_prompt, count_tokens)
         super().__init__(num_envs, self.batch.observation_space, gym.spaces.Discrete(self.batch.vocab_size))
         self.completions_per_prompt = completions_per_prompt
         self.autoreset = autoreset

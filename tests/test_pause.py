@@ -361,6 +361,21 @@ def test_ppo_first_minibatch_ratio_is_one(pause_dir, lora):
     assert stats["objective/kl"] == pytest.approx(0.0, abs=1e-5)
 
 
+def test_ppo_checkpoint_reloads_the_pause_policy(pause_dir, tmp_path):
+    """A pause run's checkpoint comes back as a PauseLMPolicy with the same weights (resume works)."""
+    tokenizer = load_lm(str(pause_dir))[1]
+    env = TokenVecEnv(echo_task(), tokenizer, num_envs=4, max_new_tokens=4, max_prompt_tokens=16, seed=0,
+                      vocab_size=len(tokenizer))
+    agent = PPO("PauseLMPolicy", env, batch_size=4, seed=0, kl_coef=0.01, learning_rate=3e-3,
+                policy_kwargs=dict(model=str(pause_dir), lora=LORA, max_pauses=2))
+    agent.learn(4 * 4)
+    agent.save(tmp_path / "ckpt")
+    loaded = PPO.load(tmp_path / "ckpt", env=env)
+    assert isinstance(loaded.policy, PauseLMPolicy) and loaded.policy.max_pauses == 2
+    for (name, a), b in zip(agent.policy.state_dict().items(), loaded.policy.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 # -- SFT warm-up ----------------------------------------------------------------------------------
 TARGET_P = 0.5
 
@@ -511,3 +526,26 @@ def test_peft_model_is_merged_so_the_reference_is_the_adapted_model(pause_dir):
     reference, context = policy._reference()
     with torch.no_grad(), context:
         assert torch.allclose(reference(input_ids=ids).logits, adapted, atol=1e-4)
+
+
+def test_env_counts_pauses_for_a_per_pause_cost(tiny_lm):
+    """Pauses are stripped from the text, so the env counts them (count_tokens) and a reward
+    wrapper prices them through InfoTerm."""
+    from policies.pause import add_pause_token
+    from lm_envs.reward_wrappers import AddTerms, InfoTerm, VecRewardWrapper
+
+    model, tokenizer = tiny_lm
+    pause_id = add_pause_token(model, tokenizer)
+    env = VecRewardWrapper(
+        TokenVecEnv(echo_task(), tokenizer, num_envs=2, max_new_tokens=3, max_prompt_tokens=16,
+                    vocab_size=model.config.vocab_size, count_tokens={"pauses": "<|pause|>"}),
+        AddTerms({"pause_cost": (InfoTerm("pauses"), -0.5)}))
+    env.reset()
+    seven = tokenizer.convert_tokens_to_ids("7")
+    for actions in ([pause_id, seven], [pause_id, seven], [seven, seven]):
+        obs, rewards, dones, infos = env.step(np.array(actions))
+    assert dones.all()
+    assert [info["pauses"] for info in infos] == [2, 0]
+    assert "<|pause|>" not in infos[0]["completion"]
+    assert infos[0]["reward_components"]["pause_cost"] == pytest.approx(-1.0)
+    assert rewards[0] == pytest.approx(infos[0]["score"] - 1.0)
