@@ -441,11 +441,12 @@ class _CompiledCodeReward(CodeReward):
 
 
 def _cache_dir() -> Path:
-    env = os.environ.get("LMSB_CACHE_DIR")
+    # The same user cache as the embedded model's (policies.loading.cache_dir).
+    env = os.environ.get("LM_SB_CACHE")
     if env:
         return Path(env)
     xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "lm-stable-baselines"
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "lm_stable_baselines"
 
 
 CPP_FLAGS = ("-std=c++17", "-O0")
