@@ -29,9 +29,10 @@ def tiny_lm(tiny_dir):
     return load_lm(str(tiny_dir))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def smollm():
-    """The real embedded model (converted once and cached under the user cache dir)."""
+    """A fresh copy of the real embedded model (converted once, then loaded from the user cache in
+    about a second): LoRA and training modify a model in place, so tests never share one."""
     from policies import load_lm
 
     return load_lm("smollm2-135m-instruct")

@@ -4,12 +4,12 @@ import torch
 
 from agents import collect_episodes
 from lm_envs import make_vec
-from policies import CausalLMPolicy
+from policies import CausalLMPolicy, load_lm
 
 
 @pytest.fixture(scope="module")
-def smol_policy_env(smollm):
-    model, tokenizer = smollm
+def smol_policy_env():
+    model, tokenizer = load_lm("smollm2-135m-instruct")  # its own copy: LoRA is injected in place
     env = make_vec("lm_envs/GSM8K-v0", 4, tokenizer, split="test", max_new_tokens=16,
                    max_prompt_tokens=320, vocab_size=model.config.vocab_size, seed=0)
     policy = CausalLMPolicy(env.observation_space, env.action_space, lambda _: 1e-5, model=model,
