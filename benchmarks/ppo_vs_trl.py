@@ -260,6 +260,8 @@ def parent(args) -> None:
     for k, case in enumerate(cases):
         for side in (("ours", "trl") if k % 2 == 0 else ("trl", "ours")):
             results[(case, side)] = run_child(args, case, side)
+            if args.results_json:  # as we go, so an interrupted run keeps what it measured
+                Path(args.results_json).write_text(json.dumps(list(results.values()), indent=1))
     results = {(case, side): results[(case, side)] for case in cases for side in ("ours", "trl")}
     if args.results_json:
         Path(args.results_json).write_text(json.dumps([r for r in results.values()], indent=1))
