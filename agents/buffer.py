@@ -58,14 +58,21 @@ class TokenRolloutBuffer:
     kl: torch.Tensor
     kl_coef: float
     infos: list[dict[str, Any]] = field(default_factory=list)
+    value_shift: float = 0.0
 
     @classmethod
     @torch.no_grad()
     def from_episodes(cls, episodes: Episodes, policy: Any, kl_coef: float, kl_estimator: str = "k1",
                       gamma: float = 1.0, gae_lambda: float = 0.95, missing_eos_penalty: float | None = None,
                       reward_scale: float = 1.0, reward_clip: float | None = None,
-                      whiten_advantages: bool = True, reference_batch_size: int = 16) -> "TokenRolloutBuffer":
-        """Score the reference, shape rewards, and compute GAE for a batch of episodes."""
+                      whiten_advantages: bool = True, reference_batch_size: int = 16,
+                      calibrate_values: bool = False) -> "TokenRolloutBuffer":
+        """Score the reference, shape rewards, and compute GAE for a batch of episodes.
+
+        :param calibrate_values: add the batch's mean Monte-Carlo return to every value before
+            GAE, and report it as ``value_shift`` so the caller can move the value head by as
+            much (see ``PPO(calibrate_value_head=...)``).
+        """
         mask = episodes.action_mask
         log_probs = episodes.log_probs * mask
         ref_log_probs = log_probs.clone()
@@ -83,12 +90,17 @@ class TokenRolloutBuffer:
             scores = scores.clamp(-reward_clip, reward_clip)
         rewards = ppo_math.token_rewards(scores, kl, kl_coef, mask)
         values = episodes.values * mask
+        value_shift = 0.0
+        if calibrate_values:
+            _, monte_carlo_returns = ppo_math.gae(rewards, torch.zeros_like(values), mask, gamma, 1.0)
+            value_shift = float(ppo_math.masked_mean(monte_carlo_returns, mask))
+            values = (values + value_shift) * mask
         advantages, returns = ppo_math.gae(rewards, values, mask, gamma, gae_lambda)
         if whiten_advantages:
             advantages = ppo_math.masked_whiten(advantages, mask)
         return cls(episodes.input_ids, episodes.attention_mask, episodes.policy_mask, mask, log_probs, ref_log_probs,
                    values, rewards, advantages, returns, scores, episodes.scores.float(), episodes.terminated, kl,
-                   float(kl_coef), episodes.infos)
+                   float(kl_coef), episodes.infos, value_shift)
 
     @property
     def num_rows(self) -> int:

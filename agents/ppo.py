@@ -64,6 +64,11 @@ class PPO(OnPolicyAlgorithm):
     :param reward_scale: multiply scores by this before anything else.
     :param reward_clip: clip scaled scores to ``[-reward_clip, reward_clip]`` (``None``: off).
     :param whiten_advantages: whiten advantages over the batch's generated tokens.
+    :param calibrate_value_head: before the first update, move the value head's bias to the
+        first batch's mean return (the head starts at 0). Adam moves a bias by about one
+        learning rate per step, so an uncalibrated head stays far below scores near 1 for
+        hundreds of updates, and with ``gae_lambda < 1`` that offset turns into advantages that
+        depend on the token's position rather than on the completion's score.
     :param log_samples: prompt/completion pairs written to tensorboard as text per iteration.
     :param tensorboard_log, policy_kwargs, verbose, seed, device: as in SB3. ``verbose=1``
         prints one summary line per iteration; ``verbose=2`` adds SB3's table.
@@ -96,6 +101,7 @@ class PPO(OnPolicyAlgorithm):
         reward_scale: float = 1.0,
         reward_clip: float | None = None,
         whiten_advantages: bool = True,
+        calibrate_value_head: bool = True,
         log_samples: int = 2,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -125,6 +131,7 @@ class PPO(OnPolicyAlgorithm):
         self.kl_coef, self.adaptive_kl, self.kl_target, self.kl_horizon = kl_coef, adaptive_kl, kl_target, kl_horizon
         self.kl_estimator, self.missing_eos_penalty = kl_estimator, missing_eos_penalty
         self.reward_scale, self.reward_clip, self.whiten_advantages = reward_scale, reward_clip, whiten_advantages
+        self.calibrate_value_head = calibrate_value_head
         self.log_samples = log_samples
         self.buffer: TokenRolloutBuffer | None = None
         self._timings: dict[str, float] = {}
@@ -196,7 +203,10 @@ class PPO(OnPolicyAlgorithm):
             episodes, self.policy, kl_coef=self.kl_controller.value, kl_estimator=self.kl_estimator,
             gamma=self.gamma, gae_lambda=self.gae_lambda, missing_eos_penalty=self.missing_eos_penalty,
             reward_scale=self.reward_scale, reward_clip=self.reward_clip,
-            whiten_advantages=self.whiten_advantages)
+            whiten_advantages=self.whiten_advantages,
+            calibrate_values=self.calibrate_value_head and self._n_updates == 0)
+        if self.buffer.value_shift:
+            self.policy.shift_values(self.buffer.value_shift)
         self._timings["reference"] = time.perf_counter() - start
         callback.update_locals(locals())
         callback.on_rollout_end()
@@ -319,7 +329,8 @@ class PPO(OnPolicyAlgorithm):
     _SAVED_HPARAMS = ("learning_rate", "n_epochs", "batch_size", "micro_batch_size", "gamma", "gae_lambda",
                       "clip_range_vf", "vf_coef", "ent_coef", "max_grad_norm", "target_kl", "kl_coef",
                       "adaptive_kl", "kl_target", "kl_horizon", "kl_estimator", "missing_eos_penalty",
-                      "reward_scale", "reward_clip", "whiten_advantages", "log_samples", "seed")
+                      "reward_scale", "reward_clip", "whiten_advantages", "calibrate_value_head", "log_samples",
+                      "seed")
 
     def save(self, path: str | os.PathLike, exclude=None, include=None) -> None:
         """Write a checkpoint directory atomically (write to a temp dir, then rename).

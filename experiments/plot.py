@@ -3,7 +3,9 @@
 Reads the tensorboard event files under ``DIR/tb`` and writes ``DIR/plots/*.png`` (task score,
 each reward component, KL and its coefficient, entropy, response length, clip fraction, plus
 all of them in ``learning_curves.png``). When ``DIR/eval_before.json`` and ``eval_after.json``
-exist it also writes ``DIR/plots/before_after.md`` (and prints it).
+exist it also writes ``DIR/plots/before_after.md`` (and prints it), and when
+``DIR/samples_before.json`` and ``samples_after.json`` exist, ``DIR/plots/samples.md``: the
+first five held-out prompts (in eval order, not picked) with their continuations before → after.
 """
 from __future__ import annotations
 
@@ -68,6 +70,24 @@ def before_after_table(run_dir: Path) -> str | None:
     return "\n".join(lines) + "\n"
 
 
+def samples_table(run_dir: Path, n: int = 5, width: int = 90) -> str | None:
+    before, after = run_dir / "samples_before.json", run_dir / "samples_after.json"
+    if not (before.exists() and after.exists()):
+        return None
+    after_by_index = {s["index"]: s for s in json.loads(after.read_text())}
+    pairs = [(b, after_by_index[b["index"]]) for b in json.loads(before.read_text()) if b["index"] in after_by_index]
+
+    def cell(text: str) -> str:
+        text = text if len(text) <= width else text[:width] + "…"
+        return '"' + text.replace("|", "\\|").replace("\n", "\\n") + '"'
+
+    lines = ["| prompt | before (score) | after (score) |", "|---|---|---|"]
+    for b, a in pairs[:n]:
+        lines.append(f"| {cell(b['prompt'])} | {cell(b['completion'])} ({b['score']:.2f}) | "
+                     f"{cell(a['completion'])} ({a['score']:.2f}) |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str]) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
@@ -99,6 +119,10 @@ def main(argv: list[str]) -> list[Path]:
         (out / "before_after.md").write_text(table)
         written.append(out / "before_after.md")
         print(table)
+    samples = samples_table(args.run_dir)
+    if samples:
+        (out / "samples.md").write_text(samples)
+        written.append(out / "samples.md")
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     return written
 

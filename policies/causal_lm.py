@@ -75,6 +75,18 @@ def _device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
+def _shared_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(pick, inverse)`` with ``rows[pick][inverse] == rows``, one picked row per distinct row;
+    ``None`` when every row is distinct."""
+    distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    if len(distinct) == len(rows):
+        return None
+    # Any copy of a distinct row will do: they are identical.
+    pick = torch.zeros(len(distinct), dtype=torch.long, device=rows.device).scatter_(
+        0, inverse, torch.arange(len(rows), device=rows.device))
+    return pick, inverse
+
+
 class CausalLMPolicy(BasePolicy):
     """A causal LM as an SB3 policy over the token-level MDP.
 
@@ -93,7 +105,9 @@ class CausalLMPolicy(BasePolicy):
     :param reference: keep a reference model for KL (adapter-off view with LoRA, a frozen copy
         without). Agents that never use KL may turn it off to save memory.
     :param device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:0"``...
-    :param optimizer_class, optimizer_kwargs: the optimizer over trainable parameters.
+    :param optimizer_class, optimizer_kwargs: the optimizer over trainable parameters. AdamW
+        runs fused (one kernel for the whole step, as HF Trainer's default) unless
+        ``optimizer_kwargs`` says otherwise.
     :param model_kwargs: extra ``from_pretrained`` arguments.
     """
 
@@ -147,6 +161,7 @@ class CausalLMPolicy(BasePolicy):
             backbone = peft.get_peft_model(backbone, config)
         self.model = backbone
         _disable_dropout(self.model)
+        self.gradient_checkpointing = bool(gradient_checkpointing)
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         hidden = self.model.get_output_embeddings().weight.shape[1]
@@ -158,8 +173,11 @@ class CausalLMPolicy(BasePolicy):
         params = inspect.signature(type(self._base_lm()).forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self.to(_device(device))
+        optimizer_kwargs = dict(self.optimizer_kwargs)
+        if self.optimizer_class is torch.optim.AdamW and not {"fused", "foreach"} & optimizer_kwargs.keys():
+            optimizer_kwargs["fused"] = True
         self.optimizer = self.optimizer_class(
-            [p for p in self.parameters() if p.requires_grad], lr=lr_schedule(1), **self.optimizer_kwargs
+            [p for p in self.parameters() if p.requires_grad], lr=lr_schedule(1), **optimizer_kwargs
         )
 
     # -- SB3 plumbing ----------------------------------------------------------------------
@@ -228,8 +246,29 @@ class CausalLMPolicy(BasePolicy):
         new_cache = getattr(out, self._cache_kw, None) if use_cache else None
         return out.hidden_states[-1], out.logits[:, -1], new_cache
 
+    def _prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
+        """The first pass of a lockstep batch, run once per distinct prompt row.
+
+        Groups of completions (``completions_per_prompt > 1``) repeat each prompt; the prompt's
+        forward pass is the most expensive part of a short rollout, so identical rows are run
+        once and their hidden states, logits and KV cache are copied to every row that shares them.
+        """
+        shared = _shared_rows(torch.cat([input_ids, attention_mask], 1))
+        if shared is None:
+            return self._run(self.model, input_ids, attention_mask, position_ids, None, True)
+        pick, inverse = shared
+        hidden, logits, cache = self._run(self.model, input_ids[pick], attention_mask[pick], position_ids[pick],
+                                          None, True)
+        cache.reorder_cache(inverse)  # public Cache API: index_select over the batch dimension
+        return hidden[inverse], logits[inverse], cache
+
     def value_of(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.value_head(hidden.float()).squeeze(-1)
+
+    @torch.no_grad()
+    def shift_values(self, delta: float) -> None:
+        """Add ``delta`` to every value the head predicts (moves its bias)."""
+        self.value_head.bias.add_(delta)
 
     @torch.no_grad()
     def act(
@@ -271,7 +310,10 @@ class CausalLMPolicy(BasePolicy):
             offset = int(real_columns[0]) if len(real_columns) else 0
             mask = attention[:, offset:end]
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            hidden, logits, cache = self._run(self.model, input_ids[:, offset:end], mask, positions, None, lockstep)
+            if lockstep:
+                hidden, logits, cache = self._prefill(input_ids[:, offset:end], mask, positions)
+            else:
+                hidden, logits, cache = self._run(self.model, input_ids[:, offset:end], mask, positions)
             new_state = RolloutState(cache, offset, end) if lockstep else RolloutState(None, 0, -1)
             last_hidden = hidden[:, -1]
             if not lockstep:  # rows out of step: each row's newest real token is its own column
@@ -309,25 +351,50 @@ class CausalLMPolicy(BasePolicy):
             off, which saves several ``(N, V)`` tensors of memory traffic in the backward pass.
         Logits are computed only at action positions, never for the whole sequence.
         """
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         select = action_mask[:, 1:].bool()
         actions = input_ids[:, 1:][select]
         rows, columns = select.nonzero(as_tuple=True)  # decision at column c scores token c + 1
         if reference:
             model, context = self._reference()
             with torch.no_grad(), context:
-                hidden, _, _ = self._run(model, input_ids, attention_mask, positions)
-                chosen = hidden[:, :-1][select]
+                hidden, start = self._decision_hidden(model, input_ids, attention_mask, select)
+                chosen = hidden[:, :-1][select[:, start:]]
                 log_probs = self.action_log_probs(chosen, None, model, input_ids, rows, columns)
             return SequenceEval(log_probs.gather(-1, actions[:, None]).squeeze(-1), None, None)
-        hidden, _, _ = self._run(self.model, input_ids, attention_mask, positions)
-        chosen = hidden[:, :-1][select]
+        hidden, start = self._decision_hidden(self.model, input_ids, attention_mask, select)
+        chosen = hidden[:, :-1][select[:, start:]]
         log_probs = self.action_log_probs(chosen, None, self.model, input_ids, rows, columns)
         return SequenceEval(
             log_probs.gather(-1, actions[:, None]).squeeze(-1),
             (self._entropy(log_probs, entropy_grad) if with_entropy else None),
             self.value_of(chosen) if with_values else None,
         )
+
+    def _decision_hidden(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         select: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Final hidden states of columns ``start:``, where ``start`` is the first decision column.
+
+        Rows whose columns before ``start`` are identical (a prompt with several completions)
+        share one forward pass over that prefix: its KV cache is run once per distinct prefix,
+        copied to the rows that share it (the copy is differentiable, so gradients from every
+        completion reach the shared prompt pass), and only the rest of each row is run per row.
+        Otherwise (or with gradient checkpointing, which would replay the cache writes) this is
+        one ordinary forward pass and ``start`` is 0.
+        """
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        decision_columns = select.any(0).nonzero()
+        start = int(decision_columns[0]) if len(decision_columns) else 0
+        if start > 0 and not (self.gradient_checkpointing and torch.is_grad_enabled()):
+            shared = _shared_rows(torch.cat([input_ids[:, :start], attention_mask[:, :start]], 1))
+            if shared is not None:
+                pick, inverse = shared
+                _, _, cache = self._run(model, input_ids[pick, :start], attention_mask[pick, :start],
+                                        positions[pick, :start], None, True)
+                cache.reorder_cache(inverse)
+                hidden, _, _ = self._run(model, input_ids[:, start:], attention_mask, positions[:, start:], cache, True)
+                return hidden, start
+        hidden, _, _ = self._run(model, input_ids, attention_mask, positions)
+        return hidden, 0
 
     def _entropy(self, log_probs: torch.Tensor, grad: bool) -> torch.Tensor:
         if grad:

@@ -171,3 +171,41 @@ def test_dropout_is_zeroed_and_gradient_checkpointing_is_live(tiny_dir):
     assert torch.allclose(out.log_prob, episodes.log_probs[episodes.action_mask], atol=1e-4)
     out.log_prob.sum().backward()
     assert any(p.grad is not None for p in policy.model.parameters() if p.requires_grad)
+
+
+def test_grouped_prompts_share_one_prefill(tiny_lm):
+    """With k completions per prompt the prompt pass runs once per distinct prompt; the copies get
+    the same cache, so log-probs still equal teacher-forced ones and greedy copies agree."""
+    model, tokenizer = tiny_lm
+    env = TokenVecEnv(echo_task(), tokenizer, num_envs=8, completions_per_prompt=4, max_new_tokens=8,
+                      max_prompt_tokens=16, seed=0)
+    policy = CausalLMPolicy(env.observation_space, env.action_space, lambda _: 1e-3, model=model)
+    batch_sizes = []
+    run = policy._run
+    policy._run = lambda model, input_ids, *args, **kwargs: (batch_sizes.append(len(input_ids)),
+                                                             run(model, input_ids, *args, **kwargs))[1]
+    torch.manual_seed(0)
+    episodes, _ = collect_episodes(policy, env)
+    assert batch_sizes[0] == 2 and set(batch_sizes[1:]) == {8}
+    assert len({tuple(row) for row in episodes.input_ids[:, :env.batch.max_prompt_tokens].tolist()}) == 2
+    del batch_sizes[:]
+    out = teacher_forced(policy, episodes)
+    assert batch_sizes == [2, 8]  # teacher forcing shares the prompt pass too
+    assert torch.allclose(out.log_prob, episodes.log_probs[episodes.action_mask], atol=1e-4)
+    assert torch.allclose(out.values, episodes.values[episodes.action_mask], atol=1e-4)
+    # Gradients through the shared prompt pass equal those of running every row on its own.
+    params = [p for p in policy.parameters() if p.requires_grad]
+    policy.optimizer.zero_grad()
+    (out.log_prob.sum() + out.values.sum() + out.entropy.sum()).backward()
+    shared = [p.grad.clone() for p in params]
+    policy.optimizer.zero_grad()
+    for row in range(8):
+        one = policy.evaluate_actions(episodes.input_ids[row:row + 1], episodes.attention_mask[row:row + 1],
+                                      episodes.policy_mask[row:row + 1])
+        (one.log_prob.sum() + one.values.sum() + one.entropy.sum()).backward()
+    for a, p in zip(shared, params):
+        assert torch.allclose(a, p.grad, atol=1e-4, rtol=1e-4)
+    assert any(a.abs().sum() > 0 for a in shared)
+    greedy, _ = collect_episodes(policy, env, deterministic=True)
+    for group in greedy.input_ids.split(4):
+        assert (group == group[0]).all()

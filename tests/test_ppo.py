@@ -100,3 +100,40 @@ def test_only_lockstep_envs(tiny_dir, tiny_lm):
         agent.learn(16)
     with pytest.raises(ValueError, match="batch_size"):
         PPO("CausalLMPolicy", make_env(tiny_lm[1]), batch_size=3, policy_kwargs=dict(model=str(tiny_dir)))
+
+
+@pytest.mark.parametrize("calibrate", [True, False])
+def test_value_head_starts_at_first_mean_return(tiny_dir, tiny_lm, calibrate):
+    """The zero-initialised value head is moved to the first batch's mean Monte-Carlo return,
+    once, before any update; the buffer's values and advantages use the shifted head."""
+    from agents import ppo_math
+
+    constant = lambda completions, references, prompts=None: np.full(len(completions), 0.8, dtype=np.float32)
+    env = TokenVecEnv(echo_task(reward=constant), tiny_lm[1], num_envs=8, max_new_tokens=6, max_prompt_tokens=16,
+                      seed=0)
+    agent = PPO("CausalLMPolicy", env, learning_rate=1e-4, batch_size=4, kl_coef=0.0, seed=0,
+                calibrate_value_head=calibrate, policy_kwargs=dict(model=str(tiny_dir)))
+    seen = []
+
+    class Record(BaseCallback):
+        def _on_step(self):
+            return True
+
+        def _on_rollout_end(self):
+            buffer = self.model.buffer
+            episodes = self.locals["episodes"]
+            seen.append((buffer.value_shift, self.model.policy.value_head.bias.item(),
+                         (buffer.values - episodes.values * buffer.mask).abs().max().item(), buffer))
+
+    agent.learn(8 * 6 * 2, callback=Record())
+    (shift, bias, moved, buffer), (later_shift, _, later_moved, _) = seen
+    if not calibrate:
+        assert shift == 0.0 and bias == 0.0 and moved == 0.0
+        return
+    # With a constant score and no KL, every reward-to-go is the score itself.
+    assert shift == pytest.approx(0.8, abs=1e-6)
+    assert bias == pytest.approx(shift, abs=1e-6)
+    assert moved == pytest.approx(shift, abs=1e-5)
+    _, monte_carlo = ppo_math.gae(buffer.rewards, torch.zeros_like(buffer.values), buffer.mask, 1.0, 1.0)
+    assert shift == pytest.approx(float(ppo_math.masked_mean(monte_carlo, buffer.mask)), abs=1e-6)
+    assert later_shift == 0.0 and later_moved == 0.0  # only once, before the first update

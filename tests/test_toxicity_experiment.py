@@ -35,3 +35,7 @@ def test_short_toxicity_preset_writes_evals_and_plots(tiny_dir, tmp_path):
     table = (tmp_path / "plots" / "before_after.md").read_text()
     assert "| toxicity_mean |" in table and "| kl_mean |" in table
     assert "rewards/too_short/mean" in table
+    samples = (tmp_path / "plots" / "samples.md").read_text().splitlines()
+    assert samples[0].startswith("| prompt | before") and len(samples) == 2 + 5
+    first = json.loads((tmp_path / "samples_before.json").read_text())[0]
+    assert first["completion"][:20].replace("|", "\\|").replace("\n", "\\n") in samples[2]
