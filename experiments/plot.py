@@ -64,7 +64,9 @@ def before_after_table(run_dir: Path) -> str | None:
     lines = ["| metric | before | after | change |", "|---|---|---|---|"]
     for key in keys:
         x, y = b.get(key), a.get(key)
-        change = f"{(y - x) / abs(x) * 100:+.1f}%" if isinstance(x, (int, float)) and isinstance(y, (int, float)) and x else ""
+        # A relative change from (almost) zero, like KL before training, says nothing.
+        numbers = isinstance(x, (int, float)) and isinstance(y, (int, float))
+        change = f"{(y - x) / abs(x) * 100:+.1f}%" if numbers and abs(x) > 1e-4 else ""
         fmt = lambda v: f"{v:.4g}" if isinstance(v, (int, float)) else "-"
         lines.append(f"| {key} | {fmt(x)} | {fmt(y)} | {change} |")
     return "\n".join(lines) + "\n"
