@@ -126,7 +126,7 @@ def test_value_head_starts_at_first_mean_return(tiny_dir, tiny_lm, calibrate):
                          (buffer.values - episodes.values * buffer.mask).abs().max().item(), buffer))
 
     agent.learn(8 * 6 * 2, callback=Record())
-    (shift, bias, moved, buffer), (later_shift, _, later_moved, _) = seen
+    (shift, bias, moved, buffer), (later_shift, _, later_moved, _) = seen[:2]
     if not calibrate:
         assert shift == 0.0 and bias == 0.0 and moved == 0.0
         return
