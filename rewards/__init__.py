@@ -7,7 +7,9 @@
 
 A `Reward` scores a batch of completions against references (see `rewards.base`). Built-in
 names: gsm8k, gsm8k-format, mgsm, mmlu, toxicity, and the code rewards mbpp, humaneval,
-humaneval-cpp, humaneval-java (`rewards.code`). `register` adds your own. The registry stores
+humaneval-cpp, humaneval-java (`rewards.code`, run in the `rewards.sandbox` jail; they raise
+`SandboxError` / `MalformedRecordError` rather than return a score they cannot stand behind).
+`rewards.data` is the project's data loader. `register` adds your own. The registry stores
 "module:Class" strings and imports on `make`, so heavy rewards cost nothing until used.
 This package imports nothing from lm_envs, policies or agents.
 """
@@ -17,6 +19,7 @@ import importlib
 from collections.abc import Callable
 
 from rewards.base import FunctionReward, Reward
+from rewards.errors import MalformedRecordError, SandboxError
 from rewards.choice import MMLUReward, extract_choice, parse_choice_reference
 from rewards.math import GSM8KFormatReward, GSM8KReward, MGSMReward, extract_answer, format_ok, parse_reference
 from rewards.toxicity import HFClassifierScorer, ProfanityCheckScorer, ToxicityReward
@@ -86,7 +89,7 @@ def __getattr__(attr: str):
 
 
 __all__ = [
-    "Reward", "FunctionReward", "make", "register", "available",
+    "Reward", "FunctionReward", "make", "register", "available", "SandboxError", "MalformedRecordError",
     "GSM8KReward", "MGSMReward", "GSM8KFormatReward", "MMLUReward", "ToxicityReward",
     "ProfanityCheckScorer", "HFClassifierScorer",
     "extract_answer", "parse_reference", "format_ok", "extract_choice", "parse_choice_reference",

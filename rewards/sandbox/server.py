@@ -1,27 +1,30 @@
-"""Run untrusted, model-written programs: Python through a warm fork server, commands (g++,
-javac, java, ...) through the same server's exec path.
+"""The fork server: runs model-written programs, one fresh process per program, many at once.
 
-Lives here: `Limits`, `RunResult`, `Job` (+ `python_job`, `command_job`), `Sandbox` (a handle on
-one fork-server process: `run_python`, `map_python`, `run_command`, `run_commands`,
-`map_commands`, `submit`) and module-level `run_python`, `map_python`, `run_command` backed by a
-shared default `Sandbox`. The server half of this file runs as its own script
-(`python -I -S sandbox.py --serve`), so it starts from a clean interpreter, never as a fork of
-a host that holds torch or a model. Imports: standard library only.
+Started by `rewards.sandbox.client.Sandbox` as its own script (`python3 -I -S -B server.py
+--serve CONFIG`), normally inside the bubblewrap jail that `rewards.sandbox.jail` describes.
+It never imports the `rewards` package: only the standard library and `protocol` (the wire
+format, loaded from this file's directory).
 
-Process tree, and what each layer does (`Sandbox.protections` says what is active here):
+Process tree inside the jail (the jail itself: new user/pid/ipc/net/uts namespaces, no
+capabilities, no_new_privs, a read-only minimal filesystem, a private tmpfs /tmp):
 
-    host (your trainer)   jobs in / results out: length-prefixed pickles over the server's pipes
-      └─ server    once: new net + mount + IPC namespaces (unprivileged: inside a user
-         │         namespace), read-only root filesystem, private tmpfs /tmp; stdlib preloaded
-         └─ monitor  one per worker slot, forked once; child subreaper; per job: fresh dir,
-              │      wall clock, output caps, kills and reaps everything the program left
-              └─ program  forked per job: setsid, rlimits (CPU, address space, processes, file
-                          size, fds), its own throwaway uid when the server runs as root,
-                          scrubbed environment, fds 0-3 only; Python: audit hook, then
-                          exec(compile(source)) in a fresh __main__; commands: execve
+    server      reads jobs (JSON frames on fd 0), hands them to monitors, relays results (fd 1)
+     └─ monitor   one per worker slot, forked once; per job: a fresh dir, the wall clock,
+        │         output caps; kills and reaps whatever the job left behind
+        └─ job      forked per program; unshares a nested user + pid + ipc + mount namespace
+           │        and bind-mounts the job dir over /tmp, then forks
+           └─ program  pid 1 of its own pid namespace: a fresh /proc that shows only its own
+                       processes, no further user namespaces, rlimits (CPU, address space,
+                       processes, file size, fds), every capability dropped, no_new_privs,
+                       scrubbed environment, fds 0-3 only; then Python (exec of the source in
+                       a fresh __main__, compiled harness prelude first) or execve
 
-Besides stdout/stderr every program gets a *result channel* on fd 3 (`RESULT_FD`), captured
-separately, so a test harness can report results that program output cannot bury.
+When the program (pid 1) ends, the kernel kills everything else in its pid namespace, and
+its IPC namespace (SysV IPC, message queues) goes with it: no IPC object survives a job.
+Besides stdout/stderr every program gets a result channel on fd 3 (`RESULT_FD`).
+
+Without a jail (`allow_unsandboxed=True` on the host) the same server runs as a plain process:
+no namespaces, only rlimits, the output caps and a Python audit hook (not a boundary).
 """
 from __future__ import annotations
 
@@ -29,109 +32,35 @@ import _signal
 import ctypes
 import gc
 import itertools
+import json
 import os
-import pickle
 import selectors
 import signal
 import stat
-import struct
 import sys
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-# The server is the parent of every fork: each module it holds makes every fork and exit of a
-# program slower (page tables to copy and tear down), so it skips what only the host needs.
-_SERVING = __name__ == "__main__" and sys.argv[1:2] == ["--serve"]
-if _SERVING:
-    def dataclass(*args: Any, **kwargs: Any) -> Any:  # the server never builds these types
-        return args[0] if args else (lambda cls: cls)
-else:
-    import atexit
-    import dataclasses
-    import subprocess
-    import threading
-    from concurrent.futures import Future
-    from dataclasses import dataclass
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+import protocol  # noqa: E402  (this directory: the wire format, standard library only)
 
-RESULT_FD = 3  # the result channel every program gets, next to stdout/stderr
-CHANNEL_BYTES = 1 << 20  # cap of the result channel
+RESULT_FD = protocol.RESULT_FD
+CHANNEL_BYTES = protocol.CHANNEL_BYTES
+_frame, _unframe = protocol.frame, protocol.unframe
 _FLOOD_FACTOR = 256  # reading more than this times output_bytes kills the program
-_SHARED_ROOT = "/tmp/.lmsb-shared"  # where shared read-only dirs appear inside the namespace
 _DEPTH = 2  # jobs handed to one monitor at a time when there is a backlog
 _HARNESS_MODULES = ("builtins", "io", "linecache", "resource", "traceback", "types")
 _PRELOAD = (  # stdlib the server imports once so each program's imports are dictionary hits
-    "array bisect cmath collections copy functools heapq itertools math operator re string"
+    "array bisect cmath collections copy functools heapq itertools json math operator re string"
 ).split()
-
-
-# ----------------------------------------------------------------------------------- public types
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-program resource limits (each step of a command chain gets its own)."""
-
-    wall_s: float = 5.0  # wall clock, enforced by the monitor (kills the whole process group)
-    cpu_s: float = 5.0  # RLIMIT_CPU per process (SIGXCPU, then SIGKILL one second later)
-    memory_mb: int = 512  # RLIMIT_AS: address space per process
-    output_bytes: int = 64_000  # kept of stdout and of stderr each; the rest is read and dropped
-    max_procs: int = 32  # RLIMIT_NPROC: tasks (processes + threads) of the program's uid
-    file_mb: int = 16  # RLIMIT_FSIZE: largest file a program may write
-    open_files: int = 256  # RLIMIT_NOFILE
-    allow_subprocess: bool = False  # Python only: audit hook refuses fork/exec/spawn unless True
-
-
-@dataclass
-class RunResult:
-    """What one program did. `returncode` is negative for a signal, like `subprocess`."""
-
-    returncode: int | None
-    stdout: str
-    stderr: str
-    timed_out: bool  # wall clock or CPU limit hit
-    killed_by_signal: int | None
-    duration_s: float
-    channel: str = ""  # what the program wrote to fd 3 (RESULT_FD), capped at CHANNEL_BYTES
-    truncated: bool = False  # some stdout/stderr was dropped by the output cap
-    error: str | None = None  # the sandbox itself failed (not the program)
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out and self.error is None
-
-
-def _result_from_dict(d: Mapping[str, Any]) -> RunResult:
-    return RunResult(**{f.name: d[f.name] for f in dataclasses.fields(RunResult) if f.name in d})
-
-
-def _error_result(msg: str) -> RunResult:
-    return RunResult(None, "", "", False, None, 0.0, error=msg)
-
-
-# ----------------------------------------------------------------------------------- framing
-
-
-def _frame(obj: Any) -> bytes:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return struct.pack(">I", len(data)) + data
-
-
-def _unframe(buf: bytearray) -> list[Any]:
-    """Pop every complete frame off the front of `buf`."""
-    out = []
-    while len(buf) >= 4:
-        (n,) = struct.unpack_from(">I", buf)
-        if len(buf) < 4 + n:
-            break
-        out.append(pickle.loads(bytes(buf[4 : 4 + n])))
-        del buf[: 4 + n]
-    return out
+_JAIL_TMP = "/tmp"  # where a jailed program sees its job dir
 
 
 # ----------------------------------------------------------------------------------- server side
-# Everything below down to the client section runs inside the server process.
 
 _CLONE_NEWNS, _CLONE_NEWIPC, _CLONE_NEWUSER, _CLONE_NEWNET = 0x00020000, 0x08000000, 0x10000000, 0x40000000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
@@ -170,154 +99,71 @@ def _mount(src: str | None, target: str, fstype: str | None, flags: int, data: s
         raise OSError(err, f"mount {target}: {os.strerror(err)}")
 
 
-def _make_root_readonly() -> None:
-    class MountAttr(ctypes.Structure):
-        _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                    ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
-
-    attr = MountAttr(_MOUNT_ATTR_RDONLY, 0, 0, 0)
-    rc = _c().syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_int(_AT_FDCWD), b"/",
-                      ctypes.c_uint(_AT_RECURSIVE), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount_setattr /: {os.strerror(err)}")
+_CLONE_NEWPID = 0x20000000
+_PR_CAPBSET_DROP, _PR_SET_NO_NEW_PRIVS, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 24, 38, 47, 4
+_SYS_CAPSET = 126  # x86_64
+_JOB_NS = _CLONE_NEWUSER | _CLONE_NEWPID | _CLONE_NEWIPC | _CLONE_NEWNS
 
 
-_PY_PATH_MAP: dict[str, str] = {}  # import path dir -> where a program under another uid sees it
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
 
-def _remap_import_paths() -> None:
-    """Point sys.path and every imported package's __path__ at the mirrors, here in the server,
-    so programs (its forks) import from paths their uid can read."""
-    def remap(p: str) -> str:
-        for src, dst in _PY_PATH_MAP.items():
-            if p == src or p.startswith(src + os.sep):
-                return dst + p[len(src):]
-        return p
-
-    if not _PY_PATH_MAP:
-        return
-    sys.path[:] = [remap(p) for p in sys.path]
-    for mod in list(sys.modules.values()):
-        path = getattr(mod, "__path__", None)
-        if isinstance(path, list):
-            path[:] = [remap(p) for p in path]
-    sys.path_importer_cache.clear()
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
 
 
-def _world_readable(path: str) -> bool:
-    """Can any user list `path` (and traverse every directory above it)?"""
-    try:
-        p = os.path.realpath(path)
-        if os.stat(p).st_mode & 0o005 != 0o005:
-            return False
-        while p != "/":
-            p = os.path.dirname(p)
-            if not os.stat(p).st_mode & 0o001:
-                return False
-        return True
-    except OSError:
-        return False
-
-
-def _bind_readonly(src: str, dst: str) -> str | None:
-    """Bind-mount `src` read-only at `dst` (inside our private /tmp); None if that fails."""
-    try:
-        os.makedirs(dst, exist_ok=True)
-        for d in (_SHARED_ROOT, dst):
-            os.chmod(d, 0o755)
-        _mount(src, dst, None, _MS_BIND | _MS_REC)
-        _mount(None, dst, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY)
-        return dst
-    except OSError:
-        return None
-
-
-def _can_setuid(uid: int) -> bool:
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            os._exit(0)
-        except BaseException:
-            os._exit(1)
-    return os.waitpid(pid, 0)[1] == 0
-
-
-def _isolate(shared_dirs: Sequence[str], probe_uid: int) -> tuple[dict[str, Any], dict[str, str | None], bool]:
-    """Move the server into fresh namespaces, best effort.
-
-    Returns (protections, shared dir map, whether /tmp is our private tmpfs)."""
-    prot: dict[str, Any] = {"network": "none", "filesystem": "none", "uid": "same"}
+def _drop_privileges() -> None:
+    """Drop every capability (bounding set, ambient, effective/permitted/inheritable) and set
+    no_new_privs. Raises if the capability sets could not be cleared."""
     libc = _c()
-    uid, gid = os.getuid(), os.getgid()
-    ns = private_tmp = False
-    if os.geteuid() == 0:  # root: plain namespaces (a user namespace would lose the uid switch)
-        if libc.unshare(_CLONE_NEWNET | _CLONE_NEWNS | _CLONE_NEWIPC) == 0:
-            ns, prot["network"] = True, "netns"
-        elif libc.unshare(_CLONE_NEWNET) == 0:
-            prot["network"] = "netns"
-    elif libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET | _CLONE_NEWNS | _CLONE_NEWIPC) == 0:
-        try:  # map ourselves onto ourselves so files keep their owner
-            with open("/proc/self/setgroups", "w") as f:
-                f.write("deny")
-            with open("/proc/self/uid_map", "w") as f:
-                f.write(f"{uid} {uid} 1")
-            with open("/proc/self/gid_map", "w") as f:
-                f.write(f"{gid} {gid} 1")
-        except OSError:
-            pass
-        ns, prot["network"] = True, "userns+netns"
-    shared: dict[str, str | None] = {}
-    if ns:
+    for cap in range(64):
+        libc.prctl(_PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0)  # EINVAL past the last cap
+    libc.prctl(_PR_CAP_AMBIENT, ctypes.c_ulong(_PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0)
+    hdr = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    data = (_CapData * 2)()
+    if libc.syscall(ctypes.c_long(_SYS_CAPSET), ctypes.byref(hdr), ctypes.byref(data)) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "no_new_privs")
+
+
+def _enter_job_namespaces(jobdir: str) -> None:
+    """In the job process (a fork of a monitor): new user, pid, ipc and mount namespaces, and
+    the job dir bind-mounted over /tmp, hiding every other job's dir."""
+    libc = _c()
+    if libc.unshare(_JOB_NS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(user, pid, ipc, mount)")
+    _mount(jobdir, _JAIL_TMP, None, _MS_BIND)
+
+
+def _program_namespace_setup() -> None:
+    """In the program (pid 1 of the job's pid namespace), before it drops its capabilities:
+    a /proc of its own, and no more user namespaces below this one."""
+    _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | 8)  # MS_NOEXEC
+    try:  # per-user-namespace limit: the program cannot make itself a new set of capabilities
+        fd = os.open("/proc/sys/user/max_user_namespaces", os.O_WRONLY)
         try:
-            _mount(None, "/", None, _MS_REC | _MS_PRIVATE)  # never propagate back to the host
-            try:
-                _make_root_readonly()
-                prot["filesystem"] = "read-only root, private /tmp"
-            except OSError:
-                prot["filesystem"] = "private /tmp"
-            _mount("tmpfs", "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1g,mode=0711")
-            private_tmp = True
-            if os.path.isdir("/dev/shm"):
-                try:
-                    _mount("tmpfs", "/dev/shm", "tmpfs", _MS_NOSUID | _MS_NODEV, "size=64m,mode=0711")
-                except OSError:
-                    pass
-            for i, src in enumerate(shared_dirs):
-                shared[src] = _bind_readonly(src, f"{_SHARED_ROOT}/{i}")
-            # A program running under another uid must still import the stdlib: mirror the
-            # import path dirs other users cannot read (e.g. a Python under /root/.pyenv).
-            for i, src in enumerate(p for p in sys.path if os.path.isdir(p)):
-                if not _world_readable(src):
-                    dst = _bind_readonly(os.path.realpath(src), f"{_SHARED_ROOT}/py{i}")
-                    if dst:
-                        _PY_PATH_MAP[src] = dst
-            _remap_import_paths()
-        except OSError as e:
-            prot["filesystem"] = f"none ({e})"
-    # Root: every in-flight program gets its own throwaway uid, so RLIMIT_NPROC is a real
-    # per-program cap (root ignores it) and root-owned files are out of reach.
-    hidden = [p for p in sys.path if os.path.isdir(p) and p not in _PY_PATH_MAP and not _world_readable(p)]
-    if os.geteuid() == 0 and _can_setuid(probe_uid):
-        if hidden:  # no way to show it the interpreter's files: stay root rather than break imports
-            prot["uid"] = f"same (cannot expose {hidden[0]} to another uid)"
-        else:
-            prot["uid"] = "per-program uid"
-    for src in shared_dirs:
-        if src not in shared:  # no mount namespace: usable only if we stay the same user
-            shared[src] = src if prot["uid"] == "same" else None
-    if prot["uid"] == "per-program uid":
-        prot["process_limit"] = "RLIMIT_NPROC per program (own uid)"
-    elif os.geteuid() == 0:
-        prot["process_limit"] = "none (root ignores RLIMIT_NPROC)"
-    else:
-        prot["process_limit"] = "RLIMIT_NPROC over all tasks of this user"
-    prot["pid_cleanup"] = "subreaper" if _prctl(_PR_SET_CHILD_SUBREAPER, 1) else "process group"
-    prot["python_guard"] = "audit hook: network, writes outside the job dir, subprocesses, ctypes, kill"
-    return prot, shared, private_tmp
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _protections(jailed: bool, memory: str) -> dict[str, Any]:
+    if not jailed:
+        return {"jail": "none (allow_unsandboxed=True)", "network": "none", "filesystem": "none",
+                "per_job": "none", "capabilities": "unchanged", "memory": memory,
+                "python_guard": "audit hook (not a security boundary)"}
+    return {"jail": "bubblewrap: user, pid, ipc, net, uts namespaces; --cap-drop ALL; die-with-parent",
+            "network": "none (empty network namespace)",
+            "filesystem": "read-only minimal root; private tmpfs /tmp; job dir bind-mounted over /tmp",
+            "per_job": "nested user, pid, ipc, mount namespaces; own /proc; no further user namespaces",
+            "capabilities": "none (bounding set emptied); no_new_privs", "memory": memory,
+            "process_limit": "RLIMIT_NPROC per job (own user namespace)",
+            "python_guard": "audit hook (defence in depth, not a boundary)"}
 
 
 def _list_fds() -> list[int]:
@@ -515,23 +361,67 @@ def _enter_jail(plan: dict[str, Any], monitor: int) -> None:
     setrlimit = _resource().setrlimit
     for res, pair in plan["rlimits"]:
         setrlimit(res, pair)
-    uid = plan["uid"]
-    if uid is not None:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-    # Set after setuid (a credential change clears it): die with the monitor.
     prctl = _child_prctl()
-    prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
-    if os.getppid() != monitor:  # the monitor died before we got here
-        os._exit(125)
-    os.chdir(plan["jobdir"])
+    if plan["jailed"]:
+        _drop_privileges()  # the last privileged step: from here on, nothing is regained
+    else:
+        prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)  # die with the monitor
+        if os.getppid() != monitor:  # the monitor died before we got here
+            os._exit(125)
+    os.chdir(plan["cwd"])
     # _signal, not signal, and plain ints: the enum-converting wrapper touches far more memory.
     _signal.signal(_SIGTERM, _SIG_DFL)  # the monitor's own handler
     if plan["exec"] is not None:
         _signal.signal(_SIGPIPE, _SIG_DFL)  # Python ignores it; exec'd programs expect the default
     else:
-        prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)  # setuid cleared it; keeps /proc/self usable for the program
+        prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)  # the server is not dumpable; keeps /proc/self usable
+
+
+def _job_process(plan: dict[str, Any], monitor: int) -> None:
+    """The job process (jailed mode): enter fresh namespaces, fork the program, mirror its end.
+    Returns only in the program, which is pid 1 of the new pid namespace."""
+    prctl = _child_prctl()
+    prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)  # die with the monitor
+    if os.getppid() != monitor:
+        os._exit(125)
+    os.setsid()  # the monitor kills the job as one process group
+    _enter_job_namespaces(plan["jobdir"])
+    alive_r, alive_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(alive_w)
+        prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)  # the job process died: so do we, and with
+        import select  # us (pid 1) everything in our pid namespace
+
+        if select.select([alive_r], [], [], 0)[0]:  # EOF: the job process is already gone
+            os._exit(125)
+        os.close(alive_r)
+        _program_namespace_setup()
+        return
+    os.close(alive_r)
+    for fd in plan["fds"]:
+        os.close(fd)
+    while True:
+        try:
+            _, status, usage = os.wait4(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        # pid 1 of a namespace ignores SIGXCPU, so the CPU limit ends it with the hard limit's
+        # SIGKILL: report that as what it is.
+        if sig == _SIGKILL and usage.ru_utime + usage.ru_stime >= plan["cpu_limit"] - 0.05:
+            sig = int(signal.SIGXCPU)
+        try:
+            _resource().setrlimit(_resource().RLIMIT_CORE, (0, 0))
+            if sig not in (_SIGKILL, int(signal.SIGSTOP)):
+                _signal.signal(sig, _SIG_DFL)
+            os.kill(os.getpid(), sig)
+        except (OSError, ValueError):
+            pass
+        os._exit(128 + sig)
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
 
 
 def _resource() -> Any:
@@ -574,9 +464,10 @@ def _compiled_prelude(text: str) -> Any:
 class _Step:
     """Runs one program of a job and collects what it did (inside the monitor)."""
 
-    def __init__(self, step: Mapping[str, Any], limits: Mapping[str, Any], jobdir: str,
-                 uid: int | None, nproc: int, env: Mapping[str, str]) -> None:
-        self.step, self.limits, self.jobdir, self.uid, self.nproc, self.env = step, limits, jobdir, uid, nproc, env
+    def __init__(self, step: Mapping[str, Any], limits: Mapping[str, Any], jobdir: str, jailed: bool,
+                 nproc: int, env: Mapping[str, str]) -> None:
+        self.step, self.limits, self.jobdir, self.jailed, self.nproc, self.env = step, limits, jobdir, jailed, nproc, env
+        self.cwd = _JAIL_TMP if jailed else jobdir  # where the program sees its dir
 
     def run(self) -> dict[str, Any]:
         step, limits = self.step, self.limits
@@ -584,9 +475,10 @@ class _Step:
         if step["kind"] == "exec":
             argv = list(step["argv"])
             exe = argv[0] if "/" in argv[0] else _which(argv[0], self.env.get("PATH", ""))
-            if exe is None:
+            if exe is None:  # a missing toolchain is a host fault, never the program's score
                 return dict(returncode=127, stdout="", stderr=f"sandbox: command not found: {argv[0]}\n",
-                            timed_out=False, killed_by_signal=None, duration_s=0.0)
+                            timed_out=False, killed_by_signal=None, duration_s=0.0,
+                            error=f"command not found in the sandbox: {argv[0]}")
         prelude = None
         if exe is None and step.get("prelude"):
             try:
@@ -594,21 +486,30 @@ class _Step:
             except Exception as e:  # noqa: BLE001 - a broken prelude is the caller's bug: report it
                 return dict(returncode=1, stdout="", stderr=f"sandbox: prelude does not compile: {e!r}\n",
                             timed_out=False, killed_by_signal=None, duration_s=0.0)
-        plan = {"rlimits": _rlimits(limits, self.nproc), "uid": self.uid, "jobdir": self.jobdir,
+        plan = {"rlimits": _rlimits(limits, self.nproc), "jailed": self.jailed, "jobdir": self.jobdir,
+                "cpu_limit": max(1, int(-(-float(limits["cpu_s"]) // 1))),
+                "cwd": self.cwd,
                 "exec": None if exe is None else (exe, argv, dict(self.env)),
                 "python": self._python_plan(step, prelude) if exe is None else None}
-        pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, result channel
-        plan["fds"] = tuple(w for _, w in pipes)
-        if self.uid is not None:
-            for _, w in pipes:  # pipes are mode 0600 root: let the program reopen /dev/fd/N
-                os.fchown(w, self.uid, self.uid)
-        t0 = time.monotonic()
-        monitor = os.getpid()
-        pid = os.fork()
+        pipes: list[tuple[int, int]] = []
+        try:
+            for _ in range(3):  # stdout, stderr, result channel
+                pipes.append(os.pipe())
+            plan["fds"] = tuple(w for _, w in pipes)
+            t0 = time.monotonic()
+            monitor = os.getpid()
+            pid = os.fork()
+        except BaseException:  # no fd survives a failed pipe() or fork()
+            for pair in pipes:
+                for fd in pair:
+                    os.close(fd)
+            raise
         if pid == 0:
             try:
                 for r, _ in pipes:
                     os.close(r)
+                if plan["jailed"]:
+                    _job_process(plan, monitor)
                 _enter_jail(plan, monitor)
                 if exe is None:
                     _exec_python(plan["python"])
@@ -643,9 +544,9 @@ class _Step:
         main = types.ModuleType("__main__")
         main.__dict__["__builtins__"] = builtins
         linecache.cache["<sandbox>"] = (len(source), None, source.splitlines(True), "<sandbox>")  # tracebacks
-        os.environ["HOME"] = os.environ["TMPDIR"] = self.jobdir  # the child inherits it
-        return {"path": [self.jobdir] + [p for p in sys.path if p], "main": main, "source": source,
-                "prelude": prelude, "hook": _audit_hook(self.jobdir, bool(self.limits.get("allow_subprocess")))}
+        os.environ["HOME"] = os.environ["TMPDIR"] = self.cwd  # the child inherits it
+        return {"path": [self.cwd] + [p for p in sys.path if p and p != _HERE], "main": main, "source": source,
+                "prelude": prelude, "hook": _audit_hook(self.cwd, bool(self.limits.get("allow_subprocess")))}
 
     def _watch(self, pid: int, fds: list[int], t0: float) -> dict[str, Any]:
         limits = self.limits
@@ -731,7 +632,7 @@ class _Step:
         return dict(returncode=rc, stdout=dec(bufs[fds[0]]), stderr=dec(bufs[fds[1]]), timed_out=timed_out,
                     killed_by_signal=sig, duration_s=duration, channel=dec(bufs[fds[2]]),
                     truncated=state["truncated"] or state["flooded"],
-                    error=None)
+                    error=None, flooded=state["flooded"])
 
 
 _RUNNING: list[int | None] = [None]  # the monitor's current program, for its SIGTERM handler
@@ -744,19 +645,16 @@ def _killpg(pid: int) -> None:
         pass
 
 
-def _write_files(jobdir: str, files: Mapping[str, bytes], uid: int | None) -> None:
-    for rel, data in files.items():
+def _write_files(jobdir: str, files: Mapping[str, str]) -> None:
+    """Write the job's files (relative path -> base64 text, as the protocol carries them)."""
+    for rel, text in files.items():
+        data = protocol.unb64(text)
         path = os.path.normpath(os.path.join(jobdir, rel))
         if not path.startswith(jobdir + "/"):
             raise ValueError(f"file path escapes the job directory: {rel!r}")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
             f.write(data)
-        if uid is not None:
-            d = path
-            while d != jobdir:
-                os.chown(d, uid, uid)
-                d = os.path.dirname(d)
 
 
 def _which(name: str, path: str) -> str | None:
@@ -844,7 +742,7 @@ _JOB_SEQ = itertools.count()
 _JOBDIR: list[str | None] = [None]  # the monitor's current job dir, for its SIGTERM handler
 
 
-def _run_job(job: Mapping[str, Any], base: str, uid: int | None, nproc: int) -> dict[str, Any]:
+def _run_job(job: Mapping[str, Any], base: str, jailed: bool, nproc: int) -> dict[str, Any]:
     """Run a job's steps in one fresh dir, then leave nothing behind."""
     results: list[dict[str, Any]] = []
     error = None
@@ -852,14 +750,13 @@ def _run_job(job: Mapping[str, Any], base: str, uid: int | None, nproc: int) -> 
     try:
         jobdir = _JOBDIR[0] = os.path.join(base, f"job-{os.getpid()}-{next(_JOB_SEQ)}")
         os.mkdir(jobdir, 0o700)
-        if uid is not None:
-            os.chown(jobdir, uid, uid)
-        _write_files(jobdir, job.get("files") or {}, uid)
-        env = {**_BASE_ENV, "HOME": jobdir, "TMPDIR": jobdir}
+        _write_files(jobdir, job.get("files") or {})
+        inside = _JAIL_TMP if jailed else jobdir
+        env = {**_BASE_ENV, "HOME": inside, "TMPDIR": inside}
         for step, limits in zip(job["steps"], job["limits"]):
-            res = _Step(step, limits, jobdir, uid, nproc, env).run()
+            res = _Step(step, limits, jobdir, jailed, nproc, env).run()
             results.append(res)
-            if res["returncode"] != 0 or res["timed_out"]:
+            if res["returncode"] != 0 or res["timed_out"] or res.get("error"):
                 break
     except BaseException as e:  # noqa: BLE001 - a sandbox failure becomes an error result
         error = f"sandbox monitor: {type(e).__name__}: {e}"
@@ -882,7 +779,7 @@ def _remove_job_dir(path: str) -> None:
             pass
 
 
-def _monitor(req_fd: int, out_fd: int, base: str, uid: int | None, nprocs: Any) -> None:
+def _monitor(req_fd: int, out_fd: int, base: str, jailed: bool, nprocs: Any) -> None:
     """Body of a long-lived monitor (one per worker slot): jobs in, results out, one at a time.
     Each program is a fresh fork of this clean process; we are the subreaper of its subtree."""
 
@@ -913,7 +810,7 @@ def _monitor(req_fd: int, out_fd: int, base: str, uid: int | None, nprocs: Any) 
         if job is None:
             return
         nproc = nprocs(max(int(lim["max_procs"]) for lim in job["limits"]))
-        if not _write_all(out_fd, _frame(_run_job(job, base, uid, nproc))):
+        if not _write_all(out_fd, _frame(_run_job(job, base, jailed, nproc))):
             return
 
 
@@ -963,7 +860,7 @@ class _Server:
     """The fork server: reads jobs from the host and hands them to its monitors (one per worker
     slot, forked once at start), relaying results back; restarts a monitor that dies."""
 
-    def __init__(self, workers: int, shared_dirs: Sequence[str]) -> None:
+    def __init__(self, workers: int, jailed: bool) -> None:
         # fds 0/1 carry the protocol; move them so programs can never see them.
         self.proto_in, self.proto_out = os.dup(0), os.dup(1)
         null = os.open(os.devnull, os.O_RDWR)
@@ -971,13 +868,18 @@ class _Server:
         os.dup2(null, 1)
         os.close(null)
         self.workers = workers
-        # Throwaway uids far from real users; random so two servers on one machine do not share.
-        uid_base = (1 << 20) + int.from_bytes(os.urandom(4), "little") % ((1 << 31) - (1 << 21))
-        self.protections, self.shared, private_tmp = _isolate(shared_dirs, uid_base)
-        self.root = self.protections["uid"] != "same"
-        self.uid_base = uid_base if self.root else None
-        self.base = os.path.realpath(_fresh_dir("/tmp" if private_tmp else os.environ.get("TMPDIR", "/tmp")))
-        os.chmod(self.base, 0o711)
+        self.jailed = jailed
+        # The trainer is not the OOM killer's first choice: everything in here is.
+        try:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("1000")
+            oom = "oom_score_adj 1000"
+        except OSError:
+            oom = "oom_score_adj unchanged"
+        _prctl(_PR_SET_DUMPABLE, 0)  # no one may open our /proc/<pid>/fd (the protocol pipes)
+        self.protections = _protections(jailed, "RLIMIT_AS per process; " + oom)
+        self.base = os.path.realpath(_fresh_dir("/tmp" if jailed else os.environ.get("TMPDIR", "/tmp")))
+        os.chmod(self.base, 0o700)
         self.queue: deque[dict[str, Any]] = deque()
         self.monitors: dict[int, dict[str, Any]] = {}  # result fd -> {pid, req, slot, jobs, buf, out}
         self.writers: dict[int, int] = {}  # request fd -> result fd
@@ -1002,8 +904,8 @@ class _Server:
 
     def _nproc(self, max_procs: int) -> int:
         """RLIMIT_NPROC for a program (called inside a monitor)."""
-        if self.root:  # own uid per monitor: the count is just this program's tasks
-            return max_procs
+        if self.jailed:  # own user namespace per job: the count is this job's tasks (+ the job process)
+            return max_procs + 1
         n, at = self.user_tasks  # non-root: the limit counts all tasks of our uid
         if time.monotonic() - at > 1.0:
             n = _user_tasks(os.getuid())
@@ -1032,14 +934,13 @@ class _Server:
             self.sel.unregister(self.proto_out)
 
     def _spawn_monitor(self, slot: int) -> None:
-        uid = None if self.uid_base is None else self.uid_base + slot
         req_r, req_w = os.pipe()
         res_r, res_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             try:
                 _close_fds_except({0, 1, 2, req_r, res_w})
-                _monitor(req_r, res_w, self.base, uid, self._nproc)
+                _monitor(req_r, res_w, self.base, self.jailed, self._nproc)
             finally:
                 os._exit(0)
         os.close(req_r)
@@ -1131,7 +1032,7 @@ class _Server:
         self.running = True
         for slot in range(self.workers):
             self._spawn_monitor(slot)
-        self.send({"op": "hello", "pid": os.getpid(), "protections": self.protections, "shared": self.shared,
+        self.send({"op": "hello", "pid": os.getpid(), "protections": self.protections,
                    "monitors": [m["pid"] for m in self.monitors.values()]})
         os.set_blocking(self.proto_in, False)
         os.set_blocking(self.proto_out, False)
@@ -1172,14 +1073,14 @@ class _Server:
 
 
 def _serve_main(argv: Sequence[str]) -> None:
-    cfg = pickle.loads(bytes.fromhex(argv[0])) if argv else {}
+    cfg = json.loads(argv[0]) if argv else {}
     sys.path[:0] = [p for p in cfg.get("path", []) if p not in sys.path]
     # Ctrl-C is for the host; we stop when its pipe closes. (No PR_SET_PDEATHSIG: it fires when
     # the host *thread* that started us ends, and any thread may start a server.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *a: os._exit(1))  # monitors get SIGTERM from PDEATHSIG
     _set_name(b"lmsb-server")
-    server = _Server(int(cfg.get("workers", 2)), cfg.get("shared_dirs", []))
+    server = _Server(int(cfg.get("workers", 2)), bool(cfg.get("jailed")))
     try:
         server.serve()
     finally:
@@ -1187,334 +1088,5 @@ def _serve_main(argv: Sequence[str]) -> None:
         os._exit(0)
 
 
-if _SERVING:  # run as the server: serve, then exit; the client half below is never defined
+if __name__ == "__main__" and sys.argv[1:2] == ["--serve"]:
     _serve_main(sys.argv[2:])
-
-# ----------------------------------------------------------------------------------- client side
-
-
-def _limits_dict(limits: Limits) -> dict[str, Any]:
-    return dict(limits.__dict__)  # flat dataclass: no need for asdict's deep copy
-
-
-def _as_bytes(files: Mapping[str, str | bytes] | None) -> dict[str, bytes]:
-    out = {}
-    for k, v in (files or {}).items():
-        if os.path.isabs(k) or ".." in k.split("/"):
-            raise ValueError(f"sandbox file names must be relative and stay inside the job dir: {k!r}")
-        out[k] = v if isinstance(v, bytes) else v.encode("utf-8", errors="surrogateescape")
-    return out
-
-
-def _default_workers() -> int:
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 2
-    # Two per CPU: each program waits on a chain of hand-offs (host, server, monitor, fork), and
-    # on a busy machine more chains in flight keep the CPUs fed (measured: 2x CPUs beat 1x).
-    return max(2, 2 * n)
-
-
-class Sandbox:
-    """One fork server and the pipes to it; thread-safe; restarts the server if it dies.
-
-    `workers` is how many programs run at once (default: 2 per CPU this process may use). `shared_dirs` are host directories every program can read (read-only bind mounts
-    where namespaces are available); `shared_path(d)` says where a program finds `d`.
-    """
-
-    def __init__(self, workers: int | None = None, *, shared_dirs: Sequence[str] = (),
-                 python: str | None = None) -> None:
-        self.workers = int(workers) if workers else _default_workers()
-        self.shared_dirs = [os.path.realpath(d) for d in shared_dirs]
-        self.python = python or sys.executable
-        self._write_lock = threading.Lock()  # also guards (re)starting the server
-        self._pending_lock = threading.Lock()
-        self._pending: dict[int, tuple[dict[str, Any], Future, int]] = {}
-        self._ids = itertools.count()
-        self._proc: subprocess.Popen | None = None
-        self._hello: dict[str, Any] = {}
-        self._owner = os.getpid()
-        self._closed = False
-        self.restarts = -1
-
-    # ------------------------------------------------------------------ server lifecycle
-    def _ensure(self) -> None:
-        if self._proc is not None and self._owner == os.getpid():
-            return
-        with self._write_lock:
-            if self._owner != os.getpid():  # we are a fork of the process that started it
-                self._proc, self._pending, self._owner = None, {}, os.getpid()
-                self._pending_lock = threading.Lock()
-            if self._proc is None:
-                if self._closed:
-                    raise RuntimeError("Sandbox is closed")
-                self._spawn()
-
-    def _spawn(self) -> None:
-        """Start a server (caller holds _write_lock) and resend anything still pending."""
-        # Programs may import the host's third-party packages: hand over its site-packages, since
-        # -S skips the site module (and the .pth imports that would bloat every fork).
-        path = [p for p in sys.path if "-packages" in p] if self.python == sys.executable else []
-        cfg = pickle.dumps({"workers": self.workers, "shared_dirs": self.shared_dirs, "path": path}).hex()
-        # -I: no env vars, no user site, no cwd on sys.path; env={} keeps host secrets out of it.
-        proc = subprocess.Popen([self.python, "-I", "-S", os.path.abspath(__file__), "--serve", cfg],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={"PATH": "/usr/bin:/bin"},
-                                close_fds=True, start_new_session=True, cwd="/")
-        buf = bytearray()
-        hello = None
-        while hello is None:
-            chunk = proc.stdout.read1(65536)  # type: ignore[union-attr]
-            if not chunk:
-                proc.wait()
-                raise RuntimeError(f"sandbox server failed to start (exit {proc.returncode})")
-            buf += chunk
-            msgs = _unframe(buf)
-            if msgs:
-                hello = msgs[0]
-        self._hello = hello
-        self._proc = proc
-        self.restarts += 1
-        threading.Thread(target=self._reader, args=(proc, buf), daemon=True, name="sandbox-reader").start()
-        with self._pending_lock:
-            pending = list(self._pending.values())
-        if pending:
-            self._send_frames(b"".join(_frame(msg) for msg, _, _ in pending))
-
-    def _send_frames(self, data: bytes) -> None:
-        try:
-            self._proc.stdin.write(data)  # type: ignore[union-attr]
-            self._proc.stdin.flush()  # type: ignore[union-attr]
-        except (BrokenPipeError, OSError, ValueError):
-            pass  # the reader sees the server die and resends
-
-    def _reader(self, proc: subprocess.Popen, buf: bytearray) -> None:
-        stream = proc.stdout
-        try:
-            while True:
-                for msg in _unframe(buf):
-                    if msg.get("op") == "result":
-                        with self._pending_lock:
-                            item = self._pending.pop(msg["id"], None)
-                        if item is not None:
-                            res = [_result_from_dict(r) for r in msg["results"]]
-                            if msg.get("error"):
-                                res.append(_error_result(msg["error"]))
-                            item[1].set_result(res)
-                chunk = stream.read1(1 << 20)  # type: ignore[union-attr]
-                if not chunk:
-                    break
-                buf += chunk
-        except (OSError, ValueError):
-            pass
-        proc.wait()
-        self._server_died(proc)
-
-    def _server_died(self, proc: subprocess.Popen) -> None:
-        with self._write_lock:
-            if self._proc is not proc:
-                return
-            self._proc = None
-            with self._pending_lock:
-                for jid, (msg, fut, tries) in list(self._pending.items()):
-                    if self._closed or tries >= 2:
-                        del self._pending[jid]
-                        fut.set_result([_error_result(f"sandbox server died (exit {proc.returncode})")])
-                    else:
-                        self._pending[jid] = (msg, fut, tries + 1)
-                again = bool(self._pending)
-            if again and not self._closed:
-                try:
-                    self._spawn()
-                except Exception as e:  # noqa: BLE001 - fail the jobs rather than hang
-                    with self._pending_lock:
-                        items, self._pending = list(self._pending.values()), {}
-                    for _, fut, _ in items:
-                        fut.set_result([_error_result(f"sandbox server could not restart: {e}")])
-
-    def close(self) -> None:
-        """Stop the server; in-flight programs are killed and their dirs removed."""
-        self._closed = True
-        with self._write_lock:
-            proc, self._proc = self._proc, None
-        if proc is not None and self._owner == os.getpid():
-            try:
-                proc.stdin.close()  # type: ignore[union-attr]
-            except OSError:
-                pass
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        with self._pending_lock:  # jobs still running were killed with the server
-            items, self._pending = list(self._pending.values()), {}
-        for _, fut, _ in items:
-            if not fut.done():
-                fut.set_result([_error_result("sandbox closed while the job ran")])
-
-    def __enter__(self) -> Sandbox:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    @property
-    def protections(self) -> dict[str, Any]:
-        """Which isolation layers the server managed to set up on this machine."""
-        self._ensure()
-        return dict(self._hello.get("protections", {}))
-
-    @property
-    def server_pid(self) -> int | None:
-        self._ensure()
-        return self._proc.pid if self._proc is not None else None
-
-    def shared_path(self, host_dir: str) -> str | None:
-        """Where programs see shared dir `host_dir`, or None if they cannot read it."""
-        self._ensure()
-        return self._hello.get("shared", {}).get(os.path.realpath(host_dir))
-
-    # ------------------------------------------------------------------ jobs
-    def submit(self, jobs: Sequence[Job]) -> list[Future]:
-        """Start jobs (see `python_job`, `command_job`); each future resolves to the list of
-        RunResult of the steps that ran. One write to the server for the whole batch."""
-        self._ensure()
-        msgs, futs = [], []
-        for job in jobs:
-            msg = {"op": "run", "id": next(self._ids), "steps": list(job.steps),
-                   "limits": [_limits_dict(lim) for lim in job.limits], "files": dict(job.files)}
-            msgs.append(msg)
-            futs.append(Future())
-        with self._write_lock:
-            with self._pending_lock:
-                for msg, fut in zip(msgs, futs):
-                    self._pending[msg["id"]] = (msg, fut, 0)
-            if self._proc is not None:
-                self._send_frames(b"".join(_frame(m) for m in msgs))
-            else:  # it died and could not restart a moment ago: try once more (resends ours)
-                try:
-                    self._spawn()
-                except Exception as e:  # noqa: BLE001
-                    with self._pending_lock:
-                        for msg in msgs:
-                            self._pending.pop(msg["id"], None)
-                    for fut in futs:
-                        fut.set_result([_error_result(f"sandbox server could not start: {e}")])
-        return futs
-
-    def submit_python(self, source: str, limits: Limits | None = None,
-                      files: Mapping[str, str | bytes] | None = None, prelude: str | None = None) -> Future:
-        """Start one Python program; the future resolves to a one-element list of RunResult."""
-        return self.submit([python_job(source, limits, files, prelude)])[0]
-
-    def submit_commands(self, commands: Sequence[Sequence[str]], files: Mapping[str, str | bytes] | None = None,
-                        limits: Limits | Sequence[Limits] | None = None) -> Future:
-        """Start a command chain (same fresh dir; stops at the first failing step)."""
-        return self.submit([command_job(commands, files, limits)])[0]
-
-    @staticmethod
-    def _one(fut: Future) -> RunResult:
-        res = fut.result()
-        return res[-1] if res else _error_result("sandbox returned no result")
-
-    def run_python(self, source: str, limits: Limits | None = None,
-                   files: Mapping[str, str | bytes] | None = None, prelude: str | None = None) -> RunResult:
-        """Run one Python program (exec'd in a fresh `__main__` of a forked, jailed child)."""
-        return self._one(self.submit_python(source, limits, files, prelude))
-
-    def map_python(self, sources: Sequence[str], limits: Limits | None = None,
-                   files: Mapping[str, str | bytes] | None = None, prelude: str | None = None) -> list[RunResult]:
-        """Run many Python programs, up to `workers` at once; results in input order."""
-        futs = self.submit([python_job(s, limits, files, prelude) for s in sources])
-        return [self._one(f) for f in futs]
-
-    def run_command(self, argv: Sequence[str], files: Mapping[str, str | bytes] | None = None,
-                    limits: Limits | None = None) -> RunResult:
-        """Run one command in a fresh dir holding `files` (relative path -> content)."""
-        return self._one(self.submit_commands([argv], files, limits))
-
-    def run_commands(self, commands: Sequence[Sequence[str]], files: Mapping[str, str | bytes] | None = None,
-                     limits: Limits | Sequence[Limits] | None = None) -> list[RunResult]:
-        """Run commands one after another in one fresh dir, stopping after the first failure
-        (e.g. compile, then run). Returns the results of the steps that ran."""
-        return self.submit_commands(commands, files, limits).result()
-
-    def map_commands(self, jobs: Sequence[tuple[Sequence[Sequence[str]], Mapping[str, str | bytes]]],
-                     limits: Limits | Sequence[Limits] | None = None) -> list[list[RunResult]]:
-        """Many `run_commands` jobs in parallel: each job is (commands, files)."""
-        futs = self.submit([command_job(cmds, files, limits) for cmds, files in jobs])
-        return [f.result() for f in futs]
-
-
-@dataclass(frozen=True)
-class Job:
-    """One unit of work: steps run one after another in one fresh directory holding `files`."""
-
-    steps: tuple[dict[str, Any], ...]
-    limits: tuple[Limits, ...]
-    files: Mapping[str, bytes]
-
-
-def python_job(source: str, limits: Limits | None = None, files: Mapping[str, str | bytes] | None = None,
-               prelude: str | None = None) -> Job:
-    """A Python program. `prelude`: trusted code run first in the same namespace (e.g. a test
-    harness); each worker compiles a given prelude once and later programs reuse the code
-    object, so a large shared harness costs nothing per program."""
-    step = {"kind": "python", "source": source}
-    if prelude:
-        step["prelude"] = prelude
-    return Job((step,), (limits or Limits(),), _as_bytes(files))
-
-
-def command_job(commands: Sequence[Sequence[str]], files: Mapping[str, str | bytes] | None = None,
-                limits: Limits | Sequence[Limits] | None = None) -> Job:
-    """A chain of commands (e.g. compile, then run), stopping after the first that fails;
-    `limits` is one Limits for all steps or one per step."""
-    steps = tuple({"kind": "exec", "argv": [str(a) for a in argv]} for argv in commands)
-    if not steps:
-        raise ValueError("no commands given")
-    if limits is None or isinstance(limits, Limits):
-        lims = (limits or Limits(),) * len(steps)
-    else:
-        lims = tuple(limits)
-        if len(lims) != len(steps):
-            raise ValueError(f"got {len(lims)} Limits for {len(steps)} commands")
-    return Job(steps, lims, _as_bytes(files))
-
-
-_default: Sandbox | None = None
-_default_lock = threading.Lock()
-
-
-def default_sandbox() -> Sandbox:
-    """The process-wide shared Sandbox (started on first use, stopped at exit)."""
-    global _default
-    with _default_lock:
-        if _default is None or _default._closed:
-            _default = Sandbox()
-            atexit.register(_default.close)
-        return _default
-
-
-def run_python(source: str, limits: Limits | None = None) -> RunResult:
-    """Run one Python program in the shared default Sandbox."""
-    return default_sandbox().run_python(source, limits)
-
-
-def map_python(sources: Sequence[str], limits: Limits | None = None) -> list[RunResult]:
-    """Run Python programs in parallel in the shared default Sandbox."""
-    return default_sandbox().map_python(sources, limits)
-
-
-def run_command(argv: Sequence[str], files: Mapping[str, str | bytes] | None = None,
-                limits: Limits | None = None) -> RunResult:
-    """Run one command in the shared default Sandbox."""
-    return default_sandbox().run_command(argv, files, limits)
-

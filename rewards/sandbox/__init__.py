@@ -1,0 +1,26 @@
+"""Run untrusted, model-written programs inside a bubblewrap jail, through a warm fork server.
+
+Modules: `protocol` (the JSON wire format), `jail` (the bubblewrap command line and whether it
+can run here), `server` (the fork server, run as its own script inside the jail; it imports
+neither this package nor `rewards`), `client` (`Sandbox`, job builders, result types).
+See `server`'s docstring for the process tree and `jail`'s for what the jail exposes.
+Imports: standard library and `rewards.errors`.
+"""
+from rewards.errors import SandboxError
+from rewards.sandbox.client import (
+    CHANNEL_BYTES,
+    RESULT_FD,
+    Job,
+    Limits,
+    RunResult,
+    Sandbox,
+    command_job,
+    default_sandbox,
+    map_python,
+    python_job,
+    run_command,
+    run_python,
+)
+
+__all__ = ["CHANNEL_BYTES", "RESULT_FD", "Job", "Limits", "RunResult", "Sandbox", "SandboxError", "command_job",
+           "default_sandbox", "map_python", "python_job", "run_command", "run_python"]
