@@ -199,6 +199,9 @@ class CodeReward(Reward):
             self._sandbox.close()
             self._sandbox = None
 
+    def prepare(self, references: Sequence[Any]) -> None:
+        """Plan the batch's records ahead (a hook: compiled rewards plan them in parallel)."""
+
     def plan(self, reference: Any) -> Any:
         """`make_plan`, cached per record (malformed records too)."""
         key = _record_key(reference)
@@ -223,6 +226,7 @@ class CodeReward(Reward):
         out: list[list[RunResult] | None] = [None] * len(jobs)
         todo = list(range(len(jobs)))
         faults, cause = 0, None
+        restarts = self.sandbox.restarts
         for _ in range(self.retries + 1):
             if not todo:
                 break
@@ -240,6 +244,9 @@ class CodeReward(Reward):
                     faults, cause = faults + 1, err
                     again.append(i)
             todo = again
+        if restarts >= 0 and self.sandbox.restarts > restarts:  # server deaths, even when resending fixed them
+            faults += self.sandbox.restarts - restarts
+            cause = cause or "the sandbox server died and was restarted"
         if faults:
             self.faults += faults
             log.warning("%s: %d sandbox fault(s) while %s (last: %s)%s", self.name, faults, what, cause,
@@ -252,6 +259,7 @@ class CodeReward(Reward):
         a host fault survives the retries and `MalformedRecordError` for an unusable record,
         unless `raise_errors=False` (they are then each item's `CodeResult.error`)."""
         texts = [as_text(c) for c in completions]
+        self.prepare(references)
         out: list[CodeResult | None] = [None] * len(texts)
         todo: list[tuple[int, Any]] = []
         jobs: list[Job] = []
@@ -422,12 +430,38 @@ class _CompiledCodeReward(CodeReward):
     def plan_job(self, plan: multipl_e.Plan) -> Job:
         raise NotImplementedError
 
+    def prepare(self, references: Sequence[Any]) -> None:
+        """Build the checkers of all new records of the batch at once."""
+        todo: dict[str, multipl_e.Plan] = {}
+        for ref in references:
+            key = _record_key(ref)
+            if key in self._plans or key in todo:
+                continue
+            try:
+                todo[key] = self.parse_record(ref)
+            except MalformedRecordError as e:
+                self._plans[key] = e
+            except (KeyError, TypeError, AttributeError):
+                continue  # `plan` reports it
+        if len(todo) < 2:
+            return
+        keys = list(todo)
+        results, _, cause = self.run_jobs([self.plan_job(todo[k]) for k in keys], f"building {len(keys)} checkers")
+        for key, steps in zip(keys, results):
+            if steps is not None:
+                try:
+                    self._plans[key] = self._finish_plan(todo[key], steps)
+                except MalformedRecordError as e:
+                    self._plans[key] = e
+
     def make_plan(self, reference: Any) -> multipl_e.Plan:
         plan = self.parse_record(reference)
         results, _, cause = self.run_jobs([self.plan_job(plan)], f"building the checker of {plan.record}")
         if results[0] is None:
             raise SandboxError(f"{self.name}: could not build the checker of {plan.record}: {cause}")
-        steps = results[0]
+        return self._finish_plan(plan, results[0])
+
+    def _finish_plan(self, plan: multipl_e.Plan, steps: list[RunResult]) -> multipl_e.Plan:
         if not all(r.ok for r in steps) or len(steps) < 2:
             bad = next((r for r in steps if not r.ok), steps[-1])
             raise MalformedRecordError(f"{plan.record}: its harness or expected values do not build/run "
@@ -581,7 +615,7 @@ class HumanEvalJavaReward(_CompiledCodeReward):
 
     def make_sandbox(self) -> Sandbox:
         dirs = sorted({os.path.dirname(os.path.realpath(p)) for p in self.classpath
-                       if not os.path.realpath(p).startswith("/usr/")})
+                       if not os.path.realpath(p).startswith("/usr/") and os.path.isdir(os.path.dirname(p))})
         return Sandbox(workers=self.workers, shared_dirs=dirs, allow_unsandboxed=self.allow_unsandboxed)
 
     def parse_record(self, reference: Any) -> multipl_e.Plan:
@@ -591,7 +625,8 @@ class HumanEvalJavaReward(_CompiledCodeReward):
         parts = []
         for p in self.classpath:
             real = os.path.realpath(p)
-            inside = None if real.startswith("/usr/") else self.sandbox.shared_path(os.path.dirname(real))
+            inside = None if real.startswith("/usr/") or not os.path.isdir(os.path.dirname(real)) else \
+                self.sandbox.shared_path(os.path.dirname(real))
             parts.append(os.path.join(inside, os.path.basename(real)) if inside else real)
         return ":".join(["."] + parts)
 

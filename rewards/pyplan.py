@@ -43,6 +43,7 @@ import builtins
 import contextlib
 import json
 import random
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -336,10 +337,13 @@ class PyPlan:
 
 @contextlib.contextmanager
 def _seeded() -> Iterator[None]:
+    """Both host passes: the same `random` seed (restored after), the records' warnings quiet."""
     state = random.getstate()
     random.seed(SEED)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
         random.setstate(state)
 
@@ -375,7 +379,9 @@ def _bound_names(tree: ast.AST) -> set[str]:
 
 def _parse(code: str, what: str, record: str) -> ast.Module:
     try:
-        return ast.parse(code)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ast.parse(code)
     except (SyntaxError, ValueError) as e:
         raise MalformedRecordError(f"{record}: {what} does not parse: {e}") from None
 
@@ -415,8 +421,10 @@ def build_plan(source_prefix: str, setup: str, units: Sequence[str], names: Sequ
     trees = [_parse(u, "a test", record) for u in units]
     _parse(setup, "the test setup code", record)
     has_assert = [any(isinstance(n, ast.Assert) for n in ast.walk(t)) for t in trees]
-    probes = [compile(ast.fix_missing_locations(_Neutralise().visit(t)), f"<{record} test>", "exec")
-              for t in trees]  # (rewrites the trees in place)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        probes = [compile(ast.fix_missing_locations(_Neutralise().visit(t)), f"<{record} test>", "exec")
+                  for t in trees]  # (rewrites the trees in place)
     calls: list[tuple[int, str, Any]] = []
     pending_refs: dict[int, int] = {}  # id(Pending) -> call index
     keep: list[Pending] = []
@@ -582,7 +590,9 @@ def judge(plan: PyPlan, outputs: Mapping[int, tuple[str, Any]], record: str) -> 
                 raise CandidateError("undecodable output") from None
         return replay
 
-    compiled = [compile(u, f"<{record} test>", "exec") for u in plan.units]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compiled = [compile(u, f"<{record} test>", "exec") for u in plan.units]
     verdicts: dict[int, bool] = {}
     with _seeded():
         ns = _exec_setup(plan.setup, record)
@@ -605,6 +615,12 @@ def judge(plan: PyPlan, outputs: Mapping[int, tuple[str, Any]], record: str) -> 
 def mbpp_plan(record: Mapping[str, Any], challenge_tests: bool = False) -> PyPlan:
     """MBPP: each assert of `test_list` is one test; the candidate functions are the names the
     asserts call that neither the builtins nor `test_setup_code` define."""
+    with warnings.catch_warnings():  # old records have invalid escapes in their strings
+        warnings.simplefilter("ignore")
+        return _mbpp_plan(record, challenge_tests)
+
+
+def _mbpp_plan(record: Mapping[str, Any], challenge_tests: bool) -> PyPlan:
     rid = f"MBPP record {record.get('task_id', '?')}"
     tests = list(record["test_list"]) + (list(record.get("challenge_test_list") or []) if challenge_tests else [])
     if not tests or not all(isinstance(t, str) for t in tests):
