@@ -31,7 +31,9 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        # TRL is the numerical-parity peer of the GRPO loss test, which reaches its private
+        # `GRPOTrainer._compute_loss`: pinned exactly. Never a runtime dependency.
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "trl==1.16.0"],
         # Benchmark-only: the peer we compare against. Never a runtime dependency.
         "bench": ["trl>=1.16"],
     },

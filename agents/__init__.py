@@ -1,15 +1,27 @@
 """Agents: algorithms and the buffers they learn from.
 
-What lives here: rollout collection over a lockstep token `VecEnv` (`rollout`), the token
-buffer (`buffer`), the PPO maths (`ppo_math`) and the PPO agent (`ppo`),
-evaluation (`evaluation`) and SB3 callbacks for checkpoints and evaluation (`callbacks`). Agents meet
-envs only through SB3's `VecEnv` API and policies only through the policy API.
+What lives here: the shared on-policy core (`core`: collect, reference pass, shaping, update
+loop, logging, save/load) and the agents on it, each mostly its estimator and its loss:
+`PPO` (`ppo`), `GRPO` (`grpo`), `RLOO` (`rloo`), `REINFORCE` and `REINFORCEPlusPlus`
+(`reinforce`). Pure maths in `ppo_math` and `group_math`; rollout collection over a lockstep
+token `VecEnv` (`rollout`); the token buffer (`buffer`); checkpoints (`checkpoint`);
+evaluation (`evaluation`) and SB3 callbacks (`callbacks`). Agents meet envs only through SB3's
+`VecEnv` API and policies only through the policy API.
 """
 from agents.buffer import TokenRolloutBuffer
-from agents.callbacks import CheckpointEveryIterations, EvalEveryIterations, latest_checkpoint
+from agents.callbacks import CheckpointEveryIterations, EvalEveryIterations
+from agents.checkpoint import latest_checkpoint
+from agents.core import OnPolicyLMAlgorithm
 from agents.evaluation import evaluate_policy
+from agents.grpo import GRPO
 from agents.ppo import PPO
+from agents.reinforce import REINFORCE, REINFORCEPlusPlus
+from agents.rloo import RLOO
 from agents.rollout import Episodes, collect_episodes
 
-__all__ = ["PPO", "CheckpointEveryIterations", "EvalEveryIterations", "Episodes", "TokenRolloutBuffer",
-           "collect_episodes", "evaluate_policy", "latest_checkpoint"]
+# Names for configs (``run_ppo.py agent=NAME``) and for checkpoints' ``agent_class``.
+AGENTS = {"ppo": PPO, "grpo": GRPO, "rloo": RLOO, "reinforce": REINFORCE, "reinforce_pp": REINFORCEPlusPlus}
+
+__all__ = ["AGENTS", "GRPO", "PPO", "REINFORCE", "RLOO", "REINFORCEPlusPlus", "CheckpointEveryIterations",
+           "EvalEveryIterations", "Episodes", "OnPolicyLMAlgorithm", "TokenRolloutBuffer", "collect_episodes",
+           "evaluate_policy", "latest_checkpoint"]

@@ -1,10 +1,20 @@
-"""`TokenRolloutBuffer`: one batch of episodes, ready for PPO updates.
+"""`TokenRolloutBuffer`: one batch of episodes and what the agent computed from it, as data.
 
-Sequences are kept once, as ``(B, L)`` token rows with explicit masks; per-action quantities
-(old log-probs, reference log-probs, values, rewards, advantages, returns) are ``(B, T)`` with a
+As in SB3, the buffer holds arrays and never runs a model: the agent (`agents.core`) fills in
+the reference log-probs, the KL, the per-token rewards and the advantages. Sequences are kept
+once, as ``(B, L)`` token rows with explicit masks; per-action quantities are ``(B, T)`` with a
 boolean ``mask`` (``T = max_new_tokens``). No sentinel padding: every reduction is masked.
-Minibatches trim the columns that are padding in all of their rows, so the update does not pay
-for padding it does not need.
+Minibatches trim the columns that are padding in all of their rows, and keep each prompt's
+group of completions together.
+
+Names, one per quantity (see the agents docs):
+
+* ``env_rewards`` ``(B,)``: what the env returned at the end of the episode, after reward
+  wrappers. The task's own verdict (``task_score``) is in each episode's ``info["score"]``.
+* ``sequence_rewards`` ``(B,)``: ``env_rewards`` after the agent's scale, missing-EOS penalty and clip.
+* ``token_rewards`` ``(B, T)``: the per-token reward the estimator sees (the sequence reward on
+  the last token, −β·KL on every token when the KL is in the reward).
+* ``advantages``, ``returns`` ``(B, T)``: the estimator's output.
 """
 from __future__ import annotations
 
@@ -13,7 +23,6 @@ from typing import Any, Iterator
 
 import torch
 
-from agents import ppo_math
 from agents.rollout import Episodes
 
 
@@ -26,6 +35,7 @@ class TokenBatch:
     policy_mask: torch.Tensor
     mask: torch.Tensor
     old_log_probs: torch.Tensor
+    ref_log_probs: torch.Tensor
     old_values: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
@@ -34,8 +44,10 @@ class TokenBatch:
         for start in range(0, self.mask.shape[0], size):
             yield TokenBatch(*(getattr(self, f)[start:start + size] for f in self.__dataclass_fields__))
 
-    def unflatten(self, flat: torch.Tensor) -> torch.Tensor:
+    def unflatten(self, flat: torch.Tensor | None) -> torch.Tensor | None:
         """Scatter per-action values (row-major over ``policy_mask``) into ``(B, T)``."""
+        if flat is None:
+            return None
         dense = torch.zeros(self.mask.shape, dtype=flat.dtype, device=flat.device)
         return dense.masked_scatter(self.mask, flat)
 
@@ -47,60 +59,26 @@ class TokenRolloutBuffer:
     policy_mask: torch.Tensor
     mask: torch.Tensor
     log_probs: torch.Tensor
-    ref_log_probs: torch.Tensor
     values: torch.Tensor
-    rewards: torch.Tensor
-    advantages: torch.Tensor
-    returns: torch.Tensor
-    scores: torch.Tensor
-    raw_scores: torch.Tensor
+    env_rewards: torch.Tensor
     terminated: torch.Tensor
-    kl: torch.Tensor
-    kl_coef: float
     infos: list[dict[str, Any]] = field(default_factory=list)
-    value_shift: float = 0.0
+    group_size: int = 1
+    # Filled in by the agent:
+    ref_log_probs: torch.Tensor | None = None
+    kl: torch.Tensor | None = None
+    kl_coef: float = 0.0
+    sequence_rewards: torch.Tensor | None = None
+    token_rewards: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
 
     @classmethod
-    @torch.no_grad()
-    def from_episodes(cls, episodes: Episodes, policy: Any, kl_coef: float, kl_estimator: str = "k1",
-                      gamma: float = 1.0, gae_lambda: float = 0.95, missing_eos_penalty: float | None = None,
-                      reward_scale: float = 1.0, reward_clip: float | None = None,
-                      whiten_advantages: bool = True, reference_batch_size: int = 16,
-                      calibrate_values: bool = False) -> "TokenRolloutBuffer":
-        """Score the reference, shape rewards, and compute GAE for a batch of episodes.
-
-        :param calibrate_values: add the batch's mean Monte-Carlo return to every value before
-            GAE, and report it as ``value_shift`` so the caller can move the value head by as
-            much (see ``PPO(calibrate_value_head=...)``).
-        """
+    def from_episodes(cls, episodes: Episodes, group_size: int = 1) -> "TokenRolloutBuffer":
         mask = episodes.action_mask
-        log_probs = episodes.log_probs * mask
-        ref_log_probs = log_probs.clone()
-        if kl_coef != 0:  # one no-grad teacher-forced pass of the reference; skipped without KL
-            flat = []
-            for rows in torch.arange(mask.shape[0]).split(reference_batch_size):
-                ids, attn, pol = _trim(episodes.input_ids[rows], episodes.attention_mask[rows], episodes.policy_mask[rows])
-                flat.append(policy.evaluate_actions(ids, attn, pol, reference=True).log_prob)
-            ref_log_probs = torch.zeros_like(log_probs).masked_scatter(mask, torch.cat(flat))
-        kl = ppo_math.kl_estimate(log_probs, ref_log_probs, kl_estimator) * mask
-        scores = episodes.scores.float() * reward_scale
-        if missing_eos_penalty:
-            scores = scores - missing_eos_penalty * (~episodes.terminated).float()
-        if reward_clip is not None:
-            scores = scores.clamp(-reward_clip, reward_clip)
-        rewards = ppo_math.token_rewards(scores, kl, kl_coef, mask)
-        values = episodes.values * mask
-        value_shift = 0.0
-        if calibrate_values:
-            _, monte_carlo_returns = ppo_math.gae(rewards, torch.zeros_like(values), mask, gamma, 1.0)
-            value_shift = float(ppo_math.masked_mean(monte_carlo_returns, mask))
-            values = (values + value_shift) * mask
-        advantages, returns = ppo_math.gae(rewards, values, mask, gamma, gae_lambda)
-        if whiten_advantages:
-            advantages = ppo_math.masked_whiten(advantages, mask)
-        return cls(episodes.input_ids, episodes.attention_mask, episodes.policy_mask, mask, log_probs, ref_log_probs,
-                   values, rewards, advantages, returns, scores, episodes.scores.float(), episodes.terminated, kl,
-                   float(kl_coef), episodes.infos, value_shift)
+        return cls(episodes.input_ids, episodes.attention_mask, episodes.policy_mask, mask,
+                   episodes.log_probs * mask, episodes.values * mask, episodes.env_rewards.float(),
+                   episodes.terminated, episodes.infos, group_size)
 
     @property
     def num_rows(self) -> int:
@@ -111,13 +89,22 @@ class TokenRolloutBuffer:
         return self.mask.sum(-1)
 
     @property
+    def has_reference(self) -> bool:
+        return self.ref_log_probs is not None
+
+    @property
     def sequence_kl(self) -> torch.Tensor:
-        return self.kl.sum(-1)
+        """Σ_t KL_t per row (zeros when no reference pass ran)."""
+        return self.kl.sum(-1) if self.kl is not None else torch.zeros(self.num_rows, device=self.mask.device)
 
     @property
     def sequence_neg_log_prob(self) -> torch.Tensor:
         """−Σ log π of the sampled tokens: a per-sequence entropy estimate (TRL's objective/entropy)."""
         return -(self.log_probs * self.mask).sum(-1)
+
+    def trimmed_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(input_ids, attention_mask, policy_mask)`` of ``rows``, without all-padding columns."""
+        return trim(self.input_ids[rows], self.attention_mask[rows], self.policy_mask[rows])
 
     def reward_components(self) -> dict[str, float]:
         """Means of named reward parts that reward wrappers put in the episode infos."""
@@ -125,18 +112,23 @@ class TokenRolloutBuffer:
         for info in self.infos:
             for name, value in info.get("reward_components", {}).items():
                 totals.setdefault(name, []).append(float(value))
-        totals.setdefault("score", [float(s) for s in self.raw_scores])
+        totals.setdefault("score", [float(s) for s in self.env_rewards])
         return {name: sum(v) / len(v) for name, v in totals.items()}
 
     def minibatches(self, batch_size: int, generator: torch.Generator) -> Iterator[TokenBatch]:
-        order = torch.randperm(self.num_rows, generator=generator).to(self.mask.device)
+        """Shuffled minibatches of ``batch_size`` rows; a prompt's group of ``group_size``
+        completions stays in one minibatch when ``batch_size`` is a multiple of it."""
+        group = self.group_size if batch_size % self.group_size == 0 else 1
+        order = torch.randperm(self.num_rows // group, generator=generator)
+        order = (order[:, None] * group + torch.arange(group)).reshape(-1).to(self.mask.device)
+        ref = self.ref_log_probs if self.ref_log_probs is not None else self.log_probs
         for rows in order.split(batch_size):
-            ids, attn, pol = _trim(self.input_ids[rows], self.attention_mask[rows], self.policy_mask[rows])
-            yield TokenBatch(ids, attn, pol, self.mask[rows], self.log_probs[rows], self.values[rows],
+            ids, attn, pol = self.trimmed_rows(rows)
+            yield TokenBatch(ids, attn, pol, self.mask[rows], self.log_probs[rows], ref[rows], self.values[rows],
                              self.advantages[rows], self.returns[rows])
 
 
-def _trim(input_ids: torch.Tensor, attention_mask: torch.Tensor, policy_mask: torch.Tensor):
+def trim(input_ids: torch.Tensor, attention_mask: torch.Tensor, policy_mask: torch.Tensor):
     """Drop columns that are padding in every row (left of the longest prompt, right of the longest completion)."""
     used = attention_mask.bool().any(0).nonzero()
     start, end = int(used[0]), int(used[-1]) + 1

@@ -5,23 +5,16 @@ has not been generated, so a checkpoint written there resumes bit-for-bit.
 """
 from __future__ import annotations
 
-import json
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from stable_baselines3.common.callbacks import BaseCallback
 
+from agents.checkpoint import latest_checkpoint  # noqa: F401  (re-exported)
 from agents.evaluation import evaluate_policy
-
-
-def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint under ``directory`` (staging dirs start with '.')."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return None
-    done = sorted(p for p in directory.iterdir() if p.name.startswith("iter_") and (p / "agent.pt").exists())
-    return done[-1] if done else None
 
 
 class CheckpointEveryIterations(BaseCallback):
@@ -44,8 +37,6 @@ class CheckpointEveryIterations(BaseCallback):
         self.model.save(path)
         old = sorted(p for p in self.directory.iterdir() if p.name.startswith("iter_"))[: -self.keep]
         for stale in old:
-            import shutil
-
             shutil.rmtree(stale, ignore_errors=True)
         if self.verbose:
             print(f"checkpoint: {path}")
@@ -60,18 +51,18 @@ class StopAfterSeconds(BaseCallback):
         super().__init__(verbose)
         self.seconds = seconds
 
-    def _on_training_start(self) -> None:
-        import time
+    fired = False
 
+    def _on_training_start(self) -> None:
         self.deadline = time.monotonic() + self.seconds
 
     def _on_step(self) -> bool:
-        import time
-
         if time.monotonic() < self.deadline:
             return True
+        self.fired = True
         if self.verbose:
-            print(f"time limit of {self.seconds:.0f}s reached; stopping")
+            print(f"time limit of {self.seconds:.0f}s reached; stopping (a safety stop: the iteration budget "
+                  "was not reached)")
         return False
 
 
@@ -95,10 +86,3 @@ class EvalEveryIterations(BaseCallback):
             if self.on_result:
                 self.on_result(iteration, summary)
 
-
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON atomically (temp file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)

@@ -60,7 +60,10 @@ def evaluate_policy(policy: Any, env: Any, n_episodes: int, deterministic: bool 
     kls, perplexities = [], []
     components: dict[str, list[float]] = {}
     while len(scores) < n_episodes:
-        with torch.random.fork_rng(devices=[]):
+        # Fork the CPU generator and, on a GPU, that device's too, so evaluating never shifts
+        # the training run's random stream.
+        cuda = [policy.device] if getattr(policy.device, "type", "cpu") == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(0 if seed is None else seed + len(scores))
             episodes, obs = collect_episodes(policy, env, obs, deterministic=deterministic)
         if pause_id is not None:  # pauses the policy chose, from the token ids
@@ -73,8 +76,8 @@ def evaluate_policy(policy: Any, env: Any, n_episodes: int, deterministic: bool 
             if len(scores) >= n_episodes:
                 break
             # The task score, not the returned reward: reward wrappers may reshape the latter.
-            scores.append(float(info.get("score", episodes.scores[row])))
-            returned.append(float(episodes.scores[row]))
+            scores.append(float(info.get("score", episodes.env_rewards[row])))
+            returned.append(float(episodes.env_rewards[row]))
             lengths.append(int(episodes.lengths[row]))
             for name, value in info.get("reward_components", {}).items():
                 components.setdefault(name, []).append(float(value))

@@ -37,14 +37,37 @@ def kl_estimate(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, estimator:
     raise ValueError(f"unknown KL estimator {estimator!r}; use 'k1' or 'k3'")
 
 
-def token_rewards(scores: torch.Tensor, kl: torch.Tensor, kl_coef: float, mask: torch.Tensor) -> torch.Tensor:
-    """−β·KL on every token, plus the sequence score on each row's final real token."""
+def shape_sequence_rewards(env_rewards: torch.Tensor, terminated: torch.Tensor, reward_scale: float = 1.0,
+                           missing_eos_penalty: float | None = None, reward_clip: float | None = None) -> torch.Tensor:
+    """clip(scale · env_reward − penalty · [no EOS], ±clip): the sequence reward the agent optimises."""
+    rewards = env_rewards.float() * reward_scale
+    if missing_eos_penalty:
+        rewards = rewards - missing_eos_penalty * (~terminated.bool()).float()
+    if reward_clip is not None:
+        rewards = rewards.clamp(-reward_clip, reward_clip)
+    return rewards
+
+
+def token_rewards(sequence_rewards: torch.Tensor, kl: torch.Tensor, kl_coef: float, mask: torch.Tensor) -> torch.Tensor:
+    """−β·KL on every token, plus the sequence reward on each row's final real token."""
     rewards = -kl_coef * kl * mask
     last = (mask.sum(-1) - 1).clamp(min=0)
     has_action = mask.any(-1)
-    rows = torch.arange(scores.shape[0], device=scores.device)[has_action]
-    rewards[rows, last[has_action]] += scores[has_action]
+    rows = torch.arange(sequence_rewards.shape[0], device=sequence_rewards.device)[has_action]
+    rewards[rows, last[has_action]] += sequence_rewards[has_action]
     return rewards
+
+
+def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """G_t = Σ_{s ≥ t} γ^{s−t} r_s within each row (Monte-Carlo returns)."""
+    return gae(rewards, torch.zeros_like(rewards), mask, gamma, 1.0)[1]
+
+
+def value_calibration_shift(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor,
+                            gamma: float = 1.0) -> float:
+    """mean(G_t − V_t) over valid tokens: the bias shift that centres the value head on the
+    Monte-Carlo returns (0 for a head that is already centred, so applying it is idempotent)."""
+    return float(masked_mean(returns_to_go(rewards, mask, gamma) - values, mask))
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
@@ -68,21 +91,30 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, (advantages + values) * mask_f
 
 
-def clipped_policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
-                        mask: torch.Tensor, clip_range: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO's clipped surrogate (to minimise), with the ratio statistics used for logging."""
+def clipped_surrogate(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
+                      mask: torch.Tensor, clip_range: float,
+                      clip_range_high: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token −min(ρ·A, clip(ρ, 1−ε, 1+ε_high)·A), ρ = π/π_old (ε_high = ε unless given: DAPO's
+    clip-higher), with the ratio statistics used for logging. Not reduced: callers normalise."""
+    high = clip_range if clip_range_high is None else clip_range_high
     log_ratio = log_probs - old_log_probs
     ratio = log_ratio.exp()
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    per_token = -torch.minimum(ratio * advantages, ratio.clamp(1 - clip_range, 1 + high) * advantages)
     with torch.no_grad():
         stats = {
             "approx_kl": masked_mean((ratio - 1) - log_ratio, mask),
-            "clip_fraction": masked_mean(((ratio - 1).abs() > clip_range).float(), mask),
+            "clip_fraction": masked_mean(((ratio < 1 - clip_range) | (ratio > 1 + high)).float(), mask),
             "ratio_max_dev": ((ratio - 1).abs() * mask).max(),
         }
-    return loss, stats
+    return per_token, stats
+
+
+def clipped_policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
+                        mask: torch.Tensor, clip_range: float,
+                        clip_range_high: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate (to minimise), a token mean, with the ratio statistics used for logging."""
+    per_token, stats = clipped_surrogate(log_probs, old_log_probs, advantages, mask, clip_range, clip_range_high)
+    return masked_mean(per_token, mask), stats
 
 
 def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
@@ -96,6 +128,7 @@ def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: 
 
 
 def explained_variance(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 − Var(targets − predictions) / Var(targets) over valid tokens; NaN when the targets are constant."""
     var_targets = masked_mean((targets - masked_mean(targets, mask)) ** 2, mask)
     residual = targets - predictions
     var_residual = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
@@ -125,6 +158,9 @@ class AdaptiveKLController(FixedKLController):
     """
 
     def __init__(self, init_kl_coef: float, target: float, horizon: int) -> None:
+        if init_kl_coef <= 0:
+            raise ValueError(f"adaptive KL needs an initial kl_coef > 0 (got {init_kl_coef}): the update is "
+                             "multiplicative, so β = 0 could never move")
         super().__init__(init_kl_coef)
         self.target, self.horizon = float(target), int(horizon)
 

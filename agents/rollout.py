@@ -22,6 +22,8 @@ class Episodes:
 
     Sequence tensors are ``(B, L)`` in the env's layout. Per-action tensors are ``(B, T)`` with
     ``T = max_new_tokens``; action ``t`` of row ``b`` is valid where ``action_mask[b, t]``.
+    ``env_rewards`` ``(B,)`` is what the env returned on each episode's last step (after reward
+    wrappers); the task's own score is ``infos[b]["score"]``.
     """
 
     input_ids: torch.Tensor
@@ -30,7 +32,7 @@ class Episodes:
     action_mask: torch.Tensor
     log_probs: torch.Tensor
     values: torch.Tensor
-    scores: torch.Tensor
+    env_rewards: torch.Tensor
     terminated: torch.Tensor
     infos: list[dict[str, Any]] = field(default_factory=list)
     num_steps: int = 0
@@ -70,7 +72,7 @@ def collect_episodes(policy: Any, env: Any, last_obs: dict[str, np.ndarray] | No
     action_mask = torch.zeros(n, max_new, dtype=torch.bool, device=device)
     finished = np.zeros(n, dtype=bool)
     final_obs: dict[str, np.ndarray] = {key: np.array(value) for key, value in obs.items()}
-    scores = np.zeros(n, dtype=np.float32)
+    env_rewards = np.zeros(n, dtype=np.float32)
     terminated = np.zeros(n, dtype=bool)
     infos: list[dict[str, Any]] = [{} for _ in range(n)]
     state, episode_start, step, complete = None, np.ones(n, dtype=bool), 0, True
@@ -85,7 +87,7 @@ def collect_episodes(policy: Any, env: Any, last_obs: dict[str, np.ndarray] | No
         for row in np.flatnonzero(dones & ~finished):
             for key, value in step_infos[row]["terminal_observation"].items():
                 final_obs[key][row] = value
-            scores[row] = rewards[row]
+            env_rewards[row] = rewards[row]
             terminated[row] = not step_infos[row].get("TimeLimit.truncated", False)
             infos[row] = step_infos[row]
         finished |= dones
@@ -103,7 +105,7 @@ def collect_episodes(policy: Any, env: Any, last_obs: dict[str, np.ndarray] | No
         action_mask=action_mask,
         log_probs=log_probs,
         values=values,
-        scores=torch.as_tensor(scores, device=device),
+        env_rewards=torch.as_tensor(env_rewards, device=device),
         terminated=torch.as_tensor(terminated, device=device),
         infos=infos,
         num_steps=step,

@@ -85,7 +85,7 @@ def run_ours(args) -> dict:
     for i in range(args.warmup + args.steps):
         start = time.perf_counter()
         # One learn() call is one iteration: one lockstep batch of whole episodes, then one update.
-        agent.learn(total_timesteps=1 << 40, max_iterations=i + 1,
+        agent.learn(total_iterations=i + 1,
                     reset_num_timesteps=False)
         seconds = time.perf_counter() - start
         stats = agent.last_iteration_stats
@@ -96,7 +96,7 @@ def run_ours(args) -> dict:
         steps.append({"seconds": seconds, "phases": phases,
                       "tokens": int(agent.buffer.lengths.sum()),
                       "prompts": sorted({int(info["index"]) for info in rows}),
-                      "score": float(agent.buffer.raw_scores.mean())})
+                      "score": float(agent.buffer.env_rewards.mean())})
     return {"trainable_params": trainable, "load_peak_rss_mb": load_peak, "steps": steps,
             "gradient_checkpointing_effective": _is_checkpointing(agent.policy.model)}
 

@@ -1,8 +1,9 @@
-"""Train a language model with PPO on a token-level task: ``python experiments/run_ppo.py``.
+"""Train a language model on a token-level task: ``python experiments/run_ppo.py``.
 
-With no arguments: SmolLM2-135M-Instruct (embedded) + LoRA on GSM8K train, a few minutes on a
-2-core CPU. Configure with ``experiment=NAME`` presets and dotted overrides, e.g.
-``python experiments/run_ppo.py agent.learning_rate=1e-5 policy.lora.r=16 output_dir=runs/a``.
+With no arguments: PPO on SmolLM2-135M-Instruct (embedded) + LoRA on GSM8K train, a few minutes
+on a 2-core CPU. Pick the algorithm with ``agent=ppo|grpo|rloo|reinforce|reinforce_pp``, a
+preset with ``experiment=NAME``, and override any key with dotted overrides, e.g.
+``python experiments/run_ppo.py agent=grpo agent.learning_rate=1e-5 output_dir=runs/a``.
 Continue a killed run with ``resume=true``. A thin script: composition only, no algorithm logic.
 """
 from __future__ import annotations
@@ -28,18 +29,40 @@ def build(cfg, tokenizer, model, eval_env: bool = False):
         kwargs.update(OmegaConf.to_container(cfg.env.eval_kwargs, resolve=True))
     if cfg.data_dir:
         kwargs["data_dir"] = cfg.data_dir
+    # Training rows come in groups of completions_per_prompt; evaluation gives each prompt one row.
+    group = {} if eval_env else {"completions_per_prompt": cfg.env.get("completions_per_prompt", 1)}
     env = lm_envs.make_vec(cfg.env.id, cfg.env.num_envs, tokenizer, vocab_size=model.config.vocab_size,
-                           seed=cfg.seed + (10_000 if eval_env else 0), **kwargs)
+                           seed=cfg.seed + (10_000 if eval_env else 0), **group, **kwargs)
     # Both envs get the same wrappers; evaluation reports the raw task score (info["score"]).
     wrappers = OmegaConf.to_container(cfg.env.reward_wrappers, resolve=True) if cfg.env.get("reward_wrappers") else []
     return VecRewardWrapper(env, from_config(wrappers)) if wrappers else env
 
 
+def agent_class(cfg):
+    """The agent class ``cfg.agent.name`` names, after checking every agent key is one it takes."""
+    from agents import AGENTS
+    from agents.core import agent_parameters
+
+    name = cfg.agent.name
+    if name not in AGENTS:
+        raise SystemExit(f"unknown agent {name!r}; known: {sorted(AGENTS)}")
+    cls = AGENTS[name]
+    unknown = sorted(set(cfg.agent) - agent_parameters(cls) - {"name"})
+    if unknown:
+        raise SystemExit(f"agent {name!r} ({cls.__name__}) does not take {unknown}; its keys: "
+                         f"{sorted(agent_parameters(cls) - {'policy_kwargs', 'seed', 'device', 'tensorboard_log'})}")
+    group = cfg.env.get("completions_per_prompt", 1)
+    if cfg.env.num_envs % group:
+        raise SystemExit(f"env.num_envs={cfg.env.num_envs} must be a multiple of env.completions_per_prompt={group}")
+    return cls
+
+
 def prepare(cfg):
     """Build (agent, train env, eval env, resumed-from checkpoint or None) from a composed config."""
-    from agents import PPO, latest_checkpoint
+    from agents import latest_checkpoint
     from policies import load_lm
 
+    cls = agent_class(cfg)
     out = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_lm(cfg.policy.model, dtype=cfg.policy.dtype)
@@ -54,16 +77,17 @@ def prepare(cfg):
     policy_kwargs["model"] = model
     device = policy_kwargs.pop("device", "auto")
     agent_kwargs = OmegaConf.to_container(cfg.agent, resolve=True)
+    agent_kwargs.pop("name")
     checkpoints = out / "checkpoints"
     resume_from = latest_checkpoint(checkpoints) if cfg.resume else None
     if cfg.resume and resume_from is None:
         print(f"resume=true but no checkpoint in {checkpoints}; starting fresh", file=sys.stderr)
     if resume_from is not None:
         print(f"resuming from {resume_from}", file=sys.stderr)
-        agent = PPO.load(resume_from, env=env, model=model, device=device, tensorboard_log=str(out / "tb"),
+        agent = cls.load(resume_from, env=env, model=model, device=device, tensorboard_log=str(out / "tb"),
                          verbose=cfg.agent.verbose)
     else:
-        agent = PPO(policy_class, env, policy_kwargs=policy_kwargs, seed=cfg.seed, device=device,
+        agent = cls(policy_class, env, policy_kwargs=policy_kwargs, seed=cfg.seed, device=device,
                     tensorboard_log=str(out / "tb"), **agent_kwargs)
     return agent, env, eval_env, resume_from
 
@@ -74,7 +98,8 @@ def main(argv: list[str]) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     from agents import CheckpointEveryIterations, EvalEveryIterations, evaluate_policy
-    from agents.callbacks import StopAfterSeconds, write_json
+    from agents.callbacks import StopAfterSeconds
+    from agents.checkpoint import write_json
     from stable_baselines3.common.callbacks import CallbackList
 
     agent, env, eval_env, resume_from = prepare(cfg)
@@ -92,15 +117,21 @@ def main(argv: list[str]) -> dict:
     if resume_from is None or not (out / "eval_before.json").exists():
         evaluate("before")
     callbacks = [CheckpointEveryIterations(checkpoints, every=cfg.checkpoint_every)]
-    if cfg.get("time_limit_minutes"):
-        callbacks.append(StopAfterSeconds(60 * cfg.time_limit_minutes, verbose=1))
+    time_limit = StopAfterSeconds(60 * cfg.time_limit_minutes, verbose=1) if cfg.get("time_limit_minutes") else None
+    if time_limit is not None:
+        callbacks.append(time_limit)
     if cfg.eval_every:
         callbacks.append(EvalEveryIterations(eval_env, cfg.eval_every, cfg.env.eval_episodes))
-    budget = cfg.env.num_envs * cfg.env.kwargs.max_new_tokens
-    remaining = max(cfg.iterations - getattr(agent, "iteration", 0), 0)
-    agent.learn(total_timesteps=agent.num_timesteps + remaining * budget, callback=CallbackList(callbacks),
-                progress_bar=cfg.progress_bar, reset_num_timesteps=resume_from is None,
-                tb_log_name="ppo", max_iterations=cfg.iterations)
+    # The budget is the iteration count, from the start of the run: a resumed run does the rest,
+    # and schedules follow the uninterrupted run's progress.
+    agent.learn(total_iterations=cfg.iterations, callback=CallbackList(callbacks), progress_bar=cfg.progress_bar,
+                reset_num_timesteps=resume_from is None, tb_log_name=cfg.agent.name)
+    if time_limit is not None and time_limit.fired:
+        print(f"safety stop: time_limit_minutes={cfg.time_limit_minutes} fired at iteration {agent.iteration} of "
+              f"{cfg.iterations}", file=sys.stderr)
+    write_json(out / "run.json", {"agent": cfg.agent.name, "iterations_done": agent.iteration,
+                                  "iterations_budget": cfg.iterations,
+                                  "time_limit_fired": bool(time_limit is not None and time_limit.fired)})
     agent.save(checkpoints / f"iter_{agent.iteration:06d}")
     agent.policy.save_trainable(out / "final")
     summary = evaluate("after")

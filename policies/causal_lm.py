@@ -9,7 +9,12 @@ Choices worth knowing:
 
 * **Sampling.** Plain temperature sampling by default (``top_k=0, top_p=1``). When top-k or
   top-p is set, the *same* truncated, tempered distribution is used for sampling and for every
-  log-prob the agent trains on, so rollout and update agree.
+  log-prob the agent trains on, so rollout and update agree. The reference is scored with the
+  tempered but *untruncated* distribution: a token outside the reference's own top-k would
+  otherwise have log-prob −inf and the KL would be +inf.
+* **One logits route.** Rollouts and teacher forcing both compute logits from the final hidden
+  states through `output_logits` (the output layer, then the model's final logit soft-capping
+  when its config has one, as Gemma 2/3 do), so the two can never disagree.
 * **Dropout is always off**, in rollouts and updates alike (every dropout probability is zeroed
   at construction; train mode only enables gradient checkpointing): the first PPO ratio is then
   exactly 1 up to float noise.
@@ -104,10 +109,13 @@ class CausalLMPolicy(BasePolicy):
     :param gradient_checkpointing: trade compute for memory in the update.
     :param reference: keep a reference model for KL (adapter-off view with LoRA, a frozen copy
         without). Agents that never use KL may turn it off to save memory.
+    :param value_head: build a value head (PPO). Critic-free agents (GRPO, RLOO, REINFORCE) build
+        none: `value_of` then returns zeros and nothing of it is trained or saved.
     :param device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:0"``...
     :param optimizer_class, optimizer_kwargs: the optimizer over trainable parameters. AdamW
         runs fused (one kernel for the whole step, as HF Trainer's default) unless
-        ``optimizer_kwargs`` says otherwise.
+        ``optimizer_kwargs`` says otherwise, and with ``weight_decay=0`` (TRL's default: decay
+        would pull LoRA weights and the value head towards 0) unless ``optimizer_kwargs`` sets it.
     :param model_kwargs: extra ``from_pretrained`` arguments.
     """
 
@@ -124,6 +132,7 @@ class CausalLMPolicy(BasePolicy):
         dtype: str | None = None,
         gradient_checkpointing: bool = False,
         reference: bool = True,
+        value_head: bool = True,
         device: str = "auto",
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW,
         optimizer_kwargs: dict[str, Any] | None = None,
@@ -165,17 +174,20 @@ class CausalLMPolicy(BasePolicy):
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         hidden = self.model.get_output_embeddings().weight.shape[1]
-        # Zero init: the value starts at 0 and learns from the first returns.
-        self.value_head = nn.Linear(hidden, 1)
-        nn.init.zeros_(self.value_head.weight)
-        nn.init.zeros_(self.value_head.bias)
+        self.value_head: nn.Linear | None = None
+        if value_head:  # zero init: the value starts at 0 and learns from the first returns
+            self.value_head = nn.Linear(hidden, 1)
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
         # transformers >= 5 renamed `past_key_values` to `cache`; speak whichever this one knows.
         params = inspect.signature(type(self._base_lm()).forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self.to(_device(device))
         optimizer_kwargs = dict(self.optimizer_kwargs)
-        if self.optimizer_class is torch.optim.AdamW and not {"fused", "foreach"} & optimizer_kwargs.keys():
-            optimizer_kwargs["fused"] = True
+        if self.optimizer_class is torch.optim.AdamW:
+            if not {"fused", "foreach"} & optimizer_kwargs.keys():
+                optimizer_kwargs["fused"] = True
+            optimizer_kwargs.setdefault("weight_decay", 0.0)
         self.optimizer = self.optimizer_class(
             [p for p in self.parameters() if p.requires_grad], lr=lr_schedule(1), **optimizer_kwargs
         )
@@ -198,11 +210,13 @@ class CausalLMPolicy(BasePolicy):
         return data
 
     # -- distributions -----------------------------------------------------------------------
-    def log_probs_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """Log-probs of the sampling distribution: temperature, then top-k, then top-p."""
+    def log_probs_from_logits(self, logits: torch.Tensor, truncate: bool = True) -> torch.Tensor:
+        """Log-probs of the sampling distribution: temperature, then (``truncate``) top-k and top-p."""
         logits = logits.float()
         if self.temperature != 1.0:  # skip a (N, V) copy in the common case
             logits = logits / self.temperature
+        if not truncate:
+            return torch.log_softmax(logits, dim=-1)
         if self.top_k > 0 and self.top_k < logits.shape[-1]:
             kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -215,20 +229,28 @@ class CausalLMPolicy(BasePolicy):
             logits = logits.masked_fill(drop, float("-inf"))
         return torch.log_softmax(logits, dim=-1)
 
-    def action_log_probs(self, hidden: torch.Tensor, logits: torch.Tensor | None, model: nn.Module,
-                         input_ids: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def output_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """LM logits from final hidden states: the output layer, then the model's final logit
+        soft-capping (``config.final_logit_softcapping``, Gemma 2/3) when it has one."""
+        logits = model.get_output_embeddings()(hidden)
+        cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def action_log_probs(self, hidden: torch.Tensor, model: nn.Module, input_ids: torch.Tensor,
+                         rows: torch.Tensor, columns: torch.Tensor, truncate: bool = True) -> torch.Tensor:
         """Log-probs over the action space at ``N`` decision points; the one place subclasses change.
 
         :param hidden: ``(N, H)`` final hidden states at the decision points.
-        :param logits: ``(N, V)`` LM logits there when already computed, else ``None``.
         :param model: the model that produced them (the policy's, or the reference).
         :param input_ids, rows, columns: the token history; decision ``i`` follows
             ``input_ids[rows[i], :columns[i] + 1]`` (a pause policy counts its pauses there).
+        :param truncate: apply top-k/top-p (the policy); the reference is scored untruncated.
         Rollouts and teacher-forced evaluation both go through here, so they always agree.
         """
-        if logits is None:
-            logits = model.get_output_embeddings()(hidden)
-        return self.log_probs_from_logits(logits)
+        return self.log_probs_from_logits(self.output_logits(model, hidden), truncate)
 
     @staticmethod
     def entropy_from_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
@@ -237,37 +259,42 @@ class CausalLMPolicy(BasePolicy):
 
     # -- forward passes ----------------------------------------------------------------------
     def _run(self, model: nn.Module, input_ids, attention_mask, position_ids, cache=None, use_cache=False):
-        """One backbone call; returns (final hidden states (B, T, H), logits of the last column, cache)."""
+        """One backbone call; returns (final hidden states (B, T, H), cache). Logits come from
+        `output_logits` on the hidden states, never from the model's own output."""
         out = model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             use_cache=use_cache, output_hidden_states=True, logits_to_keep=1,
             **({self._cache_kw: cache} if cache is not None else {}),
         )
         new_cache = getattr(out, self._cache_kw, None) if use_cache else None
-        return out.hidden_states[-1], out.logits[:, -1], new_cache
+        return out.hidden_states[-1], new_cache
 
     def _prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
         """The first pass of a lockstep batch, run once per distinct prompt row.
 
         Groups of completions (``completions_per_prompt > 1``) repeat each prompt; the prompt's
         forward pass is the most expensive part of a short rollout, so identical rows are run
-        once and their hidden states, logits and KV cache are copied to every row that shares them.
+        once and their hidden states and KV cache are copied to every row that shares them.
         """
         shared = _shared_rows(torch.cat([input_ids, attention_mask], 1))
         if shared is None:
             return self._run(self.model, input_ids, attention_mask, position_ids, None, True)
         pick, inverse = shared
-        hidden, logits, cache = self._run(self.model, input_ids[pick], attention_mask[pick], position_ids[pick],
+        hidden, cache = self._run(self.model, input_ids[pick], attention_mask[pick], position_ids[pick],
                                           None, True)
         cache.reorder_cache(inverse)  # public Cache API: index_select over the batch dimension
-        return hidden[inverse], logits[inverse], cache
+        return hidden[inverse], cache
 
     def value_of(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.value_head is None:
+            return torch.zeros(hidden.shape[:-1], device=hidden.device)
         return self.value_head(hidden.float()).squeeze(-1)
 
     @torch.no_grad()
     def shift_values(self, delta: float) -> None:
         """Add ``delta`` to every value the head predicts (moves its bias)."""
+        if self.value_head is None:
+            raise RuntimeError("this policy was built with value_head=False")
         self.value_head.bias.add_(delta)
 
     @torch.no_grad()
@@ -301,7 +328,7 @@ class CausalLMPolicy(BasePolicy):
             offset = state.offset
             mask = attention[:, offset:end]
             positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, state.length - offset:]
-            hidden, logits, cache = self._run(self.model, input_ids[:, state.length:end], mask, positions, state.cache, True)
+            hidden, cache = self._run(self.model, input_ids[:, state.length:end], mask, positions, state.cache, True)
             last_hidden = hidden[:, -1]
             new_state = RolloutState(cache, offset, end)
         else:
@@ -311,18 +338,16 @@ class CausalLMPolicy(BasePolicy):
             mask = attention[:, offset:end]
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             if lockstep:
-                hidden, logits, cache = self._prefill(input_ids[:, offset:end], mask, positions)
+                hidden, cache = self._prefill(input_ids[:, offset:end], mask, positions)
             else:
-                hidden, logits, cache = self._run(self.model, input_ids[:, offset:end], mask, positions)
+                hidden, cache = self._run(self.model, input_ids[:, offset:end], mask, positions)
             new_state = RolloutState(cache, offset, end) if lockstep else RolloutState(None, 0, -1)
             last_hidden = hidden[:, -1]
             if not lockstep:  # rows out of step: each row's newest real token is its own column
                 last_column = self.prompt_width + num_generated - 1 - offset
                 last_hidden = hidden[torch.arange(hidden.shape[0]), last_column]
-                logits = None
-        # The LM already computed logits for the last column only (logits_to_keep=1): reuse them.
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        log_probs = self.action_log_probs(last_hidden, logits, self.model, input_ids, rows,
+        log_probs = self.action_log_probs(last_hidden, self.model, input_ids, rows,
                                           self.prompt_width + num_generated - 1)
         if deterministic:
             actions = log_probs.argmax(-1)
@@ -359,11 +384,11 @@ class CausalLMPolicy(BasePolicy):
             with torch.no_grad(), context:
                 hidden, start = self._decision_hidden(model, input_ids, attention_mask, select)
                 chosen = hidden[:, :-1][select[:, start:]]
-                log_probs = self.action_log_probs(chosen, None, model, input_ids, rows, columns)
+                log_probs = self.action_log_probs(chosen, model, input_ids, rows, columns, truncate=False)
             return SequenceEval(log_probs.gather(-1, actions[:, None]).squeeze(-1), None, None)
         hidden, start = self._decision_hidden(self.model, input_ids, attention_mask, select)
         chosen = hidden[:, :-1][select[:, start:]]
-        log_probs = self.action_log_probs(chosen, None, self.model, input_ids, rows, columns)
+        log_probs = self.action_log_probs(chosen, self.model, input_ids, rows, columns)
         return SequenceEval(
             log_probs.gather(-1, actions[:, None]).squeeze(-1),
             (self._entropy(log_probs, entropy_grad) if with_entropy else None),
@@ -388,12 +413,12 @@ class CausalLMPolicy(BasePolicy):
             shared = _shared_rows(torch.cat([input_ids[:, :start], attention_mask[:, :start]], 1))
             if shared is not None:
                 pick, inverse = shared
-                _, _, cache = self._run(model, input_ids[pick, :start], attention_mask[pick, :start],
+                _, cache = self._run(model, input_ids[pick, :start], attention_mask[pick, :start],
                                         positions[pick, :start], None, True)
                 cache.reorder_cache(inverse)
-                hidden, _, _ = self._run(model, input_ids[:, start:], attention_mask, positions[:, start:], cache, True)
+                hidden, _ = self._run(model, input_ids[:, start:], attention_mask, positions[:, start:], cache, True)
                 return hidden, start
-        hidden, _, _ = self._run(model, input_ids, attention_mask, positions)
+        hidden, _ = self._run(model, input_ids, attention_mask, positions)
         return hidden, 0
 
     def _entropy(self, log_probs: torch.Tensor, grad: bool) -> torch.Tensor:
@@ -432,7 +457,11 @@ class CausalLMPolicy(BasePolicy):
         """Write the adapter (LoRA) or full weights via ``save_pretrained``, plus the value head."""
         os.makedirs(directory, exist_ok=True)
         self.model.save_pretrained(directory)
-        torch.save(self.value_head.state_dict(), os.path.join(directory, "value_head.pt"))
+        self._save_value_head(directory)
+
+    def _save_value_head(self, directory: str | os.PathLike) -> None:
+        if self.value_head is not None:
+            torch.save(self.value_head.state_dict(), os.path.join(directory, "value_head.pt"))
 
     def load_trainable(self, directory: str | os.PathLike) -> None:
         """Inverse of `save_trainable` on a policy built from the same starting model."""
@@ -446,4 +475,6 @@ class CausalLMPolicy(BasePolicy):
 
             loaded = AutoModelForCausalLM.from_pretrained(str(directory), dtype=next(self.model.parameters()).dtype)
             self.model.load_state_dict(loaded.state_dict())
-        self.value_head.load_state_dict(torch.load(os.path.join(directory, "value_head.pt"), map_location=self.device))
+        if self.value_head is not None:
+            self.value_head.load_state_dict(torch.load(os.path.join(directory, "value_head.pt"),
+                                                       map_location=self.device, weights_only=True))

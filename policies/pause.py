@@ -379,12 +379,11 @@ class PauseLMPolicy(CausalLMPolicy):
         hidden = hidden.detach() if self.detach_pause_head else hidden
         return torch.log_softmax(head(hidden.float()) / self.head_temperature, dim=-1)
 
-    def action_log_probs(self, hidden: torch.Tensor, logits: torch.Tensor | None, model: nn.Module,
-                         input_ids: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    def action_log_probs(self, hidden: torch.Tensor, model: nn.Module, input_ids: torch.Tensor,
+                         rows: torch.Tensor, columns: torch.Tensor, truncate: bool = True) -> torch.Tensor:
         """Joint log-probs over vocabulary + pause (see the module docstring)."""
-        if logits is None:
-            logits = model.get_output_embeddings()(hidden)
-        lm = self.log_probs_from_logits(mask_pause_logit(logits, self.pause_token_id))
+        logits = self.output_logits(model, hidden)
+        lm = self.log_probs_from_logits(mask_pause_logit(logits, self.pause_token_id), truncate)
         allowed = None
         if self.max_pauses is not None:
             allowed = pause_counts(input_ids, rows, columns, self.pause_token_id) < self.max_pauses
@@ -424,7 +423,7 @@ class PauseLMPolicy(CausalLMPolicy):
             # peft would copy the whole resized embedding matrix; the pause row is already in the
             # adapter (trainable tokens), and the base is resized the same way again (seeded).
             self.model.save_pretrained(directory, save_embedding_layers=False)
-            torch.save(self.value_head.state_dict(), os.path.join(directory, "value_head.pt"))
+            self._save_value_head(directory)
         else:
             super().save_trainable(directory)
         _save_head(self.pause_head, directory, self.pause_token, self.pause_token_id, self._pause_meta())

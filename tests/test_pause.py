@@ -107,7 +107,7 @@ def test_joint_probabilities_sum_to_one(pause_dir, policy_kwargs):
     input_ids = torch.full((6, 5), 7)
     input_ids[3:, 2] = pause_id  # rows 3-5 already paused once
     rows, columns = torch.arange(6), torch.full((6,), 4)
-    joint = policy.action_log_probs(hidden, None, policy.model, input_ids, rows, columns)
+    joint = policy.action_log_probs(hidden, policy.model, input_ids, rows, columns)
     assert joint.shape == (6, env.action_space.n)
     assert torch.allclose(joint.exp().sum(-1), torch.ones(6), atol=1e-5)
     head = policy.head_log_probs(hidden)
@@ -166,7 +166,7 @@ def test_max_pauses_masks_pause(pause_dir):
     {}, {"lora": LORA}, {"max_pauses": 2, "temperature": 0.8}, {"top_k": 6, "lora": LORA, "max_pauses": 1},
 ])
 def test_rollout_log_probs_equal_teacher_forced(pause_dir, policy_kwargs):
-    from agents.buffer import _trim
+    from agents.buffer import trim as _trim
 
     env, policy = make(pause_dir, initial_pause_probability=0.4, **policy_kwargs)
     torch.manual_seed(0)
@@ -182,7 +182,12 @@ def test_rollout_log_probs_equal_teacher_forced(pause_dir, policy_kwargs):
     assert torch.allclose(trimmed.log_prob, episodes.log_probs[1:3][episodes.action_mask[1:3]], atol=1e-4)
     reference = policy.evaluate_actions(episodes.input_ids, episodes.attention_mask, episodes.policy_mask,
                                         reference=True)
-    assert torch.allclose(reference.log_prob, out.log_prob, atol=1e-6)
+    # The reference is scored with the tempered, untruncated distribution (top-k would give it −inf
+    # log-probs and an infinite KL); at init it equals the policy's own untruncated log-probs.
+    policy.top_k = 0
+    untruncated = policy.evaluate_actions(episodes.input_ids, episodes.attention_mask, episodes.policy_mask)
+    assert torch.allclose(reference.log_prob, untruncated.log_prob, atol=1e-6)
+    assert (reference.log_prob <= out.log_prob + 1e-6).all()  # truncation only moves mass onto kept tokens
 
 
 @pytest.mark.parametrize("lora", [None, LORA])
@@ -210,7 +215,7 @@ def test_detach_pause_head_blocks_gradient_into_the_body(pause_dir):
         hidden = out.hidden_states[-1][0]
         with torch.no_grad():
             policy.pause_head.weight.normal_()  # a zero weight would pass no gradient either way
-        joint = policy.action_log_probs(hidden, None, policy.model, ids.expand(5, -1), torch.arange(5),
+        joint = policy.action_log_probs(hidden, policy.model, ids.expand(5, -1), torch.arange(5),
                                         torch.arange(5))
         joint[:, policy.pause_token_id].sum().backward()  # log p(pause) depends on the head only
         body = [p.grad for n, p in policy.model.named_parameters() if "layers" in n]

@@ -231,7 +231,7 @@ def test_ppo_trains_saves_and_resumes_through_a_wrapped_env(tiny_dir, tokenizer,
     assert -0.061 <= stats["rewards/length/mean"] <= -0.01 and 0 <= stats["rewards/score/mean"] <= 1
     # PPO learns from the transformed rewards; the raw task score stays in the infos.
     shaped = [info["episode"]["r"] for info in agent.buffer.infos]
-    np.testing.assert_allclose(agent.buffer.scores.cpu().numpy(), shaped, rtol=1e-6)
+    np.testing.assert_allclose(agent.buffer.env_rewards.cpu().numpy(), shaped, rtol=1e-6)
     assert stats["objective/scores"] == pytest.approx(np.mean(shaped), abs=1e-6)
     assert not np.allclose(shaped, [info["score"] for info in agent.buffer.infos])
     agent.save(tmp_path / "ckpt")

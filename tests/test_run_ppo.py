@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
-from config import compose, presets  # noqa: E402
+from config import agents, compose, presets  # noqa: E402
 
 
 def run(args, **kwargs):
@@ -38,40 +38,86 @@ def test_end_to_end_writes_logs_checkpoints_and_evals(tiny_dir, tmp_path):
 
 
 def test_sigkill_then_resume_continues(tiny_dir, tmp_path):
-    proc = run(tiny_args(tiny_dir, tmp_path, "iterations=40"))
-    first = tmp_path / "checkpoints" / "iter_000002" / "agent.pt"
+    proc = run(tiny_args(tiny_dir, tmp_path, "iterations=400"))
+    checkpoints = tmp_path / "checkpoints"
     deadline = time.time() + 240
-    while not first.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert first.exists(), proc.communicate()[0] if proc.poll() is not None else "no checkpoint in time"
+    while time.time() < deadline and proc.poll() is None and not list(checkpoints.glob("iter_*/agent.pt")):
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[0]  # still running: the kill lands mid-run
+    assert list(checkpoints.glob("iter_*/agent.pt")), "no checkpoint in time"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("iter_"))
-    assert done and done[-1] != "iter_000040"
-    resumed = run(tiny_args(tiny_dir, tmp_path, "iterations=44", "resume=true"))
-    output, _ = resumed.communicate(timeout=300)
+    done = sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("iter_"))
+    assert done and done[-1] != "iter_000400"
+    resumed = run(tiny_args(tiny_dir, tmp_path, "iterations=400", "resume=true"))
+    output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output
     assert "resuming from" in output
     last_before_kill = int(done[-1].split("_")[1])
     assert f"iter {last_before_kill + 1:4d}" in output  # continues at the next iteration, not from 1
     assert "iter    1 |" not in output
-    assert (tmp_path / "checkpoints" / "iter_000044" / "agent.pt").exists()
+    assert (checkpoints / "iter_000400" / "agent.pt").exists()
+    assert json.loads((tmp_path / "run.json").read_text())["iterations_done"] == 400
 
 
-@pytest.mark.parametrize("preset", [None, *presets()])
-def test_every_shipped_config_composes_and_instantiates(preset, tiny_dir, tmp_path):
-    """Configs cannot drift from the code: build envs, policy and agent for each (tiny model swapped in)."""
+# pause_gsm8k is a PPO preset: the pause head is trained through PPO's value head and KL.
+CASES = [(preset, agent) for preset in [None, *presets()] for agent in agents()
+         if preset != "pause_gsm8k" or agent == "ppo"]
+
+
+@pytest.mark.parametrize("preset, agent", CASES)
+def test_every_shipped_config_composes_and_instantiates(preset, agent, tiny_dir, tmp_path):
+    """Configs cannot drift from the code: build envs, policy and agent for each preset x agent
+    (tiny model swapped in)."""
+    import run_ppo
+    from agents import AGENTS
+
+    argv = ([f"experiment={preset}"] if preset else []) + [f"agent={agent}", f"policy.model={tiny_dir}",
+                                                             f"output_dir={tmp_path}"]
+    cfg = compose(argv)
+    assert cfg.agent.name == agent
+    created, env, eval_env, resumed = run_ppo.prepare(cfg)
+    assert type(created) is AGENTS[agent]
+    assert resumed is None and env.num_envs == cfg.env.num_envs
+    assert created.batch_size == cfg.agent.batch_size and created.policy.uses_lora == (cfg.policy.lora is not None)
+    assert (created.policy.value_head is not None) == (agent == "ppo")
+
+
+def test_agent_group_replaces_the_agent_node_whatever_the_order():
+    grpo = compose(["agent.learning_rate=3e-5", "agent=grpo", "experiment=tiny_test"])
+    assert grpo.agent.name == "grpo" and grpo.agent.learning_rate == 3e-5  # dotted overrides win, in any order
+    assert "vf_coef" not in grpo.agent and "gae_lambda" not in grpo.agent  # no PPO key survives
+    assert grpo.env.completions_per_prompt == 4
+    default = compose([])
+    assert default.agent.name == "ppo" and "vf_coef" in default.agent and default.env.completions_per_prompt == 1
+    # A preset's per-agent section reaches only its own agent.
+    tox_ppo, tox_grpo = compose(["experiment=toxicity_cpu"]), compose(["experiment=toxicity_cpu", "agent=grpo"])
+    assert tox_ppo.agent.adaptive_kl is True and "adaptive_kl" not in tox_grpo.agent
+    assert tox_grpo.agent.beta == 0.1 and "per_agent" not in tox_grpo
+
+
+def test_unknown_preset_agent_key_and_bad_override_are_clear(tiny_dir, tmp_path):
     import run_ppo
 
-    argv = ([f"experiment={preset}"] if preset else []) + [f"policy.model={tiny_dir}", f"output_dir={tmp_path}"]
-    cfg = compose(argv)
-    agent, env, eval_env, resumed = run_ppo.prepare(cfg)
-    assert resumed is None and env.num_envs == cfg.env.num_envs
-    assert agent.batch_size == cfg.agent.batch_size and agent.policy.uses_lora == (cfg.policy.lora is not None)
-
-
-def test_unknown_preset_and_bad_override_are_clear():
     with pytest.raises(SystemExit, match="unknown experiment"):
         compose(["experiment=nope"])
+    with pytest.raises(SystemExit, match=r"unknown agent 'nope'; known: \['grpo', 'ppo'"):
+        compose(["agent=nope"])
     with pytest.raises(SystemExit, match="key.sub=value"):
         compose(["agent.learning_rate"])
+    with pytest.raises(SystemExit, match=r"does not take \['vf_coef'\]"):
+        run_ppo.agent_class(compose(["agent=grpo", "agent.vf_coef=0.1"]))
+    with pytest.raises(SystemExit, match="multiple of env.completions_per_prompt=4"):
+        run_ppo.agent_class(compose(["agent=grpo", "env.num_envs=6"]))
+
+
+def test_grpo_runs_end_to_end_and_resumes(tiny_dir, tmp_path):
+    proc = run(tiny_args(tiny_dir, tmp_path, "agent=grpo"))
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    assert "iter    2" in output and list((tmp_path / "tb").glob("grpo_*/events.out.tfevents.*"))
+    assert not (tmp_path / "final" / "value_head.pt").exists()  # GRPO has no value head
+    resumed = run(tiny_args(tiny_dir, tmp_path, "agent=grpo", "iterations=3", "resume=true"))
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert "iter    3" in output and "iter    1 |" not in output

@@ -1,0 +1,575 @@
+"""The on-policy core every token agent shares: collect, score the reference, shape, update, log, save.
+
+One iteration of every agent (PPO, GRPO, RLOO, REINFORCE):
+
+1. **collect** one lockstep batch of whole episodes (`agents.rollout.collect_episodes`);
+2. **reference pass**: one no-grad teacher-forced pass of the reference (adapter off), only when
+   the agent uses a KL term, giving the per-token KL;
+3. **shape**: sequence reward (scale, missing-EOS penalty, clip), then per-token rewards
+   (the sequence reward on the last token, −β·KL on every token when the KL is in the reward);
+4. **estimate** advantages: the one place agents differ (`compute_advantages`);
+5. **update**: epochs of shuffled minibatches, each a sum of micro-batch forward/backward passes
+   of the agent's loss (`loss`, the other place agents differ), then a clipped optimizer step;
+6. **log** with the tags TRL and SB3 users know, and **save/load** through `agents.checkpoint`.
+
+Built on SB3's `OnPolicyAlgorithm` (callbacks, logger, schedules, ``learn``); agents meet envs
+only through the `VecEnv` API and policies only through the policy API. Imports `agents.*`
+maths, buffer, rollout and checkpoint modules, the policies, SB3 and torch.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
+from stable_baselines3.common.utils import FloatSchedule, LinearSchedule, set_random_seed
+
+from agents import checkpoint, ppo_math
+from agents.buffer import TokenBatch, TokenRolloutBuffer
+from agents.rollout import collect_episodes
+from policies.causal_lm import CausalLMPolicy
+from policies.pause import PauseLMPolicy
+
+# Constructor arguments that are not hyperparameters (never saved in a checkpoint).
+_NOT_HPARAMS = {"self", "policy", "env", "tensorboard_log", "policy_kwargs", "verbose", "device",
+                "_init_setup_model", "__class__"}
+
+
+def make_schedule(spec: float | dict | Callable[[float], float]) -> Callable[[float], float]:
+    """A schedule over SB3's progress-remaining (1 → 0) from a number, a callable, or a config
+    dict ``{schedule: linear, start: 1e-4, end: 0.0, end_fraction: 1.0}``. Only numbers and
+    dicts are saved in checkpoints; a callable must be passed again to ``load``."""
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        kind = spec.pop("schedule", None)
+        if kind == "constant":
+            return FloatSchedule(float(spec["value"]))
+        if kind == "linear":
+            return LinearSchedule(float(spec["start"]), float(spec["end"]), float(spec.get("end_fraction", 1.0)))
+        raise ValueError(f"unknown schedule {kind!r}: use {{schedule: linear, start, end}} or {{schedule: constant, value}}")
+    return FloatSchedule(spec)
+
+
+def constructor_args(frame_locals: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters among a constructor's ``locals()`` (what a checkpoint saves)."""
+    return {k: v for k, v in frame_locals.items() if k not in _NOT_HPARAMS and not k.startswith("_")}
+
+
+@dataclass
+class LossContext:
+    """What a micro-batch's loss needs to know about the minibatch it belongs to."""
+
+    minibatch_tokens: torch.Tensor  # valid action tokens in the whole minibatch
+    num_micro_batches: int
+    max_completion_length: int  # the env's token budget T
+    clip_range: float
+
+
+def _plain(value: Any) -> Any:
+    """Policy kwargs as plain data: classes become ``"module:qualname"``, peft configs dicts."""
+    if inspect.isclass(value):
+        return f"{value.__module__}:{value.__qualname__}"
+    if type(value).__module__.startswith("peft") and hasattr(value, "to_dict"):  # e.g. a LoraConfig
+        defaults = type(value)().to_dict()
+        changed = {k: v for k, v in value.to_dict().items() if k != "peft_type" and v != defaults.get(k)}
+        return {"__peft__": type(value).__name__, **{k: _plain(v) for k, v in changed.items()}}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "value") and type(value).__module__.startswith(("peft", "enum")):
+        return value.value
+    return value
+
+
+def _unplain(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "__peft__" in value:
+            import peft
+
+            fields = {k: v for k, v in value.items() if k != "__peft__"}
+            return getattr(peft, value["__peft__"])(**fields)
+        return {k: _unplain(v) for k, v in value.items()}
+    if isinstance(value, str) and value.startswith("torch.optim.") and ":" in value:  # an optimizer class
+        module, name = value.split(":")
+        return getattr(importlib.import_module(module), name)
+    return value
+
+
+class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
+    """The shared core; subclasses set `uses_value_head`, `needs_reference`, `compute_advantages`,
+    `loss` and, optionally, `_extra_log_values` / `_extra_state`.
+
+    Parameters every agent takes (subclasses document theirs and map their names onto these):
+
+    :param n_epochs: passes over each rollout batch (GRPO's μ, ``num_iterations``).
+    :param batch_size: rows per optimizer step.
+    :param micro_batch_size: rows per forward/backward (gradients accumulate; ``None``: = batch_size).
+    :param clip_range: policy-ratio clip ε (float, schedule dict or callable).
+    :param clip_range_high: upper clip ε_high (``None``: = ε).
+    :param kl_coef: β of the KL term (0 with no adaptive control: no reference pass runs).
+    :param kl_in_reward: put −β·KL in the per-token rewards (else the agent's loss uses it).
+    :param group_size: completions per prompt the estimator groups (must equal the env's
+        ``completions_per_prompt``).
+    """
+
+    policy_aliases = {"CausalLMPolicy": CausalLMPolicy, "PauseLMPolicy": PauseLMPolicy}
+    uses_value_head = False
+    tb_name = "run"
+    _restoring = False  # set by `load` while it rebuilds an agent: the env keeps its restored state
+
+    def __init__(
+        self,
+        policy: str | type[CausalLMPolicy],
+        env: GymEnv,
+        learning_rate: float | dict | Schedule,
+        n_epochs: int,
+        batch_size: int,
+        micro_batch_size: int | None,
+        clip_range: float | dict | Schedule,
+        max_grad_norm: float,
+        kl_coef: float,
+        kl_in_reward: bool,
+        hparams: dict[str, Any],
+        clip_range_high: float | None = None,
+        kl_estimator: str = "k1",
+        adaptive_kl: bool = False,
+        kl_target: float = 6.0,
+        kl_horizon: int = 10000,
+        ent_coef: float = 0.0,
+        gamma: float = 1.0,
+        gae_lambda: float = 1.0,
+        vf_coef: float = 0.0,
+        missing_eos_penalty: float | None = None,
+        reward_scale: float = 1.0,
+        reward_clip: float | None = None,
+        group_size: int = 1,
+        target_kl: float | None = None,
+        log_samples: int = 2,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: torch.device | str = "auto",
+        _init_setup_model: bool = True,
+    ) -> None:
+        self._hparams = dict(hparams)
+        policy_kwargs = dict(policy_kwargs or {})
+        policy_kwargs.setdefault("value_head", self.uses_value_head)
+        self._uses_reference = kl_coef != 0 or adaptive_kl
+        if not self._uses_reference:
+            policy_kwargs.setdefault("reference", False)  # no KL: no reference copy to keep
+        super().__init__(
+            policy, env, learning_rate=make_schedule(learning_rate), n_steps=1, gamma=gamma, gae_lambda=gae_lambda,
+            ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm, use_sde=False, sde_sample_freq=-1,
+            tensorboard_log=tensorboard_log, monitor_wrapper=False, policy_kwargs=policy_kwargs,
+            verbose=verbose, seed=seed, device=device, _init_setup_model=False,
+        )
+        micro_batch_size = micro_batch_size or batch_size
+        if batch_size > self.n_envs or self.n_envs % batch_size:
+            raise ValueError(f"batch_size={batch_size} must divide the number of rows ({self.n_envs})")
+        if batch_size % micro_batch_size:
+            raise ValueError(f"micro_batch_size={micro_batch_size} must divide batch_size={batch_size}")
+        if kl_estimator not in ("k1", "k3"):
+            raise ValueError("kl_estimator must be 'k1' or 'k3'")
+        env_group = self._env_attr("completions_per_prompt", 1)
+        if group_size > 1 and (self.n_envs % group_size or env_group != group_size):
+            raise ValueError(
+                f"{type(self).__name__} groups {group_size} completions per prompt, but the env has num_envs="
+                f"{self.n_envs} and completions_per_prompt={env_group}: build the env with "
+                f"completions_per_prompt={group_size} and num_envs a multiple of it "
+                f"(run_ppo: env.completions_per_prompt={group_size})")
+        self.n_epochs, self.batch_size, self.micro_batch_size = n_epochs, batch_size, micro_batch_size
+        self.clip_range, self.clip_range_high, self.target_kl = clip_range, clip_range_high, target_kl
+        self.kl_coef, self.kl_in_reward, self.kl_estimator = kl_coef, kl_in_reward, kl_estimator
+        self.adaptive_kl, self.kl_target, self.kl_horizon = adaptive_kl, kl_target, kl_horizon
+        self.missing_eos_penalty, self.reward_scale, self.reward_clip = missing_eos_penalty, reward_scale, reward_clip
+        self.group_size, self.log_samples = group_size, log_samples
+        self.buffer: TokenRolloutBuffer | None = None
+        self.iteration = 0
+        self._total_iterations: int | None = None
+        self._keep_last_obs = False
+        self._timings: dict[str, float] = {}
+        self._train_stats: dict[str, float] = {}
+        self._last_values: dict[str, float] = {}
+        if _init_setup_model:
+            self._setup_model()
+
+    def _env_attr(self, name: str, default: Any) -> Any:
+        try:
+            return self.env.get_attr(name, [0])[0]
+        except AttributeError:
+            return default
+
+    # -- set-up ------------------------------------------------------------------------------
+    def _setup_model(self) -> None:
+        self._setup_lr_schedule()
+        self.set_random_seed(self.seed)
+        self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule,
+                                        device=str(self.device), **self.policy_kwargs)
+        self.clip_range = make_schedule(self.clip_range)
+        self.kl_controller = (ppo_math.AdaptiveKLController(self.kl_coef, self.kl_target, self.kl_horizon)
+                              if self.adaptive_kl else ppo_math.FixedKLController(self.kl_coef))
+        # Minibatch order comes from the agent's own generator, so resume can restore it.
+        self.shuffle_generator = torch.Generator().manual_seed(0 if self.seed is None else self.seed)
+
+    def set_random_seed(self, seed: int | None = None) -> None:
+        """SB3's seeding, except that an agent rebuilt by `load` leaves the env's restored state alone."""
+        if seed is None:
+            return
+        set_random_seed(seed, using_cuda=self.device.type == "cuda")
+        self.action_space.seed(seed)
+        if self.env is not None and not self._restoring:
+            self.env.seed(seed)
+
+    def _setup_learn(self, total_timesteps, callback=None, reset_num_timesteps=True, tb_log_name="run",
+                     progress_bar=False):
+        if self._keep_last_obs:  # just loaded: continue the restored batch and prompt order
+            if reset_num_timesteps:
+                self.num_timesteps, self._episode_num, self.ep_info_buffer = 0, 0, None
+            reset_num_timesteps, self._keep_last_obs = False, False
+        # SB3 prints its table at verbose >= 1; we print one summary line there and keep the
+        # table for verbose >= 2.
+        verbose, self.verbose = self.verbose, max(self.verbose - 1, 0)
+        try:
+            return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        finally:
+            self.verbose = verbose
+
+    # -- the loop ----------------------------------------------------------------------------
+    def learn(self, total_timesteps: int | None = None, callback=None, log_interval: int = 1,
+              tb_log_name: str | None = None, reset_num_timesteps: bool = True, progress_bar: bool = False,
+              total_iterations: int | None = None):
+        """Train until ``total_timesteps`` env steps × rows (SB3's unit; a batch of B rows that
+        runs T steps counts B·T), or until ``self.iteration`` reaches ``total_iterations``.
+
+        :param total_iterations: the run's iteration budget, counted from the start of the run
+            (``self.iteration`` survives save/load). When given, it also defines schedule
+            progress (``1 − iteration / total_iterations``) and the progress bar, so a resumed
+            run follows the uninterrupted schedule exactly.
+        """
+        if total_timesteps is None and total_iterations is None:
+            raise ValueError("learn() needs total_timesteps or total_iterations")
+        if total_iterations is not None:
+            self._total_iterations = int(total_iterations)
+        total_timesteps, callback = self._setup_learn(
+            sys.maxsize // 2 if total_timesteps is None else total_timesteps, callback, reset_num_timesteps,
+            tb_log_name or self.tb_name, progress_bar=progress_bar and total_iterations is None)
+        bar = None
+        if progress_bar and total_iterations is not None:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total_iterations, initial=min(self.iteration, total_iterations), unit="iter",
+                       desc=type(self).__name__, dynamic_ncols=True)
+        callback.on_training_start(locals(), globals())
+        try:
+            while self.num_timesteps < total_timesteps and (total_iterations is None
+                                                            or self.iteration < total_iterations):
+                if not self.collect_rollouts(self.env, callback, None, n_rollout_steps=1):
+                    break
+                self._update_progress(total_timesteps)
+                self.train()
+                self.iteration += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(score=f"{self._last_values.get('objective/scores', float('nan')):.3f}")
+                if log_interval is not None and self.iteration % log_interval == 0:
+                    self._log_iteration()
+        finally:
+            if bar is not None:
+                bar.close()
+        callback.on_training_end()
+        return self
+
+    def _update_progress(self, total_timesteps: int) -> None:
+        if self._total_iterations:
+            self._current_progress_remaining = 1.0 - self.iteration / self._total_iterations
+        else:
+            self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
+
+    def collect_rollouts(self, env, callback, rollout_buffer=None, n_rollout_steps: int = 1) -> bool:
+        """Collect one batch of whole episodes, score the reference, shape rewards, estimate advantages."""
+        self.policy.set_training_mode(False)
+        callback.on_rollout_start()
+        episodes, self._last_obs = collect_episodes(self.policy, env, self._last_obs, callback=callback)
+        self.num_timesteps += episodes.num_steps * env.num_envs
+        if not episodes.complete:
+            return False  # a callback stopped us mid-batch: the partial batch is not trained on
+        for info in episodes.infos:
+            if "episode" in info:
+                self.ep_info_buffer.extend([info["episode"]])
+        self._timings = {"rollout": episodes.seconds,
+                         "reward": float(sum(info.get("reward_time", 0.0) for info in episodes.infos))}
+        start = time.perf_counter()
+        buffer = TokenRolloutBuffer.from_episodes(episodes, group_size=self.group_size)
+        self.reference_pass(buffer)
+        self._timings["reference"] = time.perf_counter() - start
+        self.shape_rewards(buffer)
+        self.compute_advantages(buffer)
+        self.buffer = buffer
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return True
+
+    @torch.no_grad()
+    def reference_pass(self, buffer: TokenRolloutBuffer, reference_batch_size: int = 16) -> None:
+        """Reference log-probs and the per-token KL, in no-grad teacher-forced passes (skipped
+        when the agent has no KL term)."""
+        if not self._uses_reference:
+            return
+        flat = []
+        for rows in torch.arange(buffer.num_rows).split(reference_batch_size):
+            ids, attn, pol = buffer.trimmed_rows(rows)
+            flat.append(self.policy.evaluate_actions(ids, attn, pol, reference=True).log_prob)
+        buffer.ref_log_probs = torch.zeros_like(buffer.log_probs).masked_scatter(buffer.mask, torch.cat(flat))
+        buffer.kl = ppo_math.kl_estimate(buffer.log_probs, buffer.ref_log_probs, self.kl_estimator) * buffer.mask
+
+    def shape_rewards(self, buffer: TokenRolloutBuffer) -> None:
+        buffer.kl_coef = float(self.kl_controller.value) if self._uses_reference else 0.0
+        buffer.sequence_rewards = ppo_math.shape_sequence_rewards(
+            buffer.env_rewards, buffer.terminated, self.reward_scale, self.missing_eos_penalty, self.reward_clip)
+        in_reward = self.kl_in_reward and buffer.kl is not None
+        buffer.token_rewards = ppo_math.token_rewards(
+            buffer.sequence_rewards, buffer.kl if in_reward else torch.zeros_like(buffer.log_probs),
+            buffer.kl_coef if in_reward else 0.0, buffer.mask)
+
+    def compute_advantages(self, buffer: TokenRolloutBuffer) -> None:
+        """Set ``buffer.advantages`` and ``buffer.returns`` (``(B, T)``, zero off the mask)."""
+        raise NotImplementedError
+
+    def loss(self, micro: TokenBatch, log_probs: torch.Tensor, values: torch.Tensor | None,
+             context: LossContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The micro-batch's contribution to the minibatch loss (what ``backward`` sees, already
+        normalised for accumulation), and per-micro-batch statistics (token means)."""
+        raise NotImplementedError
+
+    # -- the update --------------------------------------------------------------------------
+    def train(self) -> None:
+        """``n_epochs`` of shuffled minibatches of the agent's loss on the last rollout batch."""
+        assert self.buffer is not None, "collect_rollouts() first"
+        start = time.perf_counter()
+        policy, buffer = self.policy, self.buffer
+        policy.set_training_mode(True)
+        self._update_learning_rate(policy.optimizer)
+        clip_range = float(self.clip_range(self._current_progress_remaining))
+        stats: dict[str, list[float]] = {}
+        first_minibatch: dict[str, float] | None = None
+        stop = False
+        for epoch in range(self.n_epochs):
+            for minibatch in buffer.minibatches(self.batch_size, self.shuffle_generator):
+                policy.optimizer.zero_grad(set_to_none=True)
+                micros = list(minibatch.split(self.micro_batch_size))
+                context = LossContext(minibatch.mask.sum().clamp(min=1), len(micros), buffer.mask.shape[1],
+                                      clip_range)
+                minibatch_stats: dict[str, float] = {}
+                ratio_dev = 0.0
+                for micro in micros:
+                    out = policy.evaluate_actions(micro.input_ids, micro.attention_mask, micro.policy_mask,
+                                                  with_entropy=True, with_values=self.uses_value_head,
+                                                  entropy_grad=self.ent_coef != 0)
+                    log_probs, values, entropy = (micro.unflatten(out.log_prob), micro.unflatten(out.values),
+                                                  micro.unflatten(out.entropy))
+                    weight = micro.mask.sum() / context.minibatch_tokens  # this micro-batch's share of tokens
+                    loss, micro_stats = self.loss(micro, log_probs, values, context)
+                    entropy_mean = ppo_math.masked_mean(entropy, micro.mask)
+                    if self.ent_coef:
+                        loss = loss - self.ent_coef * entropy_mean * weight
+                    loss.backward()
+                    micro_stats["entropy"] = entropy_mean
+                    ratio_dev = max(ratio_dev, float(micro_stats.pop("ratio_max_dev", 0.0)))
+                    for key, value in micro_stats.items():
+                        minibatch_stats[key] = minibatch_stats.get(key, 0.0) + float(value.detach()) * float(weight)
+                if first_minibatch is None:
+                    first_minibatch = {"ratio_max_dev": ratio_dev, "approx_kl": minibatch_stats.get("approx_kl", 0.0)}
+                if self.target_kl is not None and minibatch_stats.get("approx_kl", 0.0) > 1.5 * self.target_kl:
+                    # As SB3: checked before the optimizer step, so the overshooting step is never taken.
+                    policy.optimizer.zero_grad(set_to_none=True)
+                    stop = True
+                    if self.verbose >= 2:
+                        print(f"early stop at epoch {epoch}: approx_kl {minibatch_stats['approx_kl']:.4f}")
+                    break
+                grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), self.max_grad_norm)
+                policy.optimizer.step()
+                self._n_updates += 1
+                for key, value in minibatch_stats.items():
+                    stats.setdefault(key, []).append(value)
+                stats.setdefault("grad_norm", []).append(float(grad_norm))
+            if stop:
+                break
+        # The KL controller moves after the update, on the batch's mean per-sequence KL.
+        if buffer.kl is not None:
+            self.kl_controller.update(float(buffer.sequence_kl.mean()), buffer.num_rows)
+        self._timings["update"] = time.perf_counter() - start
+        self._train_stats = {k: float(np.mean(v)) for k, v in stats.items() if v}
+        self._train_stats.update({f"first_minibatch_{k}": v for k, v in (first_minibatch or {}).items()})
+        self._train_stats["clip_range"] = clip_range
+        self._train_stats["early_stopped"] = float(stop)
+
+    # -- logging -----------------------------------------------------------------------------
+    def _extra_log_values(self, buffer: TokenRolloutBuffer) -> dict[str, float]:
+        return {}
+
+    def _log_iteration(self) -> None:
+        buffer, stats, log = self.buffer, self._train_stats, self.logger
+        assert buffer is not None
+        scores = float(buffer.env_rewards.mean())
+        values = {
+            "objective/kl_coef": float(buffer.kl_coef),
+            "objective/entropy": float(buffer.sequence_neg_log_prob.mean()),
+            "objective/scores": scores,
+            "policy/approxkl": stats.get("approx_kl"),
+            "policy/clipfrac": stats.get("clip_fraction"),
+            "policy/entropy": stats.get("entropy"),
+            "policy/first_minibatch_ratio_max_dev": stats.get("first_minibatch_ratio_max_dev"),
+            "policy/first_minibatch_approxkl": stats.get("first_minibatch_approx_kl"),
+            "loss/policy": stats.get("policy_loss"),
+            "tokens/response_len_mean": float(buffer.lengths.float().mean()),
+            "tokens/eos_fraction": float(buffer.terminated.float().mean()),
+            "train/learning_rate": self.policy.optimizer.param_groups[0]["lr"],
+            "train/n_updates": self._n_updates,
+            "train/grad_norm": stats.get("grad_norm"),
+            "train/clip_range": stats.get("clip_range"),
+            "train/early_stopped": stats.get("early_stopped"),
+            "time/rollout": self._timings.get("rollout", 0.0),
+            "time/reward": self._timings.get("reward", 0.0),
+            "time/reference": self._timings.get("reference", 0.0),
+            "time/update": self._timings.get("update", 0.0),
+        }
+        if buffer.has_reference:  # no reference pass, no KL to report
+            kl = float(buffer.sequence_kl.mean())
+            values["objective/kl"] = kl
+            values["objective/rlhf_reward"] = scores - float(buffer.kl_coef) * kl
+        values.update(self._extra_log_values(buffer))
+        for name, value in buffer.reward_components().items():
+            values[f"rewards/{name}/mean"] = value
+        # Every logged scalar is finite: a quantity undefined this iteration is not logged.
+        values = {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
+        for key, value in values.items():
+            log.record(key, value)
+        if self.ep_info_buffer:
+            log.record("rollout/ep_rew_mean", float(np.mean([ep["r"] for ep in self.ep_info_buffer])))
+            log.record("rollout/ep_len_mean", float(np.mean([ep["l"] for ep in self.ep_info_buffer])))
+        samples = [info for info in buffer.infos if "completion" in info][: self.log_samples]
+        if samples:
+            text = "\n\n".join(f"**prompt:** {s['prompt']}\n\n**completion:** {s['completion']}\n\n"
+                               f"**score:** {s['score']:.3f}" for s in samples)
+            log.record("samples/text", text, exclude=("stdout", "log", "json", "csv"))
+        log.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
+        log.dump(step=self.num_timesteps)
+        self.last_iteration_stats = self._last_values = values
+        if self.verbose >= 1:
+            kl_text = f"kl {values['objective/kl']:7.4f} | " if "objective/kl" in values else ""
+            print(f"iter {self.iteration:4d} | steps {self.num_timesteps:7d} | score {scores:7.4f} | {kl_text}"
+                  f"beta {buffer.kl_coef:.4f} | len {values['tokens/response_len_mean']:5.1f} | "
+                  f"rollout {values['time/rollout']:5.1f}s update {values['time/update']:5.1f}s", file=sys.stderr,
+                  flush=True)
+
+    # -- saving, loading, resuming -------------------------------------------------------------
+    def _extra_state(self) -> dict[str, Any]:
+        """Agent-specific state to checkpoint (e.g. a running baseline)."""
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def save(self, path, exclude=None, include=None) -> None:
+        """Write a checkpoint directory atomically (see `agents.checkpoint`).
+
+        Holds: the trainable weights (LoRA adapter or full model, plus heads) via
+        ``save_pretrained``, the model spec it starts from, hyperparameters, optimizer and
+        KL-controller state, counters, every RNG state (CUDA's too), the env's sampler/batch
+        state and the in-flight observation.
+        """
+        hparams, callables = {}, []
+        for key, value in self._hparams.items():
+            if callable(value) and not isinstance(value, (int, float)):
+                callables.append(key)  # a Python callable (a schedule) cannot be stored as data
+            else:
+                hparams[key] = _plain(value)
+        policy_kwargs = {k: _plain(v) for k, v in self.policy_kwargs.items() if k != "model" or isinstance(v, str)}
+        meta = {"model": self.policy.model_spec, "uses_lora": self.policy.uses_lora,
+                "policy_class": type(self.policy).__name__, "agent_class": type(self).__name__,
+                "num_timesteps": self.num_timesteps, "iteration": self.iteration}
+        state = {
+            "hparams": hparams,
+            "callable_hparams": callables,
+            "policy_kwargs": policy_kwargs,
+            "optimizer": self.policy.optimizer.state_dict(),
+            "kl_controller": self.kl_controller.state_dict(),
+            "extra": self._extra_state(),
+            "num_timesteps": self.num_timesteps,
+            "n_updates": self._n_updates,
+            "iteration": self.iteration,
+            "total_iterations": self._total_iterations,
+            "total_timesteps": self._total_timesteps,
+            "rng": checkpoint.rng_states({"shuffle": self.shuffle_generator}),
+            "env_state": self.env.env_method("get_state", indices=[0])[0] if self.env is not None else None,
+            "last_obs": self._last_obs,
+        }
+        checkpoint.write_checkpoint(path, meta, state, self.policy.save_trainable)
+
+    @classmethod
+    def load(cls, path, env: GymEnv | None = None, device: str = "auto", custom_objects=None,
+             print_system_info: bool = False, force_reset: bool = False, model: Any = None, **kwargs):
+        """Rebuild an agent from `save`: the starting model, then the trained weights and state.
+        A following ``learn()`` continues the saved batch and prompt order.
+
+        :param model: the starting model object, when it was given as an object rather than a spec.
+        :param kwargs: override saved hyperparameters (required for those saved as callables).
+        """
+        path, meta, state = checkpoint.read_checkpoint(path)
+        if env is None:
+            raise ValueError(f"{cls.__name__}.load needs env=...: the token env is not pickled into checkpoints")
+        if meta.get("agent_class", cls.__name__) != cls.__name__:
+            raise ValueError(f"{path} holds a {meta['agent_class']} checkpoint; load it with {meta['agent_class']}.load")
+        missing = [k for k in state["callable_hparams"] if k not in kwargs]
+        if missing:
+            raise ValueError(f"{path} was saved with Python callables for {missing}; pass them again, e.g. "
+                             f"{cls.__name__}.load(path, env, {missing[0]}=...)")
+        policy_kwargs = {k: _unplain(v) for k, v in state["policy_kwargs"].items()}
+        policy_kwargs["model"] = model if model is not None else meta["model"]
+        hparams = {**state["hparams"], **kwargs}
+        cls._restoring = True
+        try:
+            agent = cls(meta.get("policy_class", "CausalLMPolicy"), env, policy_kwargs=policy_kwargs,
+                        device=device, **hparams)
+        finally:
+            cls._restoring = False
+        agent.policy.load_trainable(path / "policy")
+        agent.policy.optimizer.load_state_dict(state["optimizer"])
+        agent.kl_controller.load_state_dict(state["kl_controller"])
+        agent._load_extra_state(state["extra"])
+        agent.num_timesteps, agent._n_updates = state["num_timesteps"], state["n_updates"]
+        agent.iteration, agent._total_timesteps = state["iteration"], state["total_timesteps"]
+        agent._total_iterations = state["total_iterations"]
+        if state["env_state"] is not None and not force_reset:
+            agent.env.env_method("set_state", state["env_state"], indices=[0])
+            agent._last_obs = state["last_obs"]
+            agent._keep_last_obs = True
+        checkpoint.set_rng_states(state["rng"], {"shuffle": agent.shuffle_generator})
+        return agent
+
+
+def agent_parameters(agent_class: type) -> set[str]:
+    """The keyword arguments an agent's constructor accepts (for config validation), following
+    ``**kwargs`` up the class hierarchy."""
+    names: set[str] = set()
+    for klass in agent_class.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return names - {"self", "policy", "env", "_init_setup_model"}
+

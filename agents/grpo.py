@@ -1,0 +1,138 @@
+"""GRPO (Shao et al., 2024) and its loss variants, on the shared on-policy core.
+
+The critic-free group method: each prompt gets ``k`` completions (the env's
+``completions_per_prompt``), each completion's advantage is its reward against its group's mean
+(scaled by a standard deviation, or not), the same for all its tokens, and the loss is PPO's
+clipped surrogate with TRL's token normalisations (``loss_type``). No value head is built.
+With ``beta > 0`` the KL to the reference is k3 in the loss (TRL's choice), or −β·KL in the
+reward with ``kl_in_reward=True``; with ``beta = 0`` no reference pass runs at all.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
+
+from agents import group_math, ppo_math
+from agents.buffer import TokenBatch, TokenRolloutBuffer
+from agents.core import LossContext, OnPolicyLMAlgorithm, constructor_args
+from policies.causal_lm import CausalLMPolicy
+
+
+class GRPO(OnPolicyLMAlgorithm):
+    """Group Relative Policy Optimization over the token-level MDP (names as TRL's ``GRPOConfig``).
+
+    :param policy: ``"CausalLMPolicy"`` or the class.
+    :param env: a lockstep `lm_envs.TokenVecEnv` with ``completions_per_prompt = k ≥ 2``.
+    :param learning_rate: float, schedule dict or SB3 schedule callable.
+    :param num_iterations: μ, passes over each generated batch (1: on-policy, ratio = 1).
+    :param batch_size: rows per optimizer step (``None``: the whole batch, one step per pass, as TRL).
+    :param micro_batch_size: rows per forward/backward (the accumulation window).
+    :param epsilon: lower clip ε of the ratio.
+    :param epsilon_high: upper clip (``None``: = ε; DAPO's clip-higher uses e.g. 0.28).
+    :param beta: KL coefficient (0: no KL and no reference pass, TRL's default).
+    :param kl_in_reward: put −β·KL (``kl_estimator``) in the reward before the group baseline,
+        instead of β·k3 in the loss.
+    :param kl_bias_correction: multiply the loss's k3 term by the ratio π/π_old, which makes its
+        gradient the unbiased reverse-KL gradient (DeepSeek-V3.2; TRL's ``use_bias_correction_kl``,
+        default on since TRL 1.x).
+    :param kl_estimator: KL estimator for the reward and the logged ``objective/kl``.
+    :param scale_rewards: ``group`` (÷ group std), ``batch`` (÷ batch std) or ``none`` (Dr. GRPO).
+    :param loss_type: ``grpo`` | ``bnpo`` | ``dr_grpo`` | ``dapo``, the token normalisations of
+        TRL (see `agents.group_math.grpo_loss`).
+    :param ent_coef: entropy bonus (default 0).
+    :param max_grad_norm: gradient-norm clipping.
+    :param missing_eos_penalty, reward_scale, reward_clip: sequence-reward shaping, as in PPO.
+    :param log_samples, tensorboard_log, policy_kwargs, verbose, seed, device: as in PPO.
+    """
+
+    tb_name = "GRPO"
+
+    def __init__(
+        self,
+        policy: str | type[CausalLMPolicy],
+        env: GymEnv,
+        learning_rate: float | dict | Schedule = 1e-6,
+        num_iterations: int = 1,
+        batch_size: int | None = None,
+        micro_batch_size: int | None = None,
+        epsilon: float | dict | Schedule = 0.2,
+        epsilon_high: float | None = None,
+        beta: float = 0.0,
+        kl_in_reward: bool = False,
+        kl_bias_correction: bool = True,
+        kl_estimator: str = "k3",
+        scale_rewards: str = "group",
+        loss_type: str = "dapo",
+        ent_coef: float = 0.0,
+        max_grad_norm: float = 1.0,
+        missing_eos_penalty: float | None = None,
+        reward_scale: float = 1.0,
+        reward_clip: float | None = None,
+        log_samples: int = 2,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: torch.device | str = "auto",
+        _init_setup_model: bool = True,
+    ) -> None:
+        hparams = constructor_args(locals())
+        if loss_type not in group_math.GRPO_LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {group_math.GRPO_LOSS_TYPES}, got {loss_type!r}")
+        if scale_rewards not in group_math.SCALE_REWARDS:
+            raise ValueError(f"scale_rewards must be one of {group_math.SCALE_REWARDS}, got {scale_rewards!r}")
+        self.loss_type, self.scale_rewards, self.beta = loss_type, scale_rewards, beta
+        self.kl_bias_correction = kl_bias_correction
+        group = _env_group_size(env)
+        if group < 2:
+            raise ValueError(f"{type(self).__name__} needs groups: build the env with completions_per_prompt >= 2 "
+                             f"(run_ppo: env.completions_per_prompt=4), got {group}")
+        super().__init__(
+            policy, env, learning_rate=learning_rate, n_epochs=num_iterations,
+            batch_size=batch_size or env.num_envs, micro_batch_size=micro_batch_size, clip_range=epsilon,
+            clip_range_high=epsilon_high, max_grad_norm=max_grad_norm, kl_coef=beta, kl_in_reward=kl_in_reward,
+            hparams=hparams, kl_estimator=kl_estimator, ent_coef=ent_coef, missing_eos_penalty=missing_eos_penalty,
+            reward_scale=reward_scale, reward_clip=reward_clip, group_size=group, log_samples=log_samples,
+            tensorboard_log=tensorboard_log, policy_kwargs=policy_kwargs, verbose=verbose, seed=seed, device=device,
+            _init_setup_model=_init_setup_model)
+
+    def sequence_reward_for_baseline(self, buffer: TokenRolloutBuffer) -> torch.Tensor:
+        """Σ_t token_rewards: the sequence reward, minus β·ΣKL when the KL is in the reward."""
+        return (buffer.token_rewards * buffer.mask).sum(-1)
+
+    def compute_advantages(self, buffer: TokenRolloutBuffer) -> None:
+        """A_i = (r_i − mean_group r) / (std + 1e-4) (``scale_rewards``), on every token of row i."""
+        advantages = group_math.group_advantages(self.sequence_reward_for_baseline(buffer), self.group_size,
+                                                 self.scale_rewards)
+        buffer.advantages = group_math.broadcast_to_tokens(advantages, buffer.mask)
+        buffer.returns = buffer.advantages
+
+    def loss(self, micro: TokenBatch, log_probs: torch.Tensor, values: torch.Tensor | None,
+             context: LossContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        per_token, stats = ppo_math.clipped_surrogate(log_probs, micro.old_log_probs, micro.advantages,
+                                                        micro.mask, context.clip_range, self.clip_range_high)
+        policy_per_token = per_token
+        if self.beta and not self.kl_in_reward:
+            kl = group_math.k3_kl(log_probs, micro.ref_log_probs)
+            if self.kl_bias_correction:
+                kl = kl * (log_probs - micro.old_log_probs).exp()
+            per_token = per_token + self.beta * kl
+            stats["kl"] = ppo_math.masked_mean(kl, micro.mask)
+        loss = group_math.grpo_loss(per_token, micro.mask, self.loss_type, context.max_completion_length,
+                                    context.minibatch_tokens, context.num_micro_batches)
+        stats["policy_loss"] = ppo_math.masked_mean(policy_per_token, micro.mask)
+        return loss, stats
+
+    def _extra_log_values(self, buffer: TokenRolloutBuffer) -> dict[str, float]:
+        grouped = (buffer.token_rewards * buffer.mask).sum(-1).view(-1, self.group_size)
+        return {"objective/group_std": float(grouped.std(1).mean()),
+                "objective/frac_zero_std_groups": float((grouped.std(1) == 0).float().mean())}
+
+
+def _env_group_size(env: Any) -> int:
+    try:
+        return int(env.get_attr("completions_per_prompt", [0])[0])
+    except AttributeError:
+        return 1
