@@ -164,6 +164,7 @@ def write_checkpoint(path: str | os.PathLike, meta: dict[str, Any], state: dict[
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(staging, path)
+            shutil.rmtree(_old(path), ignore_errors=True)  # a fallback left by an earlier kill
         _fsync_path(path.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

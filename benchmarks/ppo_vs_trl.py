@@ -1,4 +1,4 @@
-"""One RL update, head to head: our PPO (`agents.PPO`) against TRL's `GRPOTrainer`, in one run.
+"""One RL update, head to head: our PPO (`agents.PPO`) and GRPO (`agents.GRPO`) against TRL's `GRPOTrainer`, in one run.
 
 Workload, the same on both sides: the embedded SmolLM2-135M-Instruct in fp32, loaded through
 `policies.load_lm` (TRL gets that plain model object, never the quantized-flagged GGUF); the
@@ -8,8 +8,10 @@ epoch over the 16 completions in one optimizer step of one 16-row forward/backwa
 term (ours: ``kl_coef=0``, so no reference pass and no reference copy; TRL: ``beta=0``, so
 no reference model); the same learning rate, AdamW without weight decay, max grad norm 1; the
 same gradient-checkpointing setting (off by default, ``--gradient-checkpointing`` turns it on
-for both); the same number of torch threads. Two cases: full fine-tuning and LoRA (the same
-`peft.LoraConfig` on both sides).
+for both); the same number of torch threads. Three cases: PPO full fine-tuning (``full``),
+PPO with LoRA (the same `peft.LoraConfig` on both sides, ``lora``), and our `GRPO` with full
+fine-tuning (``grpo``), with TRL's loss type (``dapo``) on both sides. TRL always runs
+``GRPOTrainer`` with ``loss_type="dapo"``.
 
 Each (case, side) runs in its own subprocess, so its peak RSS (``ru_maxrss``) is its own. A
 subprocess builds its trainer, runs ``--warmup`` update(s) (excluded) and then ``--steps``
@@ -20,7 +22,7 @@ remainder of the step, i.e. the loss forward/backward and optimizer step). The p
 table, the per-case ratios and, last, ``ratio=<our samples/s ÷ TRL samples/s, the lower of the
 cases>``.
 
-    python benchmarks/ppo_vs_trl.py [--steps 2] [--warmup 1] [--threads 2] [--cases full,lora]
+    python benchmarks/ppo_vs_trl.py [--steps 2] [--warmup 1] [--threads 2] [--cases full,lora,grpo]
     python benchmarks/ppo_vs_trl.py --side ours --case lora --json   # one side, one JSON line
 """
 from __future__ import annotations
@@ -53,7 +55,7 @@ def peak_rss_mb() -> float:
 def run_ours(args) -> dict:
     import torch
 
-    from agents import PPO
+    from agents import GRPO, PPO
     from lm_envs import make_vec
     from policies import load_lm
 
@@ -77,8 +79,12 @@ def run_ours(args) -> dict:
     if args.case == "lora":
         policy_kwargs["lora"] = lora_fields(args)
     n = args.prompts * args.generations
-    agent = PPO("CausalLMPolicy", env, learning_rate=args.lr, n_epochs=1, batch_size=n, kl_coef=0.0,
-                max_grad_norm=1.0, policy_kwargs=policy_kwargs, device="cpu", verbose=0)
+    if args.case == "grpo":
+        agent = GRPO("CausalLMPolicy", env, learning_rate=args.lr, num_iterations=1, batch_size=n, beta=0.0,
+                     loss_type="dapo", max_grad_norm=1.0, policy_kwargs=policy_kwargs, device="cpu", verbose=0)
+    else:
+        agent = PPO("CausalLMPolicy", env, learning_rate=args.lr, n_epochs=1, batch_size=n, kl_coef=0.0,
+                    max_grad_norm=1.0, policy_kwargs=policy_kwargs, device="cpu", verbose=0)
     assert agent.policy.reference_model is None, "kl_coef=0 should build no reference copy"
     trainable = sum(p.numel() for p in agent.policy.parameters() if p.requires_grad)
     steps = []
@@ -138,6 +144,7 @@ def run_trl(args) -> dict:
         output_dir=output_dir, use_cpu=True, bf16=False, fp16=False, seed=args.seed,
         per_device_train_batch_size=n, num_generations=args.generations, gradient_accumulation_steps=1,
         max_completion_length=args.max_new_tokens, beta=0.0, num_iterations=1, max_steps=total_steps,
+        loss_type="dapo",
         learning_rate=args.lr, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0,
         temperature=1.0, top_k=0, top_p=1.0, gradient_checkpointing=args.gradient_checkpointing,
         logging_steps=1, report_to=[], save_strategy="no", disable_tqdm=True, log_completions=False,
@@ -315,7 +322,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="timed updates per side and case")
     parser.add_argument("--warmup", type=int, default=1, help="untimed updates first")
     parser.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
-    parser.add_argument("--cases", default="full,lora", help="comma-separated: full, lora")
+    parser.add_argument("--cases", default="full,lora,grpo", help="comma-separated: full, lora, grpo")
     parser.add_argument("--model", default="smollm2-135m-instruct", help="anything policies.load_lm takes")
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--generations", type=int, default=4, help="completions per prompt")
@@ -329,7 +336,7 @@ def main() -> None:
         str(REPO.parent / "shared" / "data") if (REPO.parent / "shared" / "data").is_dir() else None))
     parser.add_argument("--results-json", help="also write every side's raw results (per step) to this file")
     parser.add_argument("--side", choices=("ours", "trl"), help="run one side in this process")
-    parser.add_argument("--case", choices=("full", "lora"), default="full")
+    parser.add_argument("--case", choices=("full", "lora", "grpo"), default="full")
     parser.add_argument("--json", action="store_true", help="with --side: print the result as one JSON line")
     args = parser.parse_args()
     if args.steps < 1 or args.warmup < 0:
