@@ -20,12 +20,16 @@ $(STAMP): setup.py requirements-embedded.txt
 
 setup: $(STAMP)
 
-# Java code rewards need org.javatuples on the classpath (Debian's libjavatuples-java).
+# Code rewards run model-written programs in a bubblewrap jail (Debian's bubblewrap) on the
+# system interpreter (/usr/bin/python3, the only one the jail mounts); Java code rewards need
+# org.javatuples on the classpath (Debian's libjavatuples-java).
+SYSTEM_PACKAGES := bubblewrap python3 libjavatuples-java
 system-deps:
-	@test -f /usr/share/java/javatuples.jar || (command -v apt-get >/dev/null && \
-	  (apt-get install -y -q libjavatuples-java >/dev/null 2>&1 || \
-	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libjavatuples-java >/dev/null 2>&1)) || \
-	  echo "warning: could not install libjavatuples-java; Java reward tests will fail")
+	@(test -f /usr/share/java/javatuples.jar && command -v bwrap >/dev/null && test -x /usr/bin/python3) || \
+	  (command -v apt-get >/dev/null && \
+	   (apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null 2>&1 || \
+	    (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null 2>&1))) || \
+	  echo "warning: could not install $(SYSTEM_PACKAGES); code rewards will refuse to start and their tests will fail"
 
 run: setup
 	LM_ENVS_DATA_DIR=$${LM_ENVS_DATA_DIR:-$(DATA_DIR)} $(PY) experiments/run_ppo.py $(ARGS)

@@ -23,7 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rewards.code import MBPPReward, load_humaneval_x, load_mbpp  # noqa: E402
+from rewards.code import MBPPReward  # noqa: E402
+from rewards.data import load_humaneval_x, load_mbpp  # noqa: E402
 
 BASELINE_PYTHON = "/usr/bin/python3"
 
@@ -43,8 +44,7 @@ JAVA_BODIES = {
 
 
 def mbpp_batch(data_dir: str | None, n: int) -> list[dict]:
-    records = [r for r in load_mbpp(data_dir) if 11 <= r["task_id"] <= 510]
-    return records[:n]
+    return load_mbpp("test", data_dir)[:n]
 
 
 def plain_program(rec: dict) -> str:
@@ -73,10 +73,24 @@ def baseline(records: list[dict]) -> tuple[float, int, float]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo.extend(int(x) for x in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
 def sandbox_cpu(sandbox) -> float:
-    """CPU seconds used so far by a Sandbox's server, monitors and their reaped programs."""
+    """CPU seconds used so far by a Sandbox's jail (bubblewrap, server, monitors) and the
+    programs they reaped."""
     total = 0.0
-    for pid in [sandbox.server_pid, *sandbox._hello.get("monitors", [])]:
+    for pid in _descendants(sandbox.server_pid):
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
@@ -136,6 +150,7 @@ def main() -> None:
     rows.append(("mbpp (sandbox)", f"{len(records)} canonical", mbpp_rate,
                  f"mean score {float(scores.mean()):.3f}, workers={mbpp.sandbox.workers}, "
                  f"{cpu_ms:.1f} CPU ms/completion"))
+    jail = mbpp.sandbox.protections.get("jail", "?")
     mbpp.close()
 
     base_secs, base_ok, _ = min(runs)
@@ -177,6 +192,7 @@ def main() -> None:
     print(f"{'reward':<34} {'data':<22} {'completions/s':>14}  note")
     for name, data, rate, note in rows:
         print(f"{name:<34} {data:<22} {rate:>14.1f}  {note}")
+    print(f"sandbox: {jail}")
     print(f"ratio={mbpp_rate / base_rate:.2f}")
 
 

@@ -175,7 +175,7 @@ def test_memory_bomb(sb):
                       Limits(wall_s=10, cpu_s=10, memory_mb=256))
     assert r.returncode == 1 and "MemoryError" in r.stderr
     assert "oom_score_adj 1000" in sb.protections["memory"]
-    r = sb.run_python("print(open('/proc/self/oom_score_adj').read())", FAST)
+    r = sb.run_command(["cat", "/proc/self/oom_score_adj"], limits=FAST)
     assert r.stdout.strip() == "1000"
 
 
@@ -257,8 +257,11 @@ def test_protocol_is_json_not_pickle():
     assert "import rewards" not in server and "from rewards" not in server
 
 
-def test_programs_see_only_their_own_fds(sb):
-    """fds 0-3 only, after many jobs: nothing of the server or monitor leaks into a program."""
+def test_programs_see_only_their_own_fds_and_processes(sb):
+    """fds 0-3 only, after many jobs: nothing of the server or monitor leaks into a program. A
+    command's /proc shows its own pid namespace; a Python program has no /proc at all."""
     sb.map_python(["raise SystemExit(3)"] * 30, FAST)
-    r = sb.run_python("import os\nprint(sorted(os.listdir('/proc/self/fd')))", FAST)
-    assert r.stdout.strip() == "['0', '1', '2', '3', '4']"  # 4: the listdir's own fd
+    code = "import os; print(sorted(os.listdir('/proc/self/fd')), sorted(p for p in os.listdir('/proc') if p.isdigit()))"
+    r = sb.run_command(["/usr/bin/python3", "-I", "-S", "-c", code], limits=FAST)
+    assert r.stdout.strip() == "['0', '1', '2', '3', '4'] ['1']", r  # 4: the listdir's own fd
+    assert sb.run_python("import os\nprint(os.listdir('/proc'))", FAST).stdout.strip() == "[]"

@@ -102,7 +102,10 @@ def _mount(src: str | None, target: str, fstype: str | None, flags: int, data: s
 _CLONE_NEWPID = 0x20000000
 _PR_CAPBSET_DROP, _PR_SET_NO_NEW_PRIVS, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 24, 38, 47, 4
 _SYS_CAPSET = 126  # x86_64
-_JOB_NS = _CLONE_NEWUSER | _CLONE_NEWPID | _CLONE_NEWIPC | _CLONE_NEWNS
+_PYTHON_JOB_NS = _CLONE_NEWPID | _CLONE_NEWIPC  # + the monitor's own user and mount namespaces
+_EXEC_JOB_NS = _CLONE_NEWPID | _CLONE_NEWIPC | _CLONE_NEWNS
+_MNT_DETACH = 2
+_PROC_FD: list[int] = []  # a monitor's handle on the jail's /proc, which its programs do not see
 
 
 class _CapHeader(ctypes.Structure):
@@ -129,27 +132,48 @@ def _drop_privileges() -> None:
         raise OSError(ctypes.get_errno(), "no_new_privs")
 
 
-def _enter_job_namespaces(jobdir: str) -> None:
-    """In the job process (a fork of a monitor): new user, pid, ipc and mount namespaces, and
-    the job dir bind-mounted over /tmp, hiding every other job's dir."""
+_SYS_CLONE = 56  # x86_64
+
+
+def _monitor_namespaces() -> None:
+    """Once per monitor (jailed mode): its own user namespace (so it holds the capabilities to
+    make per-job namespaces, which the jail itself has none of) and mount namespace; no user
+    namespace can be made below it; /proc covered by an empty read-only tmpfs (kept as an fd
+    for the monitor's own use)."""
     libc = _c()
-    if libc.unshare(_JOB_NS) != 0:
-        raise OSError(ctypes.get_errno(), "unshare(user, pid, ipc, mount)")
+    _PROC_FD.append(os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(user, mount)")
+    fd = os.open("sys/user/max_user_namespaces", os.O_WRONLY, dir_fd=_PROC_FD[0])
+    try:  # per user namespace: nothing below ours can make itself a fresh set of capabilities
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)
+    _mount("tmpfs", "/proc", "tmpfs", _MS_RDONLY | _MS_NOSUID | _MS_NODEV | 8, "size=4k,mode=555")
+
+
+def _clone_into_job_namespaces(flags: int) -> int:
+    """fork(), but the child starts in new namespaces (`flags`): pid 1 of its own pid
+    namespace, with the monitor's capabilities until it drops them. A raw clone(2): the monitor
+    is single-threaded, and the child either execs or runs Python that needs nothing fork()
+    would have reset."""
+    libc = _c()
+    pid = libc.syscall(ctypes.c_long(_SYS_CLONE), ctypes.c_ulong(flags | int(signal.SIGCHLD)),
+                       ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    if pid < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"clone(pid, ipc[, mount]): {os.strerror(err)}")
+    return pid
+
+
+def _exec_namespace_setup(jobdir: str) -> None:
+    """In an exec'd program's process (pid 1 of its own pid and mount namespaces), before it
+    drops its capabilities: the job dir over /tmp, and a fresh /proc that shows only its own
+    processes (compilers and the JVM read /proc/self)."""
     _mount(jobdir, _JAIL_TMP, None, _MS_BIND)
-
-
-def _program_namespace_setup() -> None:
-    """In the program (pid 1 of the job's pid namespace), before it drops its capabilities:
-    a /proc of its own, and no more user namespaces below this one."""
+    if _c().umount2(b"/proc", _MNT_DETACH) != 0:
+        raise OSError(ctypes.get_errno(), "umount /proc")
     _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | 8)  # MS_NOEXEC
-    try:  # per-user-namespace limit: the program cannot make itself a new set of capabilities
-        fd = os.open("/proc/sys/user/max_user_namespaces", os.O_WRONLY)
-        try:
-            os.write(fd, b"0")
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def _protections(jailed: bool, memory: str) -> dict[str, Any]:
@@ -160,9 +184,11 @@ def _protections(jailed: bool, memory: str) -> dict[str, Any]:
     return {"jail": "bubblewrap: user, pid, ipc, net, uts namespaces; --cap-drop ALL; die-with-parent",
             "network": "none (empty network namespace)",
             "filesystem": "read-only minimal root; private tmpfs /tmp; job dir bind-mounted over /tmp",
-            "per_job": "nested user, pid, ipc, mount namespaces; own /proc; no further user namespaces",
+            "per_job": ("pid and ipc namespaces (pid 1: the program); per worker a nested user and mount "
+                        "namespace, no further user namespaces; Python: no /proc; commands: own mount "
+                        "namespace and a /proc of their own pid namespace"),
             "capabilities": "none (bounding set emptied); no_new_privs", "memory": memory,
-            "process_limit": "RLIMIT_NPROC per job (own user namespace)",
+            "process_limit": "RLIMIT_NPROC per job (one job at a time per worker user namespace)",
             "python_guard": "audit hook (defence in depth, not a boundary)"}
 
 
@@ -184,10 +210,16 @@ def _close_fds_except(keep: set[int]) -> None:
 
 def _children(pid: int) -> list[int]:
     try:
+        if _PROC_FD:
+            fd = os.open(f"{pid}/task/{pid}/children", os.O_RDONLY, dir_fd=_PROC_FD[0])
+            with open(fd) as f:
+                return [int(x) for x in f.read().split()]
         with open(f"/proc/{pid}/task/{pid}/children") as f:
             return [int(x) for x in f.read().split()]
     except OSError:
         pass
+    if _PROC_FD:
+        return []
     kids = []
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -373,55 +405,8 @@ def _enter_jail(plan: dict[str, Any], monitor: int) -> None:
     _signal.signal(_SIGTERM, _SIG_DFL)  # the monitor's own handler
     if plan["exec"] is not None:
         _signal.signal(_SIGPIPE, _SIG_DFL)  # Python ignores it; exec'd programs expect the default
-    else:
+    elif not plan["jailed"]:
         prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)  # the server is not dumpable; keeps /proc/self usable
-
-
-def _job_process(plan: dict[str, Any], monitor: int) -> None:
-    """The job process (jailed mode): enter fresh namespaces, fork the program, mirror its end.
-    Returns only in the program, which is pid 1 of the new pid namespace."""
-    prctl = _child_prctl()
-    prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)  # die with the monitor
-    if os.getppid() != monitor:
-        os._exit(125)
-    os.setsid()  # the monitor kills the job as one process group
-    _enter_job_namespaces(plan["jobdir"])
-    alive_r, alive_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(alive_w)
-        prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)  # the job process died: so do we, and with
-        import select  # us (pid 1) everything in our pid namespace
-
-        if select.select([alive_r], [], [], 0)[0]:  # EOF: the job process is already gone
-            os._exit(125)
-        os.close(alive_r)
-        _program_namespace_setup()
-        return
-    os.close(alive_r)
-    for fd in plan["fds"]:
-        os.close(fd)
-    while True:
-        try:
-            _, status, usage = os.wait4(pid, 0)
-            break
-        except InterruptedError:
-            continue
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        # pid 1 of a namespace ignores SIGXCPU, so the CPU limit ends it with the hard limit's
-        # SIGKILL: report that as what it is.
-        if sig == _SIGKILL and usage.ru_utime + usage.ru_stime >= plan["cpu_limit"] - 0.05:
-            sig = int(signal.SIGXCPU)
-        try:
-            _resource().setrlimit(_resource().RLIMIT_CORE, (0, 0))
-            if sig not in (_SIGKILL, int(signal.SIGSTOP)):
-                _signal.signal(sig, _SIG_DFL)
-            os.kill(os.getpid(), sig)
-        except (OSError, ValueError):
-            pass
-        os._exit(128 + sig)
-    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
 
 
 def _resource() -> Any:
@@ -468,6 +453,14 @@ class _Step:
                  nproc: int, env: Mapping[str, str]) -> None:
         self.step, self.limits, self.jobdir, self.jailed, self.nproc, self.env = step, limits, jobdir, jailed, nproc, env
         self.cwd = _JAIL_TMP if jailed else jobdir  # where the program sees its dir
+        self.cpu_limit = max(1, int(-(-float(limits["cpu_s"]) // 1)))
+        self.bound = False  # the job dir is bind-mounted over /tmp in the monitor's namespace
+
+    def _unbind(self) -> None:
+        if self.bound:
+            if _c().umount2(_JAIL_TMP.encode(), _MNT_DETACH) != 0:
+                raise OSError(ctypes.get_errno(), "umount the job dir")
+            self.bound = False
 
     def run(self) -> dict[str, Any]:
         step, limits = self.step, self.limits
@@ -487,7 +480,7 @@ class _Step:
                 return dict(returncode=1, stdout="", stderr=f"sandbox: prelude does not compile: {e!r}\n",
                             timed_out=False, killed_by_signal=None, duration_s=0.0)
         plan = {"rlimits": _rlimits(limits, self.nproc), "jailed": self.jailed, "jobdir": self.jobdir,
-                "cpu_limit": max(1, int(-(-float(limits["cpu_s"]) // 1))),
+
                 "cwd": self.cwd,
                 "exec": None if exe is None else (exe, argv, dict(self.env)),
                 "python": self._python_plan(step, prelude) if exe is None else None}
@@ -498,18 +491,28 @@ class _Step:
             plan["fds"] = tuple(w for _, w in pipes)
             t0 = time.monotonic()
             monitor = os.getpid()
-            pid = os.fork()
+            if not plan["jailed"]:
+                pid = os.fork()
+            elif exe is None:  # Python: the job dir over /tmp in the monitor's mount namespace
+                _mount(self.jobdir, _JAIL_TMP, None, _MS_BIND)
+                self.bound = True
+                pid = _clone_into_job_namespaces(_PYTHON_JOB_NS)
+            else:
+                pid = _clone_into_job_namespaces(_EXEC_JOB_NS)
         except BaseException:  # no fd survives a failed pipe() or fork()
             for pair in pipes:
                 for fd in pair:
                     os.close(fd)
+            self._unbind()
             raise
         if pid == 0:
             try:
                 for r, _ in pipes:
                     os.close(r)
                 if plan["jailed"]:
-                    _job_process(plan, monitor)
+                    _child_prctl()(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)  # die with the monitor
+                    if exe is not None:
+                        _exec_namespace_setup(plan["jobdir"])
                 _enter_jail(plan, monitor)
                 if exe is None:
                     _exec_python(plan["python"])
@@ -528,6 +531,7 @@ class _Step:
             return self._watch(pid, [r for r, _ in pipes], t0)
         finally:
             _RUNNING[0] = None
+            self._unbind()
             for r, _ in pipes:
                 try:
                     os.close(r)
@@ -613,7 +617,11 @@ class _Step:
             if fd in sel.get_map():
                 read(fd)
         _killpg(pid)  # the child is unreaped (alive or zombie), so its pid/pgid cannot be reused
-        _, status = os.waitpid(pid, 0)
+        _, status, usage = os.wait4(pid, 0)
+        if (os.WIFSIGNALED(status) and os.WTERMSIG(status) == _SIGKILL
+                and usage.ru_utime + usage.ru_stime >= self.cpu_limit - 0.05):
+            # pid 1 of a namespace ignores SIGXCPU: the CPU limit ends it with the hard limit's SIGKILL.
+            timed_out = True
         _kill_descendants()
         end = time.monotonic() + 1.0
         while sel.get_map() and time.monotonic() < end:  # writers are gone: drain to EOF
@@ -804,11 +812,21 @@ def _monitor(req_fd: int, out_fd: int, base: str, jailed: bool, nprocs: Any) -> 
     _set_name(b"lmsb-monitor")
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    setup_error = None
+    if jailed:
+        try:
+            _monitor_namespaces()
+        except Exception as e:  # noqa: BLE001 - every job then reports it as a sandbox fault
+            setup_error = f"sandbox monitor could not set up its namespaces: {type(e).__name__}: {e}"
     reader = _FrameReader(req_fd)
     while True:
         job = reader.next()
         if job is None:
             return
+        if setup_error is not None:
+            if not _write_all(out_fd, _frame({"id": job["id"], "results": [], "error": setup_error})):
+                return
+            continue
         nproc = nprocs(max(int(lim["max_procs"]) for lim in job["limits"]))
         if not _write_all(out_fd, _frame(_run_job(job, base, jailed, nproc))):
             return
