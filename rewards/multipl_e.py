@@ -235,6 +235,9 @@ def cpp_plan(record: Mapping[str, Any]) -> Plan:
         raise MalformedRecordError(f"{rid}: no definition of {func}(...) at the end of the prompt")
     sig = sigs[-1]
     header = prompt[: sig.start()]
+    if re.search(r"^\s*union\s+\w+", header, re.MULTILINE):
+        raise MalformedRecordError(f"{rid}: its values are C++ unions (MultiPL-E Union_* types), which carry no "
+                                   "discriminant to serialise; not supported")
     at_main = tests.find("int main")
     suffix = tests[:at_main] if at_main >= 0 else "\n}\n"
     calls = "".join(f"    lmsb_emit({k}, [&]() {{ return {func}({args}); }});\n" for k, (args, _) in enumerate(checks))

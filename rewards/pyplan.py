@@ -118,6 +118,9 @@ def _lmsb_main(_src, _calls, _fd=3):
     _set, _frozenset, _bytes_fromhex, _float, _len = set, frozenset, bytes.fromhex, float, len
     _enc = _lmsb_make_encoder()
     _results = []
+    _known = {e: e.__name__ for e in (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError, AttributeError,
+                                      RecursionError, OverflowError, NotImplementedError, ArithmeticError,
+                                      LookupError, RuntimeError, AssertionError)}
     _types = {t.__name__: t for t in (int, float, str, list, tuple, dict, set, frozenset, bytes, bool, complex,
                                       type(None), object)}
 
@@ -167,16 +170,24 @@ def _lmsb_main(_src, _calls, _fd=3):
         pass
     for k, (name, args) in enumerate(calls):
         _results.append(None)
+        fn = ns.get(name)
+        if fn is None:
+            emit({"k": k, "e": "missing"})
+            continue
         try:
             pos = [dec(a) for a in args[0]]
-            kw = {k: dec(v) for k, v in args[1].items()}
-            value = ns[name](*pos, **kw)
+            kw = {key: dec(v) for key, v in args[1].items()}
+            value = fn(*pos, **kw)
         except _BaseException as e:
-            try:
-                kind = _type(e).__name__
+            kind = "BaseException"
+            try:  # the nearest builtin exception class, by identity (names can be faked)
+                for cls in _type(e).__mro__:
+                    if cls in _known:
+                        kind = _known[cls]
+                        break
             except _BaseException:
-                kind = "BaseException"
-            emit({"k": k, "e": kind if _type(kind) is str else "BaseException"})
+                pass
+            emit({"k": k, "e": kind})
             continue
         _results[k] = value
         try:
