@@ -3,7 +3,9 @@
 What lives here: the shared on-policy core (`core`: collect, reference pass, shaping, update
 loop, logging, save/load) and the agents on it, each mostly its estimator and its loss:
 `PPO` (`ppo`), `GRPO` (`grpo`), `RLOO` (`rloo`), `REINFORCE` and `REINFORCEPlusPlus`
-(`reinforce`). Pure maths in `ppo_math` and `group_math`; rollout collection over a lockstep
+(`reinforce`). Agents that learn from scored samples in rounds (`rounds`): `SFT` (`sft`),
+over training rows built by `sequences`. Pure maths
+in `ppo_math`, `group_math` and `preference_math`; rollout collection over a lockstep
 token `VecEnv` (`rollout`); the token buffer (`buffer`); checkpoints (`checkpoint`);
 evaluation (`evaluation`) and SB3 callbacks (`callbacks`). Agents meet envs only through SB3's
 `VecEnv` API and policies only through the policy API.
@@ -18,10 +20,12 @@ from agents.ppo import PPO
 from agents.reinforce import REINFORCE, REINFORCEPlusPlus
 from agents.rloo import RLOO
 from agents.rollout import Episodes, collect_episodes
+from agents.sft import SFT
 
 # Names for configs (``run_ppo.py agent=NAME``) and for checkpoints' ``agent_class``.
-AGENTS = {"ppo": PPO, "grpo": GRPO, "rloo": RLOO, "reinforce": REINFORCE, "reinforce_pp": REINFORCEPlusPlus}
+AGENTS = {"ppo": PPO, "grpo": GRPO, "rloo": RLOO, "reinforce": REINFORCE, "reinforce_pp": REINFORCEPlusPlus,
+          "sft": SFT}
 
-__all__ = ["AGENTS", "GRPO", "PPO", "REINFORCE", "RLOO", "REINFORCEPlusPlus", "CheckpointEveryIterations",
+__all__ = ["AGENTS", "GRPO", "PPO", "REINFORCE", "RLOO", "REINFORCEPlusPlus", "SFT", "CheckpointEveryIterations",
            "EvalEveryIterations", "Episodes", "OnPolicyLMAlgorithm", "TokenRolloutBuffer", "collect_episodes",
            "evaluate_policy", "latest_checkpoint"]
