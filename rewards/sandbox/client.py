@@ -255,6 +255,7 @@ class Sandbox:
 
             root = tempfile.mkdtemp(prefix="lmsb-shared-")
             os.chmod(root, 0o755)
+            atexit.register(shutil.rmtree, root, True)  # also when close() is never called
             dst = os.path.join(root, "d")
             shutil.copytree(src, dst, copy_function=link_or_copy)
             for base, subdirs, files in os.walk(dst):
