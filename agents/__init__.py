@@ -4,7 +4,7 @@ What lives here: the shared on-policy core (`core`: collect, reference pass, sha
 loop, logging, save/load) and the agents on it, each mostly its estimator and its loss:
 `PPO` (`ppo`), `GRPO` (`grpo`), `RLOO` (`rloo`), `REINFORCE` and `REINFORCEPlusPlus`
 (`reinforce`). Agents that learn from scored samples in rounds (`rounds`): `SFT` (`sft`),
-over training rows built by `sequences`. Pure maths
+`STaR` (`star`), over training rows built by `sequences`. Pure maths
 in `ppo_math`, `group_math` and `preference_math`; rollout collection over a lockstep
 token `VecEnv` (`rollout`); the token buffer (`buffer`); checkpoints (`checkpoint`);
 evaluation (`evaluation`) and SB3 callbacks (`callbacks`). Agents meet envs only through SB3's
@@ -21,11 +21,12 @@ from agents.reinforce import REINFORCE, REINFORCEPlusPlus
 from agents.rloo import RLOO
 from agents.rollout import Episodes, collect_episodes
 from agents.sft import SFT
+from agents.star import STaR
 
 # Names for configs (``run_ppo.py agent=NAME``) and for checkpoints' ``agent_class``.
 AGENTS = {"ppo": PPO, "grpo": GRPO, "rloo": RLOO, "reinforce": REINFORCE, "reinforce_pp": REINFORCEPlusPlus,
-          "sft": SFT}
+          "sft": SFT, "star": STaR}
 
-__all__ = ["AGENTS", "GRPO", "PPO", "REINFORCE", "RLOO", "REINFORCEPlusPlus", "SFT", "CheckpointEveryIterations",
+__all__ = ["AGENTS", "GRPO", "PPO", "REINFORCE", "RLOO", "REINFORCEPlusPlus", "SFT", "STaR", "CheckpointEveryIterations",
            "EvalEveryIterations", "Episodes", "OnPolicyLMAlgorithm", "TokenRolloutBuffer", "collect_episodes",
            "evaluate_policy", "latest_checkpoint"]

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from agents import SFT, sequences
+from agents import SFT, STaR, sequences
 from agents.rounds import ScoredRolloutAlgorithm
 from helpers import echo_task
 from lm_envs import Task, TokenVecEnv
+from lm_envs.hints import gold_answer, hinted_vec_env
 
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
 
@@ -39,6 +40,23 @@ def trainable(agent):
 
 def same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sequences_lay_rows_out_like_the_env_and_score_like_rollouts(tiny_dir, tiny_lm):
+    """Rows rebuilt from (prompt ids, completion ids) score exactly as the rollout scored them."""
+    agent = make(STaR, tiny_dir, tiny_lm[1], threshold=0.0)
+    from agents.rollout import collect_episodes
+
+    episodes, _ = collect_episodes(agent.policy, agent.env)
+    rows = sequences.from_episodes(episodes)
+    rebuilt = sequences.Sequences.from_ids([rows.prompt_ids(i) for i in range(len(rows))],
+                                           [rows.completion_ids(i) for i in range(len(rows))], agent.pad_id)
+    assert rebuilt.input_ids.shape[1] <= rows.input_ids.shape[1]
+    for i in range(len(rows)):
+        assert rebuilt.prompt_ids(i) == rows.prompt_ids(i) and rebuilt.completion_ids(i) == rows.completion_ids(i)
+    with torch.no_grad():
+        scored = sequences.log_probs(agent.policy, rebuilt)
+    torch.testing.assert_close(scored[rebuilt.mask], episodes.log_probs[episodes.action_mask], atol=1e-4, rtol=1e-4)
 
 
 def test_sft_learns_completions_and_writes_a_loadable_merged_model(tiny_dir, tiny_lm, tmp_path):
@@ -109,5 +127,80 @@ def test_sft_resume_continues_the_data_stream_bit_exactly(tiny_dir, tiny_lm, tmp
     assert resumed._stream == {"epoch": 0, "position": 10}
     resumed.learn(total_iterations=4, reset_num_timesteps=False)
     assert same(trainable(straight), trainable(resumed))
+
+
+def test_star_keeps_what_the_filter_keeps_and_skips_a_round_that_keeps_nothing(tiny_dir, tiny_lm):
+    agent = make(STaR, tiny_dir, tiny_lm[1], threshold=0.2, filter_on="reward", max_per_prompt=2)
+    agent.learn(total_iterations=1)
+    episodes = agent.episodes
+    rewards = episodes.env_rewards.numpy()
+    groups = [info["index"] for info in episodes.infos]
+    kept_by_prompt = {}
+    for r, g in zip(rewards, groups):
+        if r >= 0.2:
+            kept_by_prompt[g] = kept_by_prompt.get(g, 0) + 1
+    stats = agent.last_iteration_stats
+    assert stats["star/kept"] == agent.num_targets() <= sum(min(2, n) for n in kept_by_prompt.values())
+    assert stats["star/kept_fraction"] == pytest.approx(stats["star/kept"] / len(rewards))
+    assert stats["star/accuracy"] == pytest.approx(np.mean([info["score"] for info in episodes.infos]))
+    for row in range(agent.num_targets()):  # every kept completion scores above the threshold
+        text = tiny_lm[1].decode(agent.targets.completion_ids(row), skip_special_tokens=True)
+        assert digit_fraction([text], [None])[0] >= 0.2
+
+    nothing = make(STaR, tiny_dir, tiny_lm[1], threshold=2.0)  # nothing can reach it
+    before = trainable(nothing)
+    nothing.learn(total_iterations=2)
+    assert nothing.iteration == 2 and nothing.num_targets() == 0 and nothing._n_updates == 0
+    assert nothing.last_iteration_stats["train/skipped_round"] == 1.0
+    assert nothing.last_iteration_stats["star/kept"] == 0.0
+    assert same(before, trainable(nothing))
+
+
+def test_star_from_base_restarts_every_round(tiny_dir, tiny_lm):
+    agent = make(STaR, tiny_dir, tiny_lm[1], threshold=0.0, from_base=True)
+    base = trainable(agent)
+    agent.learn(total_iterations=1)
+    assert not same(base, trainable(agent))
+    agent._restart_from_base()
+    assert same(base, trainable(agent)) and not agent.policy.optimizer.state
+
+
+def test_star_rationalization_trains_on_the_prompt_without_the_hint(tiny_dir, tiny_lm):
+    """The reward accepts any completion whose prompt holds the hint, so only hinted samples pass:
+    every prompt is rationalized, and each training row's prompt is the unhinted prompt."""
+    tokenizer = tiny_lm[1]
+    questions = ["how many apples does tom have", "how many cats", "how many dogs does tom have"]
+
+    def hint_only(completions, references, prompts=None):
+        return np.array([float("step" in p) for p in prompts], dtype=np.float32)
+
+    task = Task(questions=questions, references=["a #### 7", "b #### 3", "c #### 5"], reward=hint_only, name="h",
+                chat_template=False)
+    env = make_env(tokenizer, num_envs=6, group=2, task=task)
+    template = "{question} step {answer}"
+
+    def hint_env_fn(indices, seed):
+        return hinted_vec_env(env, indices, seed, hint_template=template)
+
+    agent = STaR("CausalLMPolicy", env, threshold=1.0, rationalize=True, hint_env_fn=hint_env_fn, batch_size=2,
+                 seed=0, learning_rate=1e-3, policy_kwargs=dict(model=str(tiny_dir), lora=LORA))
+    agent.learn(total_iterations=1)
+    stats = agent.last_iteration_stats
+    groups = sorted({info["index"] for info in agent.episodes.infos})
+    assert stats["star/kept"] == 0 and stats["star/rationalized"] == len(groups) == agent.num_targets()
+    hint_id = tokenizer.convert_tokens_to_ids("step")
+    assert hint_id != tokenizer.unk_token_id
+    unhinted = {tuple(tokenizer(questions[g]).input_ids) for g in groups}
+    for row in range(agent.num_targets()):
+        prompt = agent.targets.prompt_ids(row)
+        assert hint_id not in prompt and tuple(prompt) in unhinted
+    # The hinted env itself: row j is indices[j] with the hint, scored by the same reward.
+    hinted = hint_env_fn([2, 0], 0)
+    obs = hinted.reset()
+    texts = [tokenizer.decode(ids[mask.astype(bool)]) for ids, mask in zip(obs["input_ids"], obs["attention_mask"])]
+    assert texts == ["how many dogs does tom have step 5", "how many apples does tom have step 7"]
+    assert gold_answer({"answer": 1, "choices": ["x", "y"]}) == "B. y" and gold_answer({"code": "x"}) is None
+    with pytest.raises(ValueError, match="hint_env_fn"):
+        STaR("CausalLMPolicy", env, rationalize=True, policy_kwargs=dict(model=str(tiny_dir)))
 
 
