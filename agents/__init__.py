@@ -4,7 +4,7 @@ What lives here: the shared on-policy core (`core`: collect, reference pass, sha
 loop, logging, save/load) and the agents on it, each mostly its estimator and its loss:
 `PPO` (`ppo`), `GRPO` (`grpo`), `RLOO` (`rloo`), `REINFORCE` and `REINFORCEPlusPlus`
 (`reinforce`). Agents that learn from scored samples in rounds (`rounds`): `SFT` (`sft`),
-`STaR` (`star`), over training rows built by `sequences`. Pure maths
+`STaR` (`star`), `DPO` and `KTO` (`dpo`), over training rows built by `sequences`. Pure maths
 in `ppo_math`, `group_math` and `preference_math`; rollout collection over a lockstep
 token `VecEnv` (`rollout`); the token buffer (`buffer`); checkpoints (`checkpoint`);
 evaluation (`evaluation`) and SB3 callbacks (`callbacks`). Agents meet envs only through SB3's
@@ -14,6 +14,7 @@ from agents.buffer import TokenRolloutBuffer
 from agents.callbacks import CheckpointEveryIterations, EvalEveryIterations
 from agents.checkpoint import latest_checkpoint
 from agents.core import OnPolicyLMAlgorithm
+from agents.dpo import DPO, KTO
 from agents.evaluation import evaluate_policy
 from agents.grpo import GRPO
 from agents.ppo import PPO
@@ -25,8 +26,8 @@ from agents.star import STaR
 
 # Names for configs (``run_ppo.py agent=NAME``) and for checkpoints' ``agent_class``.
 AGENTS = {"ppo": PPO, "grpo": GRPO, "rloo": RLOO, "reinforce": REINFORCE, "reinforce_pp": REINFORCEPlusPlus,
-          "sft": SFT, "star": STaR}
+          "sft": SFT, "star": STaR, "dpo": DPO, "kto": KTO}
 
-__all__ = ["AGENTS", "GRPO", "PPO", "REINFORCE", "RLOO", "REINFORCEPlusPlus", "SFT", "STaR", "CheckpointEveryIterations",
+__all__ = ["AGENTS", "DPO", "GRPO", "KTO", "PPO", "REINFORCE", "RLOO", "REINFORCEPlusPlus", "SFT", "STaR", "CheckpointEveryIterations",
            "EvalEveryIterations", "Episodes", "OnPolicyLMAlgorithm", "TokenRolloutBuffer", "collect_episodes",
            "evaluate_policy", "latest_checkpoint"]

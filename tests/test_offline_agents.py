@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents import SFT, STaR, sequences
+from agents import DPO, KTO, SFT, STaR, sequences
 from agents.rounds import ScoredRolloutAlgorithm
 from helpers import echo_task
 from lm_envs import Task, TokenVecEnv
@@ -42,6 +42,7 @@ def same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+# -- training rows -------------------------------------------------------------------------------
 def test_sequences_lay_rows_out_like_the_env_and_score_like_rollouts(tiny_dir, tiny_lm):
     """Rows rebuilt from (prompt ids, completion ids) score exactly as the rollout scored them."""
     agent = make(STaR, tiny_dir, tiny_lm[1], threshold=0.0)
@@ -59,6 +60,7 @@ def test_sequences_lay_rows_out_like_the_env_and_score_like_rollouts(tiny_dir, t
     torch.testing.assert_close(scored[rebuilt.mask], episodes.log_probs[episodes.action_mask], atol=1e-4, rtol=1e-4)
 
 
+# -- SFT -------------------------------------------------------------------------------------------
 def test_sft_learns_completions_and_writes_a_loadable_merged_model(tiny_dir, tiny_lm, tmp_path):
     from policies import load_lm
 
@@ -129,6 +131,7 @@ def test_sft_resume_continues_the_data_stream_bit_exactly(tiny_dir, tiny_lm, tmp
     assert same(trainable(straight), trainable(resumed))
 
 
+# -- STaR ------------------------------------------------------------------------------------------
 def test_star_keeps_what_the_filter_keeps_and_skips_a_round_that_keeps_nothing(tiny_dir, tiny_lm):
     agent = make(STaR, tiny_dir, tiny_lm[1], threshold=0.2, filter_on="reward", max_per_prompt=2)
     agent.learn(total_iterations=1)
@@ -204,3 +207,78 @@ def test_star_rationalization_trains_on_the_prompt_without_the_hint(tiny_dir, ti
         STaR("CausalLMPolicy", env, rationalize=True, policy_kwargs=dict(model=str(tiny_dir)))
 
 
+# -- DPO and KTO -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
+def test_dpo_round_builds_pairs_and_moves_the_implicit_rewards(loss_type, tiny_dir, tiny_lm):
+    agent = make(DPO, tiny_dir, tiny_lm[1], beta=0.5, loss_type=loss_type, n_epochs=3, pair_strategy="all",
+                 learning_rate=1e-2)
+    agent.learn(total_iterations=1)
+    stats = agent.last_iteration_stats
+    assert stats["dpo/pairs"] == agent.num_targets() > 0
+    rewards = agent.episodes.env_rewards
+    for chosen, rejected in agent.pairs.tolist():  # pairs index the kept rows; check them by text
+        assert chosen != rejected
+    assert all(math.isfinite(v) for v in stats.values())
+    # After training on its pairs, the policy prefers chosen over rejected relative to the reference.
+    with torch.no_grad():
+        rows, pairs = agent.rows, agent.pairs
+        logps = (sequences.log_probs(agent.policy, rows) * rows.mask).sum(-1)
+        margin = (logps - agent.ref_logps)[pairs[:, 0]] - (logps - agent.ref_logps)[pairs[:, 1]]
+    assert float(margin.mean()) > 0
+    assert rewards.shape[0] == 8
+
+
+def test_dpo_needs_groups_and_a_round_without_pairs_is_skipped(tiny_dir, tiny_lm):
+    with pytest.raises(ValueError, match="completions_per_prompt >= 2"):
+        make(DPO, tiny_dir, tiny_lm[1], group=1)
+    constant = echo_task(reward=lambda c, r, p=None: np.ones(len(c), np.float32))
+    agent = DPO("CausalLMPolicy", make_env(tiny_lm[1], task=constant), batch_size=4, seed=0,
+                policy_kwargs=dict(model=str(tiny_dir), lora=LORA))
+    before = trainable(agent)
+    agent.learn(total_iterations=1)
+    assert agent.last_iteration_stats["dpo/pairs"] == 0.0 and agent.last_iteration_stats["train/skipped_round"] == 1
+    assert same(before, trainable(agent))
+
+
+def test_kto_round_and_full_fine_tuning_reference(tiny_dir, tiny_lm):
+    agent = make(KTO, tiny_dir, tiny_lm[1], lora=None, desirable_threshold=0.2, beta=0.5, learning_rate=1e-3)
+    assert agent.policy.reference_model is not None  # full fine-tuning: a frozen copy is the reference
+    agent.learn(total_iterations=1)
+    stats = agent.last_iteration_stats
+    labels = agent.labels.numpy()
+    assert stats["kto/desirable_fraction"] == pytest.approx(labels.mean())
+    assert np.array_equal(labels, agent.episodes.env_rewards.numpy() >= 0.2)
+    assert "kto/kl" in stats and stats["kto/kl"] >= 0 and all(math.isfinite(v) for v in stats.values())
+    # The mismatched rows pair each prompt with another prompt's completion.
+    groups = [info["index"] for info in agent.episodes.infos]
+    for i in range(len(agent.rows)):
+        partner = agent.mismatched.completion_ids(i)
+        assert agent.mismatched.prompt_ids(i) == agent.rows.prompt_ids(i)
+        assert partner in [agent.rows.completion_ids(j) for j in range(len(agent.rows)) if groups[j] != groups[i]]
+
+
+@pytest.mark.parametrize("cls, kwargs", [(STaR, dict(threshold=0.0, from_base=True)),
+                                         (DPO, dict(pair_strategy="all")),
+                                         (KTO, dict(desirable_threshold=0.2))])
+def test_resume_mid_rounds_is_bit_exact(cls, kwargs, tiny_dir, tiny_lm, tmp_path):
+    """4 rounds straight == 2 rounds, save, load (stray RNG use in between), 2 more."""
+    tokenizer = tiny_lm[1]
+    straight = make(cls, tiny_dir, tokenizer, seed=1, **kwargs)
+    torch.manual_seed(123)
+    straight.learn(total_iterations=4)
+    first = make(cls, tiny_dir, tokenizer, seed=1, **kwargs)
+    torch.manual_seed(123)
+    first.learn(total_iterations=2)
+    first.save(tmp_path / "half")
+    del first
+    torch.manual_seed(999)
+    np.random.seed(5)
+    resumed = cls.load(tmp_path / "half", env=make_env(tokenizer, seed=77, task=echo_task(reward=digit_fraction)))
+    assert resumed.iteration == 2
+    resumed.learn(total_iterations=4, reset_num_timesteps=False)
+    assert resumed.iteration == 4 and resumed.num_timesteps == straight.num_timesteps
+    assert same(trainable(straight), trainable(resumed))
+
+
+def test_every_round_agent_is_a_scored_rollout_algorithm():
+    assert all(issubclass(cls, ScoredRolloutAlgorithm) for cls in (SFT, STaR, DPO, KTO))
