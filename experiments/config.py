@@ -9,7 +9,11 @@ order whatever the order on the command line (the Hydra convention, OmegaConf un
 3. each ``experiment=NAME`` preset (``configs/experiment/NAME.yaml``): merged, except its
    ``per_agent`` section, of which only ``per_agent.<agent name>`` is merged into ``agent``;
    a preset's plain ``agent`` keys must be ones every agent takes;
-4. the dotted overrides.
+4. the dotted overrides;
+5. the env's own run defaults (`lm_envs.registration.run_defaults` of ``env.id``): its
+   ``kwargs`` and ``eval_kwargs`` under whatever the layers above set, and its
+   ``reward_wrappers`` unless a layer set them (``env.reward_wrappers=[]`` turns them off). So
+   ``env.id=X`` alone gives X's token budget, splits and wrappers.
 
 The chosen agent's name is ``cfg.agent.name``.
 """
@@ -62,9 +66,22 @@ def compose(argv: Sequence[str], base: str = "ppo.yaml") -> DictConfig:
         if per_agent is not None and agent_name in per_agent:
             cfg.agent = OmegaConf.merge(cfg.agent, per_agent[agent_name])
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    apply_env_defaults(cfg)
     cfg.agent.name = agent_name
     cfg.experiment = chosen["experiment"][-1] if chosen["experiment"] else None
     return cfg
+
+
+def apply_env_defaults(cfg: DictConfig) -> None:
+    """Fill ``cfg.env`` from the run defaults registered with ``cfg.env.id`` (what is set wins)."""
+    import lm_envs  # noqa: F401  (registers the built-in ids)
+    from lm_envs.registration import run_defaults
+
+    defaults = run_defaults(cfg.env.id)
+    for key in ("kwargs", "eval_kwargs"):
+        cfg.env[key] = OmegaConf.merge(defaults[key], cfg.env.get(key) or {})
+    if cfg.env.get("reward_wrappers") is None:
+        cfg.env.reward_wrappers = defaults["reward_wrappers"]
 
 
 def presets() -> list[str]:

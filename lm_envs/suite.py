@@ -499,3 +499,41 @@ def toxicity_task(
     return _build(_limit(rows, limit), _prompt_text, lambda r: r, make_reward(reward, "toxicity", reward_kwargs),
                   f"toxicity_{subset}", {"split": split, "subset": subset, "test_size": test_size,
                                          "split_seed": split_seed}, task_kwargs, chat_template=False)
+
+
+# -- run defaults --------------------------------------------------------------------------------
+# What a training run on each built-in id starts from (`lm_envs.registration.run_defaults`): the
+# training env's kwargs (split, a token budget sized for a 2-core CPU run), the held-out env's
+# kwargs merged over them, and the reward wrappers (a `reward_wrappers.from_config` list).
+# ``run_ppo.py env.id=X`` alone gives X's; any key can still be overridden.
+_GSM8K_FORMAT_BONUS = [{"type": "add_terms",  # +0.1 for a well-formed final '#### N' line
+                        "terms": {"format": {"reward": "gsm8k-format", "kwargs": {"bonus": 1.0}, "weight": 0.1}}}]
+RUN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lm_envs/GSM8K-v0": {"kwargs": {"split": "train", "max_new_tokens": 48, "max_prompt_tokens": 512,
+                                    "truncate_prompt": "left"},
+                         "eval_kwargs": {"split": "test"}, "reward_wrappers": _GSM8K_FORMAT_BONUS},
+    # MGSM has only a test split: a run trains and evaluates on it (pick languages apart with language=).
+    "lm_envs/MGSM-v0": {"kwargs": {"split": "test", "language": "en", "max_new_tokens": 48, "max_prompt_tokens": 512,
+                                   "truncate_prompt": "left"},
+                        "eval_kwargs": {"split": "test"}, "reward_wrappers": _GSM8K_FORMAT_BONUS},
+    # Locally MMLU has test and dev (5 solved examples per subject): train on test, hold out dev.
+    "lm_envs/MMLU-v0": {"kwargs": {"split": "test", "max_new_tokens": 32, "max_prompt_tokens": 1024,
+                                   "truncate_prompt": "left"},
+                        "eval_kwargs": {"split": "dev"}, "reward_wrappers": []},
+    # Code: room for a function; the code reward already grades compile (0.2) and tests (0.8).
+    "lm_envs/MBPP-v0": {"kwargs": {"split": "train", "max_new_tokens": 256, "max_prompt_tokens": 512,
+                                   "truncate_prompt": "left"},
+                        "eval_kwargs": {"split": "test"}, "reward_wrappers": []},
+    "lm_envs/HumanEval-v0": {"kwargs": {"split": "test", "max_new_tokens": 200, "max_prompt_tokens": 1024,
+                                        "truncate_prompt": "left"},
+                             "eval_kwargs": {"split": "test"}, "reward_wrappers": []},
+    "lm_envs/HumanEvalCpp-v0": {"kwargs": {"split": "test", "max_new_tokens": 200, "max_prompt_tokens": 1024,
+                                           "truncate_prompt": "left"},
+                                "eval_kwargs": {"split": "test"}, "reward_wrappers": []},
+    "lm_envs/HumanEvalJava-v0": {"kwargs": {"split": "test", "max_new_tokens": 200, "max_prompt_tokens": 1024,
+                                            "truncate_prompt": "left"},
+                                 "eval_kwargs": {"split": "test"}, "reward_wrappers": []},
+    "lm_envs/Toxicity-v0": {"kwargs": {"split": "train", "subset": "toxic", "max_new_tokens": 32,
+                                       "max_prompt_tokens": 128, "truncate_prompt": "left"},
+                            "eval_kwargs": {"split": "test"}, "reward_wrappers": []},
+}
