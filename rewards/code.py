@@ -357,7 +357,7 @@ class _PythonCodeReward(CodeReward):
         return len(plan.tests)
 
     def job(self, code: str, plan: pyplan.PyPlan) -> Job:
-        source = "_lmsb_main(%r, %r)\n" % (plan.source_prefix + code, plan.jail_calls)
+        source = "_lmsb_main(%r, %r, %r)\n" % (plan.source_prefix + code, plan.jail_calls, plan.jail_setup)
         return python_job(source, self.limits, prelude=pyplan.HARNESS)
 
     def judge(self, results: list[RunResult], plan: pyplan.PyPlan) -> CodeResult:

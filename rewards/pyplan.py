@@ -28,7 +28,9 @@ exits early or never returns can only supply or withhold its own return values.
 Supported: any test code whose candidate calls take arguments built from plain data (literals,
 loops, helpers of the prompt or the test, seeded or unseeded `random`: both passes run with
 the same fixed seed, and the trainer's `random` state is restored), plus results of earlier
-candidate calls passed back in. Not supported, and dropped from the record's tests when planned
+candidate calls passed back in. An MBPP `test_setup_code` that uses the solution's own classes
+(input construction, e.g. `Node` trees) runs in the jail after the candidate's code, and the
+host passes the names it binds (`JailGlobal`). Not supported, and dropped from the record's tests when planned
 (`PyPlan.dropped`): a unit whose candidate-call arguments hold other objects (functions,
 classes, generators) or values computed from a candidate result (e.g. `candidate(candidate(x)
 + 1)`). A test that checks how the candidate mutated its arguments sees the unmutated host copy
@@ -110,7 +112,7 @@ def _lmsb_make_encoder(ref_of=None, max_depth=200):
 
 # The jail half: a sandbox prelude (compiled once per worker). `_lmsb_main(source, calls)`.
 HARNESS = ENCODER_SOURCE + r'''
-def _lmsb_main(_src, _calls, _fd=3):
+def _lmsb_main(_src, _calls, _setup="", _fd=3):
     import json as _json
     import os as _os
     _write, _exit, _dumps, _compile, _exec, _BaseException = _os.write, _os._exit, _json.dumps, compile, exec, BaseException
@@ -153,6 +155,8 @@ def _lmsb_main(_src, _calls, _fd=3):
                 return _types[v]
             if tag == "$ref":
                 return _results[v]
+            if tag == "$global":
+                return ns[v]
             raise ValueError(tag)
         return x
 
@@ -166,6 +170,8 @@ def _lmsb_main(_src, _calls, _fd=3):
     ns = {"__name__": "__main__", "__builtins__": __builtins__}
     try:
         _exec(code, ns)
+        if _setup:  # inputs built from the candidate's own classes (MBPP test_setup_code)
+            _exec(_compile(_setup, "<setup>", "exec"), ns)
     except _BaseException:
         pass
     for k, (name, args) in enumerate(calls):
@@ -274,6 +280,15 @@ class _Unsupported(Exception):
     pass
 
 
+class JailGlobal:
+    """Stands, on the host, for a value the jail-side setup built (passed to calls by name)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
 class Pending:
     """What a recorded candidate call returns while planning: absorbs any use."""
 
@@ -340,6 +355,8 @@ class PyPlan:
     calls: list[tuple[int, str, Any]]  # (unit, name, encoded [args, kwargs]) sent to the jail
     dropped: list[int] = field(default_factory=list)  # test units with unsupported calls
     aliases: dict[str, str] = field(default_factory=dict)  # test name -> the candidate's name
+    jail_setup: str = ""  # setup that builds inputs from the candidate's own classes (runs in the jail)
+    jail_globals: tuple[str, ...] = ()  # the names it binds; the host passes them by name
 
     @property
     def jail_calls(self) -> str:
@@ -427,7 +444,8 @@ def _contains_opaque(x: Any) -> bool:
 
 
 def build_plan(source_prefix: str, setup: str, units: Sequence[str], names: Sequence[str], record: str,
-               aliases: Mapping[str, str] | None = None) -> PyPlan:
+               aliases: Mapping[str, str] | None = None, jail_setup: str = "",
+               jail_globals: Sequence[str] = ()) -> PyPlan:
     """Run the record's tests with recorders (pass 1) and return the plan."""
     trees = [_parse(u, "a test", record) for u in units]
     _parse(setup, "the test setup code", record)
@@ -446,6 +464,8 @@ def build_plan(source_prefix: str, setup: str, units: Sequence[str], names: Sequ
             if v.ref is None:
                 raise _Unsupported("argument computed from a candidate result")
             return {"$ref": v.ref}
+        if type(v) is JailGlobal:
+            return {"$global": v.name}
         return None
 
     def recorder(name: str) -> Any:
@@ -465,6 +485,8 @@ def build_plan(source_prefix: str, setup: str, units: Sequence[str], names: Sequ
     with _seeded():
         ns = _exec_setup(setup, record)
         ns["_lmsb_probe"] = _probe
+        for name in jail_globals:
+            ns[name] = JailGlobal(name)
         for name in names:
             ns[name] = recorder(name)
         for i, code in enumerate(probes):
@@ -494,7 +516,7 @@ def build_plan(source_prefix: str, setup: str, units: Sequence[str], names: Sequ
         raise MalformedRecordError(f"{record}: no supported test (asserts calling {', '.join(names) or 'nothing'} "
                                    f"with plain-data arguments)")
     return PyPlan(source_prefix, setup, tuple(names), list(units), plan_tests, kept, sorted(dropped & set(tests)),
-                  dict(aliases or {}))
+                  dict(aliases or {}), jail_setup, tuple(jail_globals))
 
 
 def _refs(enc: Any) -> set[int]:
@@ -518,6 +540,8 @@ def _renumber(enc: Any, index: Mapping[int, int]) -> Any:
 
 
 def _opaque_ref(v: Any) -> Any:
+    if type(v) is JailGlobal:
+        return {"$global": v.name}
     return {"$o": v.kind} if type(v) is Opaque else None
 
 
@@ -607,6 +631,8 @@ def judge(plan: PyPlan, outputs: Mapping[int, tuple[str, Any]], record: str) -> 
     verdicts: dict[int, bool] = {}
     with _seeded():
         ns = _exec_setup(plan.setup, record)
+        for name in plan.jail_globals:
+            ns[name] = JailGlobal(name)
         for name in plan.names:
             ns[name] = replayer(name)
         for i, code in enumerate(compiled):
@@ -664,6 +690,13 @@ def _mbpp_plan(record: Mapping[str, Any], challenge_tests: bool) -> PyPlan:
                               if isinstance(n, (ast.Import, ast.ImportFrom)))
         except (SyntaxError, ValueError):
             pass
+    # A setup that builds inputs from the solution's own classes (MBPP 367, 927: `Node` trees)
+    # runs in the jail after the candidate's code; the host passes what it binds by name.
+    setup_tree = _parse(setup, "the test setup code", rid)
+    uses = {n.id for n in ast.walk(setup_tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    if setup and uses & defined - _bound_names(setup_tree):
+        jail_globals = sorted(_bound_names(setup_tree))
+        return build_plan("", imports, tests, names, rid, jail_setup=setup, jail_globals=jail_globals)
     return build_plan("", imports + setup, tests, names, rid)
 
 

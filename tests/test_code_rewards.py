@@ -66,14 +66,15 @@ def java_strlen():
 
 
 def test_every_mbpp_reference_solution_gets_full_marks(mbpp_reward, mbpp):
-    """All 974 records; the two whose test setup builds objects from the solution's own class
-    (`Node` trees, 367 and 927) are reported as unsupported records, not scored."""
+    """All 974 records, including 367 and 927, whose test setup builds `Node` trees from the
+    solution's own class (that setup runs in the jail; the host passes the trees by name)."""
     recs = list(mbpp.values())
     results = mbpp_reward.evaluate([r["code"] for r in recs], recs, raise_errors=False)
-    unsupported = {r["task_id"] for r, res in zip(recs, results) if res.error}
-    assert unsupported == {367, 927}
-    bad = [(r["task_id"], res) for r, res in zip(recs, results) if not res.error and not res.all_passed]
+    bad = [(r["task_id"], res) for r, res in zip(recs, results) if not res.all_passed or res.error]
     assert bad == []
+    wrong = "class Node:\n    def __init__(self, d):\n        self.data, self.left, self.right = d, None, None\n" \
+            "def is_tree_balanced(root):\n    return True\n"
+    assert mbpp_reward([wrong], [mbpp[367]])[0] == pytest.approx(0.2 + 0.8 / 3)  # 1 of 3: only the True case
 
 
 def test_every_humaneval_canonical_solution_gets_full_marks(humaneval_reward):
