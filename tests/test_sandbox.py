@@ -187,6 +187,16 @@ def test_huge_output_is_capped(sb):
     assert flood.truncated and len(flood.stdout) <= 1000 and not flood.ok
 
 
+def test_disk_is_capped_per_job(sb):
+    """Each job has its own size-capped /tmp: one that fills it cannot starve another."""
+    fill = "i=0; while dd if=/dev/zero of=f$i bs=1M count=8 2>/dev/null; do i=$((i+1)); done; echo $i; sleep 1"
+    hog = sb.submit_commands([["sh", "-c", fill]], limits=Limits(disk_mb=32, wall_s=10, cpu_s=10))
+    other = sb.run_commands([["sh", "-c", "sleep 0.3; head -c 20000000 /dev/zero > big && wc -c < big"]],
+                            limits=Limits(disk_mb=64, wall_s=10, cpu_s=10, file_mb=32))
+    assert other[-1].ok and other[-1].stdout.strip() == "20000000", other
+    assert hog.result()[-1].stdout.strip() == "4"  # 32 MiB: four 8 MiB files, then ENOSPC
+
+
 def test_environment_is_scrubbed(monkeypatch):
     monkeypatch.setenv("LMSB_TEST_SECRET", "hunter2")
     with Sandbox(workers=1) as box:  # started after the secret is set

@@ -47,6 +47,7 @@ class Limits:
     file_mb: int = 16  # RLIMIT_FSIZE: largest file a program may write
     open_files: int = 256  # RLIMIT_NOFILE
     allow_subprocess: bool = False  # Python only: audit hook refuses fork/exec/spawn unless True
+    disk_mb: int = 256  # jailed: size of the job's own tmpfs /tmp (all its files together)
 
 
 @dataclass

@@ -142,8 +142,22 @@ def _monitor_namespaces() -> None:
     for the monitor's own use)."""
     libc = _c()
     _PROC_FD.append(os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+    uid, gid = os.getuid(), os.getgid()
     if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS) != 0:
         raise OSError(ctypes.get_errno(), "unshare(user, mount)")
+    # Map ourselves (as `nobody` inside), so the tmpfs we mount per job can own files. Our
+    # /proc/self files are writable only while we are dumpable.
+    _prctl(_PR_SET_DUMPABLE, 1)
+    try:
+        for name, text in (("self/setgroups", "deny"), ("self/uid_map", f"65534 {uid} 1"),
+                           ("self/gid_map", f"65534 {gid} 1")):
+            fd = os.open(name, os.O_WRONLY, dir_fd=_PROC_FD[0])
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+    finally:
+        _prctl(_PR_SET_DUMPABLE, 0)
     fd = os.open("sys/user/max_user_namespaces", os.O_WRONLY, dir_fd=_PROC_FD[0])
     try:  # per user namespace: nothing below ours can make itself a fresh set of capabilities
         os.write(fd, b"0")
@@ -166,11 +180,10 @@ def _clone_into_job_namespaces(flags: int) -> int:
     return pid
 
 
-def _exec_namespace_setup(jobdir: str) -> None:
+def _exec_namespace_setup() -> None:
     """In an exec'd program's process (pid 1 of its own pid and mount namespaces), before it
-    drops its capabilities: the job dir over /tmp, and a fresh /proc that shows only its own
-    processes (compilers and the JVM read /proc/self)."""
-    _mount(jobdir, _JAIL_TMP, None, _MS_BIND)
+    drops its capabilities: a fresh /proc that shows only its own processes (compilers and the
+    JVM read /proc/self)."""
     if _c().umount2(b"/proc", _MNT_DETACH) != 0:
         raise OSError(ctypes.get_errno(), "umount /proc")
     _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | 8)  # MS_NOEXEC
@@ -183,7 +196,7 @@ def _protections(jailed: bool, memory: str) -> dict[str, Any]:
                 "python_guard": "audit hook (not a security boundary)"}
     return {"jail": "bubblewrap: user, pid, ipc, net, uts namespaces; --cap-drop ALL; die-with-parent",
             "network": "none (empty network namespace)",
-            "filesystem": "read-only minimal root; private tmpfs /tmp; job dir bind-mounted over /tmp",
+            "filesystem": "read-only minimal root; each job its own size-capped tmpfs /tmp",
             "per_job": ("pid and ipc namespaces (pid 1: the program); per worker a nested user and mount "
                         "namespace, no further user namespaces; Python: no /proc; commands: own mount "
                         "namespace and a /proc of their own pid namespace"),
@@ -454,13 +467,7 @@ class _Step:
         self.step, self.limits, self.jobdir, self.jailed, self.nproc, self.env = step, limits, jobdir, jailed, nproc, env
         self.cwd = _JAIL_TMP if jailed else jobdir  # where the program sees its dir
         self.cpu_limit = max(1, int(-(-float(limits["cpu_s"]) // 1)))
-        self.bound = False  # the job dir is bind-mounted over /tmp in the monitor's namespace
 
-    def _unbind(self) -> None:
-        if self.bound:
-            if _c().umount2(_JAIL_TMP.encode(), _MNT_DETACH) != 0:
-                raise OSError(ctypes.get_errno(), "umount the job dir")
-            self.bound = False
 
     def run(self) -> dict[str, Any]:
         step, limits = self.step, self.limits
@@ -493,9 +500,7 @@ class _Step:
             monitor = os.getpid()
             if not plan["jailed"]:
                 pid = os.fork()
-            elif exe is None:  # Python: the job dir over /tmp in the monitor's mount namespace
-                _mount(self.jobdir, _JAIL_TMP, None, _MS_BIND)
-                self.bound = True
+            elif exe is None:  # Python: the monitor's mount namespace (its /tmp is this job's)
                 pid = _clone_into_job_namespaces(_PYTHON_JOB_NS)
             else:
                 pid = _clone_into_job_namespaces(_EXEC_JOB_NS)
@@ -503,7 +508,6 @@ class _Step:
             for pair in pipes:
                 for fd in pair:
                     os.close(fd)
-            self._unbind()
             raise
         if pid == 0:
             try:
@@ -512,7 +516,7 @@ class _Step:
                 if plan["jailed"]:
                     _child_prctl()(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)  # die with the monitor
                     if exe is not None:
-                        _exec_namespace_setup(plan["jobdir"])
+                        _exec_namespace_setup()
                 _enter_jail(plan, monitor)
                 if exe is None:
                     _exec_python(plan["python"])
@@ -531,7 +535,6 @@ class _Step:
             return self._watch(pid, [r for r, _ in pipes], t0)
         finally:
             _RUNNING[0] = None
-            self._unbind()
             for r, _ in pipes:
                 try:
                     os.close(r)
@@ -755,9 +758,18 @@ def _run_job(job: Mapping[str, Any], base: str, jailed: bool, nproc: int) -> dic
     results: list[dict[str, Any]] = []
     error = None
     jobdir = None
+    mounted = False
     try:
-        jobdir = _JOBDIR[0] = os.path.join(base, f"job-{os.getpid()}-{next(_JOB_SEQ)}")
-        os.mkdir(jobdir, 0o700)
+        if jailed:  # a tmpfs of its own over /tmp, in the monitor's mount namespace: the job's
+            # disk is capped (it cannot fill anyone else's), other jobs' files are out of sight,
+            # and unmounting it afterwards is the whole clean-up
+            disk = max(int(lim.get("disk_mb", 256)) for lim in job["limits"])
+            _mount("tmpfs", _JAIL_TMP, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={disk}m,mode=0700")
+            mounted = True
+            jobdir = _JAIL_TMP
+        else:
+            jobdir = _JOBDIR[0] = os.path.join(base, f"job-{os.getpid()}-{next(_JOB_SEQ)}")
+            os.mkdir(jobdir, 0o700)
         _write_files(jobdir, job.get("files") or {})
         inside = _JAIL_TMP if jailed else jobdir
         env = {**_BASE_ENV, "HOME": inside, "TMPDIR": inside}
@@ -770,7 +782,10 @@ def _run_job(job: Mapping[str, Any], base: str, jailed: bool, nproc: int) -> dic
         error = f"sandbox monitor: {type(e).__name__}: {e}"
     finally:
         _kill_descendants(2.0)
-        if jobdir:
+        if mounted:
+            if _c().umount2(_JAIL_TMP.encode(), _MNT_DETACH) != 0 and error is None:
+                error = f"sandbox monitor: umount of the job's /tmp failed: {os.strerror(ctypes.get_errno())}"
+        elif jobdir:
             _remove_job_dir(jobdir)
         _JOBDIR[0] = None
     return {"id": job["id"], "results": results, "error": error}
@@ -810,6 +825,7 @@ def _monitor(req_fd: int, out_fd: int, base: str, jailed: bool, nprocs: Any) -> 
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = _STREAMS
     _DEVNULL.append(os.open(os.devnull, os.O_RDWR))
     _set_name(b"lmsb-monitor")
+    os.chdir("/")
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     setup_error = None
