@@ -9,15 +9,17 @@ Process tree inside the jail (the jail itself: new user/pid/ipc/net/uts namespac
 capabilities, no_new_privs, a read-only minimal filesystem, a private tmpfs /tmp):
 
     server      reads jobs (JSON frames on fd 0), hands them to monitors, relays results (fd 1)
-     └─ monitor   one per worker slot, forked once; per job: a fresh dir, the wall clock,
-        │         output caps; kills and reaps whatever the job left behind
-        └─ job      forked per program; unshares a nested user + pid + ipc + mount namespace
-           │        and bind-mounts the job dir over /tmp, then forks
-           └─ program  pid 1 of its own pid namespace: a fresh /proc that shows only its own
-                       processes, no further user namespaces, rlimits (CPU, address space,
-                       processes, file size, fds), every capability dropped, no_new_privs,
-                       scrubbed environment, fds 0-3 only; then Python (exec of the source in
-                       a fresh __main__, compiled harness prelude first) or execve
+     └─ monitor   one per worker slot, forked once; its own nested user namespace (mapped to
+        │         nobody; it holds the capabilities the jail lacks) and mount namespace, no
+        │         further user namespaces below it, /proc covered. Per job: a fresh size-capped
+        │         tmpfs over /tmp (the job's files; unmounting it is the clean-up), the wall
+        │         clock, output caps; it kills and reaps whatever the job left behind
+        └─ program  one raw clone(2) per step into new pid + ipc namespaces (commands: + mount,
+                    with a /proc of their own pid namespace; Python: no /proc at all); pid 1
+                    there, so its end kills all it started; rlimits (CPU, address space,
+                    processes, file size, fds), every capability dropped, no_new_privs,
+                    scrubbed environment, fds 0-3 only; then Python (exec of the source in a
+                    fresh __main__, compiled harness prelude first) or execve
 
 When the program (pid 1) ends, the kernel kills everything else in its pid namespace, and
 its IPC namespace (SysV IPC, message queues) goes with it: no IPC object survives a job.
@@ -197,9 +199,9 @@ def _protections(jailed: bool, memory: str) -> dict[str, Any]:
     return {"jail": "bubblewrap: user, pid, ipc, net, uts namespaces; --cap-drop ALL; die-with-parent",
             "network": "none (empty network namespace)",
             "filesystem": "read-only minimal root; each job its own size-capped tmpfs /tmp",
-            "per_job": ("pid and ipc namespaces (pid 1: the program); per worker a nested user and mount "
-                        "namespace, no further user namespaces; Python: no /proc; commands: own mount "
-                        "namespace and a /proc of their own pid namespace"),
+            "per_job": ("own size-capped tmpfs /tmp; per program pid and ipc namespaces (pid 1: the program); "
+                        "per worker a nested user and mount namespace, no further user namespaces; Python: "
+                        "no /proc; commands: own mount namespace and a /proc of their own pid namespace"),
             "capabilities": "none (bounding set emptied); no_new_privs", "memory": memory,
             "process_limit": "RLIMIT_NPROC per job (one job at a time per worker user namespace)",
             "python_guard": "audit hook (defence in depth, not a boundary)"}
