@@ -1,7 +1,8 @@
 """Train a language model on a token-level task: ``python experiments/run_ppo.py``.
 
 With no arguments: PPO on SmolLM2-135M-Instruct (embedded) + LoRA on GSM8K train, a few minutes
-on a 2-core CPU. Pick the algorithm with ``agent=ppo|grpo|rloo|reinforce|reinforce_pp``, a
+on a 2-core CPU. Pick the algorithm with ``agent=ppo|grpo|rloo|reinforce|reinforce_pp`` (online)
+or ``agent=sft|star|dpo|kto`` (rounds of learning from scored samples, one round per iteration), a
 preset with ``experiment=NAME``, and override any key with dotted overrides, e.g.
 ``python experiments/run_ppo.py agent=grpo agent.learning_rate=1e-5 output_dir=runs/a``.
 Continue a killed run with ``resume=true``. A thin script: composition only, no algorithm logic.
@@ -36,6 +37,21 @@ def build(cfg, tokenizer, model, eval_env: bool = False):
     # Both envs get the same wrappers; evaluation reports the raw task score (info["score"]).
     wrappers = OmegaConf.to_container(cfg.env.reward_wrappers, resolve=True) if cfg.env.get("reward_wrappers") else []
     return VecRewardWrapper(env, from_config(wrappers)) if wrappers else env
+
+
+def round_kwargs(cfg, cls, env) -> dict:
+    """Constructor arguments that are code, not config: STaR's hinted env for rationalization."""
+    if cls.__name__ != "STaR" or not cfg.agent.get("rationalize"):
+        return {}
+    from functools import partial
+
+    from lm_envs.hints import DEFAULT_HINT_TEMPLATE, hinted_vec_env
+    from lm_envs.reward_wrappers import VecRewardWrapper, from_config
+
+    wrappers = OmegaConf.to_container(cfg.env.reward_wrappers, resolve=True) if cfg.env.get("reward_wrappers") else []
+    wrap = (lambda hinted: VecRewardWrapper(hinted, from_config(wrappers))) if wrappers else None
+    template = cfg.env.get("hint_template") or DEFAULT_HINT_TEMPLATE
+    return {"hint_env_fn": partial(hinted_vec_env, env, hint_template=template, wrap=wrap)}
 
 
 def agent_class(cfg):
@@ -78,6 +94,8 @@ def prepare(cfg):
     device = policy_kwargs.pop("device", "auto")
     agent_kwargs = OmegaConf.to_container(cfg.agent, resolve=True)
     agent_kwargs.pop("name")
+    code = round_kwargs(cfg, cls, env)  # STaR's hinted env: given again to load, it is not saved
+    agent_kwargs.update(code)
     checkpoints = out / "checkpoints"
     resume_from = latest_checkpoint(checkpoints) if cfg.resume else None
     if cfg.resume and resume_from is None:
@@ -85,7 +103,7 @@ def prepare(cfg):
     if resume_from is not None:
         print(f"resuming from {resume_from}", file=sys.stderr)
         agent = cls.load(resume_from, env=env, model=model, device=device, tensorboard_log=str(out / "tb"),
-                         verbose=cfg.agent.verbose)
+                         verbose=cfg.agent.verbose, **code)
     else:
         agent = cls(policy_class, env, policy_kwargs=policy_kwargs, seed=cfg.seed, device=device,
                     tensorboard_log=str(out / "tb"), **agent_kwargs)
@@ -133,7 +151,10 @@ def main(argv: list[str]) -> dict:
                                   "iterations_budget": cfg.iterations,
                                   "time_limit_fired": bool(time_limit is not None and time_limit.fired)})
     agent.save(checkpoints / f"iter_{agent.iteration:06d}")
-    agent.policy.save_trainable(out / "final")
+    if hasattr(agent, "save_merged"):  # SFT, STaR, DPO, KTO: a plain model dir that policy.model= starts from
+        agent.save_merged(out / "final")
+    else:
+        agent.policy.save_trainable(out / "final")
     summary = evaluate("after")
     print(f"done: outputs in {out} (tensorboard --logdir {out / 'tb'})", file=sys.stderr)
     return summary

@@ -101,7 +101,7 @@ def test_unknown_preset_agent_key_and_bad_override_are_clear(tiny_dir, tmp_path)
 
     with pytest.raises(SystemExit, match="unknown experiment"):
         compose(["experiment=nope"])
-    with pytest.raises(SystemExit, match=r"unknown agent 'nope'; known: \['grpo', 'ppo'"):
+    with pytest.raises(SystemExit, match=r"unknown agent 'nope'; known: \['dpo', 'grpo', 'kto', 'ppo'"):
         compose(["agent=nope"])
     with pytest.raises(SystemExit, match="key.sub=value"):
         compose(["agent.learning_rate"])
