@@ -85,3 +85,17 @@ def test_presets_run_on_the_embedded_defaults():
         import run_ppo
 
         run_ppo.agent_class(cfg)  # every agent key is one the agent takes
+
+
+def test_star_rationalization_runs_and_resumes_from_the_command_line(tiny_dir, tmp_path):
+    """agent.rationalize=true builds the hinted env (env.hint_template, the env's wrappers) and
+    gives it again to load on resume."""
+    args = tiny_args(tiny_dir, tmp_path, "star", "agent.threshold=1.0", "agent.rationalize=true",
+                     "env.hint_template='{question} (the answer is {answer})'")
+    code, output = run([*args, "iterations=1"])
+    assert code == 0, output
+    code, output = run([*args, "iterations=2", "resume=true"])
+    assert code == 0, output
+    assert "resuming from" in output and "iter    2" in output
+    cfg = compose(["agent=star", "env.id=lm_envs/MGSM-v0", "env.kwargs.language=de"])
+    assert cfg.env.kwargs.language == "de" and cfg.env.kwargs.split == "test"  # language= passes through
