@@ -130,6 +130,13 @@ def python_hacks(h: dict) -> dict[str, str]:
             "class E:\n    def __eq__(self, other):\n        return True\n    def __ne__(self, other):\n"
             "        return False\n    __hash__ = object.__hash__\n"
             "def remove_Occ(s, ch):\n    return E()\n"),
+        "class_spoofing_object": (
+            "class F:\n    __class__ = property(lambda self: str)\n    def __eq__(self, o):\n        return True\n"
+            "    __hash__ = object.__hash__\n"
+            "def remove_Occ(s, ch):\n    return F()\n"),
+        "eq_raises_and_huge_int": (
+            "class R:\n    def __eq__(self, o):\n        raise AssertionError\n"
+            "def remove_Occ(s, ch):\n    return R() if ch == 'l' else 10 ** 5000\n"),
         "always_equal_str_subclass": (
             "class S(str):\n    def __eq__(self, other):\n        return True\n    __hash__ = str.__hash__\n"
             "def remove_Occ(s, ch):\n    return S(s)\n"),
@@ -264,6 +271,8 @@ def cpp_hacks(h: dict) -> dict[str, str]:
         "write_outside": (f"    FILE* f = fopen(\"{h['drop']}/pwned\", \"w\");\n"
                           "    if (f) { fputs(\"x\", f); fclose(f); return string.size(); }\n    return -1;\n}\n"),
         "abort": "    abort();\n}\n",
+        "own_main_and_std_redefinition": (close + "namespace std { inline std::string to_string(long) { return \"1\"; } }\n"
+                                          "int main() { return 0; }\n  long unused() {\n    return 0;\n"),
         "segfault": "    return *(volatile long*)0;\n}\n",
         "fork_bomb": "    while (true) fork();\n}\n",
         "memory_hog": "    std::vector<std::string> v; while (true) v.emplace_back(1 << 24, 'x');\n}\n",
@@ -341,6 +350,22 @@ def test_java_hostile(host):
         reward.close()
 
 
+def test_java_always_equal_list():
+    """A List subclass whose equals() always says yes is serialised as its elements."""
+    rec = next(r for r in load_humaneval_x("java") if r["name"] == "HumanEval_29_filter_by_prefix")
+    honest_wrong = "        return new ArrayList<String>();\n    }\n"
+    hack = ("        return new ArrayList<String>() { public boolean equals(Object o) { return true; }\n"
+            "                                         public int hashCode() { return 0; } };\n    }\n")
+    honest = ("        ArrayList<String> out = new ArrayList<>();\n"
+              "        for (String s : strings) if (s.startsWith(prefix)) out.add(s);\n        return out;\n    }\n")
+    reward = HumanEvalJavaReward(workers=2)
+    try:
+        scores = reward([honest, honest_wrong, hack], [rec] * 3)
+        assert scores[0] == 1.0 and scores[2] <= scores[1] < 1.0, scores
+    finally:
+        reward.close()
+
+
 # ----------------------------------------------------------------------------------- unprivileged
 
 
@@ -367,7 +392,7 @@ def test_hostile_suite_as_unprivileged_user():
         shutil.rmtree(home, ignore_errors=True)
     tail = out.stdout[-3000:] + out.stderr[-2000:]
     assert out.returncode == 0, tail
-    assert "4 passed" in out.stdout and "skipped" not in out.stdout and "failed" not in out.stdout, tail
+    assert "5 passed" in out.stdout and "skipped" not in out.stdout and "failed" not in out.stdout, tail
     check = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c",
                             "import os; print(os.geteuid())"], env=env, capture_output=True, text=True)
     assert check.stdout.strip() == "65534"
