@@ -78,8 +78,8 @@ def kto_reference_point(kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> t
     return (kl_logps - ref_kl_logps).mean().detach().clamp(min=0)
 
 
-def kto_loss(logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Tensor, reference_point: torch.Tensor | float,
-             beta: float, desirable_weight: float = 1.0,
+def kto_loss(logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Tensor,
+             reference_point: torch.Tensor | float, beta: float, desirable_weight: float = 1.0,
              undesirable_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-sample KTO losses (Ethayarajh et al., 2024, Eq. 7; not reduced), r = log π − log π_ref:
     desirable: λ_D·(1 − σ(β·(r − z_ref))); undesirable: λ_U·(1 − σ(β·(z_ref − r))).

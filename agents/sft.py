@@ -14,7 +14,7 @@ prompts token-identical, and the checkpoints, resume and logs are the other agen
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -168,6 +168,8 @@ class SFT(ScoredRolloutAlgorithm):
     # -- one round ------------------------------------------------------------------------------------
     def collect_rollouts(self, env, callback, rollout_buffer=None, n_rollout_steps: int = 1) -> bool:
         callback.on_rollout_start()
+        if not callback.on_step():  # no env steps here: one step per round, so a time limit can stop us
+            return False
         prompts, completions = self.encoded()
         picked = self._next_examples()
         self.targets = Sequences.from_ids([prompts[i] for i in picked], [completions[i] for i in picked],
@@ -194,9 +196,3 @@ class SFT(ScoredRolloutAlgorithm):
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self._stream = dict(state["stream"])
 
-
-def sft_dataset(prompts: Sequence[str], completions: Sequence[str]):
-    """A ``datasets.Dataset`` with ``prompt``/``completion`` columns (what `SFT` reads by default)."""
-    import datasets
-
-    return datasets.Dataset.from_dict({"prompt": list(prompts), "completion": list(completions)})

@@ -51,7 +51,8 @@ class STaR(ScoredRolloutAlgorithm):
     :param max_per_prompt: keep at most this many samples per prompt (``None``: all); identical
         completions of one prompt are kept once.
     :param from_base: restart from the starting weights (and a fresh optimizer) every round, as
-        STaR does; ``False`` continues from the previous round.
+        STaR does; ``False`` continues from the previous round. The starting trainable weights
+        are kept in memory (the adapter with LoRA; a full copy with full fine-tuning).
     :param rationalize: retry prompts with no kept sample with the gold answer as a hint.
     :param hint_env_fn: ``hint_env_fn(indices, seed) -> VecEnv``: a lockstep env whose row ``j``
         is data row ``indices[j]`` with the hint in its prompt and reports ``info["index"] == j``

@@ -103,8 +103,9 @@ def main(argv: list[str]) -> dict[str, Any]:
         batches.append(episodes)
     rows = rows_from_episodes(batches, prefs)
     task = env.get_attr("task", [0])[0]
+    reward_name = getattr(task.reward, "name", None) or getattr(task.reward, "__name__", type(task.reward).__name__)
     meta = {"env_id": cfg.env.id, "env_kwargs": OmegaConf.to_container(cfg.env.kwargs, resolve=True),
-            "reward": getattr(task.reward, "name", None) or getattr(task.reward, "__name__", type(task.reward).__name__), "reward_wrappers": wrappers,
+            "reward": reward_name, "reward_wrappers": wrappers,
             "model": cfg.policy.model, "temperature": cfg.policy.temperature, "top_k": cfg.policy.top_k,
             "top_p": cfg.policy.top_p, "seed": cfg.seed, "samples": sum(len(b.infos) for b in batches),
             "rows": len(rows), **{f"prefs_{k}": v for k, v in prefs.items() if k != "out"}}

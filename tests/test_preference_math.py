@@ -3,7 +3,6 @@ by hand, and the losses against TRL 1.16.0's trainers on identical log-probs."""
 import math
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
