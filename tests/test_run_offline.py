@@ -78,6 +78,7 @@ def test_presets_run_on_the_embedded_defaults():
     star = compose(["agent=star", "env.id=lm_envs/GSM8K-v0"])
     assert star.policy.model == "smollm2-135m-instruct" and star.env.completions_per_prompt == 4
     assert star.agent.threshold == 1.0 and star.agent.filter_on == "score" and star.env.kwargs.max_new_tokens == 48
+    assert star.eval_every == 1  # held-out evaluation after every round
     dpo = compose(["agent=dpo", "env.id=lm_envs/MBPP-v0"])
     assert dpo.env.kwargs.max_new_tokens == 256 and list(dpo.env.reward_wrappers) == []
     assert dpo.agent.pair_on == "reward" and dpo.env.num_envs % dpo.env.completions_per_prompt == 0
