@@ -26,9 +26,9 @@ from agents.sequences import Sequences
 IN_MEMORY = "<in-memory>"  # what a checkpoint records for a data set passed as an object
 
 
-def load_rows(dataset: Any) -> list[dict[str, Any]]:
-    """Rows of a data set: a ``datasets.Dataset``, a list of dicts, a ``save_to_disk`` directory
-    or a ``.jsonl``/``.json`` file."""
+def load_rows(dataset: Any, columns: tuple[str, str] = ("prompt", "completion")) -> list[dict[str, Any]]:
+    """Rows of a data set: a ``datasets.Dataset``, an iterable of dicts or of ``(prompt,
+    completion)`` pairs (named ``columns``), a ``save_to_disk`` directory or a ``.jsonl``/``.json`` file."""
     if dataset is None:
         raise ValueError("no data set")
     if isinstance(dataset, (str, Path)):
@@ -44,7 +44,7 @@ def load_rows(dataset: Any) -> list[dict[str, Any]]:
         else:
             raise FileNotFoundError(f"SFT data set {path} does not exist (a .jsonl file or a save_to_disk dir)")
         return [dict(row) for row in loaded]
-    return [dict(row) for row in dataset]
+    return [dict(zip(columns, row)) if isinstance(row, (tuple, list)) else dict(row) for row in dataset]
 
 
 def reference_text(reference: Any) -> str | None:
@@ -75,8 +75,9 @@ class SFT(ScoredRolloutAlgorithm):
     :param policy: ``"CausalLMPolicy"`` or the class.
     :param env: a token VecEnv over the task whose prompts the data set's questions are rendered
         like (its tokenizer and prompt template); it is also what evaluation runs on.
-    :param dataset: a ``datasets.Dataset``, a list of dicts, a ``.jsonl`` file or a
-        ``save_to_disk`` directory with ``prompt_column`` and ``completion_column``; ``None``:
+    :param dataset: a ``datasets.Dataset``, an iterable of dicts or of ``(prompt, completion)``
+        pairs, a ``.jsonl`` file or a ``save_to_disk`` directory with ``prompt_column`` and
+        ``completion_column``; ``None``:
         the env's own task, its questions with their gold references as completions (GSM8K's
         worked answers, MBPP's code). A data set passed as an object must be passed again to ``load``.
     :param prompt_column, completion_column: column names.
@@ -130,7 +131,7 @@ class SFT(ScoredRolloutAlgorithm):
                 raise ValueError(f"task {task.name!r} has references that are not completions; give SFT a "
                                  f"dataset= with {self.prompt_column!r}/{self.completion_column!r} columns")
         else:
-            records = load_rows(self.dataset)
+            records = load_rows(self.dataset, (self.prompt_column, self.completion_column))
             missing = [c for c in (self.prompt_column, self.completion_column) if records and c not in records[0]]
             if missing:
                 raise ValueError(f"the SFT data set has no column(s) {missing}; columns: {sorted(records[0])}")

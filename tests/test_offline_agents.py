@@ -96,7 +96,7 @@ def test_sft_learns_completions_and_writes_a_loadable_merged_model(tiny_dir, tin
         torch.testing.assert_close(merged(ids).logits, agent.policy.model(ids).logits, atol=1e-4, rtol=1e-4)
 
 
-def test_sft_default_data_is_the_tasks_gold_references_and_a_bad_column_is_clear(tiny_dir, tiny_lm):
+def test_sft_default_data_is_the_tasks_gold_references_and_a_bad_column_is_clear(tiny_dir, tiny_lm, tmp_path):
     tokenizer = tiny_lm[1]
     task = Task(questions=["how many apples", "how many cats"], references=["7 7", "3"],
                 reward=lambda c, r, p=None: np.zeros(len(c), np.float32), name="gold", chat_template=False)
@@ -105,6 +105,18 @@ def test_sft_default_data_is_the_tasks_gold_references_and_a_bad_column_is_clear
     prompts, completions = agent.encoded()
     assert [tokenizer.decode(c) for c in completions] == ["7 7 </s>", "3 </s>"]
     assert tokenizer.decode(prompts[0]) == "how many apples"
+    # The same pairs as a jsonl file, a datasets.Dataset, or (prompt, completion) tuples.
+    import datasets
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": "how many apples", "completion": "7 7"}\n{"prompt": "how many cats", "completion": "3"}\n')
+    sources = [str(path), datasets.Dataset.from_dict({"prompt": ["how many apples", "how many cats"],
+                                                      "completion": ["7 7", "3"]}),
+               [("how many apples", "7 7"), ("how many cats", "3")]]
+    for source in sources:
+        other = SFT("CausalLMPolicy", make_env(tokenizer, num_envs=2, group=1, task=task), dataset=source,
+                    batch_size=2, seed=0, policy_kwargs=dict(model=str(tiny_dir)))
+        assert other.encoded() == (prompts, completions)
     bad = SFT("CausalLMPolicy", make_env(tokenizer, num_envs=2, group=1, task=task), dataset=[{"question": "a"}],
               batch_size=2, policy_kwargs=dict(model=str(tiny_dir)))
     with pytest.raises(ValueError, match=r"no column\(s\) \['prompt', 'completion'\]"):
