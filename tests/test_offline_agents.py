@@ -324,3 +324,20 @@ def test_each_round_agent_learns_the_synthetic_task(cls, kwargs, tiny_dir, tiny_
     agent.learn(total_iterations=15, callback=track)
     start, end = np.mean(track.scores[:3]), np.mean(track.scores[-3:])
     assert start < 0.2 and end > start + 0.2, track.scores
+
+
+def test_sft_prompts_are_the_envs_own_tokens_with_the_embedded_chat_template(smollm):
+    """SFT renders each question through the env's task and the tokenizer's chat template: its
+    prompt ids equal the GSM8K env's, token for token."""
+    import lm_envs
+
+    model, tokenizer = smollm
+    env = lm_envs.make_vec("lm_envs/GSM8K-v0", 2, tokenizer, split="test", max_new_tokens=8,
+                           vocab_size=model.config.vocab_size, limit=3)
+    task = env.task
+    assert task.uses_chat_template(tokenizer)
+    prompts, completions = sequences.encode_pairs(task, tokenizer, task.questions, task.references, 512, 512)
+    for i in range(len(task)):
+        assert prompts[i] == env.batch.encode_prompt(i)[0].tolist()
+        assert completions[i][-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(completions[i][:-1]) == task.references[i]
