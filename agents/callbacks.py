@@ -1,7 +1,9 @@
 """SB3 callbacks for token agents: periodic atomic checkpoints and held-out evaluation.
 
-Both act at ``on_rollout_start``: at that moment the previous update is done and the next batch
-has not been generated, so a checkpoint written there resumes bit-for-bit.
+All act at ``on_rollout_start``: at that moment the previous update is done and the next batch
+has not been generated, so a checkpoint written there resumes bit-for-bit. Every rank of a
+``torchrun`` run reaches it once per iteration, so decisions taken there are collective-safe;
+rank 0 alone evaluates and writes.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any, Callable
 
 from stable_baselines3.common.callbacks import BaseCallback
 
+from agents import distributed
 from agents.checkpoint import latest_checkpoint  # noqa: F401  (re-exported)
 from agents.evaluation import evaluate_policy
 
@@ -27,14 +30,20 @@ class CheckpointEveryIterations(BaseCallback):
     def _on_step(self) -> bool:
         return True
 
+    def _on_training_start(self) -> None:
+        self.last_saved = getattr(self.model, "iteration", 0)  # a resumed run does not rewrite its start
+
     def _on_rollout_start(self) -> None:
         iteration = getattr(self.model, "iteration", 0)
-        if iteration and iteration % self.every == 0 and not (self.directory / f"iter_{iteration:06d}").exists():
+        if iteration and iteration % self.every == 0 and iteration != self.last_saved:
             self.save(iteration)
 
     def save(self, iteration: int) -> Path:
         path = self.directory / f"iter_{iteration:06d}"
-        self.model.save(path)
+        self.model.save(path)  # collective under torchrun: every rank's state, written by rank 0
+        self.last_saved = iteration
+        if not distributed.is_main_process():
+            return path
         old = sorted(p for p in self.directory.iterdir() if p.name.startswith("iter_"))[: -self.keep]
         for stale in old:
             shutil.rmtree(stale, ignore_errors=True)
@@ -44,8 +53,8 @@ class CheckpointEveryIterations(BaseCallback):
 
 
 class StopAfterSeconds(BaseCallback):
-    """Stop training once ``seconds`` of wall time have passed since training started (the batch
-    in flight is dropped, so no update runs on a partial batch)."""
+    """A safety stop: end training at the first iteration boundary after ``seconds`` of wall time
+    (rank 0's clock decides for every rank). ``fired`` says whether it did."""
 
     def __init__(self, seconds: float, verbose: int = 0) -> None:
         super().__init__(verbose)
@@ -56,14 +65,14 @@ class StopAfterSeconds(BaseCallback):
     def _on_training_start(self) -> None:
         self.deadline = time.monotonic() + self.seconds
 
-    def _on_step(self) -> bool:
-        if time.monotonic() < self.deadline:
-            return True
-        self.fired = True
-        if self.verbose:
+    def _on_rollout_start(self) -> None:
+        self.fired = bool(distributed.broadcast_object(time.monotonic() >= self.deadline))
+        if self.fired and self.verbose and distributed.is_main_process():
             print(f"time limit of {self.seconds:.0f}s reached; stopping (a safety stop: the iteration budget "
                   "was not reached)")
-        return False
+
+    def _on_step(self) -> bool:
+        return not self.fired
 
 
 class EvalEveryIterations(BaseCallback):
@@ -79,7 +88,7 @@ class EvalEveryIterations(BaseCallback):
 
     def _on_rollout_start(self) -> None:
         iteration = getattr(self.model, "iteration", 0)
-        if self.every and iteration and iteration % self.every == 0:
+        if self.every and iteration and iteration % self.every == 0 and distributed.is_main_process():
             summary, _ = evaluate_policy(self.model.policy, self.eval_env, self.n_episodes)
             for key, value in summary.items():
                 self.logger.record(f"eval/{key}", value)

@@ -12,6 +12,9 @@ One iteration of every agent (PPO, GRPO, RLOO, REINFORCE):
    of the agent's loss (`loss`, the other place agents differ), then a clipped optimizer step;
 6. **log** with the tags TRL and SB3 users know, and **save/load** through `agents.checkpoint`.
 
+Under ``torchrun`` each rank runs this loop on its own rows; `agents.distributed` sums gradients
+and batch statistics across ranks, and rank 0 alone logs and writes (see that module).
+
 Built on SB3's `OnPolicyAlgorithm` (callbacks, logger, schedules, ``learn``); agents meet envs
 only through the `VecEnv` API and policies only through the policy API. Imports `agents.*`
 maths, buffer, rollout and checkpoint modules, the policies, SB3 and torch.
@@ -32,7 +35,7 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import FloatSchedule, LinearSchedule, set_random_seed
 
-from agents import checkpoint, ppo_math
+from agents import checkpoint, distributed, ppo_math
 from agents.buffer import TokenBatch, TokenRolloutBuffer
 from agents.rollout import collect_episodes
 from policies.causal_lm import CausalLMPolicy
@@ -164,6 +167,9 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         _init_setup_model: bool = True,
     ) -> None:
         self._hparams = dict(hparams)
+        self._reduce = distributed.reduce_sum if distributed.is_distributed() else None
+        if not distributed.is_main_process():  # rank 0 alone logs
+            tensorboard_log, verbose = None, 0
         policy_kwargs = dict(policy_kwargs or {})
         policy_kwargs.setdefault("value_head", self.uses_value_head)
         self._uses_reference = kl_coef != 0 or adaptive_kl
@@ -173,7 +179,7 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
             policy, env, learning_rate=make_schedule(learning_rate), n_steps=1, gamma=gamma, gae_lambda=gae_lambda,
             ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm, use_sde=False, sde_sample_freq=-1,
             tensorboard_log=tensorboard_log, monitor_wrapper=False, policy_kwargs=policy_kwargs,
-            verbose=verbose, seed=seed, device=device, _init_setup_model=False,
+            verbose=verbose, seed=seed, device=distributed.local_device(device), _init_setup_model=False,
         )
         micro_batch_size = micro_batch_size or batch_size
         if batch_size > self.n_envs or self.n_envs % batch_size:
@@ -217,20 +223,27 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         self.set_random_seed(self.seed)
         self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule,
                                         device=str(self.device), **self.policy_kwargs)
+        distributed.broadcast_parameters(self.policy)  # every rank starts from rank 0's weights
         self.clip_range = make_schedule(self.clip_range)
         self.kl_controller = (ppo_math.AdaptiveKLController(self.kl_coef, self.kl_target, self.kl_horizon)
                               if self.adaptive_kl else ppo_math.FixedKLController(self.kl_coef))
         # Minibatch order comes from the agent's own generator, so resume can restore it.
-        self.shuffle_generator = torch.Generator().manual_seed(0 if self.seed is None else self.seed)
+        self.shuffle_generator = torch.Generator().manual_seed((0 if self.seed is None else self.seed)
+                                                               + distributed.rank())
 
     def set_random_seed(self, seed: int | None = None) -> None:
-        """SB3's seeding, except that an agent rebuilt by `load` leaves the env's restored state alone."""
+        """SB3's seeding, except that an agent rebuilt by `load` leaves the env's restored state
+        alone. Under torchrun, rank r seeds its RNGs with ``seed + r`` and its env's prompt slots
+        as slots ``[r·S, (r+1)·S)`` of one big env (``S`` slots per rank), so N ranks of B rows
+        draw the prompts one process of N·B rows would."""
         if seed is None:
             return
-        set_random_seed(seed, using_cuda=self.device.type == "cuda")
+        rank = distributed.rank()
+        set_random_seed(seed + rank, using_cuda=self.device.type == "cuda")
         self.action_space.seed(seed)
         if self.env is not None and not self._restoring:
-            self.env.seed(seed)
+            slots = self.n_envs // self._env_attr("completions_per_prompt", 1)
+            self.env.seed(seed + rank * slots)
 
     def _setup_learn(self, total_timesteps, callback=None, reset_num_timesteps=True, tb_log_name="run",
                      progress_bar=False):
@@ -302,7 +315,8 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         self.policy.set_training_mode(False)
         callback.on_rollout_start()
         episodes, self._last_obs = collect_episodes(self.policy, env, self._last_obs, callback=callback)
-        self.num_timesteps += episodes.num_steps * env.num_envs
+        # Env steps × rows of every rank (ranks' batches may run different numbers of steps).
+        self.num_timesteps += int(distributed.reduce_sum(torch.tensor(episodes.num_steps * env.num_envs)))
         if not episodes.complete:
             return False  # a callback stopped us mid-batch: the partial batch is not trained on
         for info in episodes.infos:
@@ -310,16 +324,20 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
                 self.ep_info_buffer.extend([info["episode"]])
         self._timings = {"rollout": episodes.seconds,
                          "reward": float(sum(info.get("reward_time", 0.0) for info in episodes.infos))}
+        self.buffer = self.process_episodes(episodes)
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return True
+
+    def process_episodes(self, episodes) -> TokenRolloutBuffer:
+        """A batch of episodes → a buffer ready for `train`: reference pass, shaping, advantages."""
         start = time.perf_counter()
         buffer = TokenRolloutBuffer.from_episodes(episodes, group_size=self.group_size)
         self.reference_pass(buffer)
         self._timings["reference"] = time.perf_counter() - start
         self.shape_rewards(buffer)
         self.compute_advantages(buffer)
-        self.buffer = buffer
-        callback.update_locals(locals())
-        callback.on_rollout_end()
-        return True
+        return buffer
 
     @torch.no_grad()
     def reference_pass(self, buffer: TokenRolloutBuffer, reference_batch_size: int = 16) -> None:
@@ -369,8 +387,9 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
             for minibatch in buffer.minibatches(self.batch_size, self.shuffle_generator):
                 policy.optimizer.zero_grad(set_to_none=True)
                 micros = list(minibatch.split(self.micro_batch_size))
-                context = LossContext(minibatch.mask.sum().clamp(min=1), len(micros), buffer.mask.shape[1],
-                                      clip_range)
+                # Normalisers count every rank's tokens and micro-batches; gradients are then summed.
+                context = LossContext(distributed.reduce_sum(minibatch.mask.sum()).clamp(min=1),
+                                      len(micros) * distributed.world_size(), buffer.mask.shape[1], clip_range)
                 minibatch_stats: dict[str, float] = {}
                 ratio_dev = 0.0
                 for micro in micros:
@@ -389,6 +408,11 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
                     ratio_dev = max(ratio_dev, float(micro_stats.pop("ratio_max_dev", 0.0)))
                     for key, value in micro_stats.items():
                         minibatch_stats[key] = minibatch_stats.get(key, 0.0) + float(value.detach()) * float(weight)
+                if distributed.is_distributed():  # the same numbers on every rank, e.g. for target_kl
+                    keys = sorted(minibatch_stats)
+                    summed = distributed.reduce_sum(torch.tensor([minibatch_stats[k] for k in keys], dtype=torch.float64))
+                    minibatch_stats = dict(zip(keys, summed.tolist()))
+                    ratio_dev = float(distributed.reduce_max(torch.tensor(ratio_dev)))
                 if first_minibatch is None:
                     first_minibatch = {"ratio_max_dev": ratio_dev, "approx_kl": minibatch_stats.get("approx_kl", 0.0)}
                 if self.target_kl is not None and minibatch_stats.get("approx_kl", 0.0) > 1.5 * self.target_kl:
@@ -398,6 +422,7 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
                     if self.verbose >= 2:
                         print(f"early stop at epoch {epoch}: approx_kl {minibatch_stats['approx_kl']:.4f}")
                     break
+                distributed.all_reduce_gradients(policy.parameters())
                 grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), self.max_grad_norm)
                 policy.optimizer.step()
                 self._n_updates += 1
@@ -408,7 +433,8 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
                 break
         # The KL controller moves after the update, on the batch's mean per-sequence KL.
         if buffer.kl is not None:
-            self.kl_controller.update(float(buffer.sequence_kl.mean()), buffer.num_rows)
+            total = distributed.reduce_sum(torch.stack([buffer.sequence_kl.sum(), torch.tensor(float(buffer.num_rows))]))
+            self.kl_controller.update(float(total[0] / total[1]), int(total[1]))
         self._timings["update"] = time.perf_counter() - start
         self._train_stats = {k: float(np.mean(v)) for k, v in stats.items() if v}
         self._train_stats.update({f"first_minibatch_{k}": v for k, v in (first_minibatch or {}).items()})
@@ -454,6 +480,14 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
             values[f"rewards/{name}/mean"] = value
         # Every logged scalar is finite: a quantity undefined this iteration is not logged.
         values = {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
+        if distributed.is_distributed():  # means over ranks (equal rows per rank), logged by rank 0
+            gathered = distributed.all_gather_object(values)
+            keys = set().union(*gathered)
+            values = {k: float(np.mean([g[k] for g in gathered if k in g])) for k in sorted(keys)}
+            if not distributed.is_main_process():
+                self.last_iteration_stats = self._last_values = values
+                return
+            scores = values["objective/scores"]
         for key, value in values.items():
             log.record(key, value)
         if self.ep_info_buffer:
@@ -468,9 +502,10 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         log.dump(step=self.num_timesteps)
         self.last_iteration_stats = self._last_values = values
         if self.verbose >= 1:
-            kl_text = f"kl {values['objective/kl']:7.4f} | " if "objective/kl" in values else ""
+            kl_value = values.get("objective/kl")
+            kl_text = f"kl {kl_value:7.4f} | " if kl_value is not None else ""
             print(f"iter {self.iteration:4d} | steps {self.num_timesteps:7d} | score {scores:7.4f} | {kl_text}"
-                  f"beta {buffer.kl_coef:.4f} | len {values['tokens/response_len_mean']:5.1f} | "
+                  f"beta {values['objective/kl_coef']:.4f} | len {values['tokens/response_len_mean']:5.1f} | "
                   f"rollout {values['time/rollout']:5.1f}s update {values['time/update']:5.1f}s", file=sys.stderr,
                   flush=True)
 
@@ -497,24 +532,31 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
             else:
                 hparams[key] = _plain(value)
         policy_kwargs = {k: _plain(v) for k, v in self.policy_kwargs.items() if k != "model" or isinstance(v, str)}
+        # Every rank's own state (RNGs, env sampler and batch), gathered to rank 0, which writes.
+        ranks = distributed.all_gather_object(checkpoint.encode({
+            "rng": checkpoint.rng_states({"shuffle": self.shuffle_generator}),
+            "env_state": self.env.env_method("get_state", indices=[0])[0] if self.env is not None else None,
+            "last_obs": self._last_obs,
+            "extra": self._extra_state(),
+        }))
+        if not distributed.is_main_process():
+            return
         meta = {"model": self.policy.model_spec, "uses_lora": self.policy.uses_lora,
                 "policy_class": type(self.policy).__name__, "agent_class": type(self).__name__,
-                "num_timesteps": self.num_timesteps, "iteration": self.iteration}
+                "num_timesteps": self.num_timesteps, "iteration": self.iteration,
+                "world_size": distributed.world_size()}
         state = {
             "hparams": hparams,
             "callable_hparams": callables,
             "policy_kwargs": policy_kwargs,
             "optimizer": self.policy.optimizer.state_dict(),
             "kl_controller": self.kl_controller.state_dict(),
-            "extra": self._extra_state(),
             "num_timesteps": self.num_timesteps,
             "n_updates": self._n_updates,
             "iteration": self.iteration,
             "total_iterations": self._total_iterations,
             "total_timesteps": self._total_timesteps,
-            "rng": checkpoint.rng_states({"shuffle": self.shuffle_generator}),
-            "env_state": self.env.env_method("get_state", indices=[0])[0] if self.env is not None else None,
-            "last_obs": self._last_obs,
+            "ranks": ranks,
         }
         checkpoint.write_checkpoint(path, meta, state, self.policy.save_trainable)
 
@@ -528,6 +570,10 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         :param kwargs: override saved hyperparameters (required for those saved as callables).
         """
         path, meta, state = checkpoint.read_checkpoint(path)
+        if meta.get("world_size", 1) != distributed.world_size():
+            raise ValueError(f"{path} was written by {meta.get('world_size', 1)} ranks and this run has "
+                             f"{distributed.world_size()}: resume with the same world size (each rank's prompts, "
+                             "batch and RNGs are its own)")
         if env is None:
             raise ValueError(f"{cls.__name__}.load needs env=...: the token env is not pickled into checkpoints")
         if meta.get("agent_class", cls.__name__) != cls.__name__:
@@ -548,15 +594,16 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         agent.policy.load_trainable(path / "policy")
         agent.policy.optimizer.load_state_dict(state["optimizer"])
         agent.kl_controller.load_state_dict(state["kl_controller"])
-        agent._load_extra_state(state["extra"])
+        own = state["ranks"][distributed.rank()]
+        agent._load_extra_state(own["extra"])
         agent.num_timesteps, agent._n_updates = state["num_timesteps"], state["n_updates"]
         agent.iteration, agent._total_timesteps = state["iteration"], state["total_timesteps"]
         agent._total_iterations = state["total_iterations"]
-        if state["env_state"] is not None and not force_reset:
-            agent.env.env_method("set_state", state["env_state"], indices=[0])
-            agent._last_obs = state["last_obs"]
+        if own["env_state"] is not None and not force_reset:
+            agent.env.env_method("set_state", own["env_state"], indices=[0])
+            agent._last_obs = own["last_obs"]
             agent._keep_last_obs = True
-        checkpoint.set_rng_states(state["rng"], {"shuffle": agent.shuffle_generator})
+        checkpoint.set_rng_states(own["rng"], {"shuffle": agent.shuffle_generator})
         return agent
 
 

@@ -7,6 +7,8 @@ model or env; imports only torch and `agents.ppo_math`.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from agents.ppo_math import masked_mean
@@ -21,10 +23,22 @@ def _groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return rewards.view(-1, group_size)
 
 
+def batch_std(values: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Unbiased standard deviation of all values (of every process, with ``reduce``)."""
+    if reduce is None:
+        return values.std() if values.numel() > 1 else torch.zeros((), device=values.device)
+    total = reduce(torch.stack([values.sum(), (values * values).sum(),
+                                torch.tensor(float(values.numel()), device=values.device)]))
+    n = total[2]
+    mean = total[0] / n
+    return ((total[1] - n * mean * mean).clamp(min=0) / (n - 1).clamp(min=1)).sqrt()
+
+
 def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str = "group",
-                     eps: float = 1e-4) -> torch.Tensor:
+                     eps: float = 1e-4, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """GRPO: (r − mean_group(r)) / (std + ε), std over the group (``group``), the whole batch
-    (``batch``) or none (``none``: Dr. GRPO). std is unbiased, ε = 1e-4, as TRL's."""
+    (``batch``, across processes with ``reduce``) or none (``none``: Dr. GRPO). std is unbiased,
+    ε = 1e-4, as TRL's."""
     if scale_rewards not in SCALE_REWARDS:
         raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
     grouped = _groups(rewards, group_size)
@@ -33,8 +47,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str 
         std = grouped.std(1, keepdim=True).expand_as(grouped).reshape(-1) if group_size > 1 else torch.zeros_like(rewards)
         advantages = advantages / (std + eps)
     elif scale_rewards == "batch":
-        std = rewards.std() if rewards.numel() > 1 else torch.zeros(())
-        advantages = advantages / (std + eps)
+        advantages = advantages / (batch_std(rewards, reduce) + eps)
     return advantages
 
 
@@ -85,9 +98,10 @@ def grpo_loss(per_token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str, 
     return loss / gradient_accumulation_steps
 
 
-def batch_mean_baseline(returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def batch_mean_baseline(returns: torch.Tensor, mask: torch.Tensor,
+                        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """REINFORCE with a batch baseline: G_t − mean(G) over the batch's valid tokens."""
-    return (returns - masked_mean(returns, mask)) * mask
+    return (returns - masked_mean(returns, mask, reduce)) * mask
 
 
 class RunningMeanBaseline:
@@ -98,9 +112,11 @@ class RunningMeanBaseline:
             raise ValueError("baseline_momentum must be in [0, 1)")
         self.momentum, self.value, self.initialised = float(momentum), 0.0, False
 
-    def __call__(self, returns: torch.Tensor, sequence_rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def __call__(self, returns: torch.Tensor, sequence_rewards: torch.Tensor, mask: torch.Tensor,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """Advantages against the baseline *before* this batch updates it, then update."""
-        batch_mean = float(sequence_rewards.float().mean())
+        batch_mean = float(masked_mean(sequence_rewards.float(), torch.ones_like(sequence_rewards, dtype=torch.bool),
+                                       reduce))
         if not self.initialised:
             self.value, self.initialised = batch_mean, True
         advantages = (returns - self.value) * mask

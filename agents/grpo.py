@@ -105,7 +105,7 @@ class GRPO(OnPolicyLMAlgorithm):
     def compute_advantages(self, buffer: TokenRolloutBuffer) -> None:
         """A_i = (r_i − mean_group r) / (std + 1e-4) (``scale_rewards``), on every token of row i."""
         advantages = group_math.group_advantages(self.sequence_reward_for_baseline(buffer), self.group_size,
-                                                 self.scale_rewards)
+                                                 self.scale_rewards, reduce=self._reduce)
         buffer.advantages = group_math.broadcast_to_tokens(advantages, buffer.mask)
         buffer.returns = buffer.advantages
 

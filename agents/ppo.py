@@ -111,14 +111,15 @@ class PPO(OnPolicyLMAlgorithm):
     def compute_advantages(self, buffer: TokenRolloutBuffer) -> None:
         """GAE over tokens (no bootstrap past the end), then whitening over the batch's tokens."""
         if self.calibrate_value_head and self._n_updates == 0:
-            shift = ppo_math.value_calibration_shift(buffer.values, buffer.token_rewards, buffer.mask, self.gamma)
+            shift = ppo_math.value_calibration_shift(buffer.values, buffer.token_rewards, buffer.mask, self.gamma,
+                                                     self._reduce)
             buffer.values = (buffer.values + shift) * buffer.mask
             self.policy.shift_values(shift)
             self.value_shift = shift
         buffer.advantages, buffer.returns = ppo_math.gae(buffer.token_rewards, buffer.values, buffer.mask,
                                                          self.gamma, self.gae_lambda)
         if self.whiten_advantages:
-            buffer.advantages = ppo_math.masked_whiten(buffer.advantages, buffer.mask)
+            buffer.advantages = ppo_math.masked_whiten(buffer.advantages, buffer.mask, reduce=self._reduce)
 
     def loss(self, micro: TokenBatch, log_probs: torch.Tensor, values: torch.Tensor | None,
              context: LossContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

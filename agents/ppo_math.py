@@ -5,18 +5,29 @@ actions are ``t < length[b]``). Pure functions, no model or env; imports only to
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, reduce: Reduce | None = None) -> torch.Tensor:
+    """Σ v·m / Σ m; with ``reduce`` (a sum across processes, no gradient) both sums are global."""
     mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1)
+    if reduce is None:
+        return (values * mask).sum() / mask.sum().clamp(min=1)
+    total = reduce(torch.stack([(values * mask).sum(), mask.sum()]))
+    return total[0] / total[1].clamp(min=1)
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """Normalise to unit variance (and zero mean) over the masked entries of the whole batch."""
-    mean = masked_mean(values, mask)
-    var = masked_mean((values - mean) ** 2, mask)
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+                  reduce: Reduce | None = None) -> torch.Tensor:
+    """Normalise to unit variance (and zero mean) over the masked entries of the whole batch
+    (of every process, with ``reduce``)."""
+    mean = masked_mean(values, mask, reduce)
+    var = masked_mean((values - mean) ** 2, mask, reduce)
     whitened = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
@@ -64,10 +75,10 @@ def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0)
 
 
 def value_calibration_shift(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor,
-                            gamma: float = 1.0) -> float:
+                            gamma: float = 1.0, reduce: Reduce | None = None) -> float:
     """mean(G_t − V_t) over valid tokens: the bias shift that centres the value head on the
     Monte-Carlo returns (0 for a head that is already centred, so applying it is idempotent)."""
-    return float(masked_mean(returns_to_go(rewards, mask, gamma) - values, mask))
+    return float(masked_mean(returns_to_go(rewards, mask, gamma) - values, mask, reduce))
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,

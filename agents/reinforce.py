@@ -88,13 +88,14 @@ class REINFORCE(OnPolicyLMAlgorithm):
         """A_t = G_t − b (``baseline``), then optional whitening over the batch's tokens."""
         returns = ppo_math.returns_to_go(buffer.token_rewards, buffer.mask, self.gamma)
         if self.baseline == "batch":
-            advantages = group_math.batch_mean_baseline(returns, buffer.mask)
+            advantages = group_math.batch_mean_baseline(returns, buffer.mask, self._reduce)
         elif self.baseline == "running":
-            advantages = self.running_baseline(returns, (buffer.token_rewards * buffer.mask).sum(-1), buffer.mask)
+            advantages = self.running_baseline(returns, (buffer.token_rewards * buffer.mask).sum(-1), buffer.mask,
+                                               self._reduce)
         else:
             advantages = returns
         if self.whiten_advantages:
-            advantages = ppo_math.masked_whiten(advantages, buffer.mask)
+            advantages = ppo_math.masked_whiten(advantages, buffer.mask, reduce=self._reduce)
         buffer.advantages, buffer.returns = advantages, returns
 
     def loss(self, micro: TokenBatch, log_probs: torch.Tensor, values: torch.Tensor | None,

@@ -74,6 +74,8 @@ class RLOO(GRPO):
         """A_i = r_i − mean of the other k − 1 rewards of its group (r_i already holds −β·ΣKL)."""
         advantages = group_math.leave_one_out_advantages(self.sequence_reward_for_baseline(buffer), self.group_size)
         if self.normalize_advantages:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-4)
+            everywhere = torch.ones_like(advantages, dtype=torch.bool)
+            mean = ppo_math.masked_mean(advantages, everywhere, self._reduce)
+            advantages = (advantages - mean) / (group_math.batch_std(advantages, self._reduce) + 1e-4)
         buffer.advantages = group_math.broadcast_to_tokens(advantages, buffer.mask)
         buffer.returns = buffer.advantages

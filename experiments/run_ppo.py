@@ -5,7 +5,9 @@ on a 2-core CPU. Pick the algorithm with ``agent=ppo|grpo|rloo|reinforce|reinfor
 or ``agent=sft|star|dpo|kto`` (rounds of learning from scored samples, one round per iteration), a
 preset with ``experiment=NAME``, and override any key with dotted overrides, e.g.
 ``python experiments/run_ppo.py agent=grpo agent.learning_rate=1e-5 output_dir=runs/a``.
-Continue a killed run with ``resume=true``. A thin script: composition only, no algorithm logic.
+Continue a killed run with ``resume=true``. Data parallel on N processes with
+``torchrun --nproc_per_node=N experiments/run_ppo.py ...`` (sizes are per rank; rank 0 logs,
+evaluates and writes). A thin script: composition only, no algorithm logic.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from config import compose  # noqa: E402
 
 def build(cfg, tokenizer, model, eval_env: bool = False):
     import lm_envs
+    from agents import distributed
     from lm_envs.reward_wrappers import VecRewardWrapper, from_config
 
     kwargs = OmegaConf.to_container(cfg.env.kwargs, resolve=True)
@@ -31,9 +34,12 @@ def build(cfg, tokenizer, model, eval_env: bool = False):
     if cfg.data_dir:
         kwargs["data_dir"] = cfg.data_dir
     # Training rows come in groups of completions_per_prompt; evaluation gives each prompt one row.
-    group = {} if eval_env else {"completions_per_prompt": cfg.env.get("completions_per_prompt", 1)}
+    k = cfg.env.get("completions_per_prompt", 1)
+    group = {} if eval_env else {"completions_per_prompt": k}
+    # Rank r's prompt slots are slots [r·S, (r+1)·S) of one big env of S·world slots.
+    offset = 10_000 if eval_env else distributed.rank() * (cfg.env.num_envs // k)
     env = lm_envs.make_vec(cfg.env.id, cfg.env.num_envs, tokenizer, vocab_size=model.config.vocab_size,
-                           seed=cfg.seed + (10_000 if eval_env else 0), **group, **kwargs)
+                           seed=cfg.seed + offset, **group, **kwargs)
     # Both envs get the same wrappers; evaluation reports the raw task score (info["score"]).
     wrappers = OmegaConf.to_container(cfg.env.reward_wrappers, resolve=True) if cfg.env.get("reward_wrappers") else []
     return VecRewardWrapper(env, from_config(wrappers)) if wrappers else env
@@ -75,7 +81,7 @@ def agent_class(cfg):
 
 def prepare(cfg):
     """Build (agent, train env, eval env, resumed-from checkpoint or None) from a composed config."""
-    from agents import latest_checkpoint
+    from agents import distributed, latest_checkpoint
     from policies import load_lm
 
     cls = agent_class(cfg)
@@ -98,10 +104,12 @@ def prepare(cfg):
     agent_kwargs.update(code)
     checkpoints = out / "checkpoints"
     resume_from = latest_checkpoint(checkpoints) if cfg.resume else None
-    if cfg.resume and resume_from is None:
+    main_process = distributed.is_main_process()
+    if cfg.resume and resume_from is None and main_process:
         print(f"resume=true but no checkpoint in {checkpoints}; starting fresh", file=sys.stderr)
     if resume_from is not None:
-        print(f"resuming from {resume_from}", file=sys.stderr)
+        if main_process:
+            print(f"resuming from {resume_from}", file=sys.stderr)
         agent = cls.load(resume_from, env=env, model=model, device=device, tensorboard_log=str(out / "tb"),
                          verbose=cfg.agent.verbose, **code)
     else:
@@ -111,10 +119,18 @@ def prepare(cfg):
 
 
 def main(argv: list[str]) -> dict:
+    from agents import distributed
+
+    layout = distributed.init_from_env()  # torchrun / accelerate launch; None for one process
+    main_process = distributed.is_main_process()
     cfg = compose(argv)
+    cfg.world_size = distributed.world_size()
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        print(f"distributed: backend={layout['backend']} ranks={layout['world_size']} "
+              f"threads/rank={layout['threads']}" if layout else "single process", file=sys.stderr)
     from agents import CheckpointEveryIterations, EvalEveryIterations, evaluate_policy
     from agents.callbacks import StopAfterSeconds
     from agents.checkpoint import write_json
@@ -132,7 +148,7 @@ def main(argv: list[str]) -> dict:
         print(f"eval {tag}: " + " ".join(f"{k}={v:.4g}" for k, v in summary.items()), file=sys.stderr)
         return summary
 
-    if resume_from is None or not (out / "eval_before.json").exists():
+    if main_process and (resume_from is None or not (out / "eval_before.json").exists()):
         evaluate("before")
     callbacks = [CheckpointEveryIterations(checkpoints, every=cfg.checkpoint_every)]
     time_limit = StopAfterSeconds(60 * cfg.time_limit_minutes, verbose=1) if cfg.get("time_limit_minutes") else None
@@ -144,13 +160,15 @@ def main(argv: list[str]) -> dict:
     # and schedules follow the uninterrupted run's progress.
     agent.learn(total_iterations=cfg.iterations, callback=CallbackList(callbacks), progress_bar=cfg.progress_bar,
                 reset_num_timesteps=resume_from is None, tb_log_name=cfg.agent.name)
+    agent.save(checkpoints / f"iter_{agent.iteration:06d}")  # collective: every rank's state, rank 0 writes
+    if not main_process:
+        return {}
     if time_limit is not None and time_limit.fired:
         print(f"safety stop: time_limit_minutes={cfg.time_limit_minutes} fired at iteration {agent.iteration} of "
               f"{cfg.iterations}", file=sys.stderr)
     write_json(out / "run.json", {"agent": cfg.agent.name, "iterations_done": agent.iteration,
-                                  "iterations_budget": cfg.iterations,
+                                  "iterations_budget": cfg.iterations, "world_size": cfg.world_size,
                                   "time_limit_fired": bool(time_limit is not None and time_limit.fired)})
-    agent.save(checkpoints / f"iter_{agent.iteration:06d}")
     if hasattr(agent, "save_merged"):  # SFT, STaR, DPO, KTO: a plain model dir that policy.model= starts from
         agent.save_merged(out / "final")
     else:
@@ -161,4 +179,9 @@ def main(argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    finally:
+        from agents import distributed
+
+        distributed.shutdown()

@@ -1,0 +1,106 @@
+"""Workers for tests/test_distributed.py (spawned processes; gloo on CPU)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+def slice_episodes(episodes, rows):
+    from dataclasses import fields
+
+    from agents.rollout import Episodes
+
+    values = {}
+    for f in fields(Episodes):
+        value = getattr(episodes, f.name)
+        if isinstance(value, torch.Tensor):
+            value = value[rows]
+        elif f.name == "infos":
+            value = [value[i] for i in rows.tolist()]
+        values[f.name] = value
+    return Episodes(**values)
+
+
+def update_on(agent_name, tiny_dir, episodes, rows, out_file):
+    """One update of ``agent_name`` on ``rows`` of ``episodes``; record the gradients (before the
+    optimizer step), the advantages, and the KL controller's value."""
+    from agents import AGENTS
+    from helpers import echo_task
+    from lm_envs import TokenVecEnv
+    from policies import load_lm
+
+    torch.manual_seed(0)
+    model, tokenizer = load_lm(str(tiny_dir))
+    n = len(rows)
+    group = 4 if agent_name in ("grpo", "rloo") else 1
+    env = TokenVecEnv(echo_task(), tokenizer, num_envs=n, max_new_tokens=6, max_prompt_tokens=16, seed=0,
+                      completions_per_prompt=group)
+    common = dict(batch_size=n, micro_batch_size=4, seed=0, learning_rate=1e-3, policy_kwargs=dict(model=model))
+    if agent_name == "ppo":
+        agent = AGENTS["ppo"]("CausalLMPolicy", env, kl_coef=0.05, adaptive_kl=True, kl_target=0.1, kl_horizon=10,
+                              **common)
+    else:
+        agent = AGENTS[agent_name]("CausalLMPolicy", env, beta=0.05, scale_rewards="batch", **common)
+    grads = {}
+    step = agent.policy.optimizer.step
+
+    def record(*args, **kwargs):
+        for name, param in agent.policy.named_parameters():
+            if param.grad is not None:
+                grads[name] = param.grad.detach().clone()
+        return step(*args, **kwargs)
+
+    agent.policy.optimizer.step = record
+    agent._setup_learn(1, None, True, "test", False)  # logger, callbacks: what learn() would set up
+    agent._timings = {}
+    agent.buffer = agent.process_episodes(slice_episodes(episodes, rows))
+    agent.train()
+    torch.save({"grads": grads, "advantages": agent.buffer.advantages, "kl_coef": agent.kl_controller.value,
+                "approx_kl": agent._train_stats.get("approx_kl")}, out_file)
+
+
+def grad_worker(rank, world, init_file, agent_name, tiny_dir, episodes_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        episodes = torch.load(episodes_file, weights_only=False)
+        per_rank = episodes.action_mask.shape[0] // world
+        rows = torch.arange(rank * per_rank, (rank + 1) * per_rank)
+        update_on(agent_name, tiny_dir, episodes, rows, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def audited_run_ppo():
+    """``python dist_workers.py OUT AUDIT_DIR args...``: run experiments/run_ppo.py with an audit
+    hook that records every write-mode open, mkdir and rename under OUT, per rank."""
+    out, audit_dir, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+    writes = []
+
+    def hook(event, event_args):
+        if event == "open" and event_args[0] is not None and isinstance(event_args[0], (str, Path)):
+            path, mode, flags = str(event_args[0]), event_args[1], event_args[2]
+            writing = (mode is not None and any(c in str(mode) for c in "wax+")) or (
+                isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+            if writing and path.startswith(out):
+                writes.append(path)
+        elif event in ("os.mkdir", "os.rename", "os.replace") and str(event_args[0]).startswith(out):
+            writes.append(str(event_args[0]))
+
+    sys.addaudithook(hook)
+    import atexit
+    import runpy
+
+    rank = os.environ.get("RANK", "0")
+    atexit.register(lambda: Path(audit_dir, f"rank{rank}.json").write_text(json.dumps(writes)))
+    sys.argv = ["run_ppo.py", *args]
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "experiments" / "run_ppo.py"), run_name="__main__")
+
+
+if __name__ == "__main__":
+    audited_run_ppo()

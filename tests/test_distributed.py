@@ -1,0 +1,141 @@
+"""Data parallelism on torch.distributed (gloo, 2 CPU processes): the same update as one process,
+the same statistics on every rank, exact resume after killing both ranks, rank 0 alone writes."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import dist_workers
+from helpers import echo_task
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("agent_name", ["ppo", "grpo"])
+def test_two_ranks_give_one_process_gradients(agent_name, tiny_dir, tiny_lm, tmp_path):
+    """One update with 2 ranks × 8 rows == one process with the same 16 rows: gradients before the
+    optimizer step (within 1e-5 relative), whitened advantages, the KL controller, approx-KL."""
+    from agents.rollout import collect_episodes
+    from lm_envs import TokenVecEnv
+    from policies import CausalLMPolicy  # noqa: F401  (the policy class the agents build)
+
+    model, tokenizer = tiny_lm
+    group = 4 if agent_name == "grpo" else 1
+    def varied(completions, references, prompts=None):  # a reward that differs from row to row
+        return np.array([len(c) % 7 / 6 for c in completions], dtype=np.float32)
+
+    env = TokenVecEnv(echo_task(reward=varied), tokenizer, num_envs=16, max_new_tokens=6, max_prompt_tokens=16,
+                      seed=0, completions_per_prompt=group)
+    from agents import AGENTS
+
+    sampler = AGENTS["ppo"]("CausalLMPolicy", env, batch_size=16, seed=0, kl_coef=0.0,
+                            policy_kwargs=dict(model=str(tiny_dir)))
+    torch.manual_seed(0)
+    episodes, _ = collect_episodes(sampler.policy, env)
+    assert len(set(episodes.lengths.tolist())) > 1  # rows of different lengths: normalisers matter
+    assert episodes.env_rewards.std() > 0.1
+    torch.save(episodes, tmp_path / "episodes.pt")
+
+    single = tmp_path / "single"
+    single.mkdir()
+    dist_workers.update_on(agent_name, tiny_dir, episodes, torch.arange(16), single / "rank0.pt")
+    double = tmp_path / "double"
+    double.mkdir()
+    mp.spawn(dist_workers.grad_worker, args=(2, str(tmp_path / "init"), agent_name, str(tiny_dir),
+                                             str(tmp_path / "episodes.pt"), str(double)), nprocs=2, join=True)
+    one = torch.load(single / "rank0.pt")
+    ranks = [torch.load(double / f"rank{r}.pt") for r in range(2)]
+    assert one["grads"] and ranks[0]["grads"].keys() == one["grads"].keys()
+    flat = torch.cat([g.reshape(-1) for g in one["grads"].values()])
+    assert flat.norm() > 1e-3  # a real signal, not float noise
+    for result in ranks:
+        other = torch.cat([result["grads"][name].reshape(-1) for name in one["grads"]])
+        assert (other - flat).norm() <= 1e-5 * flat.norm()  # the whole gradient, within 1e-5 relative
+        for name, grad in one["grads"].items():  # and each parameter's, but for float-noise-sized ones
+            assert (result["grads"][name] - grad).norm() <= 1e-4 * grad.norm() + 1e-7 * flat.norm(), name
+    # Batch statistics are global: the ranks' advantages are the single process's rows.
+    torch.testing.assert_close(torch.cat([r["advantages"] for r in ranks]), one["advantages"], rtol=1e-5, atol=1e-6)
+    assert ranks[0]["kl_coef"] == ranks[1]["kl_coef"] == pytest.approx(one["kl_coef"], rel=1e-6)
+    assert ranks[0]["approx_kl"] == ranks[1]["approx_kl"] == pytest.approx(one["approx_kl"], rel=1e-4, abs=1e-9)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(tiny_dir, out, audit, *extra):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           str(REPO / "tests" / "dist_workers.py"), str(out), str(audit), "experiment=tiny_test",
+           f"policy.model={tiny_dir}", "policy.lora.r=2", "policy.lora.target_modules=[q_proj,v_proj]",
+           f"output_dir={out}", "progress_bar=false", "env.eval_episodes=2", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+
+
+def adapter(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "final" / "adapter_model.safetensors"))
+
+
+def test_kill_both_ranks_then_resume_equals_the_uninterrupted_run_and_only_rank0_writes(tiny_dir, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    audits = {name: tmp_path / f"audit_{name}" for name in ("straight", "killed", "resumed")}
+    for directory in audits.values():
+        directory.mkdir()
+    proc = torchrun(tiny_dir, straight, audits["straight"], "iterations=40")
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    assert "distributed: backend=gloo ranks=2" in output
+    config = (straight / "config.yaml").read_text()
+    assert "world_size: 2" in config
+    assert json.loads((straight / "run.json").read_text())["world_size"] == 2
+    # Rank 0 alone wrote files; rank 1 wrote nothing under output_dir.
+    rank0 = json.loads((audits["straight"] / "rank0.json").read_text())
+    rank1 = json.loads((audits["straight"] / "rank1.json").read_text())
+    assert rank0 and rank1 == []
+
+    proc = torchrun(tiny_dir, killed, audits["killed"], "iterations=40")
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(killed.glob("checkpoints/iter_00000[2-9]")):
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[0]
+    os.killpg(proc.pid, signal.SIGKILL)  # both ranks and the launcher
+    proc.wait()
+    done = sorted(p.name for p in (killed / "checkpoints").iterdir() if p.name.startswith("iter_"))
+    assert done and done[-1] != "iter_000040"
+    resumed = torchrun(tiny_dir, killed, audits["resumed"], "iterations=40", "resume=true")
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output
+    assert "resuming from" in output
+    a, b = adapter(straight), adapter(killed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_with_another_world_size_is_a_clear_error(tiny_dir, tiny_lm, tmp_path):
+    from agents import PPO, checkpoint
+    from lm_envs import TokenVecEnv
+
+    env = TokenVecEnv(echo_task(), tiny_lm[1], num_envs=4, max_new_tokens=4, max_prompt_tokens=16, seed=0)
+    agent = PPO("CausalLMPolicy", env, batch_size=4, seed=0, policy_kwargs=dict(model=str(tiny_dir)))
+    agent.save(tmp_path / "ckpt")
+    meta = json.loads((tmp_path / "ckpt" / "meta.json").read_text())
+    meta["world_size"] = 2
+    (tmp_path / "ckpt" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="written by 2 ranks and this run has 1"):
+        PPO.load(tmp_path / "ckpt", env=env)
+    assert checkpoint.CHECKPOINT_FORMAT == meta["format"]
