@@ -279,7 +279,7 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
             sys.maxsize // 2 if total_timesteps is None else total_timesteps, callback, reset_num_timesteps,
             tb_log_name or self.tb_name, progress_bar=progress_bar and total_iterations is None)
         bar = None
-        if progress_bar and total_iterations is not None:
+        if progress_bar and total_iterations is not None and distributed.is_main_process():
             from tqdm.auto import tqdm
 
             bar = tqdm(total=total_iterations, initial=min(self.iteration, total_iterations), unit="iter",

@@ -121,3 +121,10 @@ def test_grpo_runs_end_to_end_and_resumes(tiny_dir, tmp_path):
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
     assert "iter    3" in output and "iter    1 |" not in output
+    # The comparison script overlays runs and tabulates their held-out evaluations.
+    import compare_runs
+
+    compare_runs.main([str(tmp_path / "compare"), f"grpo={tmp_path}"])
+    assert (tmp_path / "compare" / "score_kl_vs_time.png").stat().st_size > 1000
+    table = (tmp_path / "compare" / "before_after.md").read_text().splitlines()
+    assert table[2].startswith("| grpo | 3 |")
