@@ -381,7 +381,13 @@ def _humaneval_x_task(language: str, split: str, data_dir: str | None, reward: R
                       task_kwargs: dict[str, Any]) -> Task:
     name = f"humaneval-{language}"
     _check_split(f"HumanEval-X {language}", split, ("test",))
-    rows = validate_rows(load_humaneval_x(language, data_dir, lenient=True), ("name", "prompt", "tests"), name, on_bad_row)
+    # A record the verdict planner cannot turn into plain-data tests (e.g. C++ `Union_*` types)
+    # would make the reward raise when sampled: it is a malformed row here, skipped or an error.
+    from rewards.multipl_e import cpp_plan, java_plan
+
+    plan = {"cpp": cpp_plan, "java": java_plan}[language]
+    rows = validate_rows(load_humaneval_x(language, data_dir, lenient=True), ("name", "prompt", "tests"), name, on_bad_row,
+                         check=lambda r: plan(r) is not None)
     return _completion_task(rows, name, make_reward(reward, name, reward_kwargs), split, limit, task_kwargs)
 
 
@@ -394,7 +400,7 @@ def humaneval_cpp_task(
     on_bad_row: str = "skip",
     **task_kwargs: Any,
 ) -> Task:
-    """HumanEval-X C++ (MultiPL-E format), 161 problems, ``test`` split only.
+    """HumanEval-X C++ (MultiPL-E format), 161 records, 158 usable (three use `Union_*` types that have no plain-data verdict and are skipped as malformed), ``test`` split only.
 
     Data: local ``humaneval-x/humaneval-cpp.jsonl``, else hub ``nuprl/MultiPL-E``. Prompt: the
     record's ``prompt`` (includes, comment, signature and ``{``) verbatim, no chat template; the

@@ -215,11 +215,14 @@ def test_code_references_are_whole_records_the_rewards_accept():
 
 def test_humaneval_prompts_are_the_code_prefix(chat_tokenizer):
     for builder, size, stop in ((lm_envs.humaneval_task, 164, lm_envs.HUMANEVAL_STOP_STRINGS),
-                                (lm_envs.humaneval_cpp_task, 161, ("\n}",)),
+                                # 161 records, of which 3 (Union_* types) have no plain-data verdict
+                                (lm_envs.humaneval_cpp_task, 158, ("\n}",)),
                                 (lm_envs.humaneval_java_task, 158, ("\n    }\n",))):
         task = builder()
         assert len(task) == size and task.chat_template is False
         assert task.prompt(3, chat_tokenizer) == task.references[3]["prompt"]  # no chat template, verbatim
+    with pytest.raises(ValueError, match="humaneval-cpp: 3 malformed rows"):
+        lm_envs.humaneval_cpp_task(on_bad_row="error")
     env = gym.make("lm_envs/HumanEvalJava-v0", tokenizer=chat_tokenizer, **SMALL)
     assert env.unwrapped.batch.stop_strings == ("\n    }\n",)
     env = gym.make("lm_envs/HumanEval-v0", tokenizer=chat_tokenizer, **SMALL)
