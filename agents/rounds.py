@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from agents import distributed
 from agents.buffer import TokenRolloutBuffer
 from agents.core import OnPolicyLMAlgorithm
 from agents.rollout import Episodes, collect_episodes
@@ -75,6 +76,9 @@ class ScoredRolloutAlgorithm(OnPolicyLMAlgorithm):
             raise ValueError("batch_size and micro_batch_size must be positive")
         if rollout_batches < 1:
             raise ValueError(f"rollout_batches must be at least 1, got {rollout_batches}")
+        if distributed.is_distributed():  # its update sums no gradients across ranks: refuse, never diverge
+            raise RuntimeError(f"{type(self).__name__} runs in one process; launch it without torchrun "
+                               "(the online agents PPO, GRPO, RLOO and REINFORCE run data parallel)")
         policy_kwargs = dict(policy_kwargs or {})
         policy_kwargs.setdefault("reference", self.needs_reference)
         self.rollout_batches, self.from_base = rollout_batches, from_base

@@ -137,7 +137,7 @@ def test_grpo_loss_equals_trls_compute_loss(loss_type, beta, correction, tiny_di
     theirs.backward()
     their_grads = {n: p.grad.clone() for n, p in agent.policy.model.named_parameters() if p.grad is not None}
 
-    assert float(ours) == pytest.approx(float(theirs), abs=1e-5)
+    assert float(ours.detach()) == pytest.approx(float(theirs.detach()), abs=1e-5)
     assert our_grads.keys() == their_grads.keys() and our_grads
     for name in our_grads:
         torch.testing.assert_close(our_grads[name], their_grads[name], atol=1e-5, rtol=1e-4)
