@@ -1,28 +1,24 @@
 """Insert ``<|pause|>`` control tokens into GSM8K answers (the PauseToken research line).
 
 An SFT warm-up on the augmented answers teaches a model to emit pauses before it is trained
-with RL. Three insertion modes, usable together (their pauses are simply added up):
+with RL. The flags are the seed project's (``--dataset_location``, ``--pause_token``,
+``--n_pauses_per_patterns``, ``--augm_dataset_save_location``, ``--pause_augm_col_name``,
+``--verbose``, ``--n_random_pauses``, ``--tokenizer_hf_name``, ``--seed``,
+``--variable_number_of_pauses``, ``--n_generated_samples_per_datapoint``) plus
+``--pause_probability``, ``--source_col_name`` and ``--limit``. The insertion modes, the
+protected ``#### N`` line and the seeding are in `policies.pause_data`, which this script
+composes.
 
-* **random** (``--n_random_pauses N``): exactly N pauses at uniformly random insertion
-  points (drawn with replacement, so several pauses may sit together), or a count drawn from
-  U{0..N} per sample with ``--variable_number_of_pauses``;
-* **pattern** (``--n_pauses_per_patterns '{"\\n": 2}'``): n pauses right after every
-  occurrence of each pattern (non-overlapping occurrences; counts are always exact);
-* **probability** (``--pause_probability p``): after each token/word, one pause with
-  probability p.
+``--dataset_location`` takes what the seed passes: a directory of json-lines files, one per
+split (``train.jsonl``/``test.jsonl``, or the seed's ``train.json``/``test.json``), a single
+json-lines file, a ``datasets`` ``save_to_disk`` directory (a Dataset or a DatasetDict), or a
+hub id. Every split is augmented. The output keeps the input's shape:
 
-Insertion points for the random and probability modes are token boundaries (the end of each
-token) of ``--tokenizer_hf_name`` when given, else the ends of whitespace-delimited words.
-Pattern mode inserts right after the pattern, wherever that falls.
-
-**The gold answer is protected.** Nothing is ever inserted in the final ``#### N`` line, nor
-at the start of it: the protected tail is the newline before the last ``####`` plus that
-whole line, so ``rewards.math.extract_answer`` and ``format_ok`` read the augmented answer
-exactly as the original. A pattern occurrence that ends inside the tail (e.g. the ``\\n``
-just before ``####``) is skipped. Removing every pause string gives back the input exactly.
-
-Randomness is seeded per sample from ``(seed, row index, sample index)``: the same seed gives
-identical output, different seeds differ, and ``--limit`` does not change the rows it keeps.
+* ``--augm_dataset_save_location`` ending in ``.jsonl``/``.json``: one json-lines file (the
+  input must have one split);
+* from a directory of split files: a directory with one json-lines file per split, named as
+  the input's (as the seed writes ``train.json``/``test.json``);
+* otherwise: a ``save_to_disk`` directory (a Dataset for one split, a DatasetDict for several).
 
 Example::
 
@@ -34,314 +30,59 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_PAUSE = "<|pause|>"
-MODES = ("random", "pattern", "probability")
-# Hub ids whose default config is not the only one (openai/gsm8k has "main" and "socratic").
-HUB_DEFAULT_CONFIGS = {"openai/gsm8k": "main", "gsm8k": "main"}
+from agents.checkpoint import atomic_write_text
+from policies.pause import PAUSE_TOKEN
+from policies.pause_data import (MODES, SPLIT_FILE_SUFFIXES, AugmentStats, augment_rows, load_splits, load_tokenizer,
+                                 source_layout, split_files)
 
 
-# --------------------------------------------------------------------------- positions
+# --------------------------------------------------------------------------- writing rows
 
 
-def protected_start(text: str) -> int:
-    """First index of the protected tail: the newline before the last ``####`` line.
-
-    Insertion points must be ``<= protected_start(text)``. Without a ``####`` nothing is
-    protected (``len(text)``); a marker on the first line protects the whole text (0).
-    """
-    marker = text.rfind("####")
-    if marker < 0:
-        return len(text)
-    newline = text.rfind("\n", 0, marker)
-    return newline if newline >= 0 else 0
-
-
-def word_boundaries(text: str) -> list[int]:
-    """End offsets of the whitespace-delimited words: pauses go right after a word."""
-    return [m.end() for m in re.finditer(r"\S+", text)]
-
-
-def token_boundaries(text: str, tokenizer: Any) -> list[int]:
-    """End offsets of the tokens of `text` under a fast tokenizer (character offsets).
-
-    An end that falls strictly inside another token's span (byte-level BPE can split one
-    character over several tokens) is dropped: a pause there would cut the character.
-    """
-    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    spans = [(int(s), int(e)) for s, e in offsets if e > s]
-    ends = sorted({e for _, e in spans})
-    return [e for e in ends if not any(s < e < t for s, t in spans)]
-
-
-def candidate_points(text: str, boundaries: Iterable[int] | None = None) -> list[int]:
-    """Allowed insertion points: the boundaries (default: word ends) outside the protected tail."""
-    limit = protected_start(text)
-    points = word_boundaries(text) if boundaries is None else boundaries
-    return sorted({int(b) for b in points if 0 < int(b) <= limit})
-
-
-def random_positions(text: str, n: int, rng: np.random.Generator, boundaries: Iterable[int] | None = None) -> list[int]:
-    """`n` insertion points drawn uniformly with replacement (exactly n, unless there is none)."""
-    if n < 0:
-        raise ValueError(f"number of pauses must be >= 0, got {n}")
-    points = candidate_points(text, boundaries)
-    if n == 0 or not points:
-        return []
-    return sorted(int(p) for p in rng.choice(points, size=n, replace=True))
-
-
-def pattern_positions(text: str, patterns: Mapping[str, int]) -> list[int]:
-    """`count` copies of the end offset of every non-overlapping occurrence of each pattern."""
-    limit = protected_start(text)
-    positions: list[int] = []
-    for pattern, count in patterns.items():
-        if not pattern:
-            raise ValueError("patterns must be non-empty strings")
-        if int(count) < 0:
-            raise ValueError(f"pause count for pattern {pattern!r} must be >= 0, got {count}")
-        ends = [m.end() for m in re.finditer(re.escape(pattern), text)]
-        positions += [e for e in ends if e <= limit for _ in range(int(count))]
-    return sorted(positions)
-
-
-def probabilistic_positions(text: str, p: float, rng: np.random.Generator,
-                            boundaries: Iterable[int] | None = None) -> list[int]:
-    """Each allowed insertion point independently, with probability `p`."""
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"pause probability must be in [0, 1], got {p}")
-    points = candidate_points(text, boundaries)
-    if p == 0.0 or not points:
-        return []
-    keep = rng.random(len(points)) < p
-    return [pt for pt, k in zip(points, keep) if k]
-
-
-def insert_at(text: str, positions: Iterable[int], pause_token: str = DEFAULT_PAUSE) -> str:
-    """Insert one `pause_token` per entry of `positions` (offsets in the original `text`)."""
-    pieces, last = [], 0
-    for pos in sorted(positions):
-        if not 0 <= pos <= len(text):
-            raise ValueError(f"insertion point {pos} outside the text (length {len(text)})")
-        pieces += [text[last:pos], pause_token]
-        last = pos
-    pieces.append(text[last:])
-    return "".join(pieces)
-
-
-def remove_pauses(text: str, pause_token: str = DEFAULT_PAUSE) -> str:
-    """Inverse of the insertion: drop every pause string."""
-    return text.replace(pause_token, "")
-
-
-def insert_random_pauses(text: str, n: int, rng: np.random.Generator, boundaries: Iterable[int] | None = None,
-                         pause_token: str = DEFAULT_PAUSE) -> str:
-    """`text` with exactly `n` pauses at random boundaries (with replacement)."""
-    return insert_at(text, random_positions(text, n, rng, boundaries), pause_token)
-
-
-def insert_pattern_pauses(text: str, patterns: Mapping[str, int], pause_token: str = DEFAULT_PAUSE) -> str:
-    """`text` with ``patterns[pat]`` pauses after every occurrence of each pattern `pat`."""
-    return insert_at(text, pattern_positions(text, patterns), pause_token)
-
-
-def insert_probabilistic_pauses(text: str, p: float, rng: np.random.Generator,
-                                boundaries: Iterable[int] | None = None, pause_token: str = DEFAULT_PAUSE) -> str:
-    """`text` with a pause after each token/word with probability `p`."""
-    return insert_at(text, probabilistic_positions(text, p, rng, boundaries), pause_token)
-
-
-# --------------------------------------------------------------------------- rows
-
-
-@dataclass
-class AugmentStats:
-    """What a run did; `pauses` is per mode, `per_sample` the total pauses of each output row."""
-
-    rows_in: int = 0
-    rows_out: int = 0
-    pauses: dict[str, int] = field(default_factory=lambda: {m: 0 for m in MODES})
-    per_sample: list[int] = field(default_factory=list)
-
-    def summary(self) -> dict[str, Any]:
-        counts = np.asarray(self.per_sample or [0])
-        n = max(1, self.rows_out)
-        return {
-            "rows_in": self.rows_in,
-            "rows_out": self.rows_out,
-            "pauses_total": int(sum(self.pauses.values())),
-            "pauses_per_mode": dict(self.pauses),
-            "mean_pauses_per_sample": float(sum(self.pauses.values()) / n),
-            "mean_pauses_per_sample_per_mode": {m: self.pauses[m] / n for m in MODES},
-            "min_pauses_per_sample": int(counts.min()),
-            "max_pauses_per_sample": int(counts.max()),
-            "samples_without_pause": int(sum(c == 0 for c in self.per_sample)),
-        }
-
-
-def augment_text(text: str, rng: np.random.Generator, *, n_random_pauses: int = 0,
-                 variable_number_of_pauses: bool = False, patterns: Mapping[str, int] | None = None,
-                 pause_probability: float = 0.0, boundaries: Sequence[int] | None = None,
-                 pause_token: str = DEFAULT_PAUSE) -> tuple[str, dict[str, int]]:
-    """One augmented sample of `text` and the pauses each mode inserted.
-
-    All modes pick points in the original text, so they do not see each other's pauses.
-    """
-    n = int(rng.integers(0, n_random_pauses + 1)) if variable_number_of_pauses else n_random_pauses
-    chosen = {
-        "random": random_positions(text, n, rng, boundaries),
-        "pattern": pattern_positions(text, patterns or {}),
-        "probability": probabilistic_positions(text, pause_probability, rng, boundaries),
-    }
-    out = insert_at(text, [p for positions in chosen.values() for p in positions], pause_token)
-    return out, {mode: len(positions) for mode, positions in chosen.items()}
-
-
-def augment_rows(rows: Sequence[Mapping[str, Any]], *, source_col_name: str = "answer",
-                 pause_augm_col_name: str = "answer", pause_token: str = DEFAULT_PAUSE,
-                 n_random_pauses: int = 0, variable_number_of_pauses: bool = False,
-                 n_pauses_per_patterns: Mapping[str, int] | None = None, pause_probability: float = 0.0,
-                 n_generated_samples_per_datapoint: int = 1, seed: int = 0,
-                 tokenizer: Any | None = None) -> tuple[list[dict[str, Any]], AugmentStats]:
-    """k augmented copies of every row (consecutive in the output), plus run statistics.
-
-    Each output row is the input row with `pause_augm_col_name` set to the augmented
-    `source_col_name` text (the source is kept when the names differ).
-    """
-    if n_generated_samples_per_datapoint < 1:
-        raise ValueError(f"n_generated_samples_per_datapoint must be >= 1, got {n_generated_samples_per_datapoint}")
-    if n_random_pauses < 0:
-        raise ValueError(f"n_random_pauses must be >= 0, got {n_random_pauses}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    if not pause_token:
-        raise ValueError("pause_token must be a non-empty string")
-    stats = AugmentStats(rows_in=len(rows))
-    out: list[dict[str, Any]] = []
-    for i, row in enumerate(rows):
-        if source_col_name not in row:
-            raise KeyError(f"row {i} has no column {source_col_name!r}; columns: {sorted(row)}")
-        text = row[source_col_name]
-        if not isinstance(text, str):
-            raise TypeError(f"row {i}: column {source_col_name!r} must hold text, got {type(text).__name__}")
-        # Tokenize once per row: the boundaries do not depend on the sample.
-        boundaries = token_boundaries(text, tokenizer) if tokenizer is not None else None
-        for j in range(n_generated_samples_per_datapoint):
-            # One stream per (seed, row, sample): reproducible and independent of --limit.
-            rng = np.random.default_rng([seed, i, j])
-            augmented, counts = augment_text(
-                text, rng, n_random_pauses=n_random_pauses, variable_number_of_pauses=variable_number_of_pauses,
-                patterns=n_pauses_per_patterns, pause_probability=pause_probability, boundaries=boundaries,
-                pause_token=pause_token)
-            out.append({**row, pause_augm_col_name: augmented})
-            for mode, c in counts.items():
-                stats.pauses[mode] += c
-            stats.per_sample.append(sum(counts.values()))
-    stats.rows_out = len(out)
-    return out, stats
-
-
-# --------------------------------------------------------------------------- I/O
-
-
-def local_gsm8k_hint() -> Path:
-    """Where the local GSM8K train file is expected ($LM_ENVS_DATA_DIR or ../shared/data)."""
-    return Path(os.environ.get("LM_ENVS_DATA_DIR") or REPO.parent / "shared" / "data") / "gsm8k" / "train.jsonl"
-
-
-def _looks_like_path(location: str) -> bool:
-    return (location.startswith((".", "/", "~")) or location.endswith((".jsonl", ".json"))
-            or location.count("/") > 1 or os.sep != "/" and os.sep in location)
-
-
-def load_rows(location: str, limit: int | None = None) -> list[dict[str, Any]]:
-    """Rows from a jsonl file, a `save_to_disk` directory, or a hub id (``name`` or ``name:config``)."""
-    path = Path(location).expanduser()
-    if path.is_file():
-        rows = []
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    rows.append(json.loads(line))
-                    if limit is not None and len(rows) >= limit:
-                        break
-        return rows
-    if path.is_dir():
-        import datasets
-
-        data = datasets.load_from_disk(str(path))
-        if isinstance(data, datasets.DatasetDict):
-            if "train" not in data and len(data) != 1:
-                raise ValueError(f"{path} holds splits {list(data)}; save a single split or a 'train' split")
-            data = data["train"] if "train" in data else next(iter(data.values()))
-        if limit is not None:
-            data = data.select(range(min(limit, len(data))))
-        return [dict(row) for row in data]
-    if _looks_like_path(location):
-        raise FileNotFoundError(f"dataset file or directory {location!r} does not exist")
-    return _load_from_hub(location, limit)
-
-
-def _load_from_hub(location: str, limit: int | None) -> list[dict[str, Any]]:
-    import datasets
-
-    name, _, config = location.partition(":")
-    split = "train" if limit is None else f"train[:{limit}]"
-    try:
-        data = datasets.load_dataset(name, config or HUB_DEFAULT_CONFIGS.get(name), split=split)
-    except Exception as err:  # datasets raises several types when the hub is unreachable
-        raise ConnectionError(
-            f"could not load dataset {location!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
-            f"This machine may be offline: pass a local file instead, e.g. "
-            f"--dataset_location {local_gsm8k_hint()} (a jsonl file or a save_to_disk directory)."
-        ) from err
-    return [dict(row) for row in data]
+def jsonl_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 def save_rows(rows: Sequence[Mapping[str, Any]], location: str) -> Path:
-    """A ``.jsonl`` path writes json lines; anything else is a `Dataset.save_to_disk` directory."""
+    """A ``.jsonl``/``.json`` path writes json lines (atomically); anything else is a
+    `Dataset.save_to_disk` directory."""
     path = Path(location).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".jsonl":
-        with open(path, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if path.suffix in SPLIT_FILE_SUFFIXES:
+        atomic_write_text(path, jsonl_text(rows))
     else:
         import datasets
 
+        path.parent.mkdir(parents=True, exist_ok=True)
         datasets.Dataset.from_list([dict(r) for r in rows]).save_to_disk(str(path))
     return path
 
 
-def load_tokenizer(name: str) -> Any:
-    """A fast tokenizer: an embedded model name (``smollm2-135m-instruct``), a local path or a hub id."""
-    from transformers import AutoTokenizer
+def save_splits(splits: Mapping[str, Sequence[Mapping[str, Any]]], location: str,
+                file_names: Mapping[str, str] | None = None) -> Path:
+    """Write every split: one file (a ``.jsonl``/``.json`` path, one split only); with
+    `file_names` (``{split: "train.json"}``), one json-lines file per split in the directory
+    `location`; else a ``save_to_disk`` directory (a DatasetDict when there are several splits)."""
+    path = Path(location).expanduser()
+    if path.suffix in SPLIT_FILE_SUFFIXES or len(splits) == 1 and file_names is None:
+        if len(splits) != 1:
+            raise ValueError(f"the data has splits {sorted(splits)}; give a directory to "
+                             f"--augm_dataset_save_location, not the file {location}")
+        return save_rows(next(iter(splits.values())), location)
+    if file_names is not None:
+        for split, rows in splits.items():
+            atomic_write_text(path / file_names[split], jsonl_text(rows))
+        return path
+    import datasets
 
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))  # `policies` when run as a script from a checkout
-    from policies.loading import EMBEDDED_MODELS, embedded_checkpoint
-
-    if name in EMBEDDED_MODELS:
-        tokenizer = AutoTokenizer.from_pretrained(embedded_checkpoint(name))
-    else:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(name))
-        except OSError as err:
-            raise OSError(f"could not load tokenizer {name!r} ({err}). Offline? Pass a local directory "
-                          f"or the embedded name {sorted(EMBEDDED_MODELS)[0]!r}.") from err
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"tokenizer {name!r} is not a fast tokenizer; token boundaries need offset mappings")
-    return tokenizer
+    path.parent.mkdir(parents=True, exist_ok=True)
+    datasets.DatasetDict({split: datasets.Dataset.from_list([dict(r) for r in rows])
+                          for split, rows in splits.items()}).save_to_disk(str(path))
+    return path
 
 
 # --------------------------------------------------------------------------- CLI
@@ -364,10 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset_location", required=True,
-                        help="jsonl file, save_to_disk directory, or hub id (e.g. openai/gsm8k, needs internet)")
+                        help="a directory of per-split jsonl files, a jsonl file, a save_to_disk directory, or a hub id "
+                             "(e.g. openai/gsm8k, needs internet)")
     parser.add_argument("--augm_dataset_save_location", required=True,
-                        help="output: a .jsonl path, or a directory for Dataset.save_to_disk")
-    parser.add_argument("--pause_token", default=DEFAULT_PAUSE)
+                        help="output: a .jsonl path, a directory of per-split files (from a directory of split "
+                             "files), or a directory for save_to_disk")
+    parser.add_argument("--pause_token", default=PAUSE_TOKEN)
     parser.add_argument("--n_pauses_per_patterns", type=parse_patterns, default={},
                         help='JSON pattern -> pauses inserted after each occurrence, e.g. \'{"\\n": 2}\'')
     parser.add_argument("--n_random_pauses", type=int, default=0, help="pauses at random positions per sample")
@@ -377,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="after each token/word, insert a pause with this probability")
     parser.add_argument("--tokenizer_hf_name", default=None,
                         help="insert at this tokenizer's token boundaries (hub id, local path or "
-                             "smollm2-135m-instruct); default: word ends")
+                             "smollm2-135m-instruct); default (or 'None', as the seed): word ends")
     parser.add_argument("--source_col_name", default="answer")
     parser.add_argument("--pause_augm_col_name", default="answer", help="output column (default overwrites answer)")
     parser.add_argument("--n_generated_samples_per_datapoint", type=int, default=1)
@@ -394,19 +137,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("nothing to insert: give --n_random_pauses, --n_pauses_per_patterns or --pause_probability")
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be >= 1")
+    tokenizer_name = None if args.tokenizer_hf_name in (None, "", "None") else args.tokenizer_hf_name
     try:
-        rows = load_rows(args.dataset_location, args.limit)
-        tokenizer = load_tokenizer(args.tokenizer_hf_name) if args.tokenizer_hf_name else None
-        out, stats = augment_rows(
-            rows, source_col_name=args.source_col_name, pause_augm_col_name=args.pause_augm_col_name,
-            pause_token=args.pause_token, n_random_pauses=args.n_random_pauses,
-            variable_number_of_pauses=args.variable_number_of_pauses,
-            n_pauses_per_patterns=args.n_pauses_per_patterns, pause_probability=args.pause_probability,
-            n_generated_samples_per_datapoint=args.n_generated_samples_per_datapoint, seed=args.seed,
-            tokenizer=tokenizer)
-        saved = save_rows(out, args.augm_dataset_save_location)
+        layout = source_layout(args.dataset_location)
+        splits = load_splits(args.dataset_location, args.limit)
+        tokenizer = load_tokenizer(tokenizer_name) if tokenizer_name else None
+        augmented, stats = {}, AugmentStats()
+        for split, rows in splits.items():
+            augmented[split], split_stats = augment_rows(
+                rows, source_col_name=args.source_col_name, pause_augm_col_name=args.pause_augm_col_name,
+                pause_token=args.pause_token, n_random_pauses=args.n_random_pauses,
+                variable_number_of_pauses=args.variable_number_of_pauses,
+                n_pauses_per_patterns=args.n_pauses_per_patterns, pause_probability=args.pause_probability,
+                n_generated_samples_per_datapoint=args.n_generated_samples_per_datapoint, seed=args.seed,
+                tokenizer=tokenizer)
+            stats.merge(split_stats)
+        names = ({split: file.name for split, file in split_files(Path(args.dataset_location).expanduser()).items()}
+                 if layout == "split_files" else None)
+        saved = save_splits(augmented, args.augm_dataset_save_location, names)
     except (OSError, ValueError, KeyError, TypeError) as err:  # ConnectionError is an OSError
         raise SystemExit(f"error: {err}") from err
+    out = [row for rows in augmented.values() for row in rows]
     if args.verbose:
         for row in out[:3]:
             print(f"--- {args.source_col_name} -> {args.pause_augm_col_name}")
@@ -418,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for mode in MODES:
         print(f"  {mode:<11} {summary['pauses_per_mode'][mode]:>7} pauses, "
               f"{summary['mean_pauses_per_sample_per_mode'][mode]:.2f}/sample")
+    if len(augmented) > 1:
+        print("splits: " + ", ".join(f"{split} {len(rows)} rows" for split, rows in augmented.items()))
     print(f"saved to {saved}")
     print("summary: " + json.dumps(summary))  # one machine-readable line
     return 0

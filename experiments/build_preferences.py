@@ -87,6 +87,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         raise SystemExit(f"prefs.format must be pairs or unpaired, got {prefs['format']!r}")
     import datasets
 
+    from agents.checkpoint import write_json
     from agents.rollout import collect_episodes
     from policies import CausalLMPolicy, load_lm
     from stable_baselines3.common.utils import set_random_seed
@@ -115,7 +116,7 @@ def main(argv: list[str]) -> dict[str, Any]:
                                       info=datasets.DatasetInfo(description=json.dumps(meta)))
     out = Path(prefs["out"])
     data.save_to_disk(str(out))
-    (out / "metadata.json").write_text(json.dumps(meta, indent=2))
+    write_json(out / "metadata.json", meta)
     print(f"wrote {len(rows)} {'pairs' if prefs['format'] == 'pairs' else 'samples'} from {meta['samples']} "
           f"samples to {out}", file=sys.stderr)
     return {"rows": len(rows), "out": str(out), "meta": meta}

@@ -16,13 +16,21 @@ order whatever the order on the command line (the Hydra convention, OmegaConf un
    ``env.id=X`` alone gives X's token budget, splits and wrappers.
 
 The chosen agent's name is ``cfg.agent.name``.
+
+The other training and evaluation scripts (``evaluate.py``, ``sft_warmup.py``) take the same
+style through `compose_script`: their base file (``configs/evaluate.yaml``,
+``configs/sft_warmup.yaml``) and dotted overrides, where a key the base file does not have is an
+error. ``--help`` on any of them prints the script's summary and its base file, whose comments
+document every option.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 GROUPS = ("agent", "experiment")
@@ -39,7 +47,58 @@ def _load(group: str, name: str) -> DictConfig:
     return OmegaConf.load(path)
 
 
+def help_text(base: str, description: str | None = None, groups: bool = False) -> str:
+    """What ``--help`` prints: the script's summary, how to override, and the base file itself."""
+    lines = [description.strip(), ""] if description else []
+    lines.append(f"Options are key=value overrides, dotted for nested keys (env.kwargs.split=test), of\n"
+                 f"experiments/configs/{base}, shown below with its defaults and comments.")
+    if groups:
+        lines.append(f"Groups: agent=NAME, one of {agents()}; experiment=NAME (repeatable), one of {presets()}.")
+    lines += ["", (CONFIG_DIR / base).read_text().rstrip()]
+    return "\n".join(lines)
+
+
+def _maybe_help(argv: Sequence[str], base: str, description: str | None, groups: bool = False) -> None:
+    if any(arg in ("-h", "--help") for arg in argv):
+        if description is None:  # the running script's docstring
+            description = getattr(sys.modules.get("__main__"), "__doc__", None)
+        print(help_text(base, description, groups))
+        raise SystemExit(0)
+
+
+def compose_script(argv: Sequence[str], base: str, description: str | None = None,
+                   open_keys: Sequence[str] = ()) -> DictConfig:
+    """A script's config: ``configs/<base>`` + dotted overrides (``key.sub=value``).
+
+    A key the base file does not have is an error, except under the nodes named in `open_keys`
+    (free-form kwargs, e.g. ``env.kwargs``). A mandatory value (``???``) left unset is an error
+    that names it. ``--help``/``-h`` prints `help_text` and exits.
+    """
+    _maybe_help(argv, base, description)
+    flags = [arg for arg in argv if arg.startswith("-")]
+    if flags:
+        raise SystemExit(f"this script takes key=value overrides, not flags: got {flags}; see --help")
+    bad = [arg for arg in argv if "=" not in arg]
+    if bad:
+        raise SystemExit(f"overrides must look like key.sub=value, got {bad}; see --help")
+    cfg = OmegaConf.load(CONFIG_DIR / base)
+    OmegaConf.set_struct(cfg, True)
+    for key in open_keys:
+        OmegaConf.set_struct(OmegaConf.select(cfg, key), False)
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(argv)))
+    except ConfigKeyError as err:
+        raise SystemExit(f"unknown option {err.full_key!r} for experiments/configs/{base}; see --help") from None
+    except OmegaConfBaseException as err:
+        raise SystemExit(f"bad override: {err}") from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise SystemExit(f"set {', '.join(f'{k}=...' for k in missing)} (see --help)")
+    return cfg
+
+
 def compose(argv: Sequence[str], base: str = "ppo.yaml") -> DictConfig:
+    _maybe_help(argv, base, None, groups=True)
     chosen: dict[str, list[str]] = {group: [] for group in GROUPS}
     overrides = []
     for arg in argv:

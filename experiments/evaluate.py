@@ -1,76 +1,49 @@
-"""Evaluate a PPO checkpoint or a base model on a task split: ``python experiments/evaluate.py``.
+"""Evaluate a checkpoint or a base model on a task split: ``python experiments/evaluate.py``.
 
-    python experiments/evaluate.py --env lm_envs/GSM8K-v0 --split test --checkpoint outputs/ppo/checkpoints/iter_000004 \\
-        --episodes 200 --batch-size 16 --max-new-tokens 256 --greedy --output-dir outputs/eval
+    python experiments/evaluate.py checkpoint=outputs/ppo/checkpoints/iter_000004 env.kwargs.split=test \\
+        episodes=200 env.num_envs=16 env.kwargs.max_new_tokens=256 deterministic=true output_dir=outputs/eval
+    python experiments/evaluate.py env.id=lm_envs/MGSM-v0 checkpoint=none model=smollm2-135m-instruct \\
+        env.kwargs.language=de output_dir=outputs/eval_mgsm_de
 
-``--checkpoint none`` evaluates the base ``--model``. A checkpoint is a directory written by
-``agents.PPO.save``; its base model is the one recorded in it unless ``--model`` is given.
-Task options go through ``--task-kwarg key=value`` (YAML values), e.g. ``--task-kwarg language=de``
-or ``--task-kwarg 'subjects=[anatomy, virology]'``. Writes ``summary.json`` (mean task score,
-the reward's metrics: accuracy, per-subject accuracy, compile rate, pass@1, toxicity...) and
-``samples.jsonl`` (one episode per line) to ``--output-dir`` and prints a table. A pause model
-(``config.pause_token_id``, e.g. ``--model outputs/sft/final``) or a `PauseLMPolicy` checkpoint is
-evaluated with that policy and adds pause metrics (pauses per reply overall/correct/incorrect,
-percentage of pause tokens). A thin script:
-composition only (lm_envs, policies, agents.evaluate_policy).
+The same config style as ``run_ppo.py``: ``experiments/configs/evaluate.yaml`` and dotted
+overrides (``--help`` lists every option). ``checkpoint=none`` evaluates the base ``model``. A
+checkpoint is a directory written by an agent's ``save``; its base model is the one recorded in
+it unless ``model=`` is given. Task options go under ``env.kwargs`` (YAML values), e.g.
+``env.kwargs.language=de`` or ``'env.kwargs.subjects=[anatomy, virology]'``. Writes
+``summary.json`` (mean task score, the reward's metrics: accuracy, per-subject accuracy, compile
+rate, pass@1, toxicity...) and ``samples.jsonl`` (one episode per line) to ``output_dir``
+(atomically) and prints a table. A pause model (``config.pause_token_id``, e.g.
+``model=outputs/sft/final``) or a `PauseLMPolicy` checkpoint is evaluated with that policy and
+adds pause metrics (pauses per reply overall/correct/incorrect, percentage of pause tokens). A
+thin script: composition only (lm_envs, policies, agents.evaluate_policy).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(REPO))
+from omegaconf import DictConfig, OmegaConf
+
+from config import compose_script
+
+BASE = "evaluate.yaml"
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--env", default="lm_envs/GSM8K-v0", help="registered env id")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--checkpoint", default="none", help="PPO checkpoint directory, or 'none' for the base model")
-    parser.add_argument("--model", default=None,
-                        help="base model: embedded name, hub id or path (default: the checkpoint's, "
-                             "else smollm2-135m-instruct)")
-    parser.add_argument("--episodes", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=16, help="episodes generated together")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--max-prompt-tokens", type=int, default=1024,
-                        help="prompt width; longer prompts keep their last tokens")
-    decoding = parser.add_mutually_exclusive_group()
-    decoding.add_argument("--greedy", dest="greedy", action="store_true", default=True, help="greedy decoding (default)")
-    decoding.add_argument("--sample", dest="greedy", action="store_false", help="sample with the policy's temperature")
-    parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (with --sample)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the prompt order and of sampling")
-    parser.add_argument("--data-dir", default=None, help="local data directory (else $LM_ENVS_DATA_DIR, else the hub)")
-    parser.add_argument("--task-kwarg", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra task option, value parsed as YAML (repeatable)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default=None)
-    parser.add_argument("--output-dir", required=True)
-    args = parser.parse_args(list(argv))
-    if args.episodes < 1 or args.batch_size < 1:
-        parser.error("--episodes and --batch-size must be positive")
-    return args
+def parse_args(argv: Sequence[str]) -> DictConfig:
+    """The composed config (``configs/evaluate.yaml`` + overrides), checked."""
+    cfg = compose_script(argv, BASE, __doc__, open_keys=["env.kwargs"])
+    if not isinstance(cfg.episodes, int) or not isinstance(cfg.env.num_envs, int) or cfg.episodes < 1 \
+            or cfg.env.num_envs < 1:
+        raise SystemExit(f"episodes and env.num_envs must be positive integers, got {cfg.episodes!r} and "
+                         f"{cfg.env.num_envs!r}")
+    cfg.checkpoint = "none" if cfg.checkpoint is None else str(cfg.checkpoint)
+    return cfg
 
 
-def task_kwargs(pairs: Sequence[str]) -> dict[str, Any]:
-    import yaml
-
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--task-kwarg must look like key=value, got {pair!r}")
-        out[key] = yaml.safe_load(value)
-    return out
-
-
-def load_policy(args: argparse.Namespace, env: Any, model: Any) -> Any:
+def load_policy(args: DictConfig, env: Any, model: Any) -> Any:
     """The policy to evaluate: a checkpoint's trained weights (via `PPO.load`) or the base model."""
     from agents import PPO
     from policies import CausalLMPolicy
@@ -119,7 +92,7 @@ def checkpoint_model(checkpoint: str) -> str | None:
         return None
     meta = Path(checkpoint) / "meta.json"
     if not meta.is_file():
-        raise SystemExit(f"{checkpoint} is not a PPO checkpoint directory (no meta.json); pass --checkpoint none "
+        raise SystemExit(f"{checkpoint} is not a PPO checkpoint directory (no meta.json); pass checkpoint=none "
                          f"to evaluate the base model")
     return json.loads(meta.read_text())["model"]
 
@@ -139,10 +112,11 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
 
     import lm_envs
     from agents import evaluate_policy
+    from agents.checkpoint import atomic_write_text, write_json
     from policies import load_lm
 
     out = Path(args.output_dir)
-    kwargs = task_kwargs(args.task_kwarg)
+    kwargs = OmegaConf.to_container(args.env.kwargs, resolve=True)
     model_spec = args.model or checkpoint_model(args.checkpoint) or "smollm2-135m-instruct"
     torch.manual_seed(args.seed)
     model, tokenizer = load_lm(model_spec, dtype=args.dtype)
@@ -153,22 +127,19 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
         add_pause_token(model, tokenizer, pause.get("pause_token") or PAUSE_TOKEN)
     if args.data_dir:
         kwargs["data_dir"] = args.data_dir
-    env = lm_envs.make_vec(args.env, args.batch_size, tokenizer, split=args.split, max_new_tokens=args.max_new_tokens,
-                           max_prompt_tokens=args.max_prompt_tokens, truncate_prompt="left",
-                           vocab_size=model.config.vocab_size, seed=args.seed, **kwargs)
+    env = lm_envs.make_vec(args.env.id, args.env.num_envs, tokenizer, vocab_size=model.config.vocab_size,
+                           seed=args.seed, **kwargs)
     policy = load_policy(args, env, model)
     start = time.perf_counter()
     torch.manual_seed(args.seed)  # sampling draws from torch's global generator
-    summary, samples = evaluate_policy(policy, env, args.episodes, deterministic=args.greedy, seed=args.seed)
-    summary = {"env": args.env, "split": args.split, "checkpoint": args.checkpoint, "model": model_spec,
-               "decoding": "greedy" if args.greedy else "sample", **summary,
+    summary, samples = evaluate_policy(policy, env, args.episodes, deterministic=args.deterministic, seed=args.seed)
+    summary = {"env": args.env.id, "split": kwargs.get("split"), "checkpoint": args.checkpoint, "model": model_spec,
+               "decoding": "greedy" if args.deterministic else "sample", **summary,
                "seconds": round(time.perf_counter() - start, 2), "task": env.task.metadata | {"name": env.task.name},
-               "args": vars(args)}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    with open(out / "samples.jsonl", "w", encoding="utf-8") as handle:
-        for sample in samples:
-            handle.write(json.dumps(sample, default=str, ensure_ascii=False) + "\n")
+               "args": OmegaConf.to_container(args, resolve=True)}
+    write_json(out / "summary.json", summary)
+    atomic_write_text(out / "samples.jsonl", "".join(json.dumps(sample, default=str, ensure_ascii=False) + "\n"
+                                                     for sample in samples))
     print(table({k: v for k, v in summary.items() if k not in ("args", "task")}))
     print(f"wrote {out / 'summary.json'} and {out / 'samples.jsonl'}", file=sys.stderr)
     return summary

@@ -5,84 +5,59 @@ The second stage of the pause pipeline (augment -> SFT -> PPO)::
     python experiments/augment_pauses.py --dataset_location ../shared/data/gsm8k/train.jsonl \\
         --augm_dataset_save_location runs/gsm8k_pauses.jsonl --pause_probability 0.1 \\
         --tokenizer_hf_name smollm2-135m-instruct
-    python experiments/sft_warmup.py --data runs/gsm8k_pauses.jsonl --pause_probability 0.1 \\
-        --output_dir outputs/sft
+    python experiments/sft_warmup.py data=runs/gsm8k_pauses.jsonl pause_probability=0.1 \\
+        output_dir=outputs/sft
     python experiments/run_ppo.py experiment=pause_gsm8k policy.model=outputs/sft/final
 
-Each row's prompt is the GSM8K prompt of the RL env (`lm_envs.tasks.GSM8K_TEMPLATE`, through the
-chat template when the tokenizer has one); the target is the pause-augmented answer plus EOS.
-The model is the one `policies.PauseLMPolicy` samples from: the pause head on the last hidden
-state chooses "pause" or "let the LM choose", and the LM's own pause logit is masked. Losses,
-over the target positions:
+The same config style as ``run_ppo.py``: ``experiments/configs/sft_warmup.yaml`` and dotted
+overrides (``--help`` lists every option). Each row's prompt is the GSM8K prompt of the RL env
+(`lm_envs.tasks.GSM8K_TEMPLATE`, through the chat template when the tokenizer has one); the
+target is the pause-augmented answer plus EOS. The model is the one `policies.PauseLMPolicy`
+samples from: the pause head on the last hidden state chooses "pause" or "let the LM choose",
+and the LM's own pause logit is masked. Losses, over the target positions:
 
 * LM: cross-entropy of the (pause-masked) LM on the targets that are not pauses;
-* pause head, ``--pause_head_loss kl``: KL(Bernoulli(p) || head), with ``p = --pause_probability``
+* pause head, ``pause_head_loss=kl``: KL(Bernoulli(p) || head), with ``p = pause_probability``
   (the injection probability of ``augment_pauses.py --pause_probability``) at every position;
   ``onehot``: cross-entropy on where the pauses actually are.
 
-LoRA (``--lora_r 8``, the default; the pause row trains through peft's
-``trainable_token_indices``) or full fine-tuning (``--lora_r 0``). Logs to tensorboard under
+LoRA (``lora.r=8``, the default; the pause row trains through peft's
+``trainable_token_indices``) or full fine-tuning (``lora=null``). Logs to tensorboard under
 ``output_dir/tb``, shows a tqdm bar, and writes ``output_dir/final``: the merged model and
 tokenizer (with the pause token), ``pause_head.pt`` and ``pause_config.json``, which
 ``run_ppo.py policy.class=PauseLMPolicy policy.model=output_dir/final`` starts from. A thin
-script: data, loop and logging; the model pieces come from `policies.pause`.
+script: data, loop and logging; the data readers come from `policies.pause_data` and the model
+pieces from `policies.pause`.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import random
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-for path in (REPO, REPO / "experiments"):  # run as a script from anywhere
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from config import compose_script
+from policies.pause import PAUSE, PAUSE_TOKEN
 
-from policies.pause import PAUSE, PAUSE_TOKEN  # noqa: E402
+BASE = "sft_warmup.yaml"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="jsonl (or save_to_disk dir) from augment_pauses.py")
-    parser.add_argument("--question_col", default="question")
-    parser.add_argument("--answer_col", default="answer", help="the column of pause-augmented answers")
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="embedded name, hub id or local path")
-    parser.add_argument("--pause_token", default=PAUSE_TOKEN)
-    parser.add_argument("--output_dir", default="outputs/sft")
-    parser.add_argument("--pause_head_loss", choices=("kl", "onehot"), default="kl")
-    parser.add_argument("--pause_probability", type=float, default=None,
-                        help="injection probability p: the head's target with --pause_head_loss kl")
-    parser.add_argument("--head_loss_weight", type=float, default=1.0)
-    parser.add_argument("--initial_pause_probability", type=float, default=0.05,
-                        help="p(pause) of a fresh pause head (a model with a saved head keeps it)")
-    parser.add_argument("--detach_pause_head", action="store_true", help="the head's loss never reaches the LM")
-    parser.add_argument("--lora_r", type=int, default=8, help="LoRA rank; 0 = full fine-tuning")
-    parser.add_argument("--lora_alpha", type=int, default=16)
-    parser.add_argument("--lora_target_modules", default="all-linear", help="'all-linear' or comma-separated names")
-    parser.add_argument("--prompt_template", default=None, help="default: the GSM8K env's template")
-    parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--head_lr", type=float, default=None, help="pause-head learning rate (default: --lr)")
-    parser.add_argument("--weight_decay", type=float, default=0.0)
-    parser.add_argument("--max_grad_norm", type=float, default=1.0)
-    parser.add_argument("--max_length", type=int, default=1024, help="prompt + target tokens (prompts cut on the left)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first n rows")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--log_every", type=int, default=10)
-    parser.add_argument("--dtype", default=None)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--no_progress", action="store_true", help="no tqdm bar")
-    return parser
+def parse_args(argv: Sequence[str]) -> DictConfig:
+    """The composed config (``configs/sft_warmup.yaml`` + overrides), checked."""
+    cfg = compose_script(argv, BASE, __doc__)
+    if cfg.pause_head_loss not in ("kl", "onehot"):
+        raise SystemExit(f"pause_head_loss must be kl or onehot, got {cfg.pause_head_loss!r}")
+    if cfg.pause_head_loss == "kl" and cfg.pause_probability is None:
+        raise SystemExit("pause_head_loss=kl needs pause_probability (the injection probability p)")
+    if cfg.pause_probability is not None and not 0 <= cfg.pause_probability <= 1:
+        raise SystemExit("pause_probability must be in [0, 1]")
+    cfg.pause_token = cfg.pause_token or PAUSE_TOKEN
+    return cfg
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -154,57 +129,53 @@ def sft_losses(model: Any, head: torch.nn.Module, batch: dict[str, torch.Tensor]
 
 # -- main ----------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
-    if args.pause_head_loss == "kl" and args.pause_probability is None:
-        raise SystemExit("--pause_head_loss kl needs --pause_probability (the injection probability p)")
-    if args.pause_probability is not None and not 0 <= args.pause_probability <= 1:
-        raise SystemExit("--pause_probability must be in [0, 1]")
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
 
-    from augment_pauses import load_rows
+    from agents.checkpoint import write_json
     from policies import add_pause_token, load_lm, load_pause_head, save_pause_checkpoint
     from policies.causal_lm import _device
     from policies.pause import init_pause_head, pause_lora_config
+    from policies.pause_data import load_rows
 
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     device = _device(args.device)
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sft_args.json").write_text(json.dumps(vars(args), indent=2))
+    write_json(out / "sft_args.json", OmegaConf.to_container(args, resolve=True))
 
     model, tokenizer = load_lm(args.model, dtype=args.dtype)
     pause_id = add_pause_token(model, tokenizer, args.pause_token)
     hidden_size = model.get_input_embeddings().weight.shape[1]
     head = load_pause_head(args.model) if Path(args.model).is_dir() else None
     head = head if head is not None else init_pause_head(hidden_size, args.initial_pause_probability)
-    if args.lora_r > 0:
+    lora = OmegaConf.to_container(args.lora, resolve=True) if args.lora is not None else None
+    if lora and lora.get("r", 0) > 0:
         import peft
 
-        targets = args.lora_target_modules
-        lora = {"r": args.lora_r, "lora_alpha": args.lora_alpha,
-                "target_modules": targets if targets == "all-linear" else targets.split(",")}
         model = peft.get_peft_model(model, pause_lora_config(model, lora, pause_id))
+    else:
+        lora = None
     model.to(device).train()
     head.to(device).train()
 
-    rows = load_rows(args.data, args.limit)
+    rows = load_rows(args.data, args.limit, args.split)
     if not rows:
         raise SystemExit(f"{args.data} holds no rows")
     examples = encode_rows(rows, tokenizer, args.question_col, args.answer_col, args.prompt_template,
                            args.max_length)
     steps_per_epoch = math.ceil(len(examples) / args.batch_size)
     total = args.max_steps if args.max_steps is not None else max(1, math.ceil(args.epochs * steps_per_epoch))
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": args.lr},
-              {"params": list(head.parameters()), "lr": args.head_lr or args.lr}]
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": args.learning_rate},
+              {"params": list(head.parameters()), "lr": args.head_learning_rate or args.learning_rate}]
     optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
     writer = SummaryWriter(str(out / "tb"))
     order_rng = np.random.default_rng(args.seed)
     order: list[int] = []
     history: list[dict[str, float]] = []
-    progress = tqdm(range(total), desc="sft", disable=args.no_progress, dynamic_ncols=True)
+    progress = tqdm(range(total), desc="sft", disable=not args.progress_bar, dynamic_ncols=True)
     for step in progress:
         if len(order) < args.batch_size:  # a fresh shuffled pass when the current one runs out
             order += order_rng.permutation(len(examples)).tolist()
@@ -228,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     writer.close()
 
     model.eval()
-    if args.lora_r > 0:
+    if lora is not None:
         model = model.merge_and_unload()  # RL's reference (adapter off) is then exactly this model
     final = out / "final"
     save_pause_checkpoint(final, model.cpu(), tokenizer, head.cpu(),
@@ -236,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                          "pause_probability": args.pause_probability, "steps": total}})
     summary = {"steps": total, "examples": len(examples), "final": str(final),
                "first": history[0], "last": history[-1]}
-    (out / "sft_summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "sft_summary.json", summary)
     print(f"saved {final} after {total} steps: loss {history[-1]['loss/total']:.4f}, "
           f"head p(pause) {history[0]['pause/head_prob_mean']:.3f} -> {history[-1]['pause/head_prob_mean']:.3f} "
           f"(tensorboard --logdir {out / 'tb'})", file=sys.stderr)

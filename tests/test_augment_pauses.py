@@ -1,5 +1,7 @@
-"""Tests for experiments/augment_pauses.py: counts per mode, seeding, token boundaries, the
-protected `#### N` line, both output formats and the command line on real GSM8K rows."""
+"""Tests for the pause data helpers (`policies.pause_data`) and experiments/augment_pauses.py:
+counts per mode, seeding, token boundaries, the protected `#### N` line, every input and output
+shape (a jsonl file, a directory of per-split files, save_to_disk) and the command line on real
+GSM8K rows with the seed project's flags."""
 from __future__ import annotations
 
 import importlib.util
@@ -14,17 +16,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import policies.pause_data as ap
+from policies import PAUSE_TOKEN
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "experiments" / "augment_pauses.py"
 DATA = Path(os.environ.get("LM_ENVS_DATA_DIR") or REPO.parent / "shared" / "data")
 GSM8K = DATA / "gsm8k" / "train.jsonl"
 PAUSE = "<|pause|>"
+assert PAUSE_TOKEN == PAUSE  # one constant: the policy, the SFT warm-up and the augmentation
 
-# The script is not in a package: load it by path (and register it, for the dataclass).
+# The helpers are a library module; the script (not in a package) is loaded by path.
 _spec = importlib.util.spec_from_file_location("augment_pauses", SCRIPT)
-ap = importlib.util.module_from_spec(_spec)
-sys.modules["augment_pauses"] = ap
-_spec.loader.exec_module(ap)
+script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(script)
 
 
 @pytest.fixture(scope="module")
@@ -226,10 +231,10 @@ def test_final_answer_line_stays_intact(gsm_rows):
 
 def test_jsonl_and_save_to_disk_round_trip(tmp_path, gsm_rows):
     out, _ = ap.augment_rows(gsm_rows[:7], n_random_pauses=2, seed=0, pause_augm_col_name="augmented_answer")
-    jsonl = ap.save_rows(out, str(tmp_path / "sub" / "aug.jsonl"))
+    jsonl = script.save_rows(out, str(tmp_path / "sub" / "aug.jsonl"))
     assert jsonl.is_file() and len(jsonl.read_text().splitlines()) == 7
     assert ap.load_rows(str(jsonl)) == out
-    directory = ap.save_rows(out, str(tmp_path / "aug_ds"))
+    directory = script.save_rows(out, str(tmp_path / "aug_ds"))
     assert (directory / "dataset_info.json").is_file()
     import datasets
 
@@ -239,11 +244,33 @@ def test_jsonl_and_save_to_disk_round_trip(tmp_path, gsm_rows):
         ap.load_rows(str(tmp_path / "missing.jsonl"))
 
 
+def test_split_inputs_directory_of_split_files_and_dataset_dict(tmp_path, gsm_rows):
+    seed_dir = tmp_path / "gsm8k_jsonl" / "gsm8k"  # the seed project's layout: train.json / test.json
+    seed_dir.mkdir(parents=True)
+    for name, rows in (("train.json", gsm_rows[:5]), ("test.json", gsm_rows[5:8])):
+        (seed_dir / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert ap.source_layout(str(seed_dir)) == "split_files"
+    assert ap.load_splits(str(seed_dir)) == {"test": gsm_rows[5:8], "train": gsm_rows[:5]}
+    assert ap.load_rows(str(seed_dir)) == gsm_rows[:5] and ap.load_rows(str(seed_dir), split="test") == gsm_rows[5:8]
+    assert ap.load_rows(str(DATA / "gsm8k"), limit=2) == gsm_rows[:2]  # ../shared/data/gsm8k: train.jsonl, test.jsonl
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(gsm_rows[:4]),
+                          "test": datasets.Dataset.from_list(gsm_rows[4:6])}).save_to_disk(str(tmp_path / "dd"))
+    assert ap.source_layout(str(tmp_path / "dd")) == "datasets"
+    assert ap.load_splits(str(tmp_path / "dd"), limit=1) == {"train": gsm_rows[:1], "test": gsm_rows[4:5]}
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="neither"):
+        ap.load_rows(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="no split 'validation'"):
+        ap.load_rows(str(seed_dir), split="validation")
+
+
 def test_parse_patterns():
-    assert ap.parse_patterns('{"\\n": 2, "=": 1}') == {"\n": 2, "=": 1}
+    assert script.parse_patterns('{"\\n": 2, "=": 1}') == {"\n": 2, "=": 1}
     for bad in ('{"\\n": -1}', '["\\n"]', '{"": 1}', '{"a": 1.5}', "not json"):
         with pytest.raises(Exception):
-            ap.parse_patterns(bad)
+            script.parse_patterns(bad)
 
 
 # ------------------------------------------------------------------ command line
@@ -282,6 +309,45 @@ def test_cli_end_to_end_on_real_rows(tmp_path):
                    "--n_generated_samples_per_datapoint", "2", "--pause_augm_col_name", "augmented_answer",
                    "--seed", "3").returncode == 0
     assert again.read_bytes() == target.read_bytes()
+
+
+def test_cli_seed_command_on_a_directory_of_split_files(tmp_path, gsm_rows):
+    """The seed project's command, flag for flag, on its layout (a directory of train/test json files)."""
+    seed_dir = tmp_path / "data" / "gsm8k_jsonl" / "gsm8k"
+    seed_dir.mkdir(parents=True)
+    for name, rows in (("train.json", gsm_rows[:6]), ("test.json", gsm_rows[6:9])):
+        (seed_dir / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "data" / "gsm8k_json" / "gsm8k_variable_random_pauses"
+    proc = run_cli("--dataset_location", str(seed_dir), "--pause_token", "<|pause|>", "--n_pauses_per_patterns", "{}",
+                   "--augm_dataset_save_location", str(out), "--pause_augm_col_name", "answer", "--verbose",
+                   "--n_random_pauses", "10", "--tokenizer_hf_name", "None", "--variable_number_of_pauses",
+                   "--n_generated_samples_per_datapoint", "5", "--verbose", "--seed", "42")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["test.json", "train.json"]  # as the seed writes them
+    for name, source in (("train.json", gsm_rows[:6]), ("test.json", gsm_rows[6:9])):
+        rows = [json.loads(line) for line in (out / name).read_text().splitlines()]
+        assert len(rows) == 5 * len(source)
+        for row, src in zip(rows, [s for s in source for _ in range(5)]):
+            assert row["question"] == src["question"]
+            assert row["answer"].replace(PAUSE, "") == src["answer"] and row["answer"].count(PAUSE) <= 10
+    assert "splits: test 15 rows, train 30 rows" in proc.stdout
+    # The shared data's gsm8k/ (train.jsonl, test.jsonl) gives the same two files; a DatasetDict
+    # directory gives a DatasetDict directory; several splits never go to one file.
+    split_out = tmp_path / "split_out"
+    assert run_cli("--dataset_location", str(DATA / "gsm8k"), "--augm_dataset_save_location", str(split_out),
+                   "--limit", "2", "--n_random_pauses", "1").returncode == 0
+    assert sorted(p.name for p in split_out.iterdir()) == ["test.jsonl", "train.jsonl"]
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(gsm_rows[:3]),
+                          "test": datasets.Dataset.from_list(gsm_rows[3:5])}).save_to_disk(str(tmp_path / "dd"))
+    assert run_cli("--dataset_location", str(tmp_path / "dd"), "--augm_dataset_save_location", str(tmp_path / "dd_out"),
+                   "--n_random_pauses", "1").returncode == 0
+    saved = datasets.load_from_disk(str(tmp_path / "dd_out"))
+    assert {split: len(part) for split, part in saved.items()} == {"train": 3, "test": 2}
+    one_file = run_cli("--dataset_location", str(seed_dir), "--augm_dataset_save_location", str(tmp_path / "x.jsonl"),
+                       "--n_random_pauses", "1")
+    assert one_file.returncode != 0 and "give a directory" in one_file.stderr
 
 
 def test_cli_errors(tmp_path):

@@ -1,4 +1,5 @@
-"""experiments/evaluate.py: base model end to end (subprocess), a PPO checkpoint, task options."""
+"""experiments/evaluate.py: base model end to end (subprocess), a PPO checkpoint, task options, and
+--help on every config-style script."""
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from lm_envs import TokenVecEnv
 sys.path.insert(0, str(REPO / "experiments"))
 import evaluate  # noqa: E402
 
-SMALL = ["--episodes", "4", "--batch-size", "2", "--max-new-tokens", "4", "--max-prompt-tokens", "256"]
+SMALL = ["episodes=4", "env.num_envs=2", "env.kwargs.max_new_tokens=4", "env.kwargs.max_prompt_tokens=256"]
 
 
 def read_samples(directory):
@@ -23,9 +24,9 @@ def read_samples(directory):
 
 def test_base_model_end_to_end_writes_summary_samples_and_table(tiny_dir, tmp_path):
     out = tmp_path / "eval"
-    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "evaluate.py"), "--env", "lm_envs/GSM8K-v0",
-                           "--split", "test", "--checkpoint", "none", "--model", str(tiny_dir), *SMALL, "--greedy",
-                           "--output-dir", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "evaluate.py"), "env.id=lm_envs/GSM8K-v0",
+                           "env.kwargs.split=test", "checkpoint=none", f"model={tiny_dir}", *SMALL, "deterministic=true",
+                           f"output_dir={out}"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["episodes"] == 4 and summary["env"] == "lm_envs/GSM8K-v0" and summary["split"] == "test"
@@ -62,11 +63,11 @@ def test_checkpoint_is_evaluated_with_its_trained_weights(tiny_dir, tiny_lm, tmp
                 param.normal_(0, 2.0, generator=torch.Generator().manual_seed(0))
     agent.save(tmp_path / "ckpt")
 
-    args = ["--env", "test_envs/Echo-v0", "--episodes", "8", "--batch-size", "4", "--max-new-tokens", "6",
-            "--max-prompt-tokens", "16"]
-    summary = evaluate.main([*args, "--checkpoint", str(tmp_path / "ckpt"), "--output-dir", str(tmp_path / "trained")])
+    args = ["env.id=test_envs/Echo-v0", "episodes=8", "env.num_envs=4", "env.kwargs.max_new_tokens=6",
+            "env.kwargs.max_prompt_tokens=16"]
+    summary = evaluate.main([*args, f"checkpoint={tmp_path / 'ckpt'}", f"output_dir={tmp_path / 'trained'}"])
     assert summary["model"] == str(tiny_dir) and summary["checkpoint"] == str(tmp_path / "ckpt")
-    base = evaluate.main([*args, "--checkpoint", "none", "--model", str(tiny_dir), "--output-dir", str(tmp_path / "base")])
+    base = evaluate.main([*args, "checkpoint=none", f"model={tiny_dir}", f"output_dir={tmp_path / 'base'}"])
     trained_samples, base_samples = read_samples(tmp_path / "trained"), read_samples(tmp_path / "base")
     # The same prompts, decoded by the trained policy exactly as evaluate_policy does in-process.
     direct_env = lm_envs.make_vec("test_envs/Echo-v0", 4, tokenizer, max_new_tokens=6, max_prompt_tokens=16,
@@ -80,16 +81,34 @@ def test_checkpoint_is_evaluated_with_its_trained_weights(tiny_dir, tiny_lm, tmp
 
 
 def test_task_options_and_bad_arguments(tiny_dir, tmp_path):
-    summary = evaluate.main(["--env", "lm_envs/MGSM-v0", "--model", str(tiny_dir), "--task-kwarg", "language=de",
-                             "--task-kwarg", "limit=3", "--episodes", "2", "--batch-size", "2", "--max-new-tokens", "2",
-                             "--max-prompt-tokens", "64", "--sample", "--output-dir", str(tmp_path / "mgsm")])
+    summary = evaluate.main(["env.id=lm_envs/MGSM-v0", f"model={tiny_dir}", "env.kwargs.language=de",
+                             "env.kwargs.limit=3", "episodes=2", "env.num_envs=2", "env.kwargs.max_new_tokens=2",
+                             "env.kwargs.max_prompt_tokens=64", "deterministic=false", f"output_dir={tmp_path / 'mgsm'}"])
     assert summary["task"]["language"] == "de" and summary["decoding"] == "sample" and "accuracy" in summary
     german = lm_envs.mgsm_task(language="de")
     assert all(s["prompt"].startswith(german.questions[s["index"]]) for s in read_samples(tmp_path / "mgsm"))
     with pytest.raises(SystemExit, match="not a PPO checkpoint"):
-        evaluate.main(["--checkpoint", str(tmp_path), "--output-dir", str(tmp_path / "x")])
-    with pytest.raises(SystemExit, match="key=value"):
-        evaluate.main(["--model", str(tiny_dir), "--task-kwarg", "language", "--output-dir", str(tmp_path / "y")])
+        evaluate.main([f"checkpoint={tmp_path}", f"output_dir={tmp_path / 'x'}"])
+    with pytest.raises(SystemExit, match="key.sub=value"):
+        evaluate.main([f"model={tiny_dir}", "env.kwargs.language", f"output_dir={tmp_path / 'y'}"])
+    with pytest.raises(SystemExit, match="unknown option 'episods'"):
+        evaluate.main(["episods=3", f"output_dir={tmp_path / 'y'}"])
+    with pytest.raises(SystemExit, match="not flags"):
+        evaluate.main(["--output-dir", str(tmp_path / "y")])
+    with pytest.raises(SystemExit, match="output_dir="):
+        evaluate.main([f"model={tiny_dir}"])
     with pytest.raises(ValueError, match="not 'train'"):
-        evaluate.main(["--env", "lm_envs/MGSM-v0", "--split", "train", "--model", str(tiny_dir),
-                       "--output-dir", str(tmp_path / "z")])
+        evaluate.main(["env.id=lm_envs/MGSM-v0", "env.kwargs.split=train", f"model={tiny_dir}",
+                       f"output_dir={tmp_path / 'z'}"])
+
+
+@pytest.mark.parametrize("script", ["evaluate.py", "sft_warmup.py", "run_ppo.py"])
+def test_help_lists_every_option(script):
+    """--help prints the script's summary and its base config, whose comments document each key."""
+    proc = subprocess.run([sys.executable, str(REPO / "experiments" / script), "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    base = {"evaluate.py": "evaluate.yaml", "sft_warmup.py": "sft_warmup.yaml", "run_ppo.py": "ppo.yaml"}[script]
+    text = (REPO / "experiments" / "configs" / base).read_text()
+    assert text.strip() in proc.stdout
+    assert proc.stdout.splitlines()[0].startswith(("Evaluate", "SFT warm-up", "Train"))

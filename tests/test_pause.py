@@ -389,26 +389,26 @@ TARGET_P = 0.5
 def sft_run(tiny_dir, tmp_path_factory):
     """A short LoRA SFT run (kl loss, p = 0.5) on pause-augmented synthetic answers."""
     import sft_warmup
-    from augment_pauses import augment_rows, save_rows
+    from policies.pause_data import augment_rows
 
     root = tmp_path_factory.mktemp("sft")
     rng = np.random.default_rng(0)
     rows = [{"question": " ".join(rng.choice(WORDS[6:16], 4)),
              "answer": " ".join(rng.choice(WORDS[6:40], 10)) + "\n#### 7"} for _ in range(32)]
     augmented, _ = augment_rows(rows, pause_probability=TARGET_P, seed=0)
-    save_rows(augmented, str(root / "data.jsonl"))
-    summary = sft_warmup.main(["--data", str(root / "data.jsonl"), "--model", str(tiny_dir), "--output_dir",
-                               str(root / "out"), "--pause_head_loss", "kl", "--pause_probability", str(TARGET_P),
-                               "--initial_pause_probability", "0.05", "--lora_r", "4",
-                               "--lora_target_modules", "q_proj,v_proj", "--max_steps", "25", "--batch_size", "8",
-                               "--lr", "1e-2", "--log_every", "5", "--no_progress", "--device", "cpu"])
+    (root / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in augmented))
+    summary = sft_warmup.main([f"data={root / 'data.jsonl'}", f"model={tiny_dir}", f"output_dir={root / 'out'}",
+                               "pause_head_loss=kl", f"pause_probability={TARGET_P}",
+                               "initial_pause_probability=0.05", "lora.r=4",
+                               "lora.target_modules=[q_proj,v_proj]", "max_steps=25", "batch_size=8",
+                               "learning_rate=1e-2", "log_every=5", "progress_bar=false", "device=cpu"])
     return root, summary
 
 
 def head_pause_rate(directory, data):
     """Mean p(pause) of the saved head over the target positions of the data."""
     import sft_warmup
-    from augment_pauses import load_rows
+    from policies.pause_data import load_rows
 
     model, tokenizer = load_lm(str(directory))
     head = load_pause_head(directory)
@@ -436,9 +436,9 @@ def test_sft_onehot_loss_moves_head_toward_observed_pauses(tiny_dir, sft_run, tm
     import sft_warmup
 
     root, _ = sft_run
-    summary = sft_warmup.main(["--data", str(root / "data.jsonl"), "--model", str(tiny_dir), "--output_dir",
-                               str(tmp_path), "--pause_head_loss", "onehot", "--lora_r", "0", "--max_steps", "15",
-                               "--lr", "1e-2", "--no_progress", "--device", "cpu"])
+    summary = sft_warmup.main([f"data={root / 'data.jsonl'}", f"model={tiny_dir}", f"output_dir={tmp_path}",
+                               "pause_head_loss=onehot", "lora=null", "max_steps=15", "learning_rate=1e-2",
+                               "progress_bar=false", "device=cpu"])
     observed = summary["first"]["pause/target_rate"]
     assert 0.15 < observed < 0.45  # pauses after half the words, i.e. a fraction of all targets
     assert abs(summary["last"]["pause/head_prob_mean"] - observed) < abs(0.05 - observed) / 2
@@ -488,9 +488,10 @@ def test_evaluate_script_pause_model_and_pause_checkpoint(pause_dir, sft_run, tm
     import evaluate
 
     root, _ = sft_run
-    small = ["--episodes", "4", "--batch-size", "2", "--max-new-tokens", "4", "--max-prompt-tokens", "256", "--sample"]
-    summary = evaluate.main(["--checkpoint", "none", "--model", str(root / "out" / "final"), *small,
-                             "--output-dir", str(tmp_path / "sft_eval")])
+    small = ["episodes=4", "env.num_envs=2", "env.kwargs.max_new_tokens=4", "env.kwargs.max_prompt_tokens=256",
+             "deterministic=false"]
+    summary = evaluate.main(["checkpoint=none", f"model={root / 'out' / 'final'}", *small,
+                             f"output_dir={tmp_path / 'sft_eval'}"])
     for key in ("accuracy", "pauses_mean", "pauses_mean_correct", "pauses_mean_incorrect", "pause_token_pct"):
         assert key in summary, key
     samples = [json.loads(line) for line in (tmp_path / "sft_eval" / "samples.jsonl").read_text().splitlines()]
@@ -504,7 +505,7 @@ def test_evaluate_script_pause_model_and_pause_checkpoint(pause_dir, sft_run, tm
     with torch.no_grad():
         agent.policy.pause_head.weight.normal_()
     agent.save(tmp_path / "ckpt")
-    args = evaluate.parse_args(["--checkpoint", str(tmp_path / "ckpt"), *small, "--output-dir", str(tmp_path / "e")])
+    args = evaluate.parse_args([f"checkpoint={tmp_path / 'ckpt'}", *small, f"output_dir={tmp_path / 'e'}"])
     model = load_lm(str(pause_dir))[0]
     policy = evaluate.load_policy(args, env, model)
     assert isinstance(policy, PauseLMPolicy) and policy.max_pauses == 2 and policy.uses_lora
