@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= $(abspath ../shared/data)
 STAMP := $(VENV)/.installed-$(shell cat setup.py requirements-embedded.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup run test bench system-deps
+.PHONY: setup run test docs bench system-deps
 
 $(STAMP): setup.py requirements-embedded.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,8 +34,16 @@ system-deps:
 run: setup
 	LM_ENVS_DATA_DIR=$${LM_ENVS_DATA_DIR:-$(DATA_DIR)} $(PY) experiments/run_ppo.py $(ARGS)
 
+# The docs site (MkDocs + mkdocstrings) builds in strict mode first: a broken link, a missing
+# anchor or an API reference that does not resolve fails the tests; tests/test_docs.py runs
+# every python example of README.md and docs/.
 test: setup system-deps
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $(abspath $(VENV))/site-check
 	LM_ENVS_DATA_DIR=$${LM_ENVS_DATA_DIR:-$(DATA_DIR)} $(PY) -m pytest -q tests $(ARGS)
+
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+	@echo "docs: open site/index.html (or: $(VENV)/bin/mkdocs serve)"
 
 bench: setup
 	$(PY) -m pip install -q 'trl>=1.16'

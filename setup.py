@@ -33,7 +33,9 @@ setup(
     extras_require={
         # TRL is the numerical-parity peer of the GRPO loss test, which reaches its private
         # `GRPOTrainer._compute_loss`: pinned exactly. Never a runtime dependency.
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "trl==1.16.0"],
+        # The docs site (`make docs`; `make test` builds it in strict mode).
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "trl==1.16.0", "mkdocs>=1.6", "mkdocs-material>=9.5",
+                 "mkdocstrings[python]>=1.0"],
         # Benchmark-only: the peer we compare against. Never a runtime dependency.
         "bench": ["trl>=1.16"],
     },

@@ -82,7 +82,9 @@ def main(argv: list[str]) -> None:
     header = ("| agent | iterations | training minutes* | " + " | ".join(label for _, label in KEYS) + " |\n"
               + "|---" * (3 + len(KEYS)) + "|\n")
     table = header + "\n".join(rows) + "\n"
-    (args.out / "before_after.md").write_text(table)
+    from agents.checkpoint import atomic_write_text
+
+    atomic_write_text(args.out / "before_after.md", table)
     print(table)
 
 

@@ -116,14 +116,16 @@ def main(argv: list[str]) -> list[Path]:
     fig.savefig(out / "learning_curves.png", dpi=110)
     plt.close(fig)
     written.append(out / "learning_curves.png")
+    from agents.checkpoint import atomic_write_text
+
     table = before_after_table(args.run_dir)
     if table:
-        (out / "before_after.md").write_text(table)
+        atomic_write_text(out / "before_after.md", table)
         written.append(out / "before_after.md")
         print(table)
     samples = samples_table(args.run_dir)
     if samples:
-        (out / "samples.md").write_text(samples)
+        atomic_write_text(out / "samples.md", samples)
         written.append(out / "samples.md")
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     return written

@@ -120,6 +120,7 @@ def prepare(cfg):
 
 def main(argv: list[str]) -> dict:
     from agents import distributed
+    from agents.checkpoint import atomic_write_text
 
     layout = distributed.init_from_env()  # torchrun / accelerate launch; None for one process
     main_process = distributed.is_main_process()
@@ -128,7 +129,7 @@ def main(argv: list[str]) -> dict:
     out = Path(cfg.output_dir)
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg))
         print(f"distributed: backend={layout['backend']} ranks={layout['world_size']} "
               f"threads/rank={layout['threads']}" if layout else "single process", file=sys.stderr)
     from agents import CheckpointEveryIterations, EvalEveryIterations, evaluate_policy
