@@ -32,8 +32,6 @@ from lm_envs.tasks import Task
 
 
 class TokenVecEnv(VecEnv):
-    render_mode = None  # nothing to render; SB3 warns if the attribute is missing
-
     """Batched token-level MDP.
 
     :param task: prompts, references and the reward.
@@ -45,6 +43,8 @@ class TokenVecEnv(VecEnv):
     :param max_new_tokens, max_prompt_tokens, vocab_size, eos_token_ids, stop_strings,
         truncate_prompt, count_tokens: see `EpisodeBatch`.
     """
+
+    render_mode = None  # nothing to render; SB3 warns if the attribute is missing
 
     def __init__(
         self,

@@ -97,3 +97,16 @@ def test_site_builds_in_strict_mode(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "site" / "api" / "index.html").is_file()
+
+
+def test_api_reference_splits_multi_name_param_fields():
+    """The griffe extension of mkdocs.yml turns ``:param a, b: text`` into one field per name."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("griffe_multi_params", REPO / "docs" / "hooks" / "griffe_multi_params.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = ("Intro.\n\n:param x: one.\n:param a, b,\n    c: shared,\n    continued.\n:param y: last.\n")
+    assert module.split_fields(text).splitlines() == [
+        "Intro.", "", ":param x: one.", ":param a: shared,", "    continued.", ":param b: shared,", "    continued.",
+        ":param c: shared,", "    continued.", ":param y: last."]
