@@ -102,13 +102,13 @@ def test_task_options_and_bad_arguments(tiny_dir, tmp_path):
                        f"output_dir={tmp_path / 'z'}"])
 
 
-@pytest.mark.parametrize("script", ["evaluate.py", "sft_warmup.py", "run_ppo.py"])
+@pytest.mark.parametrize("script", ["evaluate.py", "sft_warmup.py", "run_ppo.py", "build_preferences.py"])
 def test_help_lists_every_option(script):
     """--help prints the script's summary and its base config, whose comments document each key."""
     proc = subprocess.run([sys.executable, str(REPO / "experiments" / script), "--help"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    base = {"evaluate.py": "evaluate.yaml", "sft_warmup.py": "sft_warmup.yaml", "run_ppo.py": "ppo.yaml"}[script]
+    base = {"evaluate.py": "evaluate.yaml", "sft_warmup.py": "sft_warmup.yaml"}.get(script, "ppo.yaml")
     text = (REPO / "experiments" / "configs" / base).read_text()
     assert text.strip() in proc.stdout
-    assert proc.stdout.splitlines()[0].startswith(("Evaluate", "SFT warm-up", "Train"))
+    assert proc.stdout.splitlines()[0].startswith(("Evaluate", "SFT warm-up", "Train", "Sample"))
