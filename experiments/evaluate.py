@@ -7,7 +7,7 @@
 
 The same config style as ``run_ppo.py``: ``experiments/configs/evaluate.yaml`` and dotted
 overrides (``--help`` lists every option). ``checkpoint=none`` evaluates the base ``model``. A
-checkpoint is a directory written by an agent's ``save``; its base model is the one recorded in
+checkpoint is a directory written by ``agents.PPO.save``; its base model is the one recorded in
 it unless ``model=`` is given. Task options go under ``env.kwargs`` (YAML values), e.g.
 ``env.kwargs.language=de`` or ``'env.kwargs.subjects=[anatomy, virology]'``. Writes
 ``summary.json`` (mean task score, the reward's metrics: accuracy, per-subject accuracy, compile
