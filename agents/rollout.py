@@ -50,13 +50,17 @@ def obs_to_torch(obs: dict[str, np.ndarray], device: torch.device) -> dict[str, 
 
 @torch.no_grad()
 def collect_episodes(policy: Any, env: Any, last_obs: dict[str, np.ndarray] | None = None,
-                     deterministic: bool = False, callback: Any = None) -> tuple[Episodes, dict[str, np.ndarray]]:
+                     deterministic: bool = False, callback: Any = None,
+                     compact: bool = True) -> tuple[Episodes, dict[str, np.ndarray]]:
     """Run the policy until every row of the current batch has finished.
 
     :param last_obs: the obs the env returned last (``None``: call ``env.reset()``). In lockstep
         mode the step that finishes a batch already returns the next batch's first obs.
     :param callback: optional SB3 callback; ``on_step()`` returning False stops early and the
         returned batch has ``complete=False`` (agents do not train on it).
+    :param compact: tell the policy which rows are still generating, so finished rows leave its
+        KV cache and every later forward pass (``False``: every row runs every step, as
+        ``model.generate`` does).
     :return: the episodes and the obs to start the next batch from.
     """
     if env.get_attr("autoreset", [0])[0]:
@@ -77,9 +81,9 @@ def collect_episodes(policy: Any, env: Any, last_obs: dict[str, np.ndarray] | No
     infos: list[dict[str, Any]] = [{} for _ in range(n)]
     state, episode_start, step, complete = None, np.ones(n, dtype=bool), 0, True
     while not finished.all() and step < max_new:
-        actions, step_log_probs, step_values, state = policy.act(
-            obs_to_torch(obs, device), state, episode_start, deterministic)
         active = torch.as_tensor(~finished, device=device)
+        actions, step_log_probs, step_values, state = policy.act(
+            obs_to_torch(obs, device), state, episode_start, deterministic, active=active if compact else None)
         log_probs[active, step] = step_log_probs[active]
         values[active, step] = step_values[active]
         action_mask[active, step] = True

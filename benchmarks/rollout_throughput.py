@@ -1,11 +1,19 @@
 """Rollout throughput: TokenVecEnv + CausalLMPolicy against `model.generate`, in one run.
 
-Same embedded model (SmolLM2-135M-Instruct), same 16 GSM8K prompts, same batch, same
-``max_new_tokens`` (64) and the same sampling (temperature 1, no top-k/top-p). Repetitions
-alternate between the two sides so machine noise hits both alike. Prints a table and, last,
-``ratio=<rollout tokens/s ÷ generate tokens/s>`` (median over repetitions).
+Same embedded model (SmolLM2-135M-Instruct), same 16 GSM8K prompts, same batch and the same
+sampling (temperature 1, no top-k/top-p). Two cases:
 
-    python benchmarks/rollout_throughput.py [--repeats 3] [--batch 16] [--max-new-tokens 64]
+* **variable** (``--variable-max-new-tokens``, 256): rows end at very different lengths. Our
+  rollout drops finished rows from the forward batch (compaction); `generate` keeps computing
+  them until the last row ends. Prints the length distribution and ``ratio_variable=``.
+* **fixed** (``--max-new-tokens``, 64): most rows use the whole budget. Prints, last,
+  ``ratio=<rollout tokens/s ÷ generate tokens/s>``.
+
+Repetitions alternate between the two sides so machine noise hits both alike; ratios are
+medians over repetitions, measured in the same run. Tokens are counted up to and including each
+row's first EOS on both sides.
+
+    python benchmarks/rollout_throughput.py [--repeats 3] [--batch 16] [--max-new-tokens 64] [--variable-max-new-tokens 256]
 """
 from __future__ import annotations
 
@@ -24,22 +32,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="the fixed-length case (0: skip it)")
+    parser.add_argument("--variable-max-new-tokens", type=int, default=256, help="the variable-length case (0: skip)")
     parser.add_argument("--model", default="smollm2-135m-instruct")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-
     model, tokenizer = load_lm(args.model)
-    env = make_vec("lm_envs/GSM8K-v0", args.batch, tokenizer, split="test", max_new_tokens=args.max_new_tokens,
+    if args.variable_max_new_tokens:
+        rate, lengths = measure(model, tokenizer, args, args.variable_max_new_tokens)
+        quartiles = statistics.quantiles(lengths, n=4)
+        print(f"variable case: episode lengths min {min(lengths)}, quartiles {quartiles[0]:.0f}/{quartiles[1]:.0f}/"
+              f"{quartiles[2]:.0f}, max {max(lengths)} of {args.variable_max_new_tokens}")
+        print(f"ratio_variable={rate:.3f}")
+    if args.max_new_tokens:
+        rate, _ = measure(model, tokenizer, args, args.max_new_tokens)
+        print(f"ratio={rate:.3f}")
+
+
+def measure(model, tokenizer, args, max_new_tokens: int) -> tuple[float, list[int]]:
+    """Alternate ours and generate; print the table; return (median ratio, our episode lengths)."""
+    env = make_vec("lm_envs/GSM8K-v0", args.batch, tokenizer, split="test", max_new_tokens=max_new_tokens,
                    max_prompt_tokens=512, truncate_prompt="left", vocab_size=model.config.vocab_size, seed=0)
     policy = CausalLMPolicy(env.observation_space, env.action_space, lambda _: 0.0, model=model, reference=False)
     P = env.batch.max_prompt_tokens
     eos = tokenizer.eos_token_id
+    lengths: list[int] = []
 
     def ours(seed: int) -> tuple[int, float]:
-        env.seed(0)  # the same 16 prompts every time
+        env.seed(0)  # the same prompts every time
         torch.manual_seed(seed)
         episodes, _ = collect_episodes(policy, env)
+        lengths.extend(episodes.lengths.tolist())
         return int(episodes.lengths.sum()), episodes.seconds
 
     env.seed(0)
@@ -53,7 +76,7 @@ def main() -> None:
         torch.manual_seed(seed)
         start = time.perf_counter()
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, temperature=1.0,
-                             top_k=0, top_p=1.0, max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+                             top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
         seconds = time.perf_counter() - start
         new = out[:, prompt_ids.shape[1]:]
         # Count each row's tokens up to and including its first EOS, like the env does.
@@ -62,6 +85,7 @@ def main() -> None:
         return int((ended_before == 0).sum()), seconds
 
     ours(0), theirs(0)  # warm-up
+    lengths.clear()
     rows = []
     for repeat in range(args.repeats):
         for name, fn in (("TokenVecEnv+CausalLMPolicy", ours), ("model.generate", theirs)):
@@ -73,8 +97,8 @@ def main() -> None:
     ours_rate = statistics.median(r[4] for r in rows if r[0] != "model.generate")
     theirs_rate = statistics.median(r[4] for r in rows if r[0] == "model.generate")
     print(f"median tokens/s: ours {ours_rate:.1f}, generate {theirs_rate:.1f} "
-          f"(batch {args.batch}, max_new_tokens {args.max_new_tokens}, sampled, T=1)")
-    print(f"ratio={ours_rate / theirs_rate:.3f}")
+          f"(batch {args.batch}, max_new_tokens {max_new_tokens}, sampled, T=1)")
+    return ours_rate / theirs_rate, lengths
 
 
 if __name__ == "__main__":

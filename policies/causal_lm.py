@@ -47,12 +47,15 @@ class RolloutState:
     """What the policy carries between env steps, like a recurrent policy's hidden state.
 
     ``cache`` is the KV cache over observation columns ``[offset, length)``. A state with
-    ``cache=None`` means "no cache is valid": the next step re-runs the full prefix.
+    ``cache=None`` means "no cache is valid": the next step re-runs the full prefix. ``rows``
+    are the batch rows the cache holds, in order (``None``: every row): finished rows are
+    compacted out of it, so a step costs only the rows still generating.
     """
 
     cache: Any = None
     offset: int = 0
     length: int = 0
+    rows: torch.Tensor | None = None
 
 
 @dataclass
@@ -304,6 +307,7 @@ class CausalLMPolicy(BasePolicy):
         state: RolloutState | None = None,
         episode_start: torch.Tensor | np.ndarray | None = None,
         deterministic: bool = False,
+        active: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, RolloutState]:
         """Choose the next token for every row; return ``(actions, log_probs, values, state)``.
 
@@ -311,6 +315,10 @@ class CausalLMPolicy(BasePolicy):
         the KV cache is kept across calls, so a step costs one incremental forward over one new
         column. If only some rows restart (per-row auto-reset), the cache is dropped and every
         step re-runs the full prefix: correct, but slower.
+
+        :param active: ``(B,)`` bool, the rows still generating (lockstep). Rows that are not
+            are dropped from the KV cache (an index-select on its batch dimension) and from
+            every later forward pass; their outputs are 0 (the env ignores them).
         """
         input_ids = obs["input_ids"].long()
         attention = obs["attention_mask"].long()
@@ -323,14 +331,24 @@ class CausalLMPolicy(BasePolicy):
             elif bool(starts.any()):
                 state = RolloutState(cache=None, length=-1)  # rows out of step: no shared cache
         lockstep = state is None and bool((num_generated == num_generated.max()).all())
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         if state is not None and state.cache is not None and 0 < end - state.length:
-            # Incremental step: feed the new column(s); waiting rows feed a masked pad.
-            offset = state.offset
-            mask = attention[:, offset:end]
+            # Incremental step: feed the new column(s) of the rows still generating; rows that
+            # finished leave the cache (waiting rows that stay feed a masked pad).
+            offset, cache = state.offset, state.cache
+            if state.rows is not None:
+                rows = state.rows
+            if active is not None:
+                keep = active.to(rows.device)[rows]
+                if not bool(keep.all()):
+                    kept = keep.nonzero().squeeze(-1)
+                    cache.reorder_cache(kept)  # public Cache API: index_select over the batch dimension
+                    rows = rows[kept]
+            mask = attention[rows, offset:end]
             positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, state.length - offset:]
-            hidden, cache = self._run(self.model, input_ids[:, state.length:end], mask, positions, state.cache, True)
+            hidden, cache = self._run(self.model, input_ids[rows, state.length:end], mask, positions, cache, True)
             last_hidden = hidden[:, -1]
-            new_state = RolloutState(cache, offset, end)
+            new_state = RolloutState(cache, offset, end, rows)
         else:
             # Prefix pass: skip columns that are padding in every row.
             real_columns = attention[:, :end].any(0).nonzero()
@@ -346,14 +364,19 @@ class CausalLMPolicy(BasePolicy):
             if not lockstep:  # rows out of step: each row's newest real token is its own column
                 last_column = self.prompt_width + num_generated - 1 - offset
                 last_hidden = hidden[torch.arange(hidden.shape[0]), last_column]
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         log_probs = self.action_log_probs(last_hidden, self.model, input_ids, rows,
-                                          self.prompt_width + num_generated - 1)
+                                          self.prompt_width + num_generated[rows] - 1)
         if deterministic:
             actions = log_probs.argmax(-1)
         else:
             actions = torch.multinomial(log_probs.exp(), 1).squeeze(-1)
-        return actions, log_probs.gather(-1, actions[:, None]).squeeze(-1), self.value_of(last_hidden), new_state
+        chosen, values = log_probs.gather(-1, actions[:, None]).squeeze(-1), self.value_of(last_hidden)
+        if len(rows) == input_ids.shape[0]:
+            return actions, chosen, values, new_state
+        full = input_ids.shape[0]
+        return (torch.zeros(full, dtype=actions.dtype, device=actions.device).index_copy(0, rows, actions),
+                torch.zeros(full, device=chosen.device).index_copy(0, rows, chosen),
+                torch.zeros(full, device=values.device).index_copy(0, rows, values), new_state)
 
     def evaluate_actions(
         self,

@@ -209,3 +209,33 @@ def test_grouped_prompts_share_one_prefill(tiny_lm):
     greedy, _ = collect_episodes(policy, env, deterministic=True)
     for group in greedy.input_ids.split(4):
         assert (group == group[0]).all()
+
+
+def test_finished_rows_leave_the_forward_batch(tiny_lm):
+    """Compaction: once a row ends, it leaves the KV cache and every later forward pass; log-probs
+    still equal teacher forcing, and greedy tokens equal an uncompacted rollout's."""
+    model, tokenizer = tiny_lm
+    eos = list(range(2, 40))  # many end tokens, so rows end at very different steps
+
+    def env():
+        return TokenVecEnv(echo_task(), tokenizer, num_envs=8, max_new_tokens=10, max_prompt_tokens=16, seed=0,
+                           eos_token_ids=eos)
+
+    policy = CausalLMPolicy(env().observation_space, env().action_space, lambda _: 1e-3, model=model)
+    rows_seen = []
+    hook = policy.model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows_seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    torch.manual_seed(0)
+    episodes, _ = collect_episodes(policy, env())
+    hook.remove()
+    lengths = episodes.lengths
+    assert len(set(lengths.tolist())) > 2
+    # After the first pass, step t runs exactly the rows whose episode is longer than t.
+    assert rows_seen[1:] == [int((lengths > t).sum()) for t in range(1, int(lengths.max()))]
+    out = teacher_forced(policy, episodes)
+    assert torch.allclose(out.log_prob, episodes.log_probs[episodes.action_mask], atol=1e-4)
+    assert torch.allclose(out.values, episodes.values[episodes.action_mask], atol=1e-4)
+    compacted, _ = collect_episodes(policy, env(), deterministic=True)
+    full, _ = collect_episodes(policy, env(), deterministic=True, compact=False)
+    assert torch.equal(compacted.input_ids, full.input_ids)
+    assert torch.allclose(compacted.log_probs, full.log_probs, atol=1e-5)
