@@ -60,8 +60,8 @@ def tiny_embedded(tiny_dir, monkeypatch, tmp_path):
     def load_lm(spec: str = loading.DEFAULT_MODEL, *args, **kwargs):
         return real(str(tiny_dir) if spec in loading.EMBEDDED_MODELS else spec, *args, **kwargs)
 
-    for module in list(sys.modules.values()):
-        if getattr(module, "load_lm", None) is real:
+    for module in list(sys.modules.values()):  # every `from policies... import load_lm` binding
+        if getattr(module, "__dict__", {}).get("load_lm") is real:
             monkeypatch.setattr(module, "load_lm", load_lm)
     monkeypatch.chdir(tmp_path)
 
