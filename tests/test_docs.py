@@ -110,3 +110,13 @@ def test_api_reference_splits_multi_name_param_fields():
     assert module.split_fields(text).splitlines() == [
         "Intro.", "", ":param x: one.", ":param a: shared,", "    continued.", ":param b: shared,", "    continued.",
         ":param c: shared,", "    continued.", ":param y: last."]
+
+
+def test_readme_links_point_at_files():
+    """README.md is not a page of the site, so mkdocs does not check it: its relative links must exist."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    relative = [link for link in links if not re.match(r"^[a-z]+://", link)]
+    assert relative, "the README should link into the docs"
+    missing = [link for link in relative if not (REPO / link).exists()]
+    assert not missing, missing
