@@ -64,6 +64,10 @@ def tiny_embedded(tiny_dir, monkeypatch, tmp_path):
         if getattr(module, "__dict__", {}).get("load_lm") is real:
             monkeypatch.setattr(module, "load_lm", load_lm)
     monkeypatch.chdir(tmp_path)
+    # Examples register their own rewards: keep those registrations out of the other tests.
+    import rewards
+
+    monkeypatch.setattr(rewards, "_REGISTRY", dict(rewards._REGISTRY))
 
 
 def test_pages_have_examples_and_few_skips():
