@@ -1,10 +1,11 @@
 """Token-level Gymnasium MDPs for language models.
 
-What lives here: prompt samplers (`sampler`), tasks (`tasks`, and the built-in suite in
-`suite`; they read data through `rewards.data`, the one loader, shared with the code rewards),
-the shared transition logic (`episodes`), `TokenEnv` (one episode) and `TokenVecEnv` (a native SB3 `VecEnv`), reward wrappers (`reward_wrappers`) and the registry
-of built-in ids. May import `rewards`; never `policies` or `agents`. Importing this package
-registers the built-in ids:
+What lives here: prompt samplers (`sampler`), tasks (the `tasks` package: `Task` and the task
+builders, one module per family; they read data through `rewards.data`, the one loader, shared
+with the code rewards), the shared transition logic (`episodes`), `TokenEnv` (one episode) and
+`TokenVecEnv` (a native SB3 `VecEnv`), reward wrappers (`reward_wrappers`), the registry
+(`registration`) and the built-in ids with their run defaults (`suite`). May import `rewards`;
+never `policies` or `agents`. Importing this package registers the built-in ids:
 
 * ``lm_envs/GSM8K-v0``: GSM8K, numeric-answer correctness.
 * ``lm_envs/MGSM-v0``: MGSM in 11 languages (``language=``), numeric-answer correctness.
@@ -19,26 +20,15 @@ from lm_envs.episodes import EpisodeBatch, observation_space
 from lm_envs.registration import make_token_env, make_vec, register_task
 from lm_envs.reward_wrappers import RewardWrapper, VecRewardWrapper
 from lm_envs.sampler import PromptSampler
-from lm_envs.suite import (
-    HUMANEVAL_STOP_STRINGS, humaneval_cpp_task, humaneval_java_task, humaneval_task, mbpp_task, mgsm_task,
-    mmlu_task, toxicity_task,
+from lm_envs.suite import register_builtin_ids
+from lm_envs.tasks import (
+    HUMANEVAL_STOP_STRINGS, Task, gsm8k_task, humaneval_cpp_task, humaneval_java_task, humaneval_task, mbpp_task,
+    mgsm_task, mmlu_task, toxicity_task,
 )
-from lm_envs.tasks import Task, gsm8k_task
 from lm_envs.token_env import TokenEnv
 from lm_envs.vec_env import TokenVecEnv
 
-register_task("lm_envs/GSM8K-v0", gsm8k_task, max_new_tokens=256)
-register_task("lm_envs/MGSM-v0", mgsm_task, split="test", max_new_tokens=256)
-register_task("lm_envs/MMLU-v0", mmlu_task, split="test", max_new_tokens=64, max_prompt_tokens=1024)
-register_task("lm_envs/MBPP-v0", mbpp_task, split="train", max_new_tokens=512, max_prompt_tokens=512)
-register_task("lm_envs/HumanEval-v0", humaneval_task, split="test", max_new_tokens=512, max_prompt_tokens=1024,
-              stop_strings=HUMANEVAL_STOP_STRINGS)
-# MultiPL-E stop tokens: the line that closes the function.
-register_task("lm_envs/HumanEvalCpp-v0", humaneval_cpp_task, split="test", max_new_tokens=512,
-              max_prompt_tokens=1024, stop_strings=("\n}",))
-register_task("lm_envs/HumanEvalJava-v0", humaneval_java_task, split="test", max_new_tokens=512,
-              max_prompt_tokens=1024, stop_strings=("\n    }\n",))
-register_task("lm_envs/Toxicity-v0", toxicity_task, split="train", max_new_tokens=20, max_prompt_tokens=128)
+register_builtin_ids()
 
 __all__ = [
     "DATA_DIR_ENV", "EpisodeBatch", "PromptSampler", "RewardWrapper", "Task", "TokenEnv", "TokenVecEnv", "gsm8k_task",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import lm_envs.suite
+import lm_envs.tasks.code
 import rewards
 import rewards.code
 import rewards.data
@@ -266,7 +266,7 @@ def test_killed_server_recovers_or_raises_never_zeros(mbpp):
 def test_one_loader_lives_in_rewards():
     """lm_envs reads its data through rewards.data; no copy of the loaders is left there."""
     assert not (ROOT / "lm_envs" / "data.py").exists()
-    assert lm_envs.suite.load_mbpp is rewards.data.load_mbpp
-    assert lm_envs.suite.load_humaneval_x is rewards.data.load_humaneval_x
+    assert lm_envs.tasks.code.load_mbpp is rewards.data.load_mbpp
+    assert lm_envs.tasks.code.load_humaneval_x is rewards.data.load_humaneval_x
     assert rewards.code.load_mbpp is rewards.data.load_mbpp
     assert len(load_mbpp("test")) == 500 and len(load_mbpp()) == 974

@@ -1,10 +1,12 @@
-"""Tasks: a list of prompts, their references, and a batched reward.
+"""The task type and what every task builder shares: `Task`, `RewardFn`, `validate_rows`, `make_reward`.
 
 A `Task` is everything an env needs to know about a data set and nothing about models or
 agents. `Task.prompt(i, tokenizer)` renders row ``i`` as text, through the tokenizer's chat
 template when it has one (override with ``chat_template=False`` or a ``prompt_template``).
-Task builders (`gsm8k_task` here, the rest in `lm_envs.suite`) read data through `rewards.data`
-and drop malformed rows through `validate_rows`. May import `rewards`.
+The builders (in the sibling modules of `lm_envs.tasks`) read data through `rewards.data`, drop
+malformed rows through `validate_rows`, pick their reward with `make_reward` and assemble the
+`Task` with the small helpers here (`_check_split`, `_limit`, `_build`). May import `rewards`;
+never `policies` or `agents`.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from rewards.data import load_from_hub, local_file, read_jsonl, resolve_data_dir
+__all__ = ["RewardFn", "Task", "make_reward", "validate_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,25 +73,6 @@ class Task:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-GSM8K_TEMPLATE = "{question}\nSolve step by step. End with the final answer on its own line as '#### <number>'."
-
-
-def load_gsm8k(split: str = "train", data_dir: str | None = None) -> list[dict[str, Any]]:
-    """GSM8K rows ``{"question", "answer"}``; the answer ends with ``#### N``."""
-    if split not in ("train", "test"):
-        raise ValueError(f"GSM8K has splits 'train' and 'test', not {split!r}")
-    local = resolve_data_dir(data_dir)
-    if local is not None:
-        return read_jsonl(local_file(local, "gsm8k", f"{split}.jsonl"), lenient=True)
-
-    def from_hub():
-        import datasets
-
-        return datasets.load_dataset("openai/gsm8k", "main", split=split)
-
-    return load_from_hub(from_hub, f"openai/gsm8k ({split})")
-
-
 def validate_rows(
     rows: Sequence[Any],
     required: Sequence[str],
@@ -137,37 +120,21 @@ def make_reward(reward: RewardFn | str | None, default: str, reward_kwargs: dict
     return rewards.make(reward or default, **(reward_kwargs or {}))
 
 
-def _numeric_gold(row: dict[str, Any]) -> bool:
-    from rewards.math import parse_reference
+def _check_split(name: str, split: str, allowed: Sequence[str], note: str = "") -> None:
+    # No silent substitution: asking for a split a data set lacks is always an error.
+    if split not in allowed:
+        raise ValueError(f"{name} has split(s) {list(allowed)}, not {split!r}{note}")
 
-    parse_reference(row["answer"])  # raises ValueError when there is no number
-    return True
+
+def _limit(rows: list, limit: int | None) -> list:
+    return rows if limit is None else rows[:limit]
 
 
-def gsm8k_task(
-    split: str = "train",
-    data_dir: str | None = None,
-    reward: RewardFn | str | None = None,
-    reward_kwargs: dict[str, Any] | None = None,
-    prompt_template: str = GSM8K_TEMPLATE,
-    limit: int | None = None,
-    on_bad_row: str = "skip",
-    **task_kwargs: Any,
-) -> Task:
-    """GSM8K (``openai/gsm8k``, local ``gsm8k/{train,test}.jsonl``); splits train and test.
-
-    Prompt: ``GSM8K_TEMPLATE``, i.e. the question, then "Solve step by step. End with the final
-    answer on its own line as '#### <number>'.", through the tokenizer's chat template when it
-    has one. Reference: the GSM8K answer text (ends with ``#### N``). Reward: ``rewards.make("gsm8k")``.
-    """
-    rows = validate_rows(load_gsm8k(split, data_dir), ("question", "answer"), "gsm8k", on_bad_row, _numeric_gold)
-    if limit is not None:
-        rows = rows[:limit]
-    return Task(
-        questions=[row["question"] for row in rows],
-        references=[row["answer"] for row in rows],
-        reward=make_reward(reward, "gsm8k", reward_kwargs),
-        name="gsm8k",
-        prompt_template=prompt_template,
-        **{"metadata": {"split": split}, **task_kwargs},
-    )
+def _build(rows: list[dict[str, Any]], question: Callable[[dict], str], reference: Callable[[dict], Any],
+           reward: RewardFn, name: str, metadata: dict[str, Any], task_kwargs: dict[str, Any],
+           **defaults: Any) -> Task:
+    """A `Task` over validated rows; ``task_kwargs`` (prompt_template, chat_template...) win over defaults."""
+    kwargs = {**defaults, **task_kwargs}
+    kwargs["metadata"] = {**metadata, **kwargs.get("metadata", {})}
+    return Task(questions=[question(r) for r in rows], references=[reference(r) for r in rows],
+                reward=reward, name=name, **kwargs)
