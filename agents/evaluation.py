@@ -50,7 +50,8 @@ def evaluate_policy(policy: Any, env: Any, n_episodes: int, deterministic: bool 
     its own seeded torch RNG, so evaluating never shifts the training run's random stream.
 
     A pause policy (one with ``pause_token_id``) adds ``pauses`` to each sample and the metrics of
-    `pause_metrics` to the summary.
+    `pause_metrics` to the summary. Multi-turn episodes add their turns, tool calls and first
+    attempt's score to each sample and `turn_metrics` to the summary.
     """
     pause_id = getattr(policy, "pause_token_id", None)
     if seed is not None:
@@ -83,6 +84,7 @@ def evaluate_policy(policy: Any, env: Any, n_episodes: int, deterministic: bool 
                 components.setdefault(name, []).append(float(value))
             samples.append({**{k: info.get(k) for k in ("index", "prompt", "completion", "reference", "score")},
                             "reward": returned[-1], "length": lengths[-1]})
+            samples[-1].update({k: info[k] for k in _TURN_KEYS if k in info})
             if pause_id is not None:
                 pauses.append(int(counts[row]))
                 samples[-1]["pauses"] = pauses[-1]
@@ -93,14 +95,37 @@ def evaluate_policy(policy: Any, env: Any, n_episodes: int, deterministic: bool 
     if reference_stats:
         summary["kl_mean"] = float(np.mean(kls[:n_episodes]))
         summary["perplexity_mean"] = float(np.mean(perplexities[:n_episodes]))
-    reward = env.get_attr("task", [0])[0].reward
-    if hasattr(reward, "metrics"):
+    task = env.get_attr("task", [0])[0]
+    reward = task.reward
+    if "turns" in samples[0]:
+        summary.update(turn_metrics(samples))
+    # A task that replies between turns scores attempts itself; the completion is the whole
+    # conversation, which the reward's own metrics would misread.
+    if hasattr(reward, "metrics") and getattr(task, "respond", None) is None:
         metrics = reward.metrics([s["completion"] for s in samples], [s["reference"] for s in samples],
                                  np.asarray(scores, dtype=np.float32))
         summary.update({k: float(v) for k, v in metrics.items()})
     if pause_id is not None:
         summary.update(pause_metrics(pauses, lengths, scores, samples, reward))
     return summary, samples
+
+
+_TURN_KEYS = ("turns", "tool_calls", "injected_tokens", "first_score")
+
+
+def turn_metrics(samples: list[dict[str, Any]]) -> dict[str, float]:
+    """Multi-turn episodes: ``turns_mean``, ``tool_calls_mean`` and ``tool_use_rate`` (episodes with
+    at least one tool call); with replies that score attempts, ``first_turn_score_mean``,
+    ``first_turn_pass`` (pass@1 at the first turn: full marks) and ``final_pass`` (at the last)."""
+    out = {"turns_mean": float(np.mean([s["turns"] for s in samples])),
+           "tool_calls_mean": float(np.mean([s["tool_calls"] for s in samples])),
+           "tool_use_rate": float(np.mean([s["tool_calls"] > 0 for s in samples]))}
+    first = [s.get("first_score") for s in samples]
+    if all(f is not None for f in first):
+        out["first_turn_score_mean"] = float(np.mean(first))
+        out["first_turn_pass"] = float(np.mean([f >= 1.0 for f in first]))
+        out["final_pass"] = float(np.mean([s["score"] >= 1.0 for s in samples]))
+    return out
 
 
 def pause_metrics(pauses: list[int], lengths: list[int], scores: list[float], samples: list[dict[str, Any]],

@@ -14,16 +14,23 @@ never `policies` or `agents`. Importing this package registers the built-in ids:
 * ``lm_envs/HumanEval-v0``, ``lm_envs/HumanEvalCpp-v0``, ``lm_envs/HumanEvalJava-v0``: code
   completion, compiled and tested in the sandbox.
 * ``lm_envs/Toxicity-v0``: RealToxicityPrompts continuation, reward 1 - toxicity.
+
+Multi-turn ids, where the env speaks mid-episode (`lm_envs.tasks.turns`):
+
+* ``lm_envs/GSM8KCalculator-v0``: GSM8K with its calculator annotations as a tool.
+* ``lm_envs/MBPPFeedback-v0``, ``lm_envs/HumanEvalCppFeedback-v0``: up to three attempts, with
+  the compiler error or the first failing test shown after a failed one.
 """
 from rewards.data import DATA_DIR_ENV, resolve_data_dir
-from lm_envs.episodes import EpisodeBatch, observation_space
+from lm_envs.episodes import EpisodeBatch, EpisodeConfig, observation_space
 from lm_envs.registration import make_token_env, make_vec, register_task
 from lm_envs.reward_wrappers import RewardWrapper, VecRewardWrapper
 from lm_envs.sampler import PromptSampler
 from lm_envs.suite import register_builtin_ids
 from lm_envs.tasks import (
-    HUMANEVAL_STOP_STRINGS, Task, gsm8k_task, humaneval_cpp_task, humaneval_java_task, humaneval_task, mbpp_task,
-    mgsm_task, mmlu_task, toxicity_task,
+    HUMANEVAL_STOP_STRINGS, Reply, Task, Tool, gsm8k_calculator_task, gsm8k_task, humaneval_cpp_feedback_task,
+    humaneval_cpp_task, humaneval_java_task, humaneval_task, mbpp_feedback_task, mbpp_task, mgsm_task, mmlu_task,
+    toxicity_task,
 )
 from lm_envs.token_env import TokenEnv
 from lm_envs.vec_env import TokenVecEnv
@@ -31,8 +38,10 @@ from lm_envs.vec_env import TokenVecEnv
 register_builtin_ids()
 
 __all__ = [
-    "DATA_DIR_ENV", "EpisodeBatch", "PromptSampler", "RewardWrapper", "Task", "TokenEnv", "TokenVecEnv", "gsm8k_task",
-    "humaneval_cpp_task", "humaneval_java_task", "humaneval_task", "make_token_env", "make_vec", "mbpp_task",
+    "DATA_DIR_ENV", "EpisodeBatch", "EpisodeConfig", "PromptSampler", "Reply", "RewardWrapper", "Task", "TokenEnv",
+    "TokenVecEnv", "Tool", "gsm8k_calculator_task", "gsm8k_task", "humaneval_cpp_feedback_task",
+    "humaneval_cpp_task", "humaneval_java_task", "humaneval_task", "make_token_env", "make_vec", "mbpp_feedback_task",
+    "mbpp_task",
     "mgsm_task", "mmlu_task", "observation_space", "register_task", "resolve_data_dir", "toxicity_task",
     "VecRewardWrapper",
 ]

@@ -1,33 +1,120 @@
 """`EpisodeBatch`: the token-level MDP for ``n`` rows at once, as numpy arrays.
 
 Both `TokenEnv` (n = 1) and `TokenVecEnv` (n = batch) are thin shells over this class, so the
-transition logic exists once.
+transition logic exists once. `EpisodeConfig` is the one list of episode settings they share.
 
-Row layout, fixed for the whole episode (length ``L = max_prompt_tokens + max_new_tokens``)::
+Row layout (width ``L = max_prompt_tokens + max_new_tokens + max_injected_tokens``)::
 
-    [ pad ... pad | prompt tokens ][ generated tokens ... | pad ... ]
-    0                             P                                 L
+    [ pad ... pad | prompt tokens ][ policy and env tokens, contiguous ... | pad ... ]
+    0                             P                     P + completion_length        L
 
-Prompts are left-padded to ``P = max_prompt_tokens``, so generated token ``t`` always sits at
-column ``P + t`` in every row. This is the layout `model.generate` uses for a left-padded batch,
-and it lets a policy keep one KV cache for the whole batch. ``attention_mask`` marks real
-tokens; ``policy_mask`` marks tokens the policy chose (an env that injects tool output later
-writes tokens with attention 1 and policy 0).
+Prompts are left-padded to ``P = max_prompt_tokens``. After ``P`` each row is *compact*: the
+tokens the policy chose and the tokens the env injected (tool results, feedback turns) follow
+one another with no gaps, ``completion_length`` of them. ``attention_mask`` marks real tokens;
+``policy_mask`` marks the policy's own (its actions); injected tokens have attention 1 and
+policy 0. In a single-turn task nothing is injected, so generated token ``t`` sits at ``P + t``.
+A policy that keeps one KV cache for a lockstep batch maps this layout to its own cache columns
+(`policies.CausalLMPolicy.act` puts masked holes where rows injected different amounts).
+
+Ends of episodes:
+
+* **terminated**: the policy ended its last turn (EOS or a stop string), or the task's reply
+  ended the episode (`lm_envs.tasks.turns.Reply` with ``text=None``);
+* **truncated**: a budget ran out: ``max_new_tokens`` (the policy's tokens, all turns),
+  ``max_turn_tokens`` on the last allowed turn, or ``max_injected_tokens`` (an injection that
+  does not fit ends the episode instead of being cut).
 """
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 from gymnasium import spaces
 
 from lm_envs.tasks import Task
+from lm_envs.tasks.turns import ChatTurns, Reply
 
 
-def observation_space(vocab_size: int, max_prompt_tokens: int, max_new_tokens: int) -> spaces.Dict:
+@dataclass
+class EpisodeConfig:
+    """Everything about an episode that is not the task: budgets, widths and how turns end.
+
+    :param max_new_tokens: the policy's token budget over the whole episode (all turns);
+        reaching it truncates the episode.
+    :param max_prompt_tokens: width of the prompt region. Longer prompts follow ``truncate_prompt``.
+    :param vocab_size: size of the action space (a model's vocabulary may exceed the
+        tokenizer's); defaults to ``len(tokenizer)``.
+    :param eos_token_ids: token ids that end a turn; defaults to the tokenizer's EOS.
+    :param stop_strings: strings that also end a turn once they appear in its decoded text.
+    :param truncate_prompt: ``"error"`` (default) or ``"left"``: keep the last tokens of a
+        too-long prompt (and warn once), never a silent misalignment.
+    :param count_tokens: ``{info_key: token}``: count these tokens (ids or token strings) among
+        the policy's tokens of each finished episode and report the count as
+        ``info[info_key]``. Special tokens such as a pause token are stripped from the text,
+        so this is how a reward wrapper can price them (``InfoTerm("pauses")``).
+    :param max_turns: how many turns the policy gets when the task replies between turns
+        (``Task.respond``); the episode ends after the last.
+    :param max_turn_tokens: the policy's budget per turn (``None``: no limit but
+        ``max_new_tokens``); reaching it ends the turn as EOS would.
+    :param max_injected_tokens: room for env-injected tokens over the whole episode. Injected
+        tokens count against the context width, never against ``max_new_tokens``.
+    :param max_reply_tokens: an env message (a reply's or a tool's text, not a reply's
+        ``suffix``) is cut to this many tokens before it is rendered as a turn.
+    """
+
+    max_new_tokens: int = 64
+    max_prompt_tokens: int = 256
+    vocab_size: int | None = None
+    eos_token_ids: Sequence[int] | None = None
+    stop_strings: Sequence[str] = ()
+    truncate_prompt: str = "error"
+    count_tokens: dict[str, int | str] | None = None
+    max_turns: int = 1
+    max_turn_tokens: int | None = None
+    max_injected_tokens: int = 0
+    max_reply_tokens: int = 128
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        if self.max_prompt_tokens < 1:
+            raise ValueError("max_prompt_tokens must be at least 1")
+        if self.truncate_prompt not in ("error", "left"):
+            raise ValueError("truncate_prompt must be 'error' or 'left'")
+        if self.max_turns < 1:
+            raise ValueError("max_turns must be at least 1")
+        if self.max_turn_tokens is not None and self.max_turn_tokens < 1:
+            raise ValueError("max_turn_tokens must be at least 1 (or None)")
+        if self.max_injected_tokens < 0 or self.max_reply_tokens < 1:
+            raise ValueError("max_injected_tokens must be >= 0 and max_reply_tokens >= 1")
+        self.stop_strings = tuple(self.stop_strings)
+
+    @classmethod
+    def names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def build(cls, config: "EpisodeConfig | None" = None, **kwargs: Any) -> "EpisodeConfig":
+        """``config`` with ``kwargs`` replaced (``EpisodeConfig(**kwargs)`` without one)."""
+        unknown = sorted(set(kwargs) - cls.names())
+        if unknown:
+            raise TypeError(f"unknown episode settings {unknown}; known: {sorted(cls.names())}")
+        return dataclasses.replace(config, **kwargs) if config is not None else cls(**kwargs)
+
+    @property
+    def max_completion_tokens(self) -> int:
+        """Columns after the prompt region: the policy's budget plus the injected budget."""
+        return self.max_new_tokens + self.max_injected_tokens
+
+
+def observation_space(vocab_size: int, max_prompt_tokens: int, max_new_tokens: int,
+                      max_injected_tokens: int = 0) -> spaces.Dict:
     """The observation space shared by `TokenEnv` and `TokenVecEnv`."""
-    length = max_prompt_tokens + max_new_tokens
+    after = max_new_tokens + max_injected_tokens
+    length = max_prompt_tokens + after
     return spaces.Dict(
         {
             "input_ids": spaces.Box(0, vocab_size - 1, shape=(length,), dtype=np.int64),
@@ -35,60 +122,50 @@ def observation_space(vocab_size: int, max_prompt_tokens: int, max_new_tokens: i
             "policy_mask": spaces.Box(0, 1, shape=(length,), dtype=np.int8),
             "prompt_length": spaces.Box(0, max_prompt_tokens, shape=(1,), dtype=np.int64),
             "num_generated": spaces.Box(0, max_new_tokens, shape=(1,), dtype=np.int64),
+            "completion_length": spaces.Box(0, after, shape=(1,), dtype=np.int64),
         }
     )
 
 
 class EpisodeBatch:
-    """State and transitions of ``n`` episodes of prompt-then-generate.
+    """State and transitions of ``n`` episodes of prompt, then turns of generation.
 
-    :param task: prompts, references and the reward.
-    :param tokenizer: a HF tokenizer; used to encode prompts and decode completions.
+    :param task: prompts, references, the reward, and optionally ``tools`` and ``respond``
+        (see `lm_envs.tasks.turns`).
+    :param tokenizer: a HF tokenizer; used to encode prompts and env text and decode completions.
     :param n: number of rows.
-    :param max_new_tokens: token budget; reaching it truncates the episode.
-    :param max_prompt_tokens: width of the prompt region. Longer prompts follow ``truncate_prompt``.
-    :param vocab_size: size of the action space (a model's vocabulary may exceed the tokenizer's).
-    :param eos_token_ids: token ids that terminate; defaults to the tokenizer's EOS.
-    :param stop_strings: strings that also terminate once they appear in the decoded completion.
-    :param count_tokens: ``{info_key: token}``: count these tokens (ids or token strings) in each
-        finished completion and report the count as ``info[info_key]``. Special tokens such as a
-        pause token are stripped from the text, so this is how a reward wrapper can price them
-        (``InfoTerm("pauses")``).
-    :param truncate_prompt: ``"error"`` (default) or ``"left"``: keep the last tokens of a
-        too-long prompt (and warn once), never a silent misalignment.
+    :param config: an `EpisodeConfig`; keyword arguments override its fields (or build one).
     """
 
-    def __init__(
-        self,
-        task: Task,
-        tokenizer: Any,
-        n: int,
-        max_new_tokens: int = 64,
-        max_prompt_tokens: int = 256,
-        vocab_size: int | None = None,
-        eos_token_ids: Sequence[int] | None = None,
-        stop_strings: Sequence[str] = (),
-        truncate_prompt: str = "error",
-        count_tokens: dict[str, int | str] | None = None,
-    ) -> None:
-        if max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
-        if truncate_prompt not in ("error", "left"):
-            raise ValueError("truncate_prompt must be 'error' or 'left'")
+    def __init__(self, task: Task, tokenizer: Any, n: int, config: EpisodeConfig | None = None,
+                 **kwargs: Any) -> None:
+        self.config = config = EpisodeConfig.build(config, **kwargs)
         self.task, self.tokenizer, self.n = task, tokenizer, n
-        self.max_new_tokens, self.max_prompt_tokens = max_new_tokens, max_prompt_tokens
-        self.vocab_size = int(vocab_size or len(tokenizer))
+        self.max_new_tokens, self.max_prompt_tokens = config.max_new_tokens, config.max_prompt_tokens
+        self.vocab_size = int(config.vocab_size or len(tokenizer))
         if self.vocab_size < len(tokenizer):
             raise ValueError(f"vocab_size={self.vocab_size} is smaller than the tokenizer ({len(tokenizer)})")
+        eos_token_ids = config.eos_token_ids
         if eos_token_ids is None:
             eos_token_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         self.eos_token_ids = np.asarray(sorted(set(eos_token_ids)), dtype=np.int64)
-        self.stop_strings = tuple(stop_strings)
-        self.count_tokens = {key: self._token_id(token) for key, token in (count_tokens or {}).items()}
-        self.truncate_prompt = truncate_prompt
+        self.stop_strings = config.stop_strings
+        self.count_tokens = {key: self._token_id(token) for key, token in (config.count_tokens or {}).items()}
+        self.truncate_prompt = config.truncate_prompt
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(self.eos_token_ids[0])
-        self.length = max_prompt_tokens + max_new_tokens
-        self.observation_space = observation_space(self.vocab_size, max_prompt_tokens, max_new_tokens)
+        self.tools = tuple(getattr(task, "tools", ()) or ())
+        self.respond = getattr(task, "respond", None)
+        self.multi_turn = bool(self.tools) or self.respond is not None
+        if self.multi_turn and config.max_injected_tokens == 0:
+            raise ValueError(f"task {task.name!r} injects text (tools or respond) but max_injected_tokens=0: "
+                             f"give it room, e.g. max_injected_tokens=256")
+        if config.max_turns > 1 and self.respond is None:
+            raise ValueError(f"max_turns={config.max_turns} needs a task that replies between turns (Task.respond)")
+        self.max_turn_tokens = config.max_turn_tokens or config.max_new_tokens
+        self._chat: ChatTurns | None = None
+        self.length = config.max_prompt_tokens + config.max_completion_tokens
+        self.observation_space = observation_space(self.vocab_size, config.max_prompt_tokens, config.max_new_tokens,
+                                                   config.max_injected_tokens)
         self._prompt_cache: dict[int, tuple[np.ndarray, str]] = {}
 
         L = self.length
@@ -96,7 +173,16 @@ class EpisodeBatch:
         self.attention_mask = np.zeros((n, L), dtype=np.int8)
         self.policy_mask = np.zeros((n, L), dtype=np.int8)
         self.prompt_length = np.zeros(n, dtype=np.int64)
-        self.num_generated = np.zeros(n, dtype=np.int64)
+        self.num_generated = np.zeros(n, dtype=np.int64)     # the policy's tokens
+        self.completion_length = np.zeros(n, dtype=np.int64)  # columns used after P (policy + env)
+        self.num_injected = np.zeros(n, dtype=np.int64)
+        self.turns = np.zeros(n, dtype=np.int64)              # turns the policy has ended
+        self.turn_start = np.zeros(n, dtype=np.int64)         # column (after P) where this turn began
+        self.turn_generated = np.zeros(n, dtype=np.int64)     # num_generated when this turn began
+        self.segment_start = np.zeros(n, dtype=np.int64)      # column after the env last spoke
+        self.tool_calls = np.zeros(n, dtype=np.int64)
+        self.first_score = np.full(n, np.nan)
+        self.last_score = np.full(n, np.nan)
         self.finished = np.ones(n, dtype=bool)
         self.row_index = np.zeros(n, dtype=np.int64)
         self.start_time = np.zeros(n, dtype=np.float64)
@@ -142,91 +228,213 @@ class EpisodeBatch:
             self.attention_mask[row, P - len(ids):P] = 1
             self.prompt_length[row] = len(ids)
         self.row_index[rows] = indices
-        self.num_generated[rows] = 0
+        for name in ("num_generated", "completion_length", "num_injected", "turns", "turn_start",
+                     "turn_generated", "segment_start", "tool_calls"):
+            getattr(self, name)[rows] = 0
+        self.first_score[rows] = np.nan
+        self.last_score[rows] = np.nan
         self.finished[rows] = False
         self.start_time[rows] = time.time()
 
     # -- transitions -----------------------------------------------------------------------
     def step(self, actions: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
-        """Append ``actions`` on ``active`` rows; return rewards, terminated, truncated, infos.
+        """Append ``actions`` on ``active`` rows, let the task speak; return rewards,
+        terminated, truncated, infos.
 
         Inactive rows are untouched (their actions are ignored) and get reward 0. Infos of
         rows that end carry everything per-episode metrics need: the decoded completion, the
-        reference, the prompt, the data row index, the task score and an SB3 ``episode`` record.
+        reference, the prompt, the data row index, the task score, the turns and tool calls
+        used, and an SB3 ``episode`` record.
         """
         actions = np.asarray(actions, dtype=np.int64).reshape(self.n)
         rows = np.flatnonzero(active & ~self.finished)
         if rows.size and (actions[rows].min() < 0 or actions[rows].max() >= self.vocab_size):
             raise ValueError(f"actions must be in [0, {self.vocab_size}), got {actions[rows]}")
-        column = self.max_prompt_tokens + self.num_generated[rows]
+        column = self.max_prompt_tokens + self.completion_length[rows]
         self.input_ids[rows, column] = actions[rows]
         self.attention_mask[rows, column] = 1
         self.policy_mask[rows, column] = 1
         self.num_generated[rows] += 1
+        self.completion_length[rows] += 1
+
+        # Which rows end their turn, and how.
+        eos = np.zeros(self.n, dtype=bool)
+        eos[rows] = np.isin(actions[rows], self.eos_token_ids)
+        stopped = eos.copy()
+        if self.stop_strings:  # decoding costs a Python call per row, so only when asked for
+            for row in rows[~eos[rows]]:
+                text = self._decode(row, self.turn_start[row])
+                stopped[row] = any(stop in text for stop in self.stop_strings)
+        out_of_tokens = np.zeros(self.n, dtype=bool)
+        out_of_tokens[rows] = self.num_generated[rows] >= self.max_new_tokens
+        turn_full = np.zeros(self.n, dtype=bool)
+        turn_full[rows] = (self.num_generated[rows] - self.turn_generated[rows]) >= self.max_turn_tokens
+        turn_ends = stopped | out_of_tokens | turn_full
 
         terminated = np.zeros(self.n, dtype=bool)
-        terminated[rows] = np.isin(actions[rows], self.eos_token_ids)
-        if self.stop_strings:  # decoding costs a Python call per row, so only when asked for
-            for row in rows[~terminated[rows]]:
-                text = self._decode(row)
-                terminated[row] = any(stop in text for stop in self.stop_strings)
         truncated = np.zeros(self.n, dtype=bool)
-        truncated[rows] = ~terminated[rows] & (self.num_generated[rows] >= self.max_new_tokens)
+        inject: dict[int, tuple[str, bool]] = {}  # row -> (text, starts a new turn)
+        if self.tools:  # inline calls, in rows that go on with their turn
+            for row in rows[~turn_ends[rows]]:
+                text = self._decode(row, self.segment_start[row])
+                for tool in self.tools:
+                    reply = tool.call(text)
+                    if reply is not None:
+                        inject[int(row)] = (self._trim(reply), False)
+                        self.tool_calls[row] += 1
+                        break
+        ending = rows[turn_ends[rows]]
+        self.turns[ending] += 1
+        if self.respond is not None and ending.size:
+            replies = self._replies(ending)
+            for row, reply in zip(ending, replies):
+                if reply.score is not None:
+                    if np.isnan(self.first_score[row]):
+                        self.first_score[row] = reply.score
+                    self.last_score[row] = reply.score
+                last_turn = self.turns[row] >= self.config.max_turns or out_of_tokens[row]
+                if reply.text is None or last_turn:
+                    terminated[row] = not (out_of_tokens[row] or (turn_full[row] and not stopped[row]))
+                    truncated[row] = not terminated[row]
+                else:
+                    content = self._trim(reply.text) + reply.suffix
+                    text = self._chat_turns().render(content, bool(eos[row])) if reply.chat else content
+                    inject[int(row)] = (text, True)
+        else:
+            terminated[ending] = stopped[ending]
+            truncated[ending] = ~stopped[ending]
+        for row, (text, new_turn) in inject.items():
+            if not self._inject(row, text, new_turn):
+                truncated[row], terminated[row] = True, False
         ended = np.flatnonzero(terminated | truncated)
         self.finished[ended] = True
+        return self._finish(ended, terminated, truncated)
 
+    def _replies(self, rows: np.ndarray) -> list[Reply]:
+        attempts = [self._attempt(row) for row in rows]
+        references = [self.task.references[i] for i in self.row_index[rows]]
+        replies = list(self.respond(attempts, references, [int(t) for t in self.turns[rows]]))
+        if len(replies) != len(rows) or not all(isinstance(reply, Reply) for reply in replies):
+            raise TypeError(f"task {self.task.name!r}: respond must return one lm_envs.tasks.turns.Reply per attempt "
+                            f"({len(rows)}), got {replies!r:.200}")
+        return replies
+
+    def _trim(self, text: str) -> str:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= self.config.max_reply_tokens:
+            return text
+        return self.tokenizer.decode(ids[: self.config.max_reply_tokens], skip_special_tokens=False)
+
+    def _chat_turns(self) -> ChatTurns:
+        if self._chat is None:
+            self._chat = ChatTurns(self.tokenizer, self.task.uses_chat_template(self.tokenizer))
+        return self._chat
+
+    def _inject(self, row: int, text: str, new_turn: bool) -> bool:
+        """Write env text after ``row``'s last token (``new_turn``: the policy's next turn starts
+        after it); ``False`` when it does not fit."""
+        ids = np.asarray(self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+        if len(ids) == 0:
+            return True
+        if self.num_injected[row] + len(ids) > self.config.max_injected_tokens:
+            return False
+        start = self.max_prompt_tokens + self.completion_length[row]
+        self.input_ids[row, start:start + len(ids)] = ids
+        self.attention_mask[row, start:start + len(ids)] = 1
+        self.policy_mask[row, start:start + len(ids)] = 0
+        self.completion_length[row] += len(ids)
+        self.num_injected[row] += len(ids)
+        self.segment_start[row] = self.completion_length[row]
+        if new_turn:
+            self.turn_start[row] = self.completion_length[row]
+            self.turn_generated[row] = self.num_generated[row]
+        return True
+
+    def _finish(self, ended: np.ndarray, terminated: np.ndarray, truncated: np.ndarray):
         rewards = np.zeros(self.n, dtype=np.float32)
         infos: list[dict] = [{} for _ in range(self.n)]
-        if ended.size:
-            completions = [self.completion(row) for row in ended]
-            references = [self.task.references[i] for i in self.row_index[ended]]
-            prompts = [self.encode_prompt(int(i))[1] for i in self.row_index[ended]]
-            reward_start = time.perf_counter()
-            scores = np.asarray(self.task.reward(completions, references, prompts), dtype=np.float32)
-            reward_time = (time.perf_counter() - reward_start) / len(ended)
-            rewards[ended] = scores
-            now = time.time()
-            start = self.max_prompt_tokens
-            for k, row in enumerate(ended):
-                infos[row] = {
-                    "completion": completions[k],
-                    "reference": references[k],
-                    "prompt": prompts[k],
-                    "index": int(self.row_index[row]),  # the data row, so evaluation samples can be traced
-                    "score": float(scores[k]),
-                    "reward_time": reward_time,
-                    "episode": {"r": float(scores[k]), "l": int(self.num_generated[row]),
-                                "t": round(now - self.start_time[row], 6)},
-                }
-                generated = self.input_ids[row, start:start + self.num_generated[row]]
-                for key, token_id in self.count_tokens.items():
-                    infos[row][key] = int((generated == token_id).sum())
+        if not ended.size:
+            return rewards, terminated, truncated, infos
+        completions = [self.completion(row) for row in ended]
+        references = [self.task.references[i] for i in self.row_index[ended]]
+        prompts = [self.encode_prompt(int(i))[1] for i in self.row_index[ended]]
+        reward_start = time.perf_counter()
+        scores = self.last_score[ended].astype(np.float32)
+        unscored = np.isnan(scores)
+        if unscored.any():  # the task's reward scores what its replies did not
+            picked = np.flatnonzero(unscored)
+            scores[picked] = np.asarray(self.task.reward([completions[k] for k in picked],
+                                                         [references[k] for k in picked],
+                                                         [prompts[k] for k in picked]), dtype=np.float32)
+        reward_time = (time.perf_counter() - reward_start) / len(ended)
+        rewards[ended] = scores
+        now = time.time()
+        start = self.max_prompt_tokens
+        for k, row in enumerate(ended):
+            infos[row] = {
+                "completion": completions[k],
+                "reference": references[k],
+                "prompt": prompts[k],
+                "index": int(self.row_index[row]),  # the data row, so evaluation samples can be traced
+                "score": float(scores[k]),
+                "reward_time": reward_time,
+                "episode": {"r": float(scores[k]), "l": int(self.num_generated[row]),
+                            "t": round(now - self.start_time[row], 6)},
+            }
+            if self.multi_turn:
+                infos[row].update(turns=int(self.turns[row]), extra_turns=int(max(self.turns[row] - 1, 0)),
+                                  tool_calls=int(self.tool_calls[row]), injected_tokens=int(self.num_injected[row]))
+                if not np.isnan(self.first_score[row]):
+                    infos[row]["first_score"] = float(self.first_score[row])
+            used = slice(start, start + self.completion_length[row])
+            generated = self.input_ids[row, used][self.policy_mask[row, used] == 1]
+            for key, token_id in self.count_tokens.items():
+                infos[row][key] = int((generated == token_id).sum())
         return rewards, terminated, truncated, infos
 
+    # -- text ------------------------------------------------------------------------------
     def completion(self, row: int) -> str:
-        """Decoded text the policy generated on ``row``: no EOS/special tokens, cut at a stop string."""
-        text = self._decode(row)
+        """Decoded text after the prompt on ``row``: the policy's tokens and any the env injected,
+        without special tokens, cut at a stop string (single-turn tasks: just what the policy wrote)."""
+        text = self._decode(row, 0)
         for stop in self.stop_strings:
             if stop in text:
                 text = text[: text.index(stop)]
         return text
 
-    def _decode(self, row: int) -> str:
-        start = self.max_prompt_tokens
-        ids = self.input_ids[row, start:start + self.num_generated[row]]
-        ids = ids[self.attention_mask[row, start:start + self.num_generated[row]] == 1]
+    def _attempt(self, row: int) -> str:
+        """The policy's current turn on ``row``, decoded and cut at a stop string."""
+        text = self._decode(row, self.turn_start[row])
+        for stop in self.stop_strings:
+            if stop in text:
+                text = text[: text.index(stop)]
+        return text
+
+    def _decode(self, row: int, start: int) -> str:
+        """Decoded columns ``[P + start, P + completion_length)`` of ``row``."""
+        P = self.max_prompt_tokens
+        ids = self.input_ids[row, P + start:P + self.completion_length[row]]
         ids = ids[ids < len(self.tokenizer)]  # ids beyond the tokenizer decode to nothing
         return self.tokenizer.decode(ids.tolist(), skip_special_tokens=True)
 
     _STATE_ARRAYS = ("input_ids", "attention_mask", "policy_mask", "prompt_length", "num_generated",
-                     "finished", "row_index", "start_time")
+                     "completion_length", "num_injected", "turns", "turn_start", "turn_generated", "segment_start",
+                     "tool_calls", "first_score", "last_score", "finished", "row_index", "start_time")
 
     def get_state(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name).copy() for name in self._STATE_ARRAYS}
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
+        missing = [name for name in self._STATE_ARRAYS if name not in state]
+        if missing and set(missing) - {"completion_length", "num_injected", "turns", "turn_start", "turn_generated",
+                                       "segment_start", "tool_calls", "first_score", "last_score"}:
+            raise ValueError(f"episode state lacks {missing}")
         for name in self._STATE_ARRAYS:
-            getattr(self, name)[...] = state[name]
+            if name in state:
+                getattr(self, name)[...] = state[name]
+            else:  # saved before multi-turn episodes existed: nothing was injected
+                getattr(self, name)[...] = state["num_generated"] if name == "completion_length" else (
+                    np.nan if name.endswith("score") else 0)
 
     def observation(self, rows: np.ndarray | slice = slice(None)) -> dict[str, np.ndarray]:
         """Copies of the state arrays in the observation-space layout."""
@@ -236,4 +444,5 @@ class EpisodeBatch:
             "policy_mask": self.policy_mask[rows].copy(),
             "prompt_length": self.prompt_length[rows, None].copy(),
             "num_generated": self.num_generated[rows, None].copy(),
+            "completion_length": self.completion_length[rows, None].copy(),
         }

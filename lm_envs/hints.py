@@ -52,9 +52,8 @@ def hinted_vec_env(env: Any, indices: Sequence[int], seed: int = 0, hint_templat
     tokenizer, widths, stop rules and reward (``wrap`` adds its reward wrappers)."""
     batch = env.get_attr("batch", [0])[0]
     task = hinted_task(env.get_attr("task", [0])[0], indices, hint_template)
-    hinted = TokenVecEnv(task, batch.tokenizer, num_envs=len(indices), max_new_tokens=batch.max_new_tokens,
-                         max_prompt_tokens=batch.max_prompt_tokens, vocab_size=batch.vocab_size,
-                         eos_token_ids=batch.eos_token_ids.tolist(), stop_strings=batch.stop_strings,
+    hinted = TokenVecEnv(task, batch.tokenizer, num_envs=len(indices), config=batch.config,
+                         vocab_size=batch.vocab_size, eos_token_ids=batch.eos_token_ids.tolist(),
                          truncate_prompt="left", seed=seed)
     # Slot j walks the rows in order from j: its first (and only) draw is row j.
     states = hinted.get_sampler_state()

@@ -19,12 +19,12 @@ from typing import Any, Callable
 import gymnasium as gym
 
 from lm_envs.tasks import Task
+from lm_envs.episodes import EpisodeConfig
 from lm_envs.token_env import TokenEnv
 from lm_envs.vec_env import TokenVecEnv
 
 TaskBuilder = Callable[..., Task]
-_ENV_KEYS = {"max_new_tokens", "max_prompt_tokens", "vocab_size", "eos_token_ids", "stop_strings", "truncate_prompt",
-             "count_tokens"}
+_ENV_KEYS = EpisodeConfig.names() | {"config"}
 _VEC_KEYS = _ENV_KEYS | {"completions_per_prompt", "autoreset", "seed"}
 RUN_DEFAULT_KEYS = ("kwargs", "eval_kwargs", "reward_wrappers")
 _RUN_DEFAULTS: dict[str, dict[str, Any]] = {}

@@ -11,8 +11,8 @@ from typing import Any
 
 from lm_envs.registration import register_task
 from lm_envs.tasks import (
-    HUMANEVAL_STOP_STRINGS, gsm8k_task, humaneval_cpp_task, humaneval_java_task, humaneval_task, mbpp_task, mgsm_task,
-    mmlu_task, toxicity_task,
+    HUMANEVAL_STOP_STRINGS, gsm8k_calculator_task, gsm8k_task, humaneval_cpp_feedback_task, humaneval_cpp_task,
+    humaneval_java_task, humaneval_task, mbpp_feedback_task, mbpp_task, mgsm_task, mmlu_task, toxicity_task,
 )
 
 __all__ = ["RUN_DEFAULTS", "register_builtin_ids"]
@@ -33,6 +33,17 @@ def register_builtin_ids() -> None:
     register_task("lm_envs/HumanEvalJava-v0", humaneval_java_task, split="test", max_new_tokens=512,
                   max_prompt_tokens=1024, stop_strings=("\n    }\n",))
     register_task("lm_envs/Toxicity-v0", toxicity_task, split="train", max_new_tokens=20, max_prompt_tokens=128)
+    # Multi-turn: the env speaks mid-episode (lm_envs.tasks.turns). The calculator's answers are
+    # a few tokens each; a feedback turn is at most max_reply_tokens of report plus its framing.
+    register_task("lm_envs/GSM8KCalculator-v0", gsm8k_calculator_task, max_new_tokens=256, max_injected_tokens=64)
+    register_task("lm_envs/MBPPFeedback-v0", mbpp_feedback_task, **_FEEDBACK, max_prompt_tokens=512)
+    register_task("lm_envs/HumanEvalCppFeedback-v0", humaneval_cpp_feedback_task, **_FEEDBACK,
+                  max_prompt_tokens=1024, stop_strings=("\n}",))
+
+
+# Three attempts of up to 256 new tokens each; feedback trimmed to 128 tokens.
+_FEEDBACK: dict[str, Any] = {"split": "test", "max_turns": 3, "max_turn_tokens": 256, "max_new_tokens": 768,
+                             "max_reply_tokens": 128, "max_injected_tokens": 384}
 
 
 # -- run defaults --------------------------------------------------------------------------------
@@ -70,4 +81,12 @@ RUN_DEFAULTS: dict[str, dict[str, Any]] = {
     "lm_envs/Toxicity-v0": {"kwargs": {"split": "train", "subset": "toxic", "max_new_tokens": 32,
                                        "max_prompt_tokens": 128, "truncate_prompt": "left"},
                             "eval_kwargs": {"split": "test"}, "reward_wrappers": []},
+    "lm_envs/GSM8KCalculator-v0": {"kwargs": {"split": "train", "max_new_tokens": 128, "max_prompt_tokens": 512,
+                                              "max_injected_tokens": 48, "truncate_prompt": "left"},
+                                   "eval_kwargs": {"split": "test"}, "reward_wrappers": _GSM8K_FORMAT_BONUS},
+    "lm_envs/MBPPFeedback-v0": {"kwargs": {**_FEEDBACK, "split": "train", "max_prompt_tokens": 512,
+                                           "truncate_prompt": "left"},
+                                "eval_kwargs": {"split": "test"}, "reward_wrappers": []},
+    "lm_envs/HumanEvalCppFeedback-v0": {"kwargs": {**_FEEDBACK, "max_prompt_tokens": 1024, "truncate_prompt": "left"},
+                                        "eval_kwargs": {"split": "test"}, "reward_wrappers": []},
 }

@@ -7,12 +7,12 @@ is 0 before it. May import `rewards` (through tasks), never `policies` or `agent
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from lm_envs.episodes import EpisodeBatch
+from lm_envs.episodes import EpisodeBatch, EpisodeConfig
 from lm_envs.sampler import PromptSampler
 from lm_envs.tasks import Task
 
@@ -22,13 +22,12 @@ class TokenEnv(gym.Env):
 
     :param task: prompts, references and reward (`lm_envs.tasks.Task`).
     :param tokenizer: a HF tokenizer.
-    :param max_new_tokens: token budget of a completion.
-    :param max_prompt_tokens: width of the (left-padded) prompt region.
-    :param vocab_size: action-space size; defaults to ``len(tokenizer)``. Pass
-        ``model.config.vocab_size`` when the model's vocabulary is larger.
+    :param config: the episode settings (`lm_envs.episodes.EpisodeConfig`: token budgets, prompt
+        width, ``vocab_size``, stop rules, turns); keyword arguments override its fields, e.g.
+        ``TokenEnv(task, tok, max_new_tokens=32)``. Pass ``vocab_size=model.config.vocab_size``
+        when the model's vocabulary is larger than the tokenizer's.
     :param sampler: where the next prompt comes from; defaults to a shuffling `PromptSampler`.
         ``reset(seed=s)`` reseeds it.
-    :param eos_token_ids, stop_strings, truncate_prompt, count_tokens: see `EpisodeBatch`.
     """
 
     metadata = {"render_modes": ["ansi"]}
@@ -37,19 +36,13 @@ class TokenEnv(gym.Env):
         self,
         task: Task,
         tokenizer: Any,
-        max_new_tokens: int = 64,
-        max_prompt_tokens: int = 256,
-        vocab_size: int | None = None,
+        config: EpisodeConfig | None = None,
         sampler: PromptSampler | None = None,
-        eos_token_ids: Sequence[int] | None = None,
-        stop_strings: Sequence[str] = (),
-        truncate_prompt: str = "error",
-        count_tokens: dict[str, int | str] | None = None,
         render_mode: str | None = None,
+        **episode_kwargs: Any,
     ) -> None:
         super().__init__()
-        self.batch = EpisodeBatch(task, tokenizer, 1, max_new_tokens, max_prompt_tokens, vocab_size,
-                                  eos_token_ids, stop_strings, truncate_prompt, count_tokens)
+        self.batch = EpisodeBatch(task, tokenizer, 1, config, **episode_kwargs)
         self.sampler = sampler if sampler is not None else PromptSampler(len(task))
         self.observation_space = self.batch.observation_space
         self.action_space = gym.spaces.Discrete(self.batch.vocab_size)

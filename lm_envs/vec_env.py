@@ -26,7 +26,7 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 
-from lm_envs.episodes import EpisodeBatch
+from lm_envs.episodes import EpisodeBatch, EpisodeConfig
 from lm_envs.sampler import PromptSampler
 from lm_envs.tasks import Task
 
@@ -40,8 +40,8 @@ class TokenVecEnv(VecEnv):
     :param completions_per_prompt: ``k`` consecutive rows get the same prompt (lockstep only).
     :param autoreset: per-row SB3 auto-reset instead of whole-batch lockstep.
     :param seed: initial seed of the prompt samplers (``None``: fresh entropy).
-    :param max_new_tokens, max_prompt_tokens, vocab_size, eos_token_ids, stop_strings,
-        truncate_prompt, count_tokens: see `EpisodeBatch`.
+    :param config: the episode settings (`lm_envs.episodes.EpisodeConfig`); keyword arguments
+        override its fields, e.g. ``TokenVecEnv(task, tok, 8, max_new_tokens=32)``.
     """
 
     render_mode = None  # nothing to render; SB3 warns if the attribute is missing
@@ -51,16 +51,11 @@ class TokenVecEnv(VecEnv):
         task: Task,
         tokenizer: Any,
         num_envs: int = 16,
-        max_new_tokens: int = 64,
-        max_prompt_tokens: int = 256,
-        vocab_size: int | None = None,
+        config: EpisodeConfig | None = None,
         completions_per_prompt: int = 1,
         autoreset: bool = False,
         seed: int | None = None,
-        eos_token_ids: Sequence[int] | None = None,
-        stop_strings: Sequence[str] = (),
-        truncate_prompt: str = "error",
-        count_tokens: dict[str, int | str] | None = None,
+        **episode_kwargs: Any,
     ) -> None:
         if num_envs < 1:
             raise ValueError("num_envs must be at least 1")
@@ -68,8 +63,7 @@ class TokenVecEnv(VecEnv):
             raise ValueError(f"num_envs={num_envs} must be a multiple of completions_per_prompt={completions_per_prompt}")
         if autoreset and completions_per_prompt != 1:
             raise ValueError("completions_per_prompt > 1 needs lockstep mode (autoreset=False)")
-        self.batch = EpisodeBatch(task, tokenizer, num_envs, max_new_tokens, max_prompt_tokens, vocab_size,
-                                  eos_token_ids, stop_strings, truncate_prompt, count_tokens)
+        self.batch = EpisodeBatch(task, tokenizer, num_envs, config, **episode_kwargs)
         super().__init__(num_envs, self.batch.observation_space, gym.spaces.Discrete(self.batch.vocab_size))
         self.completions_per_prompt = completions_per_prompt
         self.autoreset = autoreset

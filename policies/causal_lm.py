@@ -46,15 +46,19 @@ Obs = dict[str, torch.Tensor]
 class RolloutState:
     """What the policy carries between env steps, like a recurrent policy's hidden state.
 
-    ``cache`` is the KV cache over observation columns ``[offset, length)``. A state with
-    ``cache=None`` means "no cache is valid": the next step re-runs the full prefix. ``rows``
-    are the batch rows the cache holds, in order (``None``: every row): finished rows are
-    compacted out of it, so a step costs only the rows still generating.
+    ``cache`` is the KV cache of the batch ``rows`` it holds, in order; finished rows are
+    compacted out of it, so a step costs only the rows still generating. Its columns are the
+    policy's own: ``mask`` ``(len(rows), C)`` says which are real tokens, and ``fed`` ``(len(rows),)``
+    how many observation columns of each row it has consumed. When the env injects a different
+    number of tokens into different rows, every row's new tokens are fed in one step,
+    right-aligned, and the shorter rows get masked hole columns: no row's prefix is re-run.
+    A state with ``cache=None`` means "no cache is valid" (rows restarted out of step): every
+    step then re-runs the full prefix.
     """
 
     cache: Any = None
-    offset: int = 0
-    length: int = 0
+    mask: torch.Tensor | None = None
+    fed: torch.Tensor | None = None
     rows: torch.Tensor | None = None
 
 
@@ -150,7 +154,7 @@ class CausalLMPolicy(BasePolicy):
         self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
         self.model_spec = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "<object>")
         self.max_new_tokens = int(observation_space["num_generated"].high[0])
-        self.prompt_width = int(observation_space["input_ids"].shape[0]) - self.max_new_tokens
+        self.prompt_width = int(observation_space["prompt_length"].high[0])
 
         backbone = load_lm(model, dtype=dtype, **(model_kwargs or {}))[0] if isinstance(model, str) else model
         backbone.eval()
@@ -311,10 +315,11 @@ class CausalLMPolicy(BasePolicy):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, RolloutState]:
         """Choose the next token for every row; return ``(actions, log_probs, values, state)``.
 
-        With a batch that starts together (all ``episode_start`` true) and advances in lockstep,
-        the KV cache is kept across calls, so a step costs one incremental forward over one new
-        column. If only some rows restart (per-row auto-reset), the cache is dropped and every
-        step re-runs the full prefix: correct, but slower.
+        With a batch that starts together (all ``episode_start`` true), the KV cache is kept
+        across calls, so a step costs one incremental forward over the columns each row gained
+        since the last call: one action, plus whatever the env injected. If only some rows
+        restart (per-row auto-reset), the cache is dropped and every step re-runs the full
+        prefix: correct, but slower.
 
         :param active: ``(B,)`` bool, the rows still generating (lockstep). Rows that are not
             are dropped from the KV cache (an index-select on its batch dimension) and from
@@ -322,58 +327,62 @@ class CausalLMPolicy(BasePolicy):
         """
         input_ids = obs["input_ids"].long()
         attention = obs["attention_mask"].long()
-        num_generated = obs["num_generated"].reshape(-1).long()
-        end = self.prompt_width + int(num_generated.max())
+        used = obs["completion_length"] if "completion_length" in obs else obs["num_generated"]
+        ends = self.prompt_width + used.reshape(-1).long().to(input_ids.device)  # each row's end of real tokens
+        full = input_ids.shape[0]
         if episode_start is not None:
             starts = torch.as_tensor(np.asarray(episode_start, dtype=bool))
             if bool(starts.all()):
                 state = None
             elif bool(starts.any()):
-                state = RolloutState(cache=None, length=-1)  # rows out of step: no shared cache
-        lockstep = state is None and bool((num_generated == num_generated.max()).all())
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        if state is not None and state.cache is not None and 0 < end - state.length:
-            # Incremental step: feed the new column(s) of the rows still generating; rows that
-            # finished leave the cache (waiting rows that stay feed a masked pad).
-            offset, cache = state.offset, state.cache
-            if state.rows is not None:
-                rows = state.rows
+                state = RolloutState()  # rows out of step: no shared cache
+        rows = torch.arange(full, device=input_ids.device)
+        hidden = None
+        if state is not None and state.cache is not None:
+            cache, rows, mask, fed = state.cache, state.rows, state.mask, state.fed
             if active is not None:
                 keep = active.to(rows.device)[rows]
                 if not bool(keep.all()):
                     kept = keep.nonzero().squeeze(-1)
                     cache.reorder_cache(kept)  # public Cache API: index_select over the batch dimension
-                    rows = rows[kept]
-            mask = attention[rows, offset:end]
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, state.length - offset:]
-            hidden, cache = self._run(self.model, input_ids[rows, state.length:end], mask, positions, cache, True)
-            last_hidden = hidden[:, -1]
-            new_state = RolloutState(cache, offset, end, rows)
-        else:
+                    rows, mask, fed = rows[kept], mask[kept], fed[kept]
+            new = ends[rows] - fed
+            width = int(new.max()) if len(rows) else 0
+            if width > 0:
+                # Incremental step: each row's new columns, right-aligned; shorter rows get holes.
+                j = torch.arange(width, device=rows.device)
+                valid = j[None, :] >= (width - new)[:, None]
+                columns = (ends[rows, None] - width + j[None, :]).clamp(min=0)
+                block_ids = input_ids[rows[:, None], columns].masked_fill(~valid, 0)
+                block_mask = attention[rows[:, None], columns] * valid
+                positions = (mask.sum(-1, keepdim=True) + block_mask.cumsum(-1) - 1).clamp(min=0)
+                mask = torch.cat([mask, block_mask], 1)
+                hidden, cache = self._run(self.model, block_ids, mask, positions, cache, True)
+                last_hidden = hidden[:, -1]
+                new_state = RolloutState(cache, mask, ends[rows], rows)
+        if hidden is None:
             # Prefix pass: skip columns that are padding in every row.
+            rows = torch.arange(full, device=input_ids.device)
+            end = int(ends.max())
             real_columns = attention[:, :end].any(0).nonzero()
             offset = int(real_columns[0]) if len(real_columns) else 0
             mask = attention[:, offset:end]
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            if lockstep:
+            if state is None:
                 hidden, cache = self._prefill(input_ids[:, offset:end], mask, positions)
+                new_state = RolloutState(cache, mask, ends.clone(), rows)
             else:
-                hidden, cache = self._run(self.model, input_ids[:, offset:end], mask, positions)
-            new_state = RolloutState(cache, offset, end) if lockstep else RolloutState(None, 0, -1)
-            last_hidden = hidden[:, -1]
-            if not lockstep:  # rows out of step: each row's newest real token is its own column
-                last_column = self.prompt_width + num_generated - 1 - offset
-                last_hidden = hidden[torch.arange(hidden.shape[0]), last_column]
-        log_probs = self.action_log_probs(last_hidden, self.model, input_ids, rows,
-                                          self.prompt_width + num_generated[rows] - 1)
+                hidden, _ = self._run(self.model, input_ids[:, offset:end], mask, positions)
+                new_state = RolloutState()
+            last_hidden = hidden[rows, ends - 1 - offset]  # each row's newest real token
+        log_probs = self.action_log_probs(last_hidden, self.model, input_ids, rows, ends[rows] - 1)
         if deterministic:
             actions = log_probs.argmax(-1)
         else:
             actions = torch.multinomial(log_probs.exp(), 1).squeeze(-1)
         chosen, values = log_probs.gather(-1, actions[:, None]).squeeze(-1), self.value_of(last_hidden)
-        if len(rows) == input_ids.shape[0]:
+        if len(rows) == full:
             return actions, chosen, values, new_state
-        full = input_ids.shape[0]
         return (torch.zeros(full, dtype=actions.dtype, device=actions.device).index_copy(0, rows, actions),
                 torch.zeros(full, device=chosen.device).index_copy(0, rows, chosen),
                 torch.zeros(full, device=values.device).index_copy(0, rows, values), new_state)

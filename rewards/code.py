@@ -70,6 +70,7 @@ class CodeResult:
     total: int
     timed_out: bool = False
     error: str | None = None  # a host fault or a malformed record (never the program's doing)
+    feedback: str = ""  # what went wrong, for a multi-turn env to show the model (never used to score)
 
     @property
     def pass_fraction(self) -> float:
@@ -113,6 +114,15 @@ def _infra_error(results: Sequence[RunResult]) -> str | None:
         if r.error is not None:
             return r.error
     return None
+
+
+def _failure_text(result: RunResult, max_lines: int = 12) -> str:
+    """Why a program did not build or run: the end of its error output (compiler or traceback)."""
+    if result.timed_out:
+        return "The program timed out."
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    return ("The program does not compile or run:\n" + "\n".join(lines[-max_lines:])) if lines else \
+        "The program does not compile or run."
 
 
 def _record_key(reference: Any) -> str:
@@ -364,9 +374,12 @@ class _PythonCodeReward(CodeReward):
         res = results[-1]
         compiled, outputs = pyplan.parse_channel(res.channel)
         if not compiled:
-            return CodeResult(False, 0, len(plan.tests), res.timed_out)
+            return CodeResult(False, 0, len(plan.tests), res.timed_out, feedback=_failure_text(res))
         verdicts = pyplan.judge(plan, outputs, self.name)
-        return CodeResult(True, sum(verdicts), len(verdicts), res.timed_out)
+        failed = [plan.units[plan.tests[i]].strip() for i, ok in enumerate(verdicts) if not ok]
+        feedback = ("The program timed out.\n" if res.timed_out else "") + (
+            f"This test failed:\n{failed[0]}" if failed else "")
+        return CodeResult(True, sum(verdicts), len(verdicts), res.timed_out, feedback=feedback.strip())
 
 
 class MBPPReward(_PythonCodeReward):
@@ -475,11 +488,14 @@ class _CompiledCodeReward(CodeReward):
     def judge(self, results: list[RunResult], plan: multipl_e.Plan) -> CodeResult:
         total = len(plan.checks)
         if not results[0].ok or len(results) < 2:
-            return CodeResult(False, 0, total, results[0].timed_out)
+            return CodeResult(False, 0, total, results[0].timed_out, feedback=_failure_text(results[0]))
         run = results[1]
         actual = multipl_e.parse_outputs(run.channel, total)
-        passed = sum(multipl_e.same(e, a) for e, a in zip(plan.expected or [], actual))
-        return CodeResult(True, passed, total, run.timed_out)
+        verdicts = [multipl_e.same(e, a) for e, a in zip(plan.expected or [], actual)]
+        failed = [plan.checks[i] for i, ok in enumerate(verdicts) if not ok]
+        feedback = ("The program timed out.\n" if run.timed_out else "") + (
+            f"This test failed: {plan.name}({failed[0][0]}) should be {failed[0][1]}" if failed else "")
+        return CodeResult(True, sum(verdicts), total, run.timed_out, feedback=feedback.strip())
 
 _JVM_FLAGS = ("-Xmx256m", "-Xss8m", "-XX:CompressedClassSpaceSize=64m", "-XX:MaxMetaspaceSize=192m",
               "-XX:ReservedCodeCacheSize=48m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",

@@ -84,6 +84,23 @@ def torchrun(tiny_dir, out, audit, *extra):
                             start_new_session=True)
 
 
+def kill_run(proc):
+    """SIGKILL the launcher and both ranks. torchrun starts each rank in a session of its own, so
+    killing the launcher's process group alone would leave the ranks training on."""
+    ranks = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == proc.pid:  # the parent pid
+            ranks.append(int(stat.parent.name))
+    assert len(ranks) == 2, ranks
+    for pid in ranks:
+        os.killpg(pid, signal.SIGKILL)  # each rank leads its own session and process group
+    os.killpg(proc.pid, signal.SIGKILL)
+
+
 def adapter(path):
     from safetensors.torch import load_file
 
@@ -112,7 +129,7 @@ def test_kill_both_ranks_then_resume_equals_the_uninterrupted_run_and_only_rank0
     while time.time() < deadline and proc.poll() is None and not list(killed.glob("checkpoints/iter_00000[2-9]")):
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()[0]
-    os.killpg(proc.pid, signal.SIGKILL)  # both ranks and the launcher
+    kill_run(proc)
     proc.wait()
     done = sorted(p.name for p in (killed / "checkpoints").iterdir() if p.name.startswith("iter_"))
     assert done and done[-1] != "iter_000040"

@@ -148,7 +148,8 @@ def test_predict_sb3_surface(tiny_lm):
     assert actions.shape == (2,) and actions.dtype.kind == "i"
     obs, *_ = env.step(actions)
     actions2, state2 = policy.predict(obs, state, np.zeros(2, dtype=bool), deterministic=True)
-    assert state2.length == state.length + 1
+    assert state2.mask.shape[1] == state.mask.shape[1] + 1  # the cache grew by one column
+    assert torch.equal(state2.fed, state.fed + 1)
 
 
 def test_dropout_is_zeroed_and_gradient_checkpointing_is_live(tiny_dir):

@@ -34,6 +34,9 @@ class Task:
     :param system_prompt: optional system message when the chat template is used.
     :param chat_template: ``None`` uses the tokenizer's chat template when it has one,
         ``True`` requires it, ``False`` uses the raw templated text.
+    :param tools: `lm_envs.tasks.turns.Tool` s the model can call inline (the env injects their answers).
+    :param respond: ``respond(attempts, references, turns) -> [Reply]``: what the env says when
+        the model ends a turn (see `lm_envs.tasks.turns`); ``None``: the first turn ends the episode.
     """
 
     questions: Sequence[str]
@@ -44,6 +47,8 @@ class Task:
     system_prompt: str | None = None
     chat_template: bool | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    tools: Sequence[Any] = ()
+    respond: Callable[..., Sequence[Any]] | None = None
 
     def __post_init__(self) -> None:
         if len(self.questions) == 0:
@@ -54,6 +59,9 @@ class Task:
             )
         if not callable(self.reward):
             raise TypeError(f"task {self.name!r}: reward must be callable, got {type(self.reward).__name__}")
+        if self.respond is not None and not callable(self.respond):
+            raise TypeError(f"task {self.name!r}: respond must be callable, got {type(self.respond).__name__}")
+        self.tools = tuple(self.tools)
 
     def __len__(self) -> int:
         return len(self.questions)

@@ -16,7 +16,8 @@ from lm_envs.tasks.base import RewardFn, Task, _build, _check_split, _limit, mak
 
 __all__ = [
     "HUMANEVAL_STOP_STRINGS", "HUMANEVAL_X_LANGUAGES", "MBPP_SPLITS", "MBPP_TEMPLATE", "humaneval_cpp_task",
-    "humaneval_java_task", "humaneval_task", "humaneval_x_task", "mbpp_task",
+    "humaneval_java_task", "humaneval_task", "humaneval_x_task", "mbpp_task", "mbpp_feedback_task",
+    "humaneval_cpp_feedback_task",
 ]
 
 # -- MBPP ----------------------------------------------------------------------------------------
@@ -164,3 +165,33 @@ def humaneval_java_task(
     """
     return humaneval_x_task("java", split=split, data_dir=data_dir, reward=reward, reward_kwargs=reward_kwargs,
                             limit=limit, on_bad_row=on_bad_row, **task_kwargs)
+
+
+# -- multi-turn: the env runs each attempt's tests and answers a failure ------------------------------
+def _with_feedback(task: Task, name: str, comment: str | None) -> Task:
+    from lm_envs.tasks.tools import CodeFeedback
+
+    task.respond, task.name = CodeFeedback(task.reward, comment=comment), name
+    return task
+
+
+def mbpp_feedback_task(split: str = "test", **kwargs: Any) -> Task:
+    """MBPP with compiler and test feedback (``lm_envs/MBPPFeedback-v0``).
+
+    After each attempt (a turn the model ends with EOS), the env runs the tests in the sandbox,
+    synchronously: a pass ends the episode; a failure gets the error output or the first
+    failing test, as a user turn asking for a corrected version. The reward is the last
+    attempt's score (the `mbpp_task` reward), ``info["first_score"]`` the first's; price extra
+    turns with a reward wrapper on ``info["extra_turns"]``. Same data and splits as `mbpp_task`.
+    """
+    return _with_feedback(mbpp_task(split, **kwargs), "mbpp-feedback", None)
+
+
+def humaneval_cpp_feedback_task(split: str = "test", **kwargs: Any) -> Task:
+    """HumanEval-X C++ with compiler and test feedback (``lm_envs/HumanEvalCppFeedback-v0``).
+
+    The model continues the function, so feedback is written as ``//`` comments after its
+    attempt, followed by the function's header line again: the next turn is a new body, scored
+    with the record's prompt in front as usual. Otherwise as `mbpp_feedback_task`.
+    """
+    return _with_feedback(humaneval_cpp_task(split, **kwargs), "humaneval-cpp-feedback", "//")

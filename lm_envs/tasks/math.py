@@ -11,7 +11,8 @@ from typing import Any
 from rewards.data import load_from_hub, local_file, read_jsonl, resolve_data_dir
 from lm_envs.tasks.base import RewardFn, Task, _build, _check_split, _limit, make_reward, validate_rows
 
-__all__ = ["GSM8K_TEMPLATE", "MGSM_LANGUAGES", "gsm8k_task", "load_gsm8k", "load_mgsm", "mgsm_task"]
+__all__ = ["GSM8K_CALCULATOR_TEMPLATE", "GSM8K_TEMPLATE", "MGSM_LANGUAGES", "gsm8k_calculator_task", "gsm8k_task",
+           "load_gsm8k", "load_mgsm", "mgsm_task"]
 
 # -- GSM8K ---------------------------------------------------------------------------------------
 GSM8K_TEMPLATE = "{question}\nSolve step by step. End with the final answer on its own line as '#### <number>'."
@@ -67,6 +68,28 @@ def gsm8k_task(
         prompt_template=prompt_template,
         **{"metadata": {"split": split}, **task_kwargs},
     )
+
+
+GSM8K_CALCULATOR_TEMPLATE = (
+    "{question}\nSolve step by step. A calculator is available: write <<expression= and the result is "
+    "filled in, as in <<48/2=24>>. End with the final answer on its own line as '#### <number>'.")
+
+
+def gsm8k_calculator_task(split: str = "train", prompt_template: str = GSM8K_CALCULATOR_TEMPLATE,
+                          **kwargs: Any) -> Task:
+    """GSM8K with GSM8K's own calculator annotations as a tool (``lm_envs/GSM8KCalculator-v0``).
+
+    When the model's text ends with ``<<expression=``, the env injects ``result>>`` inline (see
+    `lm_envs.tasks.tools.calculator`: safe arithmetic, never ``eval``). If the model's own token
+    already carries characters after the ``=``, nothing is injected: it chose to compute itself.
+    Same data, splits and reward as `gsm8k_task` (the reward reads the whole completion, injected
+    results included); the prompt says how to call the calculator.
+    """
+    from lm_envs.tasks.tools import calculator
+
+    task = gsm8k_task(split, prompt_template=prompt_template, **kwargs)
+    task.tools, task.name = (calculator,), "gsm8k-calculator"
+    return task
 
 
 # -- MGSM ----------------------------------------------------------------------------------------
