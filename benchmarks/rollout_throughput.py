@@ -6,6 +6,11 @@ sampling (temperature 1, no top-k/top-p). Two cases:
 * **variable** (``--variable-max-new-tokens``, 256): rows end at very different lengths. Our
   rollout drops finished rows from the forward batch (compaction); `generate` keeps computing
   them until the last row ends. Prints the length distribution and ``ratio_variable=``.
+* **multi-turn** (``--turn-tokens``, 32; 3 turns): after each turn the env answers with a fixed
+  user message (a chat turn, as `lm_envs.tasks.turns.ChatTurns` renders it) and the model goes
+  on. Our rollout feeds each row's injected tokens into the kept KV cache in one step; the
+  baseline is the manual loop people write: `generate`, append each row's turn and the
+  message, left-pad, `generate` again (re-running the whole prefix). Prints ``ratio_multi_turn=``.
 * **fixed** (``--max-new-tokens``, 64): most rows use the whole budget. Prints, last,
   ``ratio=<rollout tokens/s ÷ generate tokens/s>``.
 
@@ -13,19 +18,25 @@ Repetitions alternate between the two sides so machine noise hits both alike; ra
 medians over repetitions, measured in the same run. Tokens are counted up to and including each
 row's first EOS on both sides.
 
-    python benchmarks/rollout_throughput.py [--repeats 3] [--batch 16] [--max-new-tokens 64] [--variable-max-new-tokens 256]
+    python benchmarks/rollout_throughput.py [--repeats 3] [--batch 16] [--max-new-tokens 64]
+        [--variable-max-new-tokens 256] [--turn-tokens 32]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
 import torch
 
 from agents import collect_episodes
-from lm_envs import make_vec
+from lm_envs import Reply, TokenVecEnv, gsm8k_task, make_vec
+from lm_envs.tasks.turns import ChatTurns
 from policies import CausalLMPolicy, load_lm
+
+TURNS = 3
+MESSAGE = "Check each step of your arithmetic once more, then give the final answer again."
 
 
 def main() -> None:
@@ -34,6 +45,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=64, help="the fixed-length case (0: skip it)")
     parser.add_argument("--variable-max-new-tokens", type=int, default=256, help="the variable-length case (0: skip)")
+    parser.add_argument("--turn-tokens", type=int, default=32, help="the multi-turn case's budget per turn (0: skip)")
     parser.add_argument("--model", default="smollm2-135m-instruct")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
@@ -44,9 +56,72 @@ def main() -> None:
         print(f"variable case: episode lengths min {min(lengths)}, quartiles {quartiles[0]:.0f}/{quartiles[1]:.0f}/"
               f"{quartiles[2]:.0f}, max {max(lengths)} of {args.variable_max_new_tokens}")
         print(f"ratio_variable={rate:.3f}")
+    if args.turn_tokens:
+        print(f"ratio_multi_turn={measure_multi_turn(model, tokenizer, args):.3f}")
     if args.max_new_tokens:
         rate, _ = measure(model, tokenizer, args, args.max_new_tokens)
         print(f"ratio={rate:.3f}")
+
+
+def trimmed_prompts(env, P: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first batch's prompts, without the columns that are padding in every row."""
+    env.seed(0)
+    prompts = env.reset()
+    prompt_ids = torch.as_tensor(prompts["input_ids"][:, :P])
+    prompt_mask = torch.as_tensor(prompts["attention_mask"][:, :P]).long()
+    first_real = int(prompt_mask.any(0).nonzero()[0])  # give generate the same trimmed prefix
+    return prompt_ids[:, first_real:], prompt_mask[:, first_real:]
+
+
+def tokens_to_eos(new: torch.Tensor, eos: int) -> torch.Tensor:
+    """``(B, T)`` bool: each row's tokens up to and including its first EOS, like the env counts."""
+    is_eos = (new == eos).int()
+    return (is_eos.cumsum(-1) - is_eos) == 0
+
+
+def measure_multi_turn(model, tokenizer, args) -> float:
+    """Ours (injections into the kept cache) against generate + inject + generate; median ratio."""
+    budget = args.turn_tokens
+    task = dataclasses.replace(gsm8k_task(split="test"), respond=lambda a, r, t: [Reply(MESSAGE)] * len(a))
+    env = TokenVecEnv(task, tokenizer, num_envs=args.batch, max_new_tokens=TURNS * budget, max_turn_tokens=budget,
+                      max_turns=TURNS, max_injected_tokens=TURNS * 64, max_prompt_tokens=512, truncate_prompt="left",
+                      vocab_size=model.config.vocab_size, seed=0)
+    policy = CausalLMPolicy(env.observation_space, env.action_space, lambda _: 0.0, model=model, reference=False)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    chat = ChatTurns(tokenizer, task.uses_chat_template(tokenizer))
+    replies = {ended: tokenizer(chat.render(MESSAGE, ended), add_special_tokens=False)["input_ids"]
+               for ended in (True, False)}
+
+    def ours(seed: int) -> tuple[int, float]:
+        env.seed(0)
+        torch.manual_seed(seed)
+        episodes, _ = collect_episodes(policy, env)
+        return int(episodes.lengths.sum()), episodes.seconds
+
+    prompt_ids, prompt_mask = trimmed_prompts(env, env.batch.max_prompt_tokens)
+    prompts = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids, prompt_mask)]
+
+    def theirs(seed: int) -> tuple[int, float]:
+        torch.manual_seed(seed)
+        start, tokens = time.perf_counter(), 0
+        rows = [list(p) for p in prompts]
+        for turn in range(TURNS):
+            width = max(len(r) for r in rows)  # left-pad the conversations so far
+            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
+                                 top_p=1.0, max_new_tokens=budget, pad_token_id=pad)
+            new = out[:, width:]
+            keep = tokens_to_eos(new, eos)
+            tokens += int(keep.sum())
+            if turn < TURNS - 1:
+                for r, row_new, row_keep in zip(rows, new, keep):
+                    turn_ids = row_new[row_keep].tolist()
+                    r.extend(turn_ids + replies[bool(turn_ids and turn_ids[-1] == eos)])
+        return tokens, time.perf_counter() - start
+
+    return alternate(ours, theirs, args, f"multi-turn: {TURNS} turns of <= {budget} tokens, a chat-turn message "
+                                         f"of {len(replies[True])} tokens between them")
 
 
 def measure(model, tokenizer, args, max_new_tokens: int) -> tuple[float, list[int]]:
@@ -54,7 +129,6 @@ def measure(model, tokenizer, args, max_new_tokens: int) -> tuple[float, list[in
     env = make_vec("lm_envs/GSM8K-v0", args.batch, tokenizer, split="test", max_new_tokens=max_new_tokens,
                    max_prompt_tokens=512, truncate_prompt="left", vocab_size=model.config.vocab_size, seed=0)
     policy = CausalLMPolicy(env.observation_space, env.action_space, lambda _: 0.0, model=model, reference=False)
-    P = env.batch.max_prompt_tokens
     eos = tokenizer.eos_token_id
     lengths: list[int] = []
 
@@ -65,12 +139,7 @@ def measure(model, tokenizer, args, max_new_tokens: int) -> tuple[float, list[in
         lengths.extend(episodes.lengths.tolist())
         return int(episodes.lengths.sum()), episodes.seconds
 
-    env.seed(0)
-    prompts = env.reset()
-    prompt_ids = torch.as_tensor(prompts["input_ids"][:, :P])
-    prompt_mask = torch.as_tensor(prompts["attention_mask"][:, :P]).long()
-    first_real = int(prompt_mask.any(0).nonzero()[0])  # give generate the same trimmed prefix
-    prompt_ids, prompt_mask = prompt_ids[:, first_real:], prompt_mask[:, first_real:]
+    prompt_ids, prompt_mask = trimmed_prompts(env, env.batch.max_prompt_tokens)
 
     def theirs(seed: int) -> tuple[int, float]:
         torch.manual_seed(seed)
@@ -78,14 +147,16 @@ def measure(model, tokenizer, args, max_new_tokens: int) -> tuple[float, list[in
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, temperature=1.0,
                              top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
         seconds = time.perf_counter() - start
-        new = out[:, prompt_ids.shape[1]:]
-        # Count each row's tokens up to and including its first EOS, like the env does.
-        is_eos = (new == eos).int()
-        ended_before = is_eos.cumsum(-1) - is_eos
-        return int((ended_before == 0).sum()), seconds
+        return int(tokens_to_eos(out[:, prompt_ids.shape[1]:], eos).sum()), seconds
 
+    rate = alternate(ours, theirs, args, f"max_new_tokens {max_new_tokens}", lengths.clear)
+    return rate, lengths
+
+
+def alternate(ours, theirs, args, what: str, after_warmup=lambda: None) -> float:
+    """Warm up, then alternate the two sides ``args.repeats`` times; print the table; median ratio."""
     ours(0), theirs(0)  # warm-up
-    lengths.clear()
+    after_warmup()
     rows = []
     for repeat in range(args.repeats):
         for name, fn in (("TokenVecEnv+CausalLMPolicy", ours), ("model.generate", theirs)):
@@ -96,9 +167,9 @@ def measure(model, tokenizer, args, max_new_tokens: int) -> tuple[float, list[in
         print(f"{name:28s} {repeat:3d} {tokens:7d} {seconds:8.2f} {rate:9.1f}")
     ours_rate = statistics.median(r[4] for r in rows if r[0] != "model.generate")
     theirs_rate = statistics.median(r[4] for r in rows if r[0] == "model.generate")
-    print(f"median tokens/s: ours {ours_rate:.1f}, generate {theirs_rate:.1f} "
-          f"(batch {args.batch}, max_new_tokens {max_new_tokens}, sampled, T=1)")
-    return ours_rate / theirs_rate, lengths
+    print(f"median tokens/s: ours {ours_rate:.1f}, generate {theirs_rate:.1f} (batch {args.batch}, {what}, "
+          f"sampled, T=1)")
+    return ours_rate / theirs_rate
 
 
 if __name__ == "__main__":
