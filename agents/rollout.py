@@ -44,6 +44,14 @@ class Episodes:
         return self.action_mask.sum(-1)
 
 
+def _env_attr(env: Any, name: str, default: Any) -> Any:
+    """``env``'s attribute through the VecEnv API (``default`` when it has none)."""
+    try:
+        return env.get_attr(name, [0])[0]
+    except AttributeError:
+        return default
+
+
 def obs_to_torch(obs: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     return {key: torch.as_tensor(value, device=device) for key, value in obs.items()}
 
@@ -80,13 +88,23 @@ def collect_episodes(policy: Any, env: Any, last_obs: dict[str, np.ndarray] | No
     terminated = np.zeros(n, dtype=bool)
     infos: list[dict[str, Any]] = [{} for _ in range(n)]
     state, episode_start, step, complete = None, np.ones(n, dtype=bool), 0, True
-    while not finished.all() and step < max_new:
+    taken = torch.zeros(n, dtype=torch.long, device=device)  # actions each row has taken
+    rows = torch.arange(n, device=device)
+    # A multi-turn env may hold rows that ended a turn until the batch has (sync_turns): they stay
+    # in the policy's cache but take no action this step. Every step some row acts, so a batch
+    # takes at most max_new_tokens steps per turn.
+    max_steps = max_new * max(1, _env_attr(env, "max_turns", 1))
+    while not finished.all() and step < max_steps:
+        acting_np = ~finished & ~_env_attr(env, "waiting_rows", np.zeros(n, dtype=bool))
+        acting = torch.as_tensor(acting_np, device=device)
         active = torch.as_tensor(~finished, device=device)
         actions, step_log_probs, step_values, state = policy.act(
             obs_to_torch(obs, device), state, episode_start, deterministic, active=active if compact else None)
-        log_probs[active, step] = step_log_probs[active]
-        values[active, step] = step_values[active]
-        action_mask[active, step] = True
+        acting_rows, positions = rows[acting], taken[acting]
+        log_probs[acting_rows, positions] = step_log_probs[acting]
+        values[acting_rows, positions] = step_values[acting]
+        action_mask[acting_rows, positions] = True
+        taken[acting] += 1
         obs, rewards, dones, step_infos = env.step(actions.cpu().numpy())
         for row in np.flatnonzero(dones & ~finished):
             for key, value in step_infos[row]["terminal_observation"].items():

@@ -38,6 +38,9 @@ from lm_envs.tasks import Task
 from lm_envs.tasks.turns import ChatTurns, Reply
 
 
+_EOS, _STOPPED, _OUT_OF_TOKENS, _TURN_FULL = 1, 2, 4, 8  # how a turn ended (EpisodeBatch.turn_end bits)
+
+
 @dataclass
 class EpisodeConfig:
     """Everything about an episode that is not the task: budgets, widths and how turns end.
@@ -63,6 +66,11 @@ class EpisodeConfig:
         tokens count against the context width, never against ``max_new_tokens``.
     :param max_reply_tokens: an env message (a reply's or a tool's text, not a reply's
         ``suffix``) is cut to this many tokens before it is rendered as a turn.
+    :param sync_turns: in a lockstep batch, a row that ends a turn waits (takes no action) until
+        every row still in the episode has ended its turn; then the task replies to all of
+        them in one batched ``respond`` call (one sandbox batch for code feedback) and the
+        policy takes every reply in one step. ``False``: each row gets its reply at once.
+        Per-row auto-reset envs never wait. Tools always answer at once.
     """
 
     max_new_tokens: int = 64
@@ -76,6 +84,7 @@ class EpisodeConfig:
     max_turn_tokens: int | None = None
     max_injected_tokens: int = 0
     max_reply_tokens: int = 128
+    sync_turns: bool = True
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -183,6 +192,9 @@ class EpisodeBatch:
         self.tool_calls = np.zeros(n, dtype=np.int64)
         self.first_score = np.full(n, np.nan)
         self.last_score = np.full(n, np.nan)
+        self.waiting = np.zeros(n, dtype=bool)                # ended a turn, awaiting the task's reply
+        self.turn_end = np.zeros(n, dtype=np.int8)            # how the last turn ended (_EOS | ...)
+        self.sync_turns = config.sync_turns
         self.finished = np.ones(n, dtype=bool)
         self.row_index = np.zeros(n, dtype=np.int64)
         self.start_time = np.zeros(n, dtype=np.float64)
@@ -233,6 +245,8 @@ class EpisodeBatch:
             getattr(self, name)[rows] = 0
         self.first_score[rows] = np.nan
         self.last_score[rows] = np.nan
+        self.waiting[rows] = False
+        self.turn_end[rows] = 0
         self.finished[rows] = False
         self.start_time[rows] = time.time()
 
@@ -247,7 +261,7 @@ class EpisodeBatch:
         used, and an SB3 ``episode`` record.
         """
         actions = np.asarray(actions, dtype=np.int64).reshape(self.n)
-        rows = np.flatnonzero(active & ~self.finished)
+        rows = np.flatnonzero(active & ~self.finished & ~self.waiting)
         if rows.size and (actions[rows].min() < 0 or actions[rows].max() >= self.vocab_size):
             raise ValueError(f"actions must be in [0, {self.vocab_size}), got {actions[rows]}")
         column = self.max_prompt_tokens + self.completion_length[rows]
@@ -285,20 +299,29 @@ class EpisodeBatch:
                         break
         ending = rows[turn_ends[rows]]
         self.turns[ending] += 1
-        if self.respond is not None and ending.size:
-            replies = self._replies(ending)
-            for row, reply in zip(ending, replies):
+        if self.respond is not None:
+            # Rows that ended a turn wait for the task's reply; with sync_turns, until every row
+            # still in the episode has ended its turn, so the task answers them in one call and
+            # the policy takes every injection in one step.
+            self.turn_end[ending] = (eos[ending] * _EOS | stopped[ending] * _STOPPED
+                                     | out_of_tokens[ending] * _OUT_OF_TOKENS | turn_full[ending] * _TURN_FULL)
+            self.waiting[ending] = True
+            acting = ~self.finished & ~self.waiting
+            ready = np.flatnonzero(self.waiting) if not (self.sync_turns and acting.any()) else ending[:0]
+            for row, reply in zip(ready, self._replies(ready) if ready.size else []):
+                self.waiting[row] = False
+                flags = int(self.turn_end[row])
                 if reply.score is not None:
                     if np.isnan(self.first_score[row]):
                         self.first_score[row] = reply.score
                     self.last_score[row] = reply.score
-                last_turn = self.turns[row] >= self.config.max_turns or out_of_tokens[row]
-                if reply.text is None or last_turn:
-                    terminated[row] = not (out_of_tokens[row] or (turn_full[row] and not stopped[row]))
+                out, budget_cut = bool(flags & _OUT_OF_TOKENS), bool(flags & _TURN_FULL and not flags & _STOPPED)
+                if reply.text is None or self.turns[row] >= self.config.max_turns or out:
+                    terminated[row] = not (out or budget_cut)
                     truncated[row] = not terminated[row]
                 else:
                     content = self._trim(reply.text) + reply.suffix
-                    text = self._chat_turns().render(content, bool(eos[row])) if reply.chat else content
+                    text = self._chat_turns().render(content, bool(flags & _EOS)) if reply.chat else content
                     inject[int(row)] = (text, True)
         else:
             terminated[ending] = stopped[ending]
@@ -419,7 +442,8 @@ class EpisodeBatch:
 
     _STATE_ARRAYS = ("input_ids", "attention_mask", "policy_mask", "prompt_length", "num_generated",
                      "completion_length", "num_injected", "turns", "turn_start", "turn_generated", "segment_start",
-                     "tool_calls", "first_score", "last_score", "finished", "row_index", "start_time")
+                     "tool_calls", "first_score", "last_score", "waiting", "turn_end", "finished", "row_index",
+                     "start_time")
 
     def get_state(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name).copy() for name in self._STATE_ARRAYS}
@@ -427,7 +451,8 @@ class EpisodeBatch:
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         missing = [name for name in self._STATE_ARRAYS if name not in state]
         if missing and set(missing) - {"completion_length", "num_injected", "turns", "turn_start", "turn_generated",
-                                       "segment_start", "tool_calls", "first_score", "last_score"}:
+                                       "segment_start", "tool_calls", "first_score", "last_score", "waiting",
+                                       "turn_end"}:
             raise ValueError(f"episode state lacks {missing}")
         for name in self._STATE_ARRAYS:
             if name in state:

@@ -64,6 +64,7 @@ class TokenVecEnv(VecEnv):
         if autoreset and completions_per_prompt != 1:
             raise ValueError("completions_per_prompt > 1 needs lockstep mode (autoreset=False)")
         self.batch = EpisodeBatch(task, tokenizer, num_envs, config, **episode_kwargs)
+        self.batch.sync_turns = self.batch.config.sync_turns and not autoreset  # auto-reset rows never wait
         super().__init__(num_envs, self.batch.observation_space, gym.spaces.Discrete(self.batch.vocab_size))
         self.completions_per_prompt = completions_per_prompt
         self.autoreset = autoreset
@@ -131,6 +132,16 @@ class TokenVecEnv(VecEnv):
     def active_rows(self) -> np.ndarray:
         """Boolean mask of rows still generating in the current batch."""
         return ~self.batch.finished
+
+    @property
+    def max_turns(self) -> int:
+        return self.batch.config.max_turns
+
+    @property
+    def waiting_rows(self) -> np.ndarray:
+        """Boolean mask of rows that ended a turn and wait for the task's reply (``sync_turns``):
+        they take no action this step; the rollout must not record one for them."""
+        return self.batch.waiting.copy()
 
     def close(self) -> None:
         pass

@@ -228,10 +228,42 @@ def test_injections_are_one_prefill_step_and_no_prefix_is_rerun(tiny_lm):
     after = episodes.attention_mask[:, 16:].sum(-1)
     first, steps = calls[0], calls[1:]
     assert not first[2] and all(cached for *_, cached in steps)
-    # Each row's last action is never fed; everything else after the prompt is fed exactly once.
-    assert first[1] == prompt_tokens or first[1] < prompt_tokens  # shared prompts are run once
-    assert sum(real for _, real, _ in steps) == int((after - 1).sum())
+    # Everything after the prompt is fed at most once: a row's last action only if the row was
+    # still in the batch after it (waiting for the others to end their last turn).
+    assert first[1] <= prompt_tokens  # (shared prompts are run once)
+    fed = sum(real for _, real, _ in steps)
+    assert int((after - 1).sum()) <= fed <= int(after.sum())
     assert any(shape[1] > 1 for shape, _, _ in steps)  # injections went in as one multi-column step
+
+
+@pytest.mark.parametrize("sync_turns", [True, False])
+def test_sync_turns_answers_the_batch_at_once(tiny_lm, sync_turns):
+    """With sync_turns, rows that end a turn wait (no action is recorded for them) and the task
+    answers every row in one call; without it, rows get replies as they end."""
+    model, tok = tiny_lm
+    calls = []
+
+    def respond(attempts, references, turns):
+        calls.append(len(attempts))
+        return varied_replies(attempts, references, turns)
+
+    # A tiny random model rarely says EOS: end turns with stop strings (a dozen of its words).
+    stops = tuple(sorted(set(tok.convert_ids_to_tokens(range(3, 40)))))[:12]
+    env = TokenVecEnv(replying_task(respond), tok, num_envs=4, max_new_tokens=12, max_prompt_tokens=16, max_turns=2,
+                      max_injected_tokens=16, seed=0, sync_turns=sync_turns, stop_strings=stops)
+    policy = CausalLMPolicy(env.observation_space, env.action_space, lambda _: 1e-3, model=model)
+    torch.manual_seed(0)
+    episodes, _ = collect_episodes(policy, env)
+    if sync_turns:
+        assert calls == [4, 4]
+    else:
+        assert sum(calls) == 8 and len(calls) > 2
+    assert (episodes.policy_mask.sum(-1) == episodes.action_mask.sum(-1)).all()
+    # Actions are contiguous per row in the (B, T) tensors, waiting or not.
+    counts = episodes.action_mask.sum(-1)
+    assert all(episodes.action_mask[b, :counts[b]].all() for b in range(4))
+    out = policy.evaluate_actions(episodes.input_ids, episodes.attention_mask, episodes.policy_mask)
+    assert torch.allclose(out.log_prob, episodes.log_probs[episodes.action_mask], atol=1e-4)
 
 
 def test_greedy_multi_turn_rollout_equals_generate_inject_generate(tiny_lm):
