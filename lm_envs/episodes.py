@@ -317,7 +317,8 @@ class EpisodeBatch:
                     self.last_score[row] = reply.score
                 out, budget_cut = bool(flags & _OUT_OF_TOKENS), bool(flags & _TURN_FULL and not flags & _STOPPED)
                 if reply.text is None or self.turns[row] >= self.config.max_turns or out:
-                    terminated[row] = not (out or budget_cut)
+                    # The task's own end, or the model's on its last turn, terminates; a budget truncates.
+                    terminated[row] = reply.text is None or not (out or budget_cut)
                     truncated[row] = not terminated[row]
                 else:
                     content = self._trim(reply.text) + reply.suffix

@@ -93,6 +93,12 @@ def test_turn_limit_terminates_and_budgets_truncate(tiny_lm):
     assert not (terminated or truncated) and int(obs["completion_length"][0]) == 3  # the reply went in
     *_, reward, terminated, truncated, info = step_all(env, [seven, seven])
     assert truncated and not terminated and reward == 0.5
+    # ... unless the task's reply ends the episode: its verdict terminates, cut or not.
+    env = TokenEnv(replying_task(ScriptedReplies([Reply(None, 1.0)])), tok, max_new_tokens=8, max_prompt_tokens=16,
+                   max_turns=2, max_turn_tokens=2, max_injected_tokens=8)
+    env.reset(seed=0)
+    *_, reward, terminated, truncated, info = step_all(env, [seven, seven])
+    assert terminated and not truncated and reward == 1.0
     # An injection that does not fit ends the episode (truncated), never cut silently.
     env = TokenEnv(replying_task(ScriptedReplies([Reply("a b c d e", 0.5, chat=False)] * 2)), tok,
                    max_new_tokens=8, max_prompt_tokens=16, max_turns=2, max_injected_tokens=3)
@@ -105,6 +111,22 @@ def test_turn_limit_terminates_and_budgets_truncate(tiny_lm):
     env.reset(seed=0)
     *_, terminated, truncated, info = step_all(env, [eos, seven, seven])
     assert truncated and not terminated and info["turns"] == 2
+
+
+def test_a_per_turn_cost_is_a_reward_wrapper_on_extra_turns(tiny_lm):
+    from lm_envs import RewardWrapper
+    from lm_envs.reward_wrappers import from_config
+
+    tok = tiny_lm[1]
+    respond = ScriptedReplies([Reply("a", 0.0, chat=False), Reply("a", 0.5, chat=False), Reply(None, 1.0)])
+    cost = from_config([{"type": "add_terms", "terms": {"turn_cost": {"term": "info", "key": "extra_turns",
+                                                                      "weight": -0.1}}}])
+    env = RewardWrapper(TokenEnv(replying_task(respond), tok, max_new_tokens=8, max_prompt_tokens=16, max_turns=3,
+                                 max_injected_tokens=8), cost)
+    env.reset(seed=0)
+    *_, reward, terminated, truncated, info = step_all(env, [tok.eos_token_id] * 3)
+    assert terminated and info["score"] == 1.0 and info["extra_turns"] == 2
+    assert reward == pytest.approx(1.0 - 0.2)
 
 
 def test_bad_settings_are_refused(tiny_lm):
