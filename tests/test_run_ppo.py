@@ -37,6 +37,19 @@ def test_end_to_end_writes_logs_checkpoints_and_evals(tiny_dir, tmp_path):
         assert summary["episodes"] == 4 and "score_mean" in summary and "accuracy" in summary
 
 
+def test_two_runs_with_the_same_seed_give_the_same_evaluations(tiny_dir, tmp_path):
+    """Reproducible experiments: same seed, same machine, same eval_before/eval_after files
+    (sampled evaluation included)."""
+    outputs = []
+    for name in ("a", "b"):
+        proc = run(tiny_args(tiny_dir, tmp_path / name, "seed=3", "env.eval_deterministic=false"))
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, output
+        outputs.append({tag: (tmp_path / name / f"eval_{tag}.json").read_text() for tag in ("before", "after")})
+    assert outputs[0] == outputs[1]
+    assert outputs[0]["before"] != outputs[0]["after"]  # it trained: the match is not of an untouched model
+
+
 def test_sigkill_then_resume_continues(tiny_dir, tmp_path):
     proc = run(tiny_args(tiny_dir, tmp_path, "iterations=400"))
     checkpoints = tmp_path / "checkpoints"
