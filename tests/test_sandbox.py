@@ -275,3 +275,113 @@ def test_programs_see_only_their_own_fds_and_processes(sb):
     r = sb.run_command(["/usr/bin/python3", "-I", "-S", "-c", code], limits=FAST)
     assert r.stdout.strip() == "['0', '1', '2', '3', '4'] ['1']", r  # 4: the listdir's own fd
     assert sb.run_python("import os\nprint(os.listdir('/proc'))", FAST).stdout.strip() == "[]"
+
+
+# -- memory: a cgroup v2 cap for the whole pool where one is delegated, else RLIMIT_AS ----------
+def _fake_cgroup(tmp_path: Path, controllers: str = "memory pids") -> Path:
+    """A directory shaped like a delegated cgroup v2 (this machine's memory controller is v1, so
+    the kernel side cannot be exercised here; what we write and where the jail lands can)."""
+    parent = tmp_path / "cg"
+    parent.mkdir()
+    (parent / "cgroup.subtree_control").write_text(controllers + "\n")
+    return parent
+
+
+def test_own_cgroup_is_read_from_proc_files(tmp_path):
+    from rewards.sandbox import cgroup
+
+    mount = tmp_path / "mnt"
+    (mount / "user.slice" / "job").mkdir(parents=True)
+    (tmp_path / "cgroup").write_text("1:memory:/x\n0::/user.slice/job\n")
+    (tmp_path / "mountinfo").write_text(
+        f"31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"
+        f"41 31 0:38 / {mount} rw,relatime shared:9 - cgroup2 cgroup2 rw\n")
+    assert cgroup.own_cgroup(str(tmp_path / "mountinfo"), str(tmp_path / "cgroup")) == str(mount / "user.slice/job")
+    (tmp_path / "cgroup").write_text("4:memory:/x\n")  # v1 only
+    assert cgroup.own_cgroup(str(tmp_path / "mountinfo"), str(tmp_path / "cgroup")) is None
+
+
+def test_cgroup_is_used_only_where_memory_is_delegated(tmp_path):
+    from rewards.sandbox import cgroup
+
+    assert "not a cgroup v2 directory" in cgroup.unusable_reason(str(tmp_path))
+    assert "not delegated" in cgroup.unusable_reason(str(_fake_cgroup(tmp_path, "pids cpu")))
+    assert cgroup.find(None) == (None, "cgroup memory cap off (cgroup=None)")
+    with pytest.raises(ValueError, match="cannot cap the jail's memory: .*not delegated"):
+        cgroup.find(str(tmp_path / "cg"))  # an explicit choice never degrades to RLIMIT_AS
+    (tmp_path / "cg" / "cgroup.subtree_control").write_text("memory\n")
+    assert cgroup.find(str(tmp_path / "cg")) == (str(tmp_path / "cg"), "")
+    path, why = cgroup.find("auto")  # this machine: whatever it has, the answer is consistent
+    assert (path is None) == bool(why) and (path is None or cgroup.unusable_reason(path) is None)
+
+
+def test_the_jail_starts_inside_its_capped_cgroup(tmp_path):
+    from rewards.sandbox import cgroup
+
+    parent = _fake_cgroup(tmp_path)
+    (parent / "lmsb-deadbeef").mkdir()  # an empty one left by a run that died: swept
+    sb = Sandbox(workers=1, cgroup=str(parent), memory_mb=300)
+    try:
+        assert sb.run_python("print(6 * 7)", limits=FAST).stdout.strip() == "42"
+        children = [p for p in parent.iterdir() if p.name.startswith(cgroup.PREFIX)]
+        assert [p.name for p in children] != ["lmsb-deadbeef"] and len(children) == 1
+        group = children[0]
+        assert (group / "memory.max").read_text() == str(300 << 20)
+        # the shell moved itself in before exec'ing the jail: the pid there is the server's
+        assert int((group / "cgroup.procs").read_text()) == sb.server_pid
+        assert f"memory.max 300 MiB for the whole server, swap 0 ({group})" in sb.protections["memory"]
+        assert "RLIMIT_AS per process" in sb.protections["memory"]
+    finally:
+        sb.close()
+
+
+def test_without_a_delegated_cgroup_protections_say_rlimit_only(sb):
+    from rewards.sandbox import cgroup
+
+    if cgroup.find("auto")[0] is None:
+        assert sb.protections["memory"].startswith("no cgroup cap (")
+    else:
+        assert "memory.max" in sb.protections["memory"]
+    assert "RLIMIT_AS per process" in sb.protections["memory"]
+
+
+FD_LEAK = r"""
+import errno, os, sys, tempfile
+sys.path.insert(0, sys.argv[1])
+import server
+
+def fail_fork(*a, **k):
+    raise OSError(errno.EAGAIN, "fork refused")
+
+server.os.fork = fail_fork
+server._clone_into_job_namespaces = fail_fork
+base = tempfile.mkdtemp()
+job = {"id": 1, "steps": [{"kind": "python", "source": "print(1)"}],
+       "limits": [dict(server.protocol.LIMIT_DEFAULTS)]}
+before = sorted(os.listdir("/proc/self/fd"))
+errors = []
+for _ in range(50):
+    try:
+        res = server._run_job(job, base, False, 4096)
+        errors.append(res["error"])
+    except Exception as e:
+        errors.append(repr(e))
+srv = server._Server.__new__(server._Server)
+srv.monitors, srv.writers = {}, {}
+for _ in range(50):
+    try:
+        srv._spawn_monitor(0)
+    except OSError as e:
+        errors.append(repr(e))
+after = sorted(os.listdir("/proc/self/fd"))
+print(len(before), len(after), errors[0], errors[-1])
+"""
+
+
+def test_failed_fork_leaks_no_fd(tmp_path):
+    out = subprocess.run([sys.executable, "-c", FD_LEAK, str(ROOT / "rewards" / "sandbox")], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    before, after, *msgs = out.stdout.split(" ", 2)
+    assert before == after, out.stdout  # 100 refused forks: not one pipe end left open
+    assert "fork refused" in msgs[0]

@@ -12,7 +12,7 @@ back from it is JSON (see `protocol.py`), checked field by field before it becom
 jail cannot run, `Sandbox()` raises `rewards.SandboxError` saying why, unless
 `allow_unsandboxed=True` is passed; it never falls back silently.
 
-Imports: standard library, `rewards.errors`, and this package's `protocol` and `jail`.
+Imports: standard library, `rewards.errors`, and this package's `protocol`, `jail` and `cgroup`.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rewards.errors import SandboxError
+from rewards.sandbox import cgroup as cgroups
 from rewards.sandbox import jail, protocol
 from rewards.sandbox.protocol import CHANNEL_BYTES, RESULT_FD  # noqa: F401  (re-exported)
 
@@ -41,7 +42,7 @@ class Limits:
 
     wall_s: float = 5.0  # wall clock, enforced by the monitor (kills the whole process group)
     cpu_s: float = 5.0  # RLIMIT_CPU per process (SIGXCPU, then SIGKILL one second later)
-    memory_mb: int = 512  # RLIMIT_AS: address space per process
+    memory_mb: int = 512  # RLIMIT_AS: address space per process (the pool's cgroup caps the sum)
     output_bytes: int = 64_000  # kept of stdout and of stderr each; the rest is read and dropped
     max_procs: int = 32  # RLIMIT_NPROC: tasks (processes + threads) of the program's uid
     file_mb: int = 16  # RLIMIT_FSIZE: largest file a program may write
@@ -134,11 +135,22 @@ class Sandbox:
     :param allow_unsandboxed: run the server without the jail when bubblewrap cannot run here.
         The explicit escape hatch: programs then run as this user, with rlimits and an audit
         hook only. Without it, a machine where the jail cannot start raises `SandboxError`.
+    :param cgroup: where the whole server (all its programs together) gets a cgroup v2 memory
+        cap, `memory_mb`: ``"auto"`` (our own cgroup, where the memory controller is delegated
+        to it; else `RLIMIT_AS` per process only, see `protections`), ``None`` (off) or the path
+        of a delegated cgroup v2 directory (`ValueError` if it is not one). See
+        `rewards.sandbox.cgroup`.
+    :param memory_mb: the cgroup's ``memory.max`` in MiB (default: 512 per worker, plus 256 for
+        the server and its monitors).
     """
 
     def __init__(self, workers: int | None = None, *, shared_dirs: Sequence[str] = (),
-                 python: str | None = None, allow_unsandboxed: bool = False) -> None:
+                 python: str | None = None, allow_unsandboxed: bool = False, cgroup: str | None = "auto",
+                 memory_mb: int | None = None) -> None:
         self.workers = int(workers) if workers else _default_workers()
+        self.memory_mb = int(memory_mb) if memory_mb else 512 * self.workers + 256
+        self._cgroup_parent, self.cgroup_reason = cgroups.find(cgroup)
+        self._cgroups: dict[int, str] = {}  # server pid -> its cgroup
         self.shared_dirs = [os.path.realpath(d) for d in shared_dirs]
         self.python = python or jail.default_python()
         reason = jail.unavailable_reason(self.python)
@@ -208,10 +220,31 @@ class Sandbox:
                 if ids is not None:  # root: the jail runs as a throwaway uid, like any other user's
                     kw = {"user": ids[0], "group": ids[1], "extra_groups": []}
             else:
+                ids = None
                 cmd = [self.python, "-I", "-S", "-B", os.path.join(jail.SERVER_DIR, "server.py"), "--serve", cfg]
+            group = None
+            if self._cgroup_parent is not None:
+                try:
+                    group = cgroups.create(self._cgroup_parent, self.memory_mb << 20)
+                    cmd, kw = cgroups.wrap(cmd, group, ids), {}  # the wrapper drops to `ids` itself
+                except OSError as e:
+                    cgroups.remove(group)
+                    group, self._cgroup_parent = None, None
+                    self.cgroup_reason = f"could not create a cgroup in the delegated one: {e}"
+                    import logging
+
+                    logging.getLogger(__name__).warning("sandbox: %s; memory is capped by RLIMIT_AS per process only",
+                                                        self.cgroup_reason)
             # env={} keeps host secrets out; cwd="/" keeps the repo out of the server's sys.path.
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={"PATH": "/usr/bin:/bin"},
-                                    close_fds=True, pass_fds=fds, start_new_session=True, cwd="/", **kw)
+            try:
+                proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        env={"PATH": "/usr/bin:/bin"}, close_fds=True, pass_fds=fds,
+                                        start_new_session=True, cwd="/", **kw)
+            except BaseException:
+                cgroups.remove(group)
+                raise
+            if group is not None:
+                self._cgroups[proc.pid] = group
         finally:
             for fd in fds:
                 os.close(fd)
@@ -222,6 +255,7 @@ class Sandbox:
                 chunk = proc.stdout.read1(65536)  # type: ignore[union-attr]
                 if not chunk:
                     proc.wait()
+                    self._release_cgroup(proc)
                     raise SandboxError(f"sandbox server failed to start (exit {proc.returncode})")
                 buf += chunk
                 msgs = protocol.unframe(buf)
@@ -232,7 +266,14 @@ class Sandbox:
         except (protocol.ProtocolError, SandboxError):
             proc.kill()
             proc.wait()
+            self._release_cgroup(proc)
             raise
+        protections = hello.get("protections")
+        if isinstance(protections, dict):
+            group = self._cgroups.get(proc.pid)
+            memory = (f"cgroup v2 memory.max {self.memory_mb} MiB for the whole server, swap 0 ({group}); "
+                      if group else f"no cgroup cap ({self.cgroup_reason}); ")
+            protections["memory"] = memory + str(protections.get("memory", ""))
         self._hello = hello
         self._proc = proc
         self.restarts += 1
@@ -300,7 +341,11 @@ class Sandbox:
         except OSError:
             pass
         proc.wait()
+        self._release_cgroup(proc)
         self._server_died(proc)
+
+    def _release_cgroup(self, proc: subprocess.Popen) -> None:
+        cgroups.remove(self._cgroups.pop(proc.pid, None))
 
     def _server_died(self, proc: subprocess.Popen) -> None:
         with self._write_lock:
@@ -339,6 +384,7 @@ class Sandbox:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            self._release_cgroup(proc)
         for staged in self._stage.values():
             import shutil
 

@@ -970,9 +970,16 @@ class _Server:
             self.sel.unregister(self.proto_out)
 
     def _spawn_monitor(self, slot: int) -> None:
-        req_r, req_w = os.pipe()
-        res_r, res_w = os.pipe()
-        pid = os.fork()
+        fds: list[int] = []
+        try:  # no fd survives a failed pipe() or fork()
+            fds += os.pipe()
+            fds += os.pipe()
+            pid = os.fork()
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        req_r, req_w, res_r, res_w = fds
         if pid == 0:
             try:
                 _close_fds_except({0, 1, 2, req_r, res_w})
