@@ -323,7 +323,8 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
             if "episode" in info:
                 self.ep_info_buffer.extend([info["episode"]])
         self._timings = {"rollout": episodes.seconds,
-                         "reward": float(sum(info.get("reward_time", 0.0) for info in episodes.infos))}
+                         "reward": float(sum(info.get("reward_time", 0.0) for info in episodes.infos)),
+                         "reward_wait": float(sum(info.get("reward_wait", 0.0) for info in episodes.infos))}
         self.buffer = self.process_episodes(episodes)
         callback.update_locals(locals())
         callback.on_rollout_end()
@@ -468,6 +469,7 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
             "train/early_stopped": stats.get("early_stopped"),
             "time/rollout": self._timings.get("rollout", 0.0),
             "time/reward": self._timings.get("reward", 0.0),
+            "time/reward_wait": self._timings.get("reward_wait", 0.0),
             "time/reference": self._timings.get("reference", 0.0),
             "time/update": self._timings.get("update", 0.0),
         }

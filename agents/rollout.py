@@ -97,7 +97,8 @@ def collect_episodes(policy: Any, env: Any, last_obs: dict[str, np.ndarray] | No
     while not finished.all() and step < max_steps:
         acting_np = ~finished & ~_env_attr(env, "waiting_rows", np.zeros(n, dtype=bool))
         acting = torch.as_tensor(acting_np, device=device)
-        active = torch.as_tensor(~finished, device=device)
+        # Rows being scored in the background (overlap_scoring) never act again: out of the cache.
+        active = torch.as_tensor(~finished & ~_env_attr(env, "scoring_rows", np.zeros(n, dtype=bool)), device=device)
         actions, step_log_probs, step_values, state = policy.act(
             obs_to_torch(obs, device), state, episode_start, deterministic, active=active if compact else None)
         acting_rows, positions = rows[acting], taken[acting]

@@ -142,7 +142,8 @@ class ScoredRolloutAlgorithm(OnPolicyLMAlgorithm):
             self.ep_info_buffer.extend([info["episode"] for info in episodes.infos if "episode" in info])
         episodes = concat_episodes(batches)
         self._timings = {"rollout": episodes.seconds,
-                         "reward": float(sum(info.get("reward_time", 0.0) for info in episodes.infos))}
+                         "reward": float(sum(info.get("reward_time", 0.0) for info in episodes.infos)),
+                         "reward_wait": float(sum(info.get("reward_wait", 0.0) for info in episodes.infos))}
         self.episodes = episodes
         self.buffer = TokenRolloutBuffer.from_episodes(episodes)  # what the core's logging reads
         start = time.perf_counter()

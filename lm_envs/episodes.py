@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 from gymnasium import spaces
 
+from lm_envs.scoring import BackgroundScorer
 from lm_envs.tasks import Task
 from lm_envs.tasks.turns import ChatTurns, Reply
 
@@ -71,6 +72,14 @@ class EpisodeConfig:
         them in one batched ``respond`` call (one sandbox batch for code feedback) and the
         policy takes every reply in one step. ``False``: each row gets its reply at once.
         Per-row auto-reset envs never wait. Tools always answer at once.
+    :param overlap_scoring: in a lockstep batch, score a row's completion on a background
+        thread as soon as the row ends, while the other rows keep generating
+        (`lm_envs.scoring.BackgroundScorer`); the row's terminal step, with its reward, is
+        reported once the score is in, and when no row generates any more the batch waits for
+        the rest (``info["reward_wait"]``). ``None`` (default): on where the task's reward says it
+        is slow (``reward.overlap_scoring = True``, as the code rewards do) and the task does not
+        reply between turns (a reply's verdict is needed at once, and its reward is in use).
+        Single envs and per-row auto-reset envs score at once.
     """
 
     max_new_tokens: int = 64
@@ -85,6 +94,7 @@ class EpisodeConfig:
     max_injected_tokens: int = 0
     max_reply_tokens: int = 128
     sync_turns: bool = True
+    overlap_scoring: bool | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -195,6 +205,19 @@ class EpisodeBatch:
         self.waiting = np.zeros(n, dtype=bool)                # ended a turn, awaiting the task's reply
         self.turn_end = np.zeros(n, dtype=np.int8)            # how the last turn ended (_EOS | ...)
         self.sync_turns = config.sync_turns
+        # Overlapped scoring: rows that ended and wait for their score (terminal step held back).
+        overlap = config.overlap_scoring
+        if overlap is None:
+            overlap = bool(getattr(task.reward, "overlap_scoring", False)) and self.respond is None
+        elif overlap and self.respond is not None:
+            raise ValueError(f"task {task.name!r} replies between turns: its verdicts are needed at once, so "
+                             "overlap_scoring cannot be on")
+        self.overlap_scoring = bool(overlap) and n > 1  # TokenVecEnv turns it off in auto-reset mode
+        self.scorer: BackgroundScorer | None = None
+        self.scoring = np.zeros(n, dtype=bool)
+        self.held_terminated = np.zeros(n, dtype=bool)
+        self.held_truncated = np.zeros(n, dtype=bool)
+        self.reward_seconds = np.zeros(n, dtype=np.float64)  # scored in the background: its share of the call
         self.finished = np.ones(n, dtype=bool)
         self.row_index = np.zeros(n, dtype=np.int64)
         self.start_time = np.zeros(n, dtype=np.float64)
@@ -243,6 +266,10 @@ class EpisodeBatch:
         for name in ("num_generated", "completion_length", "num_injected", "turns", "turn_start",
                      "turn_generated", "segment_start", "tool_calls"):
             getattr(self, name)[rows] = 0
+        if self.scoring[rows].any() and self.scorer is not None:  # a batch dropped mid-way
+            self.scorer.discard()
+            self.scoring[:] = False
+        self.reward_seconds[rows] = 0.0
         self.first_score[rows] = np.nan
         self.last_score[rows] = np.nan
         self.waiting[rows] = False
@@ -332,7 +359,42 @@ class EpisodeBatch:
                 truncated[row], terminated[row] = True, False
         ended = np.flatnonzero(terminated | truncated)
         self.finished[ended] = True
-        return self._finish(ended, terminated, truncated)
+        wait = 0.0
+        if self.overlap_scoring:
+            ended, wait = self._overlap(ended, terminated, truncated)
+        return self._finish(ended, terminated, truncated, wait)
+
+    def _overlap(self, ended: np.ndarray, terminated: np.ndarray, truncated: np.ndarray) -> tuple[np.ndarray, float]:
+        """Hand rows that ended without a score to the background scorer and hold back their
+        terminal step; release held rows whose score is in, and all of them once no row is
+        generating. Returns the rows to report now and the seconds spent waiting."""
+        if self.scorer is None:
+            self.scorer = BackgroundScorer(self.task.reward)
+        held = ended[np.isnan(self.last_score[ended])]
+        for row in held:
+            index = int(self.row_index[row])
+            self.scorer.submit(int(row), self.completion(row), self.task.references[index],
+                               self.encode_prompt(index)[1])
+        self.held_terminated[held], self.held_truncated[held] = terminated[held], truncated[held]
+        terminated[held] = truncated[held] = False
+        self.scoring[held] = True
+        scored = self.scorer.ready()
+        wait = 0.0
+        if self.scoring.any() and self.finished.all():  # nothing left to hide the scoring behind
+            start = time.perf_counter()
+            scored.update(self.scorer.wait())
+            wait = time.perf_counter() - start
+        for row, (score, seconds) in scored.items():
+            self.last_score[row], self.reward_seconds[row] = score, seconds
+            terminated[row], truncated[row] = self.held_terminated[row], self.held_truncated[row]
+            self.scoring[row] = False
+        released = np.fromiter(scored, dtype=np.int64, count=len(scored))
+        return np.union1d(np.setdiff1d(ended, held), released), wait
+
+    def close(self) -> None:
+        if self.scorer is not None:
+            self.scorer.close()
+            self.scorer = None
 
     def _replies(self, rows: np.ndarray) -> list[Reply]:
         attempts = [self._attempt(row) for row in rows]
@@ -374,7 +436,7 @@ class EpisodeBatch:
             self.turn_generated[row] = self.num_generated[row]
         return True
 
-    def _finish(self, ended: np.ndarray, terminated: np.ndarray, truncated: np.ndarray):
+    def _finish(self, ended: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, wait: float = 0.0):
         rewards = np.zeros(self.n, dtype=np.float32)
         infos: list[dict] = [{} for _ in range(self.n)]
         if not ended.size:
@@ -390,7 +452,7 @@ class EpisodeBatch:
             scores[picked] = np.asarray(self.task.reward([completions[k] for k in picked],
                                                          [references[k] for k in picked],
                                                          [prompts[k] for k in picked]), dtype=np.float32)
-        reward_time = (time.perf_counter() - reward_start) / len(ended)
+        reward_time = (time.perf_counter() - reward_start) / len(ended) + self.reward_seconds[ended]
         rewards[ended] = scores
         now = time.time()
         start = self.max_prompt_tokens
@@ -401,7 +463,8 @@ class EpisodeBatch:
                 "prompt": prompts[k],
                 "index": int(self.row_index[row]),  # the data row, so evaluation samples can be traced
                 "score": float(scores[k]),
-                "reward_time": reward_time,
+                "reward_time": float(reward_time[k]),
+                "reward_wait": wait / len(ended),  # overlapped scoring: the wait generation did not hide
                 "episode": {"r": float(scores[k]), "l": int(self.num_generated[row]),
                             "t": round(now - self.start_time[row], 6)},
             }
@@ -447,6 +510,8 @@ class EpisodeBatch:
                      "start_time")
 
     def get_state(self) -> dict[str, np.ndarray]:
+        if self.scoring.any():
+            raise RuntimeError("the batch has scores in flight (overlap_scoring): save its state between batches")
         return {name: getattr(self, name).copy() for name in self._STATE_ARRAYS}
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:

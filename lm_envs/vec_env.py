@@ -65,6 +65,7 @@ class TokenVecEnv(VecEnv):
             raise ValueError("completions_per_prompt > 1 needs lockstep mode (autoreset=False)")
         self.batch = EpisodeBatch(task, tokenizer, num_envs, config, **episode_kwargs)
         self.batch.sync_turns = self.batch.config.sync_turns and not autoreset  # auto-reset rows never wait
+        self.batch.overlap_scoring = self.batch.overlap_scoring and not autoreset
         super().__init__(num_envs, self.batch.observation_space, gym.spaces.Discrete(self.batch.vocab_size))
         self.completions_per_prompt = completions_per_prompt
         self.autoreset = autoreset
@@ -139,12 +140,20 @@ class TokenVecEnv(VecEnv):
 
     @property
     def waiting_rows(self) -> np.ndarray:
-        """Boolean mask of rows that ended a turn and wait for the task's reply (``sync_turns``):
-        they take no action this step; the rollout must not record one for them."""
-        return self.batch.waiting.copy()
+        """Boolean mask of rows that take no action this step, so the rollout must not record
+        one for them: rows that ended a turn and wait for the task's reply (``sync_turns``), and
+        rows that ended and wait for their score (``overlap_scoring``, see `scoring_rows`)."""
+        return self.batch.waiting | self.batch.scoring
+
+    @property
+    def scoring_rows(self) -> np.ndarray:
+        """Boolean mask of rows that have ended and are being scored in the background
+        (``overlap_scoring``): their terminal step comes when the score is in, and they will
+        never act again, so a policy may drop them from its forward batch."""
+        return self.batch.scoring.copy()
 
     def close(self) -> None:
-        pass
+        self.batch.close()
 
     # -- state, for checkpoints: samplers plus the batch in flight ---------------------------
     def get_state(self) -> dict[str, Any]:

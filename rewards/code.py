@@ -36,6 +36,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +153,9 @@ class CodeReward(Reward):
 
     name = "code"
     CANARY: tuple[str, Mapping[str, Any]] | None = None
+    # Slow (a sandbox run per completion): a lockstep env scores it in the background while the
+    # rest of its batch generates (lm_envs.EpisodeConfig.overlap_scoring).
+    overlap_scoring = True
 
     def __init__(self, weights: CodeWeights | Sequence[float] | Mapping[str, float] = CodeWeights(),
                  workers: int | None = None, sandbox: Sandbox | None = None, limits: Limits | None = None,
@@ -169,6 +173,9 @@ class CodeReward(Reward):
         self._owns_sandbox = sandbox is None
         self._plans: dict[str, Any] = {}
         self._last: tuple[list[str], list[CodeResult], int] | None = None
+        # (completion, record key) -> (result, its call's faults per item): `metrics` finds what
+        # was scored in several calls (an env scoring rows as they finish) without running it again.
+        self._recent: OrderedDict[tuple[str, str], tuple[CodeResult, float]] = OrderedDict()
         self.faults = 0  # host faults seen over this reward's life (retried or raised)
         if canary:
             self.check_canary()
@@ -300,6 +307,11 @@ class CodeReward(Reward):
             else:
                 out[i] = self.judge(res, plan)
         self._last = (texts, out, faults)  # type: ignore[assignment]
+        for text, ref, res in zip(texts, references, out):
+            if res is not None and res.error is None:
+                self._recent[(text, _record_key(ref))] = (res, faults / max(1, len(texts)))
+        while len(self._recent) > 4096:
+            self._recent.popitem(last=False)
         if raise_errors:
             failed = [(i, r.error) for i, r in enumerate(out) if r is not None and r.error
                       and not any(i == j for j, _ in malformed)]
@@ -338,11 +350,15 @@ class CodeReward(Reward):
         """compile_rate, pass@1 (all tests passed), mean test pass fraction, timeout rate and
         sandbox_error_rate: host faults per completion in the batch (retried ones included)."""
         texts = [as_text(c) for c in completions]
+        recent = [self._recent.get((text, _record_key(ref))) for text, ref in zip(texts, references)]
         if self._last is not None and self._last[0] == texts:  # the batch just scored
             results, faults = self._last[1], self._last[2]
-        else:
-            results = self.evaluate(completions, references)
-            faults = self._last[2] if self._last else 0
+        else:  # what was scored already, in one or more calls, is not run again
+            missing = [i for i, r in enumerate(recent) if r is None]
+            fresh = self.evaluate([texts[i] for i in missing], [references[i] for i in missing]) if missing else []
+            found = dict(zip(missing, fresh))
+            results = [found[i] if r is None else r[0] for i, r in enumerate(recent)]
+            faults = sum(r[1] for r in recent if r is not None) + (self._last[2] if missing and self._last else 0)
         n = max(1, len(results))
         return {
             "compile_rate": sum(r.compiled for r in results) / n,

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import lm_envs.tasks.code
@@ -99,6 +100,22 @@ def test_mbpp_scores_wrong_syntax_empty(mbpp_reward, mbpp):
     m = mbpp_reward.metrics(list(cases), [rec] * len(cases), scores)
     assert m["compile_rate"] == pytest.approx(4 / 7) and m["pass@1"] == pytest.approx(2 / 7)
     assert m["sandbox_error_rate"] == 0.0
+
+
+def test_metrics_reuse_results_scored_in_several_calls(mbpp_reward, mbpp, monkeypatch):
+    """An env scoring rows as they finish (overlap_scoring) calls the reward several times;
+    metrics over the whole batch then runs nothing again."""
+    recs = [mbpp[11], mbpp[12], mbpp[13]]
+    texts = [recs[0]["code"], "def f(:\n", recs[2]["code"] + "\n# v2"]
+    first = mbpp_reward(texts[:1], recs[:1])
+    rest = mbpp_reward(texts[1:], recs[1:])
+    submitted = []
+    original = mbpp_reward.sandbox.submit
+    monkeypatch.setattr(mbpp_reward.sandbox, "submit", lambda jobs: submitted.append(len(jobs)) or original(jobs))
+    m = mbpp_reward.metrics(texts, recs, np.concatenate([first, rest]))
+    assert submitted == [] and m["compile_rate"] == pytest.approx(2 / 3) and m["pass@1"] == pytest.approx(2 / 3)
+    assert mbpp_reward.metrics(texts + ["x = 1\n"], recs + [recs[0]], np.zeros(4))["compile_rate"] == 0.75
+    assert submitted == [1]  # a completion it has not seen is run
 
 
 def test_mbpp_partial_credit_and_weights(mbpp):
