@@ -1,4 +1,4 @@
-"""Evaluating a policy on a token VecEnv: mean score, task metrics, samples.
+"""Evaluating a policy on a token VecEnv: mean score, task metrics, samples; `before_after_table`.
 
 Talks to the env through the VecEnv API (``env_method``/``get_attr``) and to the policy through
 ``act``. Task metrics come from the reward object when it has ``metrics()`` (accuracy, compile
@@ -148,3 +148,24 @@ def pause_metrics(pauses: list[int], lengths: list[int], scores: list[float], sa
             "pauses_mean_incorrect": mean(counts[~correct]),
             "pause_token_pct": float(100.0 * counts.sum() / max(1, int(np.sum(lengths))))}
 
+
+# What a before/after table shows first, when a summary has it; then every rewards/* component.
+TABLE_KEYS = ["score_mean", "toxicity_mean", "toxicity_frac_above_0.5", "accuracy", "compile_rate", "pass@1",
+              "test_pass_rate", "kl_mean", "perplexity_mean", "distinct_2", "response_len_mean"]
+
+
+def before_after_table(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """A markdown table of two evaluation summaries: metric, before, after, relative change."""
+    keys = [k for k in TABLE_KEYS if k in before or k in after] + sorted(k for k in after if k.startswith("rewards/"))
+    lines = ["| metric | before | after | change |", "|---|---|---|---|"]
+
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, (int, float)) else "-"
+
+    for key in keys:
+        x, y = before.get(key), after.get(key)
+        # A relative change from (almost) zero, like KL before training, says nothing.
+        numbers = isinstance(x, (int, float)) and isinstance(y, (int, float))
+        change = f"{(y - x) / abs(x) * 100:+.1f}%" if numbers and abs(x) > 1e-4 else ""
+        lines.append(f"| {key} | {fmt(x)} | {fmt(y)} | {change} |")
+    return "\n".join(lines) + "\n"

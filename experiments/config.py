@@ -4,8 +4,11 @@
 order whatever the order on the command line (the Hydra convention, OmegaConf underneath):
 
 1. the base config (``configs/ppo.yaml``);
-2. the agent group ``configs/agent/NAME.yaml`` (default ``ppo``): its ``agent`` node *replaces*
+2. the agent group ``configs/agent/NAME.yaml`` (default ``ppo``, or the last preset's
+   ``defaults: [{override /agent: NAME}]``, as in Hydra): its ``agent`` node *replaces*
    the base's, and its other keys (e.g. ``env.completions_per_prompt`` for group agents) merge;
+   without any ``experiment=``, the base's ``per_agent.<agent name>`` (the default run's
+   tuning) is then merged into ``agent``;
 3. each ``experiment=NAME`` preset (``configs/experiment/NAME.yaml``): merged, except its
    ``per_agent`` section, of which only ``per_agent.<agent name>`` is merged into ``agent``;
    a preset's plain ``agent`` keys must be ones every agent takes;
@@ -112,14 +115,24 @@ def compose(argv: Sequence[str], base: str = "ppo.yaml") -> DictConfig:
         raise SystemExit(f"overrides must look like key.sub=value, got {bad}")
     if len(chosen["agent"]) > 1:
         raise SystemExit(f"choose one agent, got agent={chosen['agent']}")
-    agent_name = chosen["agent"][0] if chosen["agent"] else "ppo"
+    loaded = [_load("experiment", name) for name in chosen["experiment"]]
+    agent_name = "ppo"
+    for preset in loaded:  # a preset may name its agent (Hydra's `defaults: [override /agent: X]`)
+        for entry in preset.pop("defaults", None) or []:
+            if not (isinstance(entry, DictConfig) and set(entry) == {"override /agent"}):
+                raise SystemExit(f"a preset's defaults list may only hold `override /agent: NAME`, got {entry}")
+            agent_name = entry["override /agent"]
+    if chosen["agent"]:
+        agent_name = chosen["agent"][0]
 
     cfg = OmegaConf.load(CONFIG_DIR / base)
+    default_tuning = cfg.pop("per_agent", None)
     group = _load("agent", agent_name)
     cfg.agent = group.agent  # replaces the node: no key of another agent survives
     cfg = OmegaConf.merge(cfg, {k: v for k, v in group.items() if k != "agent"})
-    for name in chosen["experiment"]:
-        preset = _load("experiment", name)
+    if not chosen["experiment"] and default_tuning is not None and agent_name in default_tuning:
+        cfg.agent = OmegaConf.merge(cfg.agent, default_tuning[agent_name])
+    for preset in loaded:
         per_agent = preset.pop("per_agent", None)
         cfg = OmegaConf.merge(cfg, preset)
         if per_agent is not None and agent_name in per_agent:

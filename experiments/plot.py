@@ -19,6 +19,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 
+from agents import evaluation  # noqa: E402  (the before/after table, shared with run_ppo.py)
+
 PANELS = {
     "task_score": ["objective/scores", "rewards/score/mean"],
     "kl": ["objective/kl", "objective/kl_coef"],
@@ -26,8 +28,6 @@ PANELS = {
     "response_length": ["tokens/response_len_mean"],
     "clip_fraction": ["policy/clipfrac"],
 }
-TABLE_KEYS = ["score_mean", "toxicity_mean", "toxicity_frac_above_0.5", "accuracy", "kl_mean", "perplexity_mean",
-              "distinct_2", "response_len_mean"]
 
 
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -59,17 +59,7 @@ def before_after_table(run_dir: Path) -> str | None:
     before, after = run_dir / "eval_before.json", run_dir / "eval_after.json"
     if not (before.exists() and after.exists()):
         return None
-    b, a = json.loads(before.read_text()), json.loads(after.read_text())
-    keys = [k for k in TABLE_KEYS if k in b or k in a] + sorted(k for k in a if k.startswith("rewards/"))
-    lines = ["| metric | before | after | change |", "|---|---|---|---|"]
-    for key in keys:
-        x, y = b.get(key), a.get(key)
-        # A relative change from (almost) zero, like KL before training, says nothing.
-        numbers = isinstance(x, (int, float)) and isinstance(y, (int, float))
-        change = f"{(y - x) / abs(x) * 100:+.1f}%" if numbers and abs(x) > 1e-4 else ""
-        fmt = lambda v: f"{v:.4g}" if isinstance(v, (int, float)) else "-"
-        lines.append(f"| {key} | {fmt(x)} | {fmt(y)} | {change} |")
-    return "\n".join(lines) + "\n"
+    return evaluation.before_after_table(json.loads(before.read_text()), json.loads(after.read_text()))
 
 
 def samples_table(run_dir: Path, n: int = 5, width: int = 90) -> str | None:

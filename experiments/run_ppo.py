@@ -156,7 +156,9 @@ def main(argv: list[str]) -> dict:
     if time_limit is not None:
         callbacks.append(time_limit)
     if cfg.eval_every:
-        callbacks.append(EvalEveryIterations(eval_env, cfg.eval_every, cfg.env.eval_episodes))
+        callbacks.append(EvalEveryIterations(eval_env, cfg.eval_every, cfg.env.eval_episodes,
+                                             on_result=lambda it, summary: write_json(out / f"eval_iter_{it:06d}.json",
+                                                                                     summary)))
     # The budget is the iteration count, from the start of the run: a resumed run does the rest,
     # and schedules follow the uninterrupted run's progress.
     agent.learn(total_iterations=cfg.iterations, callback=CallbackList(callbacks), progress_bar=cfg.progress_bar,
@@ -175,6 +177,13 @@ def main(argv: list[str]) -> dict:
     else:
         agent.policy.save_trainable(out / "final")
     summary = evaluate("after")
+    import json
+
+    from agents.evaluation import before_after_table
+
+    before = json.loads((out / "eval_before.json").read_text())
+    print(f"\nheld-out evaluation ({cfg.env.eval_episodes} episodes), before -> after training:\n"
+          + before_after_table(before, summary), file=sys.stderr)
     print(f"done: outputs in {out} (tensorboard --logdir {out / 'tb'})", file=sys.stderr)
     return summary
 

@@ -157,6 +157,7 @@ class GSM8KReward(Reward):
         return {
             "accuracy": float(np.mean([self.is_correct(c, r) for c, r in zip(texts, references)])),
             "no_answer_frac": float(np.mean([extract_answer(c) is None for c in texts])),
+            "format_ok_frac": float(np.mean([format_ok(c) for c in texts])),  # a well-formed '#### N' line
         }
 
 

@@ -24,11 +24,29 @@ def env_of(argv):
     return OmegaConf.to_container(compose(argv).env, resolve=True)
 
 
-def test_the_default_run_is_unchanged():
+TOO_SHORT = [{"type": "add_terms", "terms": {"too_short": {"term": "length", "below": 16, "weight": -1.0}}}]
+
+
+def test_the_default_run():
     env = env_of([])
-    assert env["id"] == "lm_envs/GSM8K-v0"
-    assert env["kwargs"] == {"split": "train", "max_new_tokens": 48, "max_prompt_tokens": 512, "truncate_prompt": "left"}
-    assert env["eval_kwargs"] == {"split": "test"} and env["reward_wrappers"] == FORMAT_BONUS
+    assert env["id"] == "lm_envs/Toxicity-v0" and env["num_envs"] == 16
+    assert env["kwargs"] == {"split": "train", "subset": "toxic", "max_new_tokens": 32, "max_prompt_tokens": 128,
+                             "truncate_prompt": "left"}
+    assert env["eval_kwargs"] == {"split": "test"} and env["reward_wrappers"] == TOO_SHORT
+    gsm8k = env_of(["env.id=lm_envs/GSM8K-v0"])
+    assert gsm8k["kwargs"] == {"split": "train", "max_new_tokens": 48, "max_prompt_tokens": 512,
+                               "truncate_prompt": "left"}
+    assert gsm8k["eval_kwargs"] == {"split": "test"} and gsm8k["reward_wrappers"] == FORMAT_BONUS
+
+
+def test_the_default_tuning_applies_only_without_a_preset():
+    agent = OmegaConf.to_container(compose([]).agent)
+    assert agent["learning_rate"] == 5.0e-4 and agent["gae_lambda"] == 1.0 and agent["adaptive_kl"] is True
+    grpo = OmegaConf.to_container(compose(["agent=grpo"]).agent)
+    assert grpo["beta"] == 0.2 and grpo["loss_type"] == "dapo"
+    preset = OmegaConf.to_container(compose(["experiment=mbpp_feedback_cpu"]).agent)
+    assert preset["learning_rate"] == 2.5e-4 and preset["adaptive_kl"] is False  # the preset's and agent file's own
+    assert "per_agent" not in compose([])
 
 
 def test_env_id_alone_gives_that_envs_defaults():
@@ -37,6 +55,7 @@ def test_env_id_alone_gives_that_envs_defaults():
     assert mbpp["eval_kwargs"] == {"split": "test"} and mbpp["reward_wrappers"] == []  # no GSM8K bonus on code
     cpp = env_of(["env.id=lm_envs/HumanEvalCpp-v0"])
     assert cpp["kwargs"]["max_new_tokens"] == 200 and cpp["reward_wrappers"] == []
+    assert cpp["kwargs"]["split"] == "train" and cpp["eval_kwargs"] == {"split": "held_out"}  # never trained on
     tox = env_of(["env.id=lm_envs/Toxicity-v0"])
     assert tox["kwargs"]["subset"] == "toxic" and tox["kwargs"]["max_new_tokens"] == 32
 

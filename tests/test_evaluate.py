@@ -112,3 +112,15 @@ def test_help_lists_every_option(script):
     text = (REPO / "experiments" / "configs" / base).read_text()
     assert text.strip() in proc.stdout
     assert proc.stdout.splitlines()[0].startswith(("Evaluate", "SFT warm-up", "Train", "Sample"))
+
+
+def test_before_after_table():
+    from agents.evaluation import before_after_table
+
+    table = before_after_table({"score_mean": 0.5, "kl_mean": 0.0, "toxicity_mean": 0.2, "seconds": 3.0},
+                               {"score_mean": 0.75, "kl_mean": 1.5, "toxicity_mean": 0.1, "rewards/too_short/mean": -0.5})
+    rows = table.splitlines()
+    assert rows[0] == "| metric | before | after | change |"
+    assert "| score_mean | 0.5 | 0.75 | +50.0% |" in rows and "| toxicity_mean | 0.2 | 0.1 | -50.0% |" in rows
+    assert "| kl_mean | 0 | 1.5 |  |" in rows  # no relative change from zero
+    assert "| rewards/too_short/mean | - | -0.5 |  |" in rows and not any("seconds" in r for r in rows)

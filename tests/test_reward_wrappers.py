@@ -179,8 +179,8 @@ def test_vec_wrapper_state_includes_the_transform(tokenizer):
 
 
 # -- configuration ------------------------------------------------------------------------------
-def test_from_config_builds_the_shipped_default():
-    cfg = compose([])
+def test_from_config_builds_the_shipped_defaults():
+    cfg = compose(["env.id=lm_envs/GSM8K-v0"])
     transform = from_config(OmegaConf.to_container(cfg.env.reward_wrappers))
     (add,) = transform.transforms
     assert isinstance(add, AddTerms) and add.terms["format"][1] == 0.1
@@ -188,6 +188,12 @@ def test_from_config_builds_the_shipped_default():
     rew, out = apply_transform(transform, np.zeros(2), infos, [0, 1])
     np.testing.assert_allclose(rew, [0.1, 0.0])
     assert out[0]["reward_components"]["format"] == pytest.approx(0.1)
+    # the default run (Toxicity): -1 for a continuation under 16 tokens
+    (short,) = from_config(OmegaConf.to_container(compose([]).env.reward_wrappers)).transforms
+    infos = [{"completion": "x", "score": 0.9, "episode": {"r": 0.9, "l": n}} for n in (3, 16)]
+    rew, out = apply_transform(short, np.full(2, 0.9), infos, [0, 1])
+    np.testing.assert_allclose(rew, [-0.1, 0.9], rtol=1e-6)
+    assert out[0]["reward_components"]["too_short"] == pytest.approx(-1.0)
 
 
 @pytest.mark.parametrize("override,kinds", [

@@ -128,9 +128,9 @@ def test_gsm8k_reward_length_mismatch_is_clear():
 
 def test_gsm8k_metrics():
     r = GSM8KReward(correct=5.0)
-    comps, refs = ["#### 3", "#### 4", "nothing", "#### 6"], [3, 3, 3, 6]
+    comps, refs = ["#### 3", "#### 4", "nothing", "The answer is 6."], [3, 3, 3, 6]
     m = r.metrics(comps, refs, r(comps, refs))
-    assert m == {"accuracy": 0.5, "no_answer_frac": 0.25}
+    assert m == {"accuracy": 0.5, "no_answer_frac": 0.25, "format_ok_frac": 0.5}
     assert r.metrics([], [], np.zeros(0)) == {}
 
 

@@ -44,6 +44,8 @@ def test_round_agent_runs_end_to_end_writes_a_merged_model_and_resumes(agent, ti
     assert (tmp_path / "checkpoints" / "iter_000002" / "policy" / "adapter_model.safetensors").exists()
     for tag in ("before", "after"):
         assert json.loads((tmp_path / f"eval_{tag}.json").read_text())["episodes"] == 4
+    # STaR evaluates the held-out split after every round (eval_every: 1), the others only before/after
+    assert (tmp_path / "eval_iter_000001.json").exists() == (agent == "star")
     assert json.loads((tmp_path / "run.json").read_text())["iterations_done"] == 2
     final = tmp_path / "final"
     assert (final / "model.safetensors").exists() and (final / "tokenizer.json").exists()
@@ -82,7 +84,11 @@ def test_presets_run_on_the_embedded_defaults():
     dpo = compose(["agent=dpo", "env.id=lm_envs/MBPP-v0"])
     assert dpo.env.kwargs.max_new_tokens == 256 and list(dpo.env.reward_wrappers) == []
     assert dpo.agent.pair_on == "reward" and dpo.env.num_envs % dpo.env.completions_per_prompt == 0
-    for cfg in (star, dpo, compose(["agent=kto"]), compose(["agent=sft"])):
+    compile_cpu = compose(["experiment=compile_cpu"])  # the preset names its agent; agent= still wins
+    assert compile_cpu.agent.name == "dpo" and compile_cpu.env.eval_kwargs.split == "held_out"
+    assert compile_cpu.env.kwargs.split == "train" and compile_cpu.agent.rollout_batches == 2
+    assert compose(["experiment=compile_cpu", "agent=star"]).agent.threshold == 0.2
+    for cfg in (star, dpo, compile_cpu, compose(["agent=kto"]), compose(["agent=sft"])):
         import run_ppo
 
         run_ppo.agent_class(cfg)  # every agent key is one the agent takes
@@ -91,7 +97,7 @@ def test_presets_run_on_the_embedded_defaults():
 def test_star_rationalization_runs_and_resumes_from_the_command_line(tiny_dir, tmp_path):
     """agent.rationalize=true builds the hinted env (env.hint_template, the env's wrappers) and
     gives it again to load on resume."""
-    args = tiny_args(tiny_dir, tmp_path, "star", "agent.threshold=1.0", "agent.rationalize=true",
+    args = tiny_args(tiny_dir, tmp_path, "star", "env.id=lm_envs/GSM8K-v0", "agent.threshold=1.0", "agent.rationalize=true",
                      "env.hint_template='{question} (the answer is {answer})'")
     code, output = run([*args, "iterations=1"])
     assert code == 0, output

@@ -34,7 +34,11 @@ def test_end_to_end_writes_logs_checkpoints_and_evals(tiny_dir, tmp_path):
     assert (tmp_path / "final" / "value_head.pt").exists()
     for tag in ("before", "after"):
         summary = json.loads((tmp_path / f"eval_{tag}.json").read_text())
-        assert summary["episodes"] == 4 and "score_mean" in summary and "accuracy" in summary
+        assert summary["episodes"] == 4 and "score_mean" in summary and "toxicity_mean" in summary
+    # the run ends with the before -> after table of the held-out evaluations
+    before, after = (json.loads((tmp_path / f"eval_{t}.json").read_text()) for t in ("before", "after"))
+    assert "before -> after training" in output
+    assert f"| toxicity_mean | {before['toxicity_mean']:.4g} | {after['toxicity_mean']:.4g} |" in output
 
 
 def test_two_runs_with_the_same_seed_give_the_same_evaluations(tiny_dir, tmp_path):

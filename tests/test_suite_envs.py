@@ -82,8 +82,8 @@ def test_registered_env_builds_passes_checker_and_scores(env_id, tokenizer):
 
 @pytest.mark.parametrize("env_id,bad_split", [
     ("lm_envs/GSM8K-v0", "validation"), ("lm_envs/MGSM-v0", "train"), ("lm_envs/MMLU-v0", "validation"),
-    ("lm_envs/MBPP-v0", "dev"), ("lm_envs/HumanEval-v0", "train"), ("lm_envs/HumanEvalCpp-v0", "train"),
-    ("lm_envs/HumanEvalJava-v0", "train"), ("lm_envs/Toxicity-v0", "validation"),
+    ("lm_envs/MBPP-v0", "dev"), ("lm_envs/HumanEval-v0", "train"), ("lm_envs/HumanEvalCpp-v0", "validation"),
+    ("lm_envs/HumanEvalJava-v0", "dev"), ("lm_envs/Toxicity-v0", "validation"),
 ])
 def test_missing_split_is_a_clear_error(env_id, bad_split, tokenizer):
     with pytest.raises(ValueError, match=f"not '{bad_split}'"):
@@ -188,6 +188,22 @@ def test_mmmlu_needs_hub_or_a_local_copy(tmp_path, monkeypatch):
 
 
 # -- MBPP and HumanEval --------------------------------------------------------------------------
+@pytest.mark.parametrize("language", ["cpp", "java"])
+def test_humaneval_x_held_out_split_is_fixed_and_disjoint(language):
+    names = {split: [r["name"] for r in lm_envs.tasks.humaneval_x_task(language, split=split).references]
+             for split in ("test", "train", "held_out")}
+    assert len(names["held_out"]) == 64 and len(names["train"]) == len(names["test"]) - 64
+    assert not set(names["train"]) & set(names["held_out"])
+    assert sorted(names["train"] + names["held_out"]) == sorted(names["test"])
+    again = [r["name"] for r in lm_envs.tasks.humaneval_x_task(language, split="held_out").references]
+    other = [r["name"] for r in lm_envs.tasks.humaneval_x_task(language, split="held_out", split_seed=1).references]
+    assert again == names["held_out"] and other != names["held_out"]
+    task = lm_envs.tasks.humaneval_x_task(language, split="held_out", held_out_size=10)
+    assert len(task) == 10 and task.metadata["held_out_size"] == 10
+    with pytest.raises(ValueError, match="held-out size must be in 1.."):
+        lm_envs.tasks.humaneval_x_task(language, split="train", held_out_size=len(names["test"]))
+
+
 def test_mbpp_splits_follow_task_ids():
     sizes = {"prompt": (10, 1, 10), "test": (500, 11, 510), "validation": (90, 511, 600), "train": (374, 601, 974)}
     for split, (size, low, high) in sizes.items():

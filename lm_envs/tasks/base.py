@@ -134,6 +134,17 @@ def _check_split(name: str, split: str, allowed: Sequence[str], note: str = "") 
         raise ValueError(f"{name} has split(s) {list(allowed)}, not {split!r}{note}")
 
 
+def seeded_split(name: str, n: int, held_out: bool, size: int, seed: int) -> list[int]:
+    """Row indices of one side of a fixed split: a ``seed`` permutation's first ``size`` rows are
+    the held-out side, the rest the training side. Sorted, disjoint, and together all ``n`` rows."""
+    if not 0 < size < n:
+        raise ValueError(f"{name}: the held-out size must be in 1..{n - 1} for {n} rows, got {size}")
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(n)
+    return sorted(int(i) for i in (order[:size] if held_out else order[size:]))
+
+
 def _limit(rows: list, limit: int | None) -> list:
     return rows if limit is None else rows[:limit]
 

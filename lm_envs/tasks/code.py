@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from rewards.data import MBPP_SPLITS, load_humaneval, load_humaneval_x, load_mbpp
-from lm_envs.tasks.base import RewardFn, Task, _build, _check_split, _limit, make_reward, validate_rows
+from lm_envs.tasks.base import RewardFn, Task, _build, _check_split, _limit, make_reward, seeded_split, validate_rows
 
 __all__ = [
     "HUMANEVAL_STOP_STRINGS", "HUMANEVAL_X_LANGUAGES", "MBPP_SPLITS", "MBPP_TEMPLATE", "humaneval_cpp_task",
@@ -63,10 +63,10 @@ HUMANEVAL_X_LANGUAGES = ("cpp", "java")
 
 
 def _completion_task(rows: list[dict[str, Any]], name: str, reward: RewardFn, split: str,
-                     limit: int | None, task_kwargs: dict[str, Any]) -> Task:
+                     limit: int | None, task_kwargs: dict[str, Any], **metadata: Any) -> Task:
     # The model continues the code: the prompt is the code prefix itself, no chat template.
-    return _build(_limit(rows, limit), lambda r: r["prompt"], dict, reward, name, {"split": split}, task_kwargs,
-                  chat_template=False, prompt_template="{question}")
+    return _build(_limit(rows, limit), lambda r: r["prompt"], dict, reward, name, {"split": split, **metadata},
+                  task_kwargs, chat_template=False, prompt_template="{question}")
 
 
 def humaneval_task(
@@ -101,9 +101,16 @@ def humaneval_x_task(
     reward_kwargs: dict[str, Any] | None = None,
     limit: int | None = None,
     on_bad_row: str = "skip",
+    held_out_size: int = 64,
+    split_seed: int = 0,
     **task_kwargs: Any,
 ) -> Task:
-    """HumanEval-X (MultiPL-E format) in ``language`` (see `HUMANEVAL_X_LANGUAGES`), ``test`` split only.
+    """HumanEval-X (MultiPL-E format) in ``language`` (see `HUMANEVAL_X_LANGUAGES`).
+
+    Splits: ``test`` is every usable record (the data set's only split). For training on it
+    without touching what you measure, ``held_out`` is a fixed ``held_out_size`` of them (a
+    ``split_seed`` permutation of the usable records, see `lm_envs.tasks.base.seeded_split`) and
+    ``train`` the rest: disjoint, the same on every machine, independent of the env's ``seed``.
 
     Data: local ``humaneval-x/humaneval-{language}.jsonl``, else hub ``nuprl/MultiPL-E``. Prompt:
     the record's ``prompt`` verbatim, no chat template (``chat_template=False``): the model
@@ -116,7 +123,7 @@ def humaneval_x_task(
     if language not in HUMANEVAL_X_LANGUAGES:
         raise ValueError(f"HumanEval-X has no language {language!r}; languages: {list(HUMANEVAL_X_LANGUAGES)}")
     name = f"humaneval-{language}"
-    _check_split(f"HumanEval-X {language}", split, ("test",))
+    _check_split(f"HumanEval-X {language}", split, ("test", "train", "held_out"))
     # A record the verdict planner cannot turn into plain-data tests (e.g. C++ `Union_*` types)
     # would make the reward raise when sampled: it is a malformed row here, skipped or an error.
     from rewards.multipl_e import cpp_plan, java_plan
@@ -124,7 +131,12 @@ def humaneval_x_task(
     plan = {"cpp": cpp_plan, "java": java_plan}[language]
     rows = validate_rows(load_humaneval_x(language, data_dir, lenient=True), ("name", "prompt", "tests"), name, on_bad_row,
                          check=lambda r: plan(r) is not None)
-    return _completion_task(rows, name, make_reward(reward, name, reward_kwargs), split, limit, task_kwargs)
+    meta = {}
+    if split != "test":
+        rows = [rows[i] for i in seeded_split(f"{name} (held_out_size)", len(rows), split == "held_out",
+                                              held_out_size, split_seed)]
+        meta = {"held_out_size": held_out_size, "split_seed": split_seed}
+    return _completion_task(rows, name, make_reward(reward, name, reward_kwargs), split, limit, task_kwargs, **meta)
 
 
 def humaneval_cpp_task(
@@ -136,7 +148,9 @@ def humaneval_cpp_task(
     on_bad_row: str = "skip",
     **task_kwargs: Any,
 ) -> Task:
-    """HumanEval-X C++ (MultiPL-E format), 161 records, 158 usable (three use `Union_*` types that have no plain-data verdict and are skipped as malformed), ``test`` split only.
+    """HumanEval-X C++ (MultiPL-E format), 161 records, 158 usable (three use `Union_*` types that
+    have no plain-data verdict and are skipped as malformed). Splits: ``test`` (all 158), and a
+    fixed ``held_out`` (64 by default) / ``train`` (the other 94) division of them (`humaneval_x_task`).
 
     Data: local ``humaneval-x/humaneval-cpp.jsonl``, else hub ``nuprl/MultiPL-E``. Prompt: the
     record's ``prompt`` (includes, comment, signature and ``{``) verbatim, no chat template; the
@@ -156,7 +170,8 @@ def humaneval_java_task(
     on_bad_row: str = "skip",
     **task_kwargs: Any,
 ) -> Task:
-    """HumanEval-X Java (MultiPL-E format), 158 problems, ``test`` split only.
+    """HumanEval-X Java (MultiPL-E format), 158 problems. Splits: ``test`` (all), and a fixed
+    ``held_out`` (64 by default) / ``train`` (the rest) division of them (`humaneval_x_task`).
 
     Data: local ``humaneval-x/humaneval-java.jsonl``, else hub ``nuprl/MultiPL-E``. Prompt: the
     record's ``prompt`` (imports, ``class Problem {``, comment, signature) verbatim, no chat

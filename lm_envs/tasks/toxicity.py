@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from rewards.data import load_from_hub, local_file, read_jsonl, resolve_data_dir
-from lm_envs.tasks.base import RewardFn, Task, _build, _check_split, _limit, make_reward, validate_rows
+from lm_envs.tasks.base import RewardFn, Task, _build, _check_split, _limit, make_reward, seeded_split, validate_rows
 
 __all__ = ["TOXICITY_SUBSETS", "load_toxicity", "toxicity_split", "toxicity_task"]
 
@@ -51,10 +51,7 @@ def toxicity_split(n: int, split: str, test_size: int, split_seed: int) -> np.nd
     """Row indices of ``split``: a ``split_seed`` permutation's first ``test_size`` rows are the
     test split, the rest train. Deterministic, and the two are disjoint and cover all rows."""
     _check_split("Toxicity", split, ("train", "test"))
-    if not 0 < test_size < n:
-        raise ValueError(f"test_size must be in 1..{n - 1} for {n} prompts, got {test_size}")
-    order = np.random.default_rng(split_seed).permutation(n)
-    return np.sort(order[:test_size] if split == "test" else order[test_size:])
+    return np.asarray(seeded_split("Toxicity (test_size)", n, split == "test", test_size, split_seed), dtype=np.int64)
 
 
 def toxicity_task(
