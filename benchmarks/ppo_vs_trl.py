@@ -24,6 +24,7 @@ cases>``.
 
     python benchmarks/ppo_vs_trl.py [--steps 2] [--warmup 1] [--threads 2] [--cases full,lora,grpo]
     python benchmarks/ppo_vs_trl.py --side ours --case lora --json   # one side, one JSON line
+    python benchmarks/ppo_vs_trl.py --device cuda --dtype bfloat16 --model random:DIR  # a GPU (gpu_check.sh)
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def run_ours(args) -> dict:
     from policies import load_lm
 
     torch.manual_seed(args.seed)
-    model, tokenizer = load_lm(args.model)
+    model, tokenizer = load_lm(args.model, dtype=args.dtype)
     env = make_vec("lm_envs/GSM8K-v0", args.prompts * args.generations, tokenizer, split="test", limit=args.prompts,
                    data_dir=args.data_dir, completions_per_prompt=args.generations,
                    max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
@@ -81,10 +82,10 @@ def run_ours(args) -> dict:
     n = args.prompts * args.generations
     if args.case == "grpo":
         agent = GRPO("CausalLMPolicy", env, learning_rate=args.lr, num_iterations=1, batch_size=n, beta=0.0,
-                     loss_type="dapo", max_grad_norm=1.0, policy_kwargs=policy_kwargs, device="cpu", verbose=0)
+                     loss_type="dapo", max_grad_norm=1.0, policy_kwargs=policy_kwargs, device=args.device, verbose=0)
     else:
         agent = PPO("CausalLMPolicy", env, learning_rate=args.lr, n_epochs=1, batch_size=n, kl_coef=0.0,
-                    max_grad_norm=1.0, policy_kwargs=policy_kwargs, device="cpu", verbose=0)
+                    max_grad_norm=1.0, policy_kwargs=policy_kwargs, device=args.device, verbose=0)
     assert agent.policy.reference_model is None, "kl_coef=0 should build no reference copy"
     trainable = sum(p.numel() for p in agent.policy.parameters() if p.requires_grad)
     steps = []
@@ -93,6 +94,7 @@ def run_ours(args) -> dict:
         # One learn() call is one iteration: one lockstep batch of whole episodes, then one update.
         agent.learn(total_iterations=i + 1,
                     reset_num_timesteps=False)
+        _sync(args.device)
         seconds = time.perf_counter() - start
         stats = agent.last_iteration_stats
         phases = {k: float(stats[f"time/{k}"]) for k in ("rollout", "reward", "reference", "update")}
@@ -120,7 +122,7 @@ def run_trl(args) -> dict:
     from policies import load_lm
 
     torch.manual_seed(args.seed)
-    model, tokenizer = load_lm(args.model)
+    model, tokenizer = load_lm(args.model, dtype=args.dtype)
     task = gsm8k_task(split="test", data_dir=args.data_dir, limit=args.prompts)
     # The exact prompt text our env feeds the model (chat template applied); TRL takes it as a
     # plain-text prompt and tokenizes it as is.
@@ -141,7 +143,7 @@ def run_trl(args) -> dict:
     total_steps = args.warmup + args.steps
     output_dir = tempfile.mkdtemp(prefix="ppo_vs_trl_")
     config = trl.GRPOConfig(
-        output_dir=output_dir, use_cpu=True, bf16=False, fp16=False, seed=args.seed,
+        output_dir=output_dir, use_cpu=args.device == "cpu", bf16=args.dtype == "bfloat16", fp16=False, seed=args.seed,
         per_device_train_batch_size=n, num_generations=args.generations, gradient_accumulation_steps=1,
         max_completion_length=args.max_new_tokens, beta=0.0, num_iterations=1, max_steps=total_steps,
         loss_type="dapo",
@@ -171,6 +173,7 @@ def run_trl(args) -> dict:
             self.start = time.perf_counter()
 
         def on_step_end(self, args_, state, control, **kwargs):
+            _sync(args.device)
             seconds = time.perf_counter() - self.start
             prepare = current.get("_prepare_inputs", 0.0)
             generate = current.get("transformers.generate", 0.0)
@@ -196,6 +199,13 @@ def run_trl(args) -> dict:
     return {"trainable_params": trainable, "load_peak_rss_mb": load_peak, "steps": steps,
             "prompt_ids_match": prompt_ids_match, "reward_calls": reward_calls,
             "gradient_checkpointing_effective": timer.checkpointing}
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def _is_checkpointing(model) -> bool:
@@ -230,7 +240,8 @@ def run_child(args, case: str, side: str) -> dict:
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
            "--model", args.model, "--prompts", str(args.prompts), "--generations", str(args.generations),
            "--max-new-tokens", str(args.max_new_tokens), "--max-prompt-tokens", str(args.max_prompt_tokens),
-           "--lr", repr(args.lr), "--lora-r", str(args.lora_r), "--seed", str(args.seed)]
+           "--lr", repr(args.lr), "--lora-r", str(args.lora_r), "--seed", str(args.seed),
+           "--device", args.device, "--dtype", args.dtype]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     if args.gradient_checkpointing:
@@ -276,8 +287,8 @@ def parent(args) -> None:
     print(f"PPO (ours) vs TRL {_trl_version()} GRPOTrainer: one update of {n} completions "
           f"({args.prompts} GSM8K prompts x {args.generations}), <= {args.max_new_tokens} new tokens, T=1, no KL, "
           f"1 epoch, lr {args.lr:g}, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
-          f"{args.threads} torch threads, model {args.model} fp32, CPU; {args.warmup} warm-up + {args.steps} timed "
-          f"step(s); 1-min load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after "
+          f"{args.threads} torch threads, model {args.model} {args.dtype}, {args.device}; {args.warmup} warm-up + "
+          f"{args.steps} timed step(s); 1-min load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after "
           f"({os.cpu_count()} CPUs)")
     print("phases (s, mean per timed step): ours: s/step = rollout (generation; includes the reward, also shown "
           "alone) + reference + update (loss fwd/bwd + optimizer) + other (learn() overhead); TRL: s/step = "
@@ -332,6 +343,8 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank (alpha = 2r, q/k/v/o projections)")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="on for both sides (default: off)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
+    parser.add_argument("--dtype", default="float32", help="float32, or bfloat16 on both sides")
     parser.add_argument("--data-dir", default=os.environ.get("LM_ENVS_DATA_DIR") or (
         str(REPO.parent / "shared" / "data") if (REPO.parent / "shared" / "data").is_dir() else None))
     parser.add_argument("--results-json", help="also write every side's raw results (per step) to this file")

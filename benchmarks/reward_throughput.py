@@ -6,9 +6,18 @@ via `rewards.make`. The baseline is the naive way to run code: `/usr/bin/python3
 MBPP program (solution + tests), one after another, no limits. The last line printed is
 exactly `ratio=<MBPP code reward completions/s / baseline completions/s>`.
 
-    python benchmarks/reward_throughput.py [--batch 64] [--repeats 3] [--data-dir DIR]
+The overlapped case (``--rollout-batch``, 16; 0 skips it) is an MBPP rollout of the embedded
+model (sampled, ``--rollout-tokens`` new tokens), run alternately with
+``overlap_scoring=False`` (each row is scored the step it ends, and generation waits: the
+reward time is all exposed, as when scoring after generation) and ``True`` (scored in the
+background while the other rows generate), with the same seeds, so the same completions and the
+same programs. It prints the wall-clock time saved as a fraction of the reward time
+(``overlap_saved_fraction=``), and the time generation still waited for scores.
 
-Imports: standard library, numpy, `rewards` (nothing from lm_envs/policies/agents).
+    python benchmarks/reward_throughput.py [--batch 64] [--repeats 3] [--data-dir DIR] [--rollout-batch 16]
+
+Imports: standard library, numpy, `rewards`; the overlapped case also `lm_envs`, `policies`,
+`agents` (inside its function).
 """
 from __future__ import annotations
 
@@ -128,6 +137,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="best of N timings, for both sides")
     ap.add_argument("--compiled-batch", type=int, default=16, help="batch for the C++/Java rewards (slow)")
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--rollout-batch", type=int, default=16, help="rows of the overlapped MBPP rollout (0: skip)")
+    ap.add_argument("--rollout-tokens", type=int, default=128)
+    ap.add_argument("--rollout-repeats", type=int, default=3)
     args = ap.parse_args()
     rows: list[tuple[str, str, float, str]] = []  # (reward, data, completions/s, note)
 
@@ -193,7 +205,57 @@ def main() -> None:
     for name, data, rate, note in rows:
         print(f"{name:<34} {data:<22} {rate:>14.1f}  {note}")
     print(f"sandbox: {jail}")
+    if args.rollout_batch:
+        overlapped_rollout(args)
     print(f"ratio={mbpp_rate / base_rate:.2f}")
+
+
+def overlapped_rollout(args) -> None:
+    """MBPP rollouts with and without overlapped scoring, alternating; prints the saved fraction."""
+    import statistics
+
+    import torch
+
+    from agents import collect_episodes
+    from lm_envs import make_vec
+    from policies import CausalLMPolicy, load_lm
+
+    model, tokenizer = load_lm("smollm2-135m-instruct")
+    envs = {overlap: make_vec("lm_envs/MBPP-v0", args.rollout_batch, tokenizer, split="test",
+                              max_new_tokens=args.rollout_tokens, max_prompt_tokens=512, truncate_prompt="left",
+                              vocab_size=model.config.vocab_size, seed=0, overlap_scoring=overlap,
+                              data_dir=args.data_dir)
+            for overlap in (False, True)}
+    policy = CausalLMPolicy(envs[False].observation_space, envs[False].action_space, lambda _: 0.0, model=model,
+                            reference=False)
+    runs: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
+    completions = {}
+    for repeat in range(args.rollout_repeats + 1):  # the first round warms up (server start, caches)
+        for overlap in ((False, True) if repeat % 2 == 0 else (True, False)):
+            env = envs[overlap]
+            env.seed(0)
+            torch.manual_seed(repeat)
+            with torch.no_grad():
+                episodes, _ = collect_episodes(policy, env)
+            reward_s = sum(info.get("reward_time", 0.0) for info in episodes.infos)
+            wait_s = sum(info.get("reward_wait", 0.0) for info in episodes.infos)
+            completions.setdefault(repeat, {})[overlap] = [info["completion"] for info in episodes.infos]
+            if repeat:
+                runs[overlap].append((episodes.seconds, reward_s, wait_s))
+    same = all(c[False] == c[True] for c in completions.values())
+    for overlap, name in ((False, "scored as rows end (exposed)"), (True, "overlapped")):
+        for wall, reward_s, wait_s in runs[overlap]:
+            print(f"mbpp rollout, {name:<29} wall {wall:6.2f} s, reward {reward_s:5.2f} s, waited {wait_s:5.2f} s")
+    wall_off = statistics.median(r[0] for r in runs[False])
+    wall_on = statistics.median(r[0] for r in runs[True])
+    reward_s = statistics.median(r[1] for r in runs[False])
+    waited = statistics.median(r[2] for r in runs[True])
+    print(f"overlapped MBPP rollout: {args.rollout_batch} rows x <= {args.rollout_tokens} tokens, medians of "
+          f"{args.rollout_repeats}: wall {wall_off:.2f} s -> {wall_on:.2f} s, reward time {reward_s:.2f} s, "
+          f"generation waited {waited:.2f} s for scores; same completions on both sides: {same}")
+    print(f"overlap_saved_fraction={(wall_off - wall_on) / max(reward_s, 1e-9):.3f}")
+    for env in envs.values():
+        env.close()
 
 
 def text_batch(name: str, data_dir: str | None, n: int) -> tuple[list[str], list]:

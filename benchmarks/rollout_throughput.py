@@ -19,7 +19,10 @@ medians over repetitions, measured in the same run. Tokens are counted up to and
 row's first EOS on both sides.
 
     python benchmarks/rollout_throughput.py [--repeats 3] [--batch 16] [--max-new-tokens 64]
-        [--variable-max-new-tokens 256] [--turn-tokens 32]
+        [--variable-max-new-tokens 256] [--turn-tokens 32] [--device cuda --dtype bfloat16]
+
+On a GPU (``--device cuda``) every timing ends with ``torch.cuda.synchronize()``; the summary
+lines also give absolute tokens/s (``benchmarks/gpu_check.sh``).
 """
 from __future__ import annotations
 
@@ -46,10 +49,15 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64, help="the fixed-length case (0: skip it)")
     parser.add_argument("--variable-max-new-tokens", type=int, default=256, help="the variable-length case (0: skip)")
     parser.add_argument("--turn-tokens", type=int, default=32, help="the multi-turn case's budget per turn (0: skip)")
-    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="anything policies.load_lm takes "
+                        "(random:DIR: DIR's config with fresh weights)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", help="float32 or bfloat16")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    model, tokenizer = load_lm(args.model)
+    torch.manual_seed(0)
+    model, tokenizer = load_lm(args.model, dtype=args.dtype)
+    model = model.to(args.device)
     if args.variable_max_new_tokens:
         rate, lengths = measure(model, tokenizer, args, args.variable_max_new_tokens)
         quartiles = statistics.quantiles(lengths, n=4)
@@ -86,7 +94,8 @@ def measure_multi_turn(model, tokenizer, args) -> float:
     env = TokenVecEnv(task, tokenizer, num_envs=args.batch, max_new_tokens=TURNS * budget, max_turn_tokens=budget,
                       max_turns=TURNS, max_injected_tokens=TURNS * 64, max_prompt_tokens=512, truncate_prompt="left",
                       vocab_size=model.config.vocab_size, seed=0)
-    policy = CausalLMPolicy(env.observation_space, env.action_space, lambda _: 0.0, model=model, reference=False)
+    policy = CausalLMPolicy(env.observation_space, env.action_space, lambda _: 0.0, model=model, reference=False,
+                            device=args.device)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     chat = ChatTurns(tokenizer, task.uses_chat_template(tokenizer))
     replies = {ended: tokenizer(chat.render(MESSAGE, ended), add_special_tokens=False)["input_ids"]
@@ -100,6 +109,7 @@ def measure_multi_turn(model, tokenizer, args) -> float:
 
     prompt_ids, prompt_mask = trimmed_prompts(env, env.batch.max_prompt_tokens)
     prompts = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids, prompt_mask)]
+    device = model.device
 
     def theirs(seed: int) -> tuple[int, float]:
         torch.manual_seed(seed)
@@ -107,8 +117,8 @@ def measure_multi_turn(model, tokenizer, args) -> float:
         rows = [list(p) for p in prompts]
         for turn in range(TURNS):
             width = max(len(r) for r in rows)  # left-pad the conversations so far
-            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
             out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
                                  top_p=1.0, max_new_tokens=budget, pad_token_id=pad)
             new = out[:, width:]
@@ -118,6 +128,7 @@ def measure_multi_turn(model, tokenizer, args) -> float:
                 for r, row_new, row_keep in zip(rows, new, keep):
                     turn_ids = row_new[row_keep].tolist()
                     r.extend(turn_ids + replies[bool(turn_ids and turn_ids[-1] == eos)])
+        _sync(device)
         return tokens, time.perf_counter() - start
 
     return alternate(ours, theirs, args, f"multi-turn: {TURNS} turns of <= {budget} tokens, a chat-turn message "
@@ -128,7 +139,8 @@ def measure(model, tokenizer, args, max_new_tokens: int) -> tuple[float, list[in
     """Alternate ours and generate; print the table; return (median ratio, our episode lengths)."""
     env = make_vec("lm_envs/GSM8K-v0", args.batch, tokenizer, split="test", max_new_tokens=max_new_tokens,
                    max_prompt_tokens=512, truncate_prompt="left", vocab_size=model.config.vocab_size, seed=0)
-    policy = CausalLMPolicy(env.observation_space, env.action_space, lambda _: 0.0, model=model, reference=False)
+    policy = CausalLMPolicy(env.observation_space, env.action_space, lambda _: 0.0, model=model, reference=False,
+                            device=args.device)
     eos = tokenizer.eos_token_id
     lengths: list[int] = []
 
@@ -139,18 +151,24 @@ def measure(model, tokenizer, args, max_new_tokens: int) -> tuple[float, list[in
         lengths.extend(episodes.lengths.tolist())
         return int(episodes.lengths.sum()), episodes.seconds
 
-    prompt_ids, prompt_mask = trimmed_prompts(env, env.batch.max_prompt_tokens)
+    prompt_ids, prompt_mask = (t.to(model.device) for t in trimmed_prompts(env, env.batch.max_prompt_tokens))
 
     def theirs(seed: int) -> tuple[int, float]:
         torch.manual_seed(seed)
         start = time.perf_counter()
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, temperature=1.0,
                              top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+        _sync(model.device)
         seconds = time.perf_counter() - start
         return int(tokens_to_eos(out[:, prompt_ids.shape[1]:], eos).sum()), seconds
 
     rate = alternate(ours, theirs, args, f"max_new_tokens {max_new_tokens}", lengths.clear)
     return rate, lengths
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def alternate(ours, theirs, args, what: str, after_warmup=lambda: None) -> float:

@@ -133,12 +133,24 @@ def load_lm(
     """Load ``(model, tokenizer)`` from the embedded name, a local directory or a hub id.
 
     :param spec: ``"smollm2-135m-instruct"`` (the default, embedded), a path to a directory
-        written by ``save_pretrained``, or a Hugging Face hub id.
+        written by ``save_pretrained``, or a Hugging Face hub id. ``"random:DIR"``: the config
+        and tokenizer of ``DIR`` with freshly initialised weights (seeded by torch's RNG), for
+        throughput measurements where the weights do not matter and cannot travel.
     :param dtype: ``None``/``"float32"`` (default), ``"bfloat16"`` or ``"float16"``.
     :param model_kwargs: passed on to ``AutoModelForCausalLM.from_pretrained``.
     """
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"model spec must be a non-empty string, got {spec!r}")
+    if spec.startswith("random:"):
+        from transformers import AutoConfig
+
+        path = os.path.expanduser(spec[len("random:"):])
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=_resolve_dtype(dtype),
+                                                 **model_kwargs)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return model.eval(), tokenizer
     is_local = spec in EMBEDDED_MODELS or os.path.isdir(os.path.expanduser(spec))
     if not is_local and (spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1)):
         raise FileNotFoundError(

@@ -13,6 +13,24 @@ def test_local_path_loads_and_sets_pad(tiny_dir):
     assert tokenizer.pad_token_id is not None and not model.training
 
 
+def test_random_spec_keeps_config_and_tokenizer_but_not_weights(tiny_dir, tmp_path):
+    import shutil
+
+    config_only = tmp_path / "config-only"  # what travels to a GPU machine: no weights
+    config_only.mkdir()
+    for name in os.listdir(tiny_dir):
+        if not name.endswith(".safetensors"):
+            shutil.copy(tiny_dir / name, config_only / name)
+    trained, tokenizer = load_lm(str(tiny_dir))
+    torch.manual_seed(0)
+    fresh, fresh_tok = load_lm(f"random:{config_only}", dtype="bfloat16")
+    assert fresh.config.to_dict()["num_hidden_layers"] == trained.config.num_hidden_layers
+    assert fresh_tok.get_vocab() == tokenizer.get_vocab() and fresh_tok.pad_token_id is not None
+    assert next(fresh.parameters()).dtype == torch.bfloat16 and not fresh.training
+    w = dict(fresh.named_parameters())["model.layers.0.mlp.up_proj.weight"]
+    assert not torch.equal(w.float(), dict(trained.named_parameters())["model.layers.0.mlp.up_proj.weight"])
+
+
 def test_missing_local_path_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_lm(str(tmp_path / "nope"))
