@@ -189,6 +189,7 @@ class CausalLMPolicy(BasePolicy):
         # transformers >= 5 renamed `past_key_values` to `cache`; speak whichever this one knows.
         params = inspect.signature(type(self._base_lm()).forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._decoders: dict[int, tuple[nn.Module | None]] = {}  # id(model) -> its decoder stack (see _run)
         self.to(_device(device))
         optimizer_kwargs = dict(self.optimizer_kwargs)
         if self.optimizer_class is torch.optim.AdamW:
@@ -267,14 +268,37 @@ class CausalLMPolicy(BasePolicy):
     # -- forward passes ----------------------------------------------------------------------
     def _run(self, model: nn.Module, input_ids, attention_mask, position_ids, cache=None, use_cache=False):
         """One backbone call; returns (final hidden states (B, T, H), cache). Logits come from
-        `output_logits` on the hidden states, never from the model's own output."""
-        out = model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            use_cache=use_cache, output_hidden_states=True, logits_to_keep=1,
-            **({self._cache_kw: cache} if cache is not None else {}),
-        )
-        new_cache = getattr(out, self._cache_kw, None) if use_cache else None
-        return out.hidden_states[-1], new_cache
+        `output_logits` on the hidden states, never from the model's own output: the call runs
+        the decoder alone (``get_decoder()``), so the LM head is never run twice (a causal LM's
+        forward would also compute its last position's logits, a quarter of a decoding step for
+        a 135M model with a 49k vocabulary)."""
+        decoder = self._decoder(model)
+        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      use_cache=use_cache, **({self._cache_kw: cache} if cache is not None else {}))
+        if decoder is None:
+            out = model(**kwargs, output_hidden_states=True, logits_to_keep=1)
+            hidden = out.hidden_states[-1]
+        else:
+            out = decoder(**kwargs)
+            hidden = out.last_hidden_state
+        return hidden, (getattr(out, self._cache_kw, None) if use_cache else None)
+
+    def _decoder(self, model: nn.Module) -> nn.Module | None:
+        """``model``'s decoder stack (final norm included, LM head excluded), or None where the
+        model has no ``get_decoder`` that returns one (then the full forward is used)."""
+        found = self._decoders.get(id(model))
+        if found is None:
+            decoder = None
+            try:
+                candidate = model.get_decoder() if hasattr(model, "get_decoder") else None
+            except (AttributeError, NotImplementedError, TypeError):
+                candidate = None
+            if isinstance(candidate, nn.Module) and candidate is not model and candidate is not self._base_lm():
+                params = inspect.signature(type(candidate).forward).parameters
+                if self._cache_kw in params or "kwargs" in params:
+                    decoder = candidate
+            found = self._decoders[id(model)] = (decoder,)
+        return found[0]
 
     def _prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
         """The first pass of a lockstep batch, run once per distinct prompt row.

@@ -223,16 +223,22 @@ def test_finished_rows_leave_the_forward_batch(tiny_lm):
                            eos_token_ids=eos)
 
     policy = CausalLMPolicy(env().observation_space, env().action_space, lambda _: 1e-3, model=model)
-    rows_seen = []
-    hook = policy.model.register_forward_pre_hook(
+    rows_seen, head_rows = [], []
+    hook = policy.model.get_decoder().register_forward_pre_hook(
         lambda module, args, kwargs: rows_seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    head = policy.model.get_output_embeddings().register_forward_pre_hook(
+        lambda module, args: head_rows.append(args[0].shape[:-1]))
     torch.manual_seed(0)
     episodes, _ = collect_episodes(policy, env())
     hook.remove()
+    head.remove()
     lengths = episodes.lengths
     assert len(set(lengths.tolist())) > 2
     # After the first pass, step t runs exactly the rows whose episode is longer than t.
     assert rows_seen[1:] == [int((lengths > t).sum()) for t in range(1, int(lengths.max()))]
+    # The LM head runs once per step, on one position per active row (never also inside the
+    # model); the first pass runs each distinct prompt once but scores every row.
+    assert [tuple(r) for r in head_rows] == [(8,)] + [(n,) for n in rows_seen[1:]]
     out = teacher_forced(policy, episodes)
     assert torch.allclose(out.log_prob, episodes.log_probs[episodes.action_mask], atol=1e-4)
     assert torch.allclose(out.values, episodes.values[episodes.action_mask], atol=1e-4)
