@@ -76,10 +76,11 @@ class EpisodeConfig:
         thread as soon as the row ends, while the other rows keep generating
         (`lm_envs.scoring.BackgroundScorer`); the row's terminal step, with its reward, is
         reported once the score is in, and when no row generates any more the batch waits for
-        the rest (``info["reward_wait"]``). ``None`` (default): on where the task's reward says it
-        is slow (``reward.overlap_scoring = True``, as the code rewards do) and the task does not
-        reply between turns (a reply's verdict is needed at once, and its reward is in use).
-        Single envs and per-row auto-reset envs score at once.
+        the rest (``info["reward_wait"]``). Off by default: it pays where generation and scoring
+        use different resources (the policy on a GPU, the sandbox on idle cores); on a 2-core CPU
+        both compete for the same cores and it measured slower (docs/benchmarks.md). Not for
+        tasks that reply between turns (a reply's verdict is needed at once, and its reward is in
+        use). Single envs and per-row auto-reset envs always score at once.
     """
 
     max_new_tokens: int = 64
@@ -94,7 +95,7 @@ class EpisodeConfig:
     max_injected_tokens: int = 0
     max_reply_tokens: int = 128
     sync_turns: bool = True
-    overlap_scoring: bool | None = None
+    overlap_scoring: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -207,9 +208,7 @@ class EpisodeBatch:
         self.sync_turns = config.sync_turns
         # Overlapped scoring: rows that ended and wait for their score (terminal step held back).
         overlap = config.overlap_scoring
-        if overlap is None:
-            overlap = bool(getattr(task.reward, "overlap_scoring", False)) and self.respond is None
-        elif overlap and self.respond is not None:
+        if overlap and self.respond is not None:
             raise ValueError(f"task {task.name!r} replies between turns: its verdicts are needed at once, so "
                              "overlap_scoring cannot be on")
         self.overlap_scoring = bool(overlap) and n > 1  # TokenVecEnv turns it off in auto-reset mode

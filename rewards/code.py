@@ -153,9 +153,6 @@ class CodeReward(Reward):
 
     name = "code"
     CANARY: tuple[str, Mapping[str, Any]] | None = None
-    # Slow (a sandbox run per completion): a lockstep env scores it in the background while the
-    # rest of its batch generates (lm_envs.EpisodeConfig.overlap_scoring).
-    overlap_scoring = True
 
     def __init__(self, weights: CodeWeights | Sequence[float] | Mapping[str, float] = CodeWeights(),
                  workers: int | None = None, sandbox: Sandbox | None = None, limits: Limits | None = None,

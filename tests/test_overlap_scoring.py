@@ -20,8 +20,6 @@ from rewards import SandboxError
 class SlowReward:
     """The echo task's reward, recording every call (and its thread); optionally held on a gate."""
 
-    overlap_scoring = True
-
     def __init__(self, gate: threading.Event | None = None, fail: bool = False):
         self.calls: list[list[str]] = []
         self.threads: set[str] = set()
@@ -39,7 +37,7 @@ class SlowReward:
 
 def vec(tokenizer, reward, **kw):
     return TokenVecEnv(echo_task(reward=reward), tokenizer, num_envs=4, max_new_tokens=6, max_prompt_tokens=16,
-                       seed=0, **kw)
+                       seed=0, overlap_scoring=True, **kw)
 
 
 def test_held_rows_report_their_terminal_step_once_scored(tiny_lm):
@@ -48,7 +46,7 @@ def test_held_rows_report_their_terminal_step_once_scored(tiny_lm):
     gate = threading.Event()
     reward = SlowReward(gate)
     env = vec(tok, reward)
-    assert env.batch.overlap_scoring  # the reward says it is slow
+    assert env.batch.overlap_scoring
     env.reset()
     # step 1: row 0 ends at once (EOS); the others write a 7
     obs, rewards, dones, infos = env.step(np.array([eos, seven, seven, seven]))
@@ -85,14 +83,13 @@ def test_when_overlap_is_on(tiny_lm):
     def respond(attempts, references, turns):
         return [Reply(None, 1.0) for _ in attempts]
 
-    slow, fast = SlowReward(), (lambda c, r, p=None: [0.0] * len(c))
+    slow = SlowReward()
     kw = dict(max_new_tokens=4, max_prompt_tokens=8)
-    assert vec_of(Task(["q"], [0], slow, name="t"), tok, 4, **kw).batch.overlap_scoring
-    assert not vec_of(Task(["q"], [0], fast, name="t"), tok, 4, **kw).batch.overlap_scoring  # a fast reward
-    assert vec_of(Task(["q"], [0], fast, name="t"), tok, 4, overlap_scoring=True, **kw).batch.overlap_scoring
-    assert not vec_of(Task(["q"], [0], slow, name="t"), tok, 4, overlap_scoring=False, **kw).batch.overlap_scoring
-    assert not vec_of(Task(["q"], [0], slow, name="t"), tok, 4, autoreset=True, **kw).batch.overlap_scoring
-    assert not vec_of(Task(["q"], [0], slow, name="t"), tok, 1, **kw).batch.overlap_scoring  # one row: nothing to hide behind
+    assert not vec_of(Task(["q"], [0], slow, name="t"), tok, 4, **kw).batch.overlap_scoring  # off by default
+    assert vec_of(Task(["q"], [0], slow, name="t"), tok, 4, overlap_scoring=True, **kw).batch.overlap_scoring
+    on = dict(kw, overlap_scoring=True)
+    assert not vec_of(Task(["q"], [0], slow, name="t"), tok, 4, autoreset=True, **on).batch.overlap_scoring
+    assert not vec_of(Task(["q"], [0], slow, name="t"), tok, 1, **on).batch.overlap_scoring  # one row: nothing to hide behind
     replying = Task(["q"], [0], slow, name="t", respond=respond)
     assert not vec_of(replying, tok, 4, max_injected_tokens=8, **kw).batch.overlap_scoring
     with pytest.raises(ValueError, match="verdicts are needed at once"):
