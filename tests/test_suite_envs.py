@@ -195,6 +195,8 @@ def test_humaneval_x_held_out_split_is_fixed_and_disjoint(language):
     assert len(names["held_out"]) == 64 and len(names["train"]) == len(names["test"]) - 64
     assert not set(names["train"]) & set(names["held_out"])
     assert sorted(names["train"] + names["held_out"]) == sorted(names["test"])
+    if language != "java":  # the options below are language-independent: checked once
+        return
     again = [r["name"] for r in lm_envs.tasks.humaneval_x_task(language, split="held_out").references]
     other = [r["name"] for r in lm_envs.tasks.humaneval_x_task(language, split="held_out", split_seed=1).references]
     assert again == names["held_out"] and other != names["held_out"]
