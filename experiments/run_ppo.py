@@ -11,6 +11,7 @@ evaluates and writes). A thin script: composition only, no algorithm logic.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -177,8 +178,6 @@ def main(argv: list[str]) -> dict:
     else:
         agent.policy.save_trainable(out / "final")
     summary = evaluate("after")
-    import json
-
     from agents.evaluation import before_after_table
 
     before = json.loads((out / "eval_before.json").read_text())

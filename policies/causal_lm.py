@@ -24,6 +24,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import os
 from dataclasses import dataclass
@@ -79,6 +80,13 @@ def _disable_dropout(model: nn.Module) -> None:
         for name, value in vars(module).items():
             if "dropout" in name and isinstance(value, float):
                 setattr(module, name, 0.0)
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_cache(decoder_class: type, cache_kw: str) -> bool:
+    """Whether a decoder's forward accepts the KV cache under the name its causal LM uses."""
+    params = inspect.signature(decoder_class.forward).parameters
+    return cache_kw in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -189,7 +197,6 @@ class CausalLMPolicy(BasePolicy):
         # transformers >= 5 renamed `past_key_values` to `cache`; speak whichever this one knows.
         params = inspect.signature(type(self._base_lm()).forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        self._decoders: dict[int, tuple[nn.Module | None]] = {}  # id(model) -> its decoder stack (see _run)
         self.to(_device(device))
         optimizer_kwargs = dict(self.optimizer_kwargs)
         if self.optimizer_class is torch.optim.AdamW:
@@ -286,19 +293,14 @@ class CausalLMPolicy(BasePolicy):
     def _decoder(self, model: nn.Module) -> nn.Module | None:
         """``model``'s decoder stack (final norm included, LM head excluded), or None where the
         model has no ``get_decoder`` that returns one (then the full forward is used)."""
-        found = self._decoders.get(id(model))
-        if found is None:
-            decoder = None
-            try:
-                candidate = model.get_decoder() if hasattr(model, "get_decoder") else None
-            except (AttributeError, NotImplementedError, TypeError):
-                candidate = None
-            if isinstance(candidate, nn.Module) and candidate is not model and candidate is not self._base_lm():
-                params = inspect.signature(type(candidate).forward).parameters
-                if self._cache_kw in params or "kwargs" in params:
-                    decoder = candidate
-            found = self._decoders[id(model)] = (decoder,)
-        return found[0]
+        try:
+            candidate = model.get_decoder() if hasattr(model, "get_decoder") else None
+        except (AttributeError, NotImplementedError, TypeError):
+            return None
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if not isinstance(candidate, nn.Module) or candidate is model or candidate is base:
+            return None
+        return candidate if _takes_cache(type(candidate), self._cache_kw) else None
 
     def _prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
         """The first pass of a lockstep batch, run once per distinct prompt row.
