@@ -214,8 +214,7 @@ class EpisodeBatch:
         self.overlap_scoring = bool(overlap) and n > 1  # TokenVecEnv turns it off in auto-reset mode
         self.scorer: BackgroundScorer | None = None
         self.scoring = np.zeros(n, dtype=bool)
-        self.held_terminated = np.zeros(n, dtype=bool)
-        self.held_truncated = np.zeros(n, dtype=bool)
+        self.held_terminated = np.zeros(n, dtype=bool)  # how a held row ended (else truncated)
         self.reward_seconds = np.zeros(n, dtype=np.float64)  # scored in the background: its share of the call
         self.finished = np.ones(n, dtype=bool)
         self.row_index = np.zeros(n, dtype=np.int64)
@@ -374,7 +373,7 @@ class EpisodeBatch:
             index = int(self.row_index[row])
             self.scorer.submit(int(row), self.completion(row), self.task.references[index],
                                self.encode_prompt(index)[1])
-        self.held_terminated[held], self.held_truncated[held] = terminated[held], truncated[held]
+        self.held_terminated[held] = terminated[held]  # a row ends terminated or truncated, never both
         terminated[held] = truncated[held] = False
         self.scoring[held] = True
         scored = self.scorer.ready()
@@ -385,7 +384,8 @@ class EpisodeBatch:
             wait = time.perf_counter() - start
         for row, (score, seconds) in scored.items():
             self.last_score[row], self.reward_seconds[row] = score, seconds
-            terminated[row], truncated[row] = self.held_terminated[row], self.held_truncated[row]
+            terminated[row] = self.held_terminated[row]
+            truncated[row] = not self.held_terminated[row]
             self.scoring[row] = False
         released = np.fromiter(scored, dtype=np.int64, count=len(scored))
         return np.union1d(np.setdiff1d(ended, held), released), wait
