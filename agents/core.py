@@ -317,6 +317,12 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         episodes, self._last_obs = collect_episodes(self.policy, env, self._last_obs, callback=callback)
         # Env steps × rows of every rank (ranks' batches may run different numbers of steps).
         self.num_timesteps += int(distributed.reduce_sum(torch.tensor(episodes.num_steps * env.num_envs)))
+        if distributed.is_distributed():  # reward wrappers' running statistics: every rank's rewards
+            layer = env
+            while layer is not None:
+                if getattr(type(layer), "sync_statistics", None) is not None:  # not forwarded by VecEnvWrapper
+                    layer.sync_statistics(distributed.all_gather_object)
+                layer = getattr(layer, "venv", None)
         if not episodes.complete:
             return False  # a callback stopped us mid-batch: the partial batch is not trained on
         for info in episodes.infos:

@@ -192,20 +192,36 @@ class Normalize(Transform):
 
     The statistics are state: `state_dict`/`load_state_dict`, and `VecRewardWrapper.get_state`
     includes them, so a checkpoint resumes with the same normalization.
+
+    Data parallel (``torchrun``): `sync` merges the moments every rank gathered since the last
+    sync into the statistics of the last sync, in rank order, so after it every rank holds the same
+    statistics, those of all ranks' rewards. The agents call it once per iteration, after the
+    rollout; within a rollout each rank also folds in its own batches as they end, as one process
+    does.
     """
 
     def __init__(self, epsilon: float = 1e-8, clip: float | None = None, center: bool = True,
                  update: bool = True) -> None:
         self.epsilon, self.clip, self.center, self.update = float(epsilon), clip, center, update
         self.mean, self.var, self.count = 0.0, 1.0, 0
+        self._synced = (0.0, 1.0, 0)    # (mean, var, count) at the last sync
+        self._pending = (0.0, 1.0, 0)   # moments of the batches seen since then
+
+    @staticmethod
+    def _merge(a: tuple[float, float, int], b: tuple[float, float, int]) -> tuple[float, float, int]:
+        # Chan et al.'s parallel update: the moments (mean, var, count) of b merged into a's.
+        (mean, var, count), (b_mean, b_var, n) = a, b
+        if n == 0:
+            return mean, var, count
+        total = count + n
+        delta = b_mean - mean
+        m2 = var * count + b_var * n + delta ** 2 * count * n / total
+        return mean + delta * n / total, m2 / total, total
 
     def _update(self, x: np.ndarray) -> None:
-        # Chan et al.'s parallel update: the batch's moments merged into the running ones.
-        n, batch_mean, batch_var = x.size, float(x.mean()), float(x.var())
-        total = self.count + n
-        delta = batch_mean - self.mean
-        m2 = self.var * self.count + batch_var * n + delta ** 2 * self.count * n / total
-        self.mean, self.var, self.count = self.mean + delta * n / total, m2 / total, total
+        batch = (float(x.mean()), float(x.var()), x.size)
+        self.mean, self.var, self.count = self._merge((self.mean, self.var, self.count), batch)
+        self._pending = self._merge(self._pending, batch)
 
     def __call__(self, scores, completions, references, prompts, infos):
         x = np.asarray(scores, dtype=np.float64)
@@ -216,11 +232,25 @@ class Normalize(Transform):
             out = np.clip(out, -self.clip, self.clip)
         return out.astype(np.float32), {}
 
+    def sync(self, all_gather: Callable[[Any], list[Any]]) -> None:
+        """Merge every rank's moments since the last sync (``all_gather(obj)`` returns the list of
+        every rank's ``obj``, as `torch.distributed.all_gather_object`); a collective."""
+        stats = self._synced
+        for pending in all_gather(self._pending):
+            stats = self._merge(stats, tuple(pending))
+        self.mean, self.var, self.count = stats
+        self._synced, self._pending = stats, (0.0, 1.0, 0)
+
     def state_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "var": self.var, "count": self.count}
+        return {"mean": self.mean, "var": self.var, "count": self.count,
+                "synced": list(self._synced), "pending": list(self._pending)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), int(state["count"])
+        synced = state.get("synced", (self.mean, self.var, self.count))  # states written before sync existed
+        pending = state.get("pending", (0.0, 1.0, 0))
+        self._synced = (float(synced[0]), float(synced[1]), int(synced[2]))
+        self._pending = (float(pending[0]), float(pending[1]), int(pending[2]))
 
 
 class Compose(Transform):
@@ -246,6 +276,12 @@ class Compose(Transform):
         for i, transform in enumerate(self.transforms):
             if hasattr(transform, "load_state_dict") and str(i) in state:
                 transform.load_state_dict(state[str(i)])
+
+    def sync(self, all_gather: Callable[[Any], list[Any]]) -> None:
+        """`sync` every transform that has running statistics (a collective: same order on every rank)."""
+        for transform in self.transforms:
+            if hasattr(transform, "sync"):
+                transform.sync(all_gather)
 
 
 # -- the shared application ----------------------------------------------------------------------
@@ -331,6 +367,12 @@ class VecRewardWrapper(VecEnvWrapper):
         if stack and hasattr(self.transform, "load_state_dict"):
             self.transform.load_state_dict(stack.pop())  # the outermost wrapper's state is last
         self.venv.env_method("set_state", {**state, "reward_transforms": stack}, indices=[0])
+
+    def sync_statistics(self, all_gather: Callable[[Any], list[Any]]) -> None:
+        """Make this wrapper's running statistics (`Normalize`) the same on every rank. A collective;
+        the agents call it once per iteration on every reward wrapper of the env."""
+        if hasattr(self.transform, "sync"):
+            self.transform.sync(all_gather)
 
     def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
         if method_name in self._OWN_METHODS:

@@ -76,6 +76,42 @@ def grad_worker(rank, world, init_file, agent_name, tiny_dir, episodes_file, out
         dist.destroy_process_group()
 
 
+def normalize_worker(rank, world, init_file, tiny_dir, out_dir):
+    """One PPO rollout per rank through a `Normalize` reward wrapper; record the rewards each rank
+    saw and the statistics after the rollout."""
+    import numpy as np
+
+    from agents import PPO
+    from helpers import echo_task
+    from lm_envs import TokenVecEnv
+    from lm_envs.reward_wrappers import Compose, Normalize, VecRewardWrapper
+    from policies import load_lm
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    seen = []
+
+    class Recording(Normalize):
+        def __call__(self, scores, *args):
+            seen.extend(np.asarray(scores, dtype=np.float64).tolist())
+            return super().__call__(scores, *args)
+
+    def varied(completions, references, prompts=None):
+        return np.array([len(c) % 7 / 6 for c in completions], dtype=np.float32)
+
+    try:
+        model, tokenizer = load_lm(str(tiny_dir))
+        norm = Recording()
+        env = VecRewardWrapper(TokenVecEnv(echo_task(reward=varied), tokenizer, num_envs=4, max_new_tokens=6,
+                                           max_prompt_tokens=16, seed=rank), Compose([norm]))
+        agent = PPO("CausalLMPolicy", env, batch_size=4, seed=rank, policy_kwargs=dict(model=model))
+        _, callback = agent._setup_learn(1, None, True, "test", False)
+        agent.collect_rollouts(agent.env, callback, None)
+        json.dump({"seen": seen, "state": norm.state_dict()}, open(Path(out_dir) / f"rank{rank}.json", "w"))
+    finally:
+        dist.destroy_process_group()
+
+
 def audited_run_ppo():
     """``python dist_workers.py OUT AUDIT_DIR args...``: run experiments/run_ppo.py with an audit
     hook that records every write-mode open, mkdir and rename under OUT, per rank."""

@@ -68,6 +68,21 @@ def test_two_ranks_give_one_process_gradients(agent_name, tiny_dir, tiny_lm, tmp
     assert ranks[0]["approx_kl"] == ranks[1]["approx_kl"] == pytest.approx(one["approx_kl"], rel=1e-4, abs=1e-9)
 
 
+def test_normalize_statistics_are_every_ranks_after_each_rollout(tiny_dir, tmp_path):
+    """A `Normalize` reward wrapper under 2 ranks: after a rollout both ranks hold the same
+    statistics, those of both ranks' rewards together."""
+    mp.spawn(dist_workers.normalize_worker, args=(2, str(tmp_path / "init"), str(tiny_dir), str(tmp_path)),
+             nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    seen = np.array(ranks[0]["seen"] + ranks[1]["seen"])
+    assert len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == 4 and seen.std() > 0.05
+    assert ranks[0]["seen"] != ranks[1]["seen"]  # different rows on each rank
+    assert ranks[0]["state"] == ranks[1]["state"]
+    state = ranks[0]["state"]
+    assert state["count"] == 8 and state["pending"][2] == 0
+    assert state["mean"] == pytest.approx(seen.mean(), rel=1e-9) and state["var"] == pytest.approx(seen.var(), rel=1e-9)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -158,6 +158,36 @@ def test_normalize_statistics_and_state_round_trip():
     assert np.abs(clipped).max() == pytest.approx(0.5)
 
 
+def test_normalize_sync_merges_every_ranks_moments_in_rank_order():
+    """Two "ranks" see different batches; after `sync` (a fake all-gather) both hold the statistics
+    of everything seen so far, and a second round merges onto the first sync's."""
+    rng = np.random.default_rng(1)
+    ranks, one = [Compose([Normalize()]), Compose([Normalize()])], Normalize()
+    everything = []
+    for _ in range(2):
+        for norm in ranks:
+            for k in (3, 5):
+                batch = rng.normal(2.0, 3.0, size=k)
+                norm(batch, [], [], [], [])
+                everything.append(batch)
+        assert ranks[0].transforms[0].count != 16 or ranks[1].transforms[0].count != 16
+        pendings = [norm.transforms[0]._pending for norm in ranks]
+        for norm in ranks:
+            norm.sync(lambda obj: list(pendings))
+        assert ranks[0].state_dict() == ranks[1].state_dict()
+        seen = np.concatenate(everything)
+        stats = ranks[0].transforms[0]
+        assert stats.count == seen.size and stats._pending[2] == 0
+        assert stats.mean == pytest.approx(seen.mean(), rel=1e-12) and stats.var == pytest.approx(seen.var(), rel=1e-12)
+    restored = Normalize()
+    restored.load_state_dict(ranks[0].transforms[0].state_dict())
+    assert restored.state_dict() == ranks[0].transforms[0].state_dict()
+    legacy = Normalize()
+    legacy.load_state_dict({"mean": 1.0, "var": 4.0, "count": 3})  # a state written before sync existed
+    legacy.sync(lambda obj: [obj])
+    assert (legacy.mean, legacy.var, legacy.count) == (1.0, 4.0, 3)
+
+
 def test_vec_wrapper_state_includes_the_transform(tokenizer):
     def make():
         return VecRewardWrapper(TokenVecEnv(echo_task(), tokenizer, num_envs=2, seed=0, **KW), Compose([Normalize()]))
@@ -168,7 +198,8 @@ def test_vec_wrapper_state_includes_the_transform(tokenizer):
         env.step(np.array([5, 7]))
     state = env.env_method("get_state", indices=[0])[0]
     assert state["reward_transforms"] == [{"0": {"mean": env.transform.transforms[0].mean,
-                                                 "var": env.transform.transforms[0].var, "count": 4}}]
+                                                 "var": env.transform.transforms[0].var, "count": 4,
+                                                 "synced": [0.0, 1.0, 0], "pending": [0.0, 0.0, 4]}}]
     fresh = make()
     fresh.env_method("set_state", state, indices=[0])
     assert fresh.transform.state_dict() == env.transform.state_dict()
