@@ -88,10 +88,13 @@ class EvalEveryIterations(BaseCallback):
 
     def _on_rollout_start(self) -> None:
         iteration = getattr(self.model, "iteration", 0)
-        if self.every and iteration and iteration % self.every == 0 and distributed.is_main_process():
-            summary, _ = evaluate_policy(self.model.policy, self.eval_env, self.n_episodes)
-            for key, value in summary.items():
-                self.logger.record(f"eval/{key}", value)
-            if self.on_result:
-                self.on_result(iteration, summary)
+        if not (self.every and iteration and iteration % self.every == 0):
+            return
+        with self.model.policy.gathered(reference=True):  # FSDP: every rank gathers the weights, rank 0 evaluates
+            if distributed.is_main_process():
+                summary, _ = evaluate_policy(self.model.policy, self.eval_env, self.n_episodes)
+                for key, value in summary.items():
+                    self.logger.record(f"eval/{key}", value)
+                if self.on_result:
+                    self.on_result(iteration, summary)
 

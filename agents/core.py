@@ -21,6 +21,7 @@ maths, buffer, rollout and checkpoint modules, the policies, SB3 and torch.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import math
@@ -224,6 +225,8 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule,
                                         device=str(self.device), **self.policy_kwargs)
         distributed.broadcast_parameters(self.policy)  # every rank starts from rank 0's weights
+        if getattr(self.policy, "fsdp", False):
+            self.policy.shard()  # FSDP2 over the ranks (a no-op in one process)
         self.clip_range = make_schedule(self.clip_range)
         self.kl_controller = (ppo_math.AdaptiveKLController(self.kl_coef, self.kl_target, self.kl_horizon)
                               if self.adaptive_kl else ppo_math.FixedKLController(self.kl_coef))
@@ -314,7 +317,8 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         """Collect one batch of whole episodes, score the reference, shape rewards, estimate advantages."""
         self.policy.set_training_mode(False)
         callback.on_rollout_start()
-        episodes, self._last_obs = collect_episodes(self.policy, env, self._last_obs, callback=callback)
+        with self.policy.gathered():  # FSDP: full weights for generation, which takes each rank its own steps
+            episodes, self._last_obs = collect_episodes(self.policy, env, self._last_obs, callback=callback)
         # Env steps × rows of every rank (ranks' batches may run different numbers of steps).
         self.num_timesteps += int(distributed.reduce_sum(torch.tensor(episodes.num_steps * env.num_envs)))
         if distributed.is_distributed():  # reward wrappers' running statistics: every rank's rewards
@@ -429,8 +433,10 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
                     if self.verbose >= 2:
                         print(f"early stop at epoch {epoch}: approx_kl {minibatch_stats['approx_kl']:.4f}")
                     break
-                distributed.all_reduce_gradients(policy.parameters())
+                distributed.all_reduce_gradients(policy.parameters())  # FSDP's shards are reduced already
                 grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), self.max_grad_norm)
+                if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
+                    grad_norm = grad_norm.full_tensor()
                 policy.optimizer.step()
                 self._n_updates += 1
                 for key, value in minibatch_stats.items():
@@ -540,6 +546,8 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
             else:
                 hparams[key] = _plain(value)
         policy_kwargs = {k: _plain(v) for k, v in self.policy_kwargs.items() if k != "model" or isinstance(v, str)}
+        # FSDP: the full weights and optimizer state, gathered to rank 0 (collectives).
+        trainable, optimizer_state = self.policy.trainable_state(), self.policy.optimizer_state()
         # Every rank's own state (RNGs, env sampler and batch), gathered to rank 0, which writes.
         ranks = distributed.all_gather_object(checkpoint.encode({
             "rng": checkpoint.rng_states({"shuffle": self.shuffle_generator}),
@@ -557,7 +565,7 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
             "hparams": hparams,
             "callable_hparams": callables,
             "policy_kwargs": policy_kwargs,
-            "optimizer": self.policy.optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "kl_controller": self.kl_controller.state_dict(),
             "num_timesteps": self.num_timesteps,
             "n_updates": self._n_updates,
@@ -566,7 +574,8 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
             "total_timesteps": self._total_timesteps,
             "ranks": ranks,
         }
-        checkpoint.write_checkpoint(path, meta, state, self.policy.save_trainable)
+        checkpoint.write_checkpoint(path, meta, state, self.policy.save_trainable if trainable is None
+                                    else functools.partial(self.policy.save_trainable, state=trainable))
 
     @classmethod
     def load(cls, path, env: GymEnv | None = None, device: str = "auto", custom_objects=None,
@@ -600,7 +609,7 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         finally:
             cls._restoring = False
         agent.policy.load_trainable(path / "policy")
-        agent.policy.optimizer.load_state_dict(state["optimizer"])
+        agent.policy.load_optimizer_state(state["optimizer"])
         agent.kl_controller.load_state_dict(state["kl_controller"])
         own = state["ranks"][distributed.rank()]
         agent._load_extra_state(own["extra"])

@@ -22,6 +22,7 @@ from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 
 def is_distributed() -> bool:
@@ -89,10 +90,11 @@ def reduce_max(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def all_reduce_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
-    """Sum every gradient across ranks in one flat collective (losses are already globally normalised)."""
+    """Sum every gradient across ranks in one flat collective (losses are already globally normalised).
+    Sharded (FSDP, `DTensor`) gradients are skipped: FSDP's reduce-scatter has summed them."""
     if not is_distributed():
         return
-    grads = [p.grad for p in parameters if p.grad is not None]
+    grads = [p.grad for p in parameters if p.grad is not None and not isinstance(p.grad, DTensor)]
     if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])

@@ -150,8 +150,9 @@ def main(argv: list[str]) -> dict:
         print(f"eval {tag}: " + " ".join(f"{k}={v:.4g}" for k, v in summary.items()), file=sys.stderr)
         return summary
 
-    if main_process and (resume_from is None or not (out / "eval_before.json").exists()):
-        evaluate("before")
+    with agent.policy.gathered(reference=True):  # FSDP: every rank gathers the weights, rank 0 evaluates
+        if main_process and (resume_from is None or not (out / "eval_before.json").exists()):
+            evaluate("before")
     callbacks = [CheckpointEveryIterations(checkpoints, every=cfg.checkpoint_every)]
     time_limit = StopAfterSeconds(60 * cfg.time_limit_minutes, verbose=1) if cfg.get("time_limit_minutes") else None
     if time_limit is not None:
@@ -165,6 +166,10 @@ def main(argv: list[str]) -> dict:
     agent.learn(total_iterations=cfg.iterations, callback=CallbackList(callbacks), progress_bar=cfg.progress_bar,
                 reset_num_timesteps=resume_from is None, tb_log_name=cfg.agent.name)
     agent.save(checkpoints / f"iter_{agent.iteration:06d}")  # collective: every rank's state, rank 0 writes
+    if getattr(agent.policy, "sharded", False):  # FSDP: the final weights are gathered (collective), rank 0
+        agent.policy.save_trainable(out / "final")  # writes them, and evaluates with every rank's weights
+        with agent.policy.gathered(reference=True):
+            summary = evaluate("after") if main_process else {}
     if not main_process:
         return {}
     if time_limit is not None and time_limit.fired:
@@ -175,9 +180,10 @@ def main(argv: list[str]) -> dict:
                                   "time_limit_fired": bool(time_limit is not None and time_limit.fired)})
     if hasattr(agent, "save_merged"):  # SFT, STaR, DPO, KTO: a plain model dir that policy.model= starts from
         agent.save_merged(out / "final")
-    else:
+        summary = evaluate("after")
+    elif not getattr(agent.policy, "sharded", False):
         agent.policy.save_trainable(out / "final")
-    summary = evaluate("after")
+        summary = evaluate("after")
     from agents.evaluation import before_after_table
 
     before = json.loads((out / "eval_before.json").read_text())

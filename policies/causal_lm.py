@@ -20,13 +20,21 @@ Choices worth knowing:
   exactly 1 up to float noise.
 * **Reference model.** With LoRA the reference is the same backbone with the adapter disabled;
   with full fine-tuning it is a frozen copy made at construction (only if ``reference=True``).
+* **FSDP** (``fsdp=True``, full fine-tuning under ``torchrun``): `shard` applies FSDP2's
+  ``fully_shard`` to every transformer block, then to the whole LM, the reference copy and the
+  heads. Forward passes then run the full LM (whose root FSDP unit holds the embeddings, final
+  norm and tied head) rather than the decoder alone, and generation and evaluation run inside
+  `gathered` (full weights on every rank, no collectives, however many steps each rank takes).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
+import json
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +140,10 @@ class CausalLMPolicy(BasePolicy):
         ``optimizer_kwargs`` says otherwise, and with ``weight_decay=0`` (TRL's default: decay
         would pull LoRA weights and the value head towards 0) unless ``optimizer_kwargs`` sets it.
     :param model_kwargs: extra ``from_pretrained`` arguments.
+    :param fsdp: shard the weights, gradients and optimizer state over the ranks with FSDP2
+        (``fully_shard``), for full fine-tuning of models that do not fit one device. Takes effect
+        when the agent calls `shard` under an initialised process group of 2 or more ranks;
+        a single process ignores it. Not with LoRA (an adapter is small: plain data parallel).
     """
 
     def __init__(
@@ -152,9 +164,17 @@ class CausalLMPolicy(BasePolicy):
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW,
         optimizer_kwargs: dict[str, Any] | None = None,
         model_kwargs: dict[str, Any] | None = None,
+        fsdp: bool = False,
     ) -> None:
         super().__init__(observation_space, action_space, optimizer_class=optimizer_class,
                          optimizer_kwargs=optimizer_kwargs or {})
+        if fsdp and lora is not None:
+            raise ValueError("fsdp=True shards full fine-tuning (lora=None); a LoRA adapter is small enough "
+                             "to replicate, so run LoRA plain data parallel (fsdp=False)")
+        self.fsdp = bool(fsdp)
+        self._fsdp_roots: list[nn.Module] = []  # set by shard()
+        self._fsdp_blocks: list[nn.Module] = []
+        self._gathered: set[int] = set()  # ids of the FSDP units `gathered` holds unsharded
         if temperature <= 0:
             raise ValueError("temperature must be positive; use deterministic=True for greedy decoding")
         if not 0 < top_p <= 1:
@@ -198,14 +218,118 @@ class CausalLMPolicy(BasePolicy):
         params = inspect.signature(type(self._base_lm()).forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self.to(_device(device))
+        self._initial_lr = lr_schedule(1)
+        self.optimizer = self._make_optimizer()
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
         optimizer_kwargs = dict(self.optimizer_kwargs)
         if self.optimizer_class is torch.optim.AdamW:
             if not {"fused", "foreach"} & optimizer_kwargs.keys():
                 optimizer_kwargs["fused"] = True
             optimizer_kwargs.setdefault("weight_decay", 0.0)
-        self.optimizer = self.optimizer_class(
-            [p for p in self.parameters() if p.requires_grad], lr=lr_schedule(1), **optimizer_kwargs
-        )
+        return self.optimizer_class([p for p in self.parameters() if p.requires_grad], lr=self._initial_lr,
+                                    **optimizer_kwargs)
+
+    # -- FSDP --------------------------------------------------------------------------------
+    @property
+    def sharded(self) -> bool:
+        return bool(self._fsdp_roots)
+
+    def shard(self) -> None:
+        """Shard with FSDP2 (``fsdp=True``): ``fully_shard`` on each transformer block (the
+        model's ``_no_split_modules`` classes, what accelerate's transformer auto-wrap uses), then
+        on the LM itself (embeddings, final norm and a tied head share its unit), the reference
+        copy likewise, and each head. Every rank must hold the same weights (the agents broadcast
+        rank 0's first). Gradients are *summed* over ranks (divide factor 1: the agents' losses
+        are normalised by global counts), and the optimizer is rebuilt over the shards."""
+        import torch.distributed as dist
+        from torch.distributed.fsdp import fully_shard
+
+        if self.sharded or not (self.fsdp and dist.is_available() and dist.is_initialized()
+                                and dist.get_world_size() > 1):
+            return
+        if type(self).save_trainable is not CausalLMPolicy.save_trainable:
+            raise ValueError(f"fsdp=True is implemented for CausalLMPolicy, not {type(self).__name__}")
+        for tree in (self.model, self.reference_model):
+            if tree is None:
+                continue
+            blocks = set(getattr(tree, "_no_split_modules", None) or ())
+            for module in list(tree.modules()):
+                if type(module).__name__ in blocks:
+                    fully_shard(module)
+                    self._fsdp_blocks.append(module)
+            fully_shard(tree)
+            self._fsdp_roots.append(tree)
+        for child in self.children():
+            if child is not self.model and child is not self.reference_model and any(True for _ in child.parameters()):
+                fully_shard(child)
+                self._fsdp_roots.append(child)
+        # FSDP2 warns that a wrapped LM returns views (its sliced logits, hidden states): an in-place
+        # op on one would skip a backward hook. Nothing here modifies a model output in place.
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
+        for module in self._fsdp_roots + self._fsdp_blocks:
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no pre-multiplied sum)
+        self.optimizer = self._make_optimizer()
+
+    @contextlib.contextmanager
+    def gathered(self, reference: bool = False):
+        """Full weights on every rank while inside (FSDP; the identity otherwise): forward passes
+        of the gathered models need no collectives, so ranks may generate different numbers of
+        steps, and rank 0 may evaluate alone. Every rank must enter it (entering all-gathers).
+        The policy's LM and heads are gathered; the reference copy too with ``reference=True``
+        (evaluation's KL), else its passes stay sharded collectives. No-grad use only: gradients
+        flow through the sharded forward of the update."""
+        roots = [m for m in self._fsdp_roots if reference or m is not self.reference_model]
+        skip = set() if reference or self.reference_model is None else {id(m) for m in self.reference_model.modules()}
+        blocks = [m for m in self._fsdp_blocks if id(m) not in skip]
+        fresh = [m for m in roots + blocks if id(m) not in self._gathered]
+        for module in fresh:
+            module.unshard()
+        for module in fresh:
+            if module in blocks:
+                module.set_reshard_after_forward(False, recurse=False)
+            self._gathered.add(id(module))
+        try:
+            yield
+        finally:
+            for module in fresh:
+                self._gathered.discard(id(module))
+                if module in blocks:
+                    module.set_reshard_after_forward(True, recurse=False)
+                module.reshard()
+
+    def _trainable_modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model, **({"value_head": self.value_head} if self.value_head is not None else {})}
+
+    def trainable_state(self) -> dict[str, dict[str, torch.Tensor]] | None:
+        """Sharded: the trainable weights as full tensors on rank 0 (empty dicts elsewhere), a
+        collective every rank must call. ``None`` when not sharded (`save_trainable` reads the
+        modules directly)."""
+        if not self.sharded:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return {name: get_model_state_dict(module, options=options) for name, module in self._trainable_modules().items()}
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """The optimizer's state dict; sharded, the full one on rank 0 (a collective)."""
+        if not self.sharded:
+            return self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(self, self.optimizer, options=StateDictOptions(full_state_dict=True,
+                                                                                       cpu_offload=True))
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        """Inverse of `optimizer_state` (sharded: every rank passes the full state it read)."""
+        if not self.sharded:
+            self.optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(self, self.optimizer, state, options=StateDictOptions(full_state_dict=True))
 
     # -- SB3 plumbing ----------------------------------------------------------------------
     def _base_lm(self) -> nn.Module:
@@ -298,6 +422,8 @@ class CausalLMPolicy(BasePolicy):
         except (AttributeError, NotImplementedError, TypeError):
             return None
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if self.sharded:  # the LM's root FSDP unit (embeddings, norm, head) gathers in its own forward
+            return None
         if not isinstance(candidate, nn.Module) or candidate is model or candidate is base:
             return None
         return candidate if _takes_cache(type(candidate), self._cache_kw) else None
@@ -443,6 +569,8 @@ class CausalLMPolicy(BasePolicy):
                 hidden, start = self._decision_hidden(model, input_ids, attention_mask, select)
                 chosen = hidden[:, :-1][select[:, start:]]
                 log_probs = self.action_log_probs(chosen, model, input_ids, rows, columns, truncate=False)
+            if self.sharded and id(model) not in self._gathered:
+                model.reshard()  # FSDP keeps a root unit gathered after forward, for the backward this pass never has
             return SequenceEval(log_probs.gather(-1, actions[:, None]).squeeze(-1), None, None)
         hidden, start = self._decision_hidden(self.model, input_ids, attention_mask, select)
         chosen = hidden[:, :-1][select[:, start:]]
@@ -467,7 +595,9 @@ class CausalLMPolicy(BasePolicy):
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         decision_columns = select.any(0).nonzero()
         start = int(decision_columns[0]) if len(decision_columns) else 0
-        if start > 0 and not (self.gradient_checkpointing and torch.is_grad_enabled()):
+        # Sharded outside `gathered`, each forward is a collective: one pass per micro-batch on every rank.
+        collective = self.sharded and id(model) not in self._gathered
+        if start > 0 and not (self.gradient_checkpointing and torch.is_grad_enabled()) and not collective:
             shared = _shared_rows(torch.cat([input_ids[:, :start], attention_mask[:, :start]], 1))
             if shared is not None:
                 pick, inverse = shared
@@ -511,8 +641,29 @@ class CausalLMPolicy(BasePolicy):
         return (actions if vectorized else actions[0]), state
 
     # -- saving what training changed --------------------------------------------------------
-    def save_trainable(self, directory: str | os.PathLike) -> None:
-        """Write the adapter (LoRA) or full weights via ``save_pretrained``, plus the value head."""
+    def save_trainable(self, directory: str | os.PathLike, state: dict[str, Any] | None = None) -> None:
+        """Write the adapter (LoRA) or full weights via ``save_pretrained``, plus the value head.
+
+        Sharded (FSDP): every rank calls it (the full weights are gathered, see `trainable_state`,
+        unless ``state`` holds them already) and rank 0 writes."""
+        if self.sharded:
+            import torch.distributed as dist
+
+            state = self.trainable_state() if state is None else state
+            if dist.get_rank() != 0:
+                return
+            os.makedirs(directory, exist_ok=True)
+            self.model.save_pretrained(directory, state_dict=state["model"])
+            # fully_shard subclasses the model's class (FSDPLlamaForCausalLM): record the real one.
+            config_file = os.path.join(directory, "config.json")
+            config = json.loads(open(config_file).read())
+            config["architectures"] = [klass.__name__ for klass in type(self.model).__mro__
+                                       if "fully_shard" not in klass.__module__ and klass.__name__[:4] != "FSDP"][:1]
+            with open(config_file, "w") as f:
+                json.dump(config, f, indent=2)
+            if self.value_head is not None:
+                torch.save(state["value_head"], os.path.join(directory, "value_head.pt"))
+            return
         os.makedirs(directory, exist_ok=True)
         self.model.save_pretrained(directory)
         self._save_value_head(directory)
@@ -532,7 +683,17 @@ class CausalLMPolicy(BasePolicy):
             from transformers import AutoModelForCausalLM
 
             loaded = AutoModelForCausalLM.from_pretrained(str(directory), dtype=next(self.model.parameters()).dtype)
-            self.model.load_state_dict(loaded.state_dict())
+            if self.sharded:  # every rank read the full weights; each keeps its shards
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+                set_model_state_dict(self.model, loaded.state_dict(), options=StateDictOptions(full_state_dict=True))
+            else:
+                self.model.load_state_dict(loaded.state_dict())
         if self.value_head is not None:
-            self.value_head.load_state_dict(torch.load(os.path.join(directory, "value_head.pt"),
-                                                       map_location=self.device, weights_only=True))
+            head = torch.load(os.path.join(directory, "value_head.pt"), map_location=self.device, weights_only=True)
+            if self.sharded:
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+                set_model_state_dict(self.value_head, head, options=StateDictOptions(full_state_dict=True))
+            else:
+                self.value_head.load_state_dict(head)

@@ -26,9 +26,10 @@ def slice_episodes(episodes, rows):
     return Episodes(**values)
 
 
-def update_on(agent_name, tiny_dir, episodes, rows, out_file):
+def update_on(agent_name, tiny_dir, episodes, rows, out_file, fsdp=False):
     """One update of ``agent_name`` on ``rows`` of ``episodes``; record the gradients (before the
-    optimizer step), the advantages, and the KL controller's value."""
+    optimizer step, gathered to full tensors under FSDP), the advantages, and the KL controller's
+    value. Returns the agent."""
     from agents import AGENTS
     from helpers import echo_task
     from lm_envs import TokenVecEnv
@@ -40,7 +41,8 @@ def update_on(agent_name, tiny_dir, episodes, rows, out_file):
     group = 4 if agent_name in ("grpo", "rloo") else 1
     env = TokenVecEnv(echo_task(), tokenizer, num_envs=n, max_new_tokens=6, max_prompt_tokens=16, seed=0,
                       completions_per_prompt=group)
-    common = dict(batch_size=n, micro_batch_size=4, seed=0, learning_rate=1e-3, policy_kwargs=dict(model=model))
+    common = dict(batch_size=n, micro_batch_size=4, seed=0, learning_rate=1e-3,
+                  policy_kwargs=dict(model=model, fsdp=fsdp))
     if agent_name == "ppo":
         agent = AGENTS["ppo"]("CausalLMPolicy", env, kl_coef=0.05, adaptive_kl=True, kl_target=0.1, kl_horizon=10,
                               **common)
@@ -52,7 +54,8 @@ def update_on(agent_name, tiny_dir, episodes, rows, out_file):
     def record(*args, **kwargs):
         for name, param in agent.policy.named_parameters():
             if param.grad is not None:
-                grads[name] = param.grad.detach().clone()
+                grad = param.grad.detach()
+                grads[name] = grad.full_tensor() if hasattr(grad, "full_tensor") else grad.clone()
         return step(*args, **kwargs)
 
     agent.policy.optimizer.step = record
@@ -62,18 +65,42 @@ def update_on(agent_name, tiny_dir, episodes, rows, out_file):
     agent.train()
     torch.save({"grads": grads, "advantages": agent.buffer.advantages, "kl_coef": agent.kl_controller.value,
                 "approx_kl": agent._train_stats.get("approx_kl")}, out_file)
+    return agent
 
 
-def grad_worker(rank, world, init_file, agent_name, tiny_dir, episodes_file, out_dir):
+def grad_worker(rank, world, init_file, agent_name, tiny_dir, episodes_file, out_dir, fsdp=False):
+    """One update on this rank's rows; with ``fsdp`` (FSDP2, full fine-tuning), then a checkpoint
+    round trip and the final model (`fsdp_round_trip`)."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
         episodes = torch.load(episodes_file, weights_only=False)
         per_rank = episodes.action_mask.shape[0] // world
         rows = torch.arange(rank * per_rank, (rank + 1) * per_rank)
-        update_on(agent_name, tiny_dir, episodes, rows, Path(out_dir) / f"rank{rank}.pt")
+        agent = update_on(agent_name, tiny_dir, episodes, rows, Path(out_dir) / f"rank{rank}.pt", fsdp=fsdp)
+        if fsdp:
+            fsdp_round_trip(agent, tiny_dir, Path(out_dir), rank)
     finally:
         dist.destroy_process_group()
+
+
+def fsdp_round_trip(agent, tiny_dir, out, rank):
+    """Save a checkpoint, load it into a fresh agent (the same full weights and optimizer state?),
+    and write the final model with `save_trainable`."""
+    from agents import PPO
+
+    assert agent.policy.sharded
+    full = {name: p.detach().full_tensor() for name, p in agent.policy.named_parameters()}
+    agent.save(out / "ckpt")
+    agent.policy.save_trainable(out / "final")
+    loaded = PPO.load(out / "ckpt", env=agent.env, model=str(tiny_dir))
+    assert loaded.policy.sharded
+    same = all(torch.equal(full[name], p.detach().full_tensor()) for name, p in loaded.policy.named_parameters())
+    moments = [st["exp_avg"].full_tensor() for st in agent.policy.optimizer.state.values()]
+    restored = [st["exp_avg"].full_tensor() for st in loaded.policy.optimizer.state.values()]
+    same_optimizer = len(moments) == len(restored) > 0 and all(torch.equal(a, b) for a, b in zip(moments, restored))
+    if rank == 0:
+        torch.save({"params": full, "same_after_load": same, "same_optimizer": same_optimizer}, out / "state.pt")
 
 
 def normalize_worker(rank, world, init_file, tiny_dir, out_dir):

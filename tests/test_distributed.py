@@ -68,6 +68,58 @@ def test_two_ranks_give_one_process_gradients(agent_name, tiny_dir, tiny_lm, tmp
     assert ranks[0]["approx_kl"] == ranks[1]["approx_kl"] == pytest.approx(one["approx_kl"], rel=1e-4, abs=1e-9)
 
 
+def test_fsdp_two_ranks_give_one_process_gradients_and_save_full_weights(tiny_dir, tiny_lm, tmp_path):
+    """FSDP2 (``policy.fsdp=True``, full fine-tuning, gloo on CPU): one PPO update with 2 ranks × 8
+    rows gives the single process's gradients; a checkpoint round trip restores the same full
+    weights and optimizer state; the final model loads as a plain model with the trained weights."""
+    from agents.rollout import collect_episodes
+    from lm_envs import TokenVecEnv
+    from policies import load_lm
+
+    def varied(completions, references, prompts=None):
+        return np.array([len(c) % 7 / 6 for c in completions], dtype=np.float32)
+
+    env = TokenVecEnv(echo_task(reward=varied), tiny_lm[1], num_envs=16, max_new_tokens=6, max_prompt_tokens=16,
+                      seed=0)
+    from agents import PPO
+
+    sampler = PPO("CausalLMPolicy", env, batch_size=16, seed=0, kl_coef=0.0, policy_kwargs=dict(model=str(tiny_dir)))
+    torch.manual_seed(0)
+    episodes, _ = collect_episodes(sampler.policy, env)
+    torch.save(episodes, tmp_path / "episodes.pt")
+    single = tmp_path / "single"
+    single.mkdir()
+    dist_workers.update_on("ppo", tiny_dir, episodes, torch.arange(16), single / "rank0.pt")
+    double = tmp_path / "fsdp"
+    double.mkdir()
+    mp.spawn(dist_workers.grad_worker, args=(2, str(tmp_path / "init"), "ppo", str(tiny_dir),
+                                             str(tmp_path / "episodes.pt"), str(double), True), nprocs=2, join=True)
+    one = torch.load(single / "rank0.pt")
+    flat = torch.cat([g.reshape(-1) for g in one["grads"].values()])
+    assert flat.norm() > 1e-3
+    for r in range(2):
+        result = torch.load(double / f"rank{r}.pt")
+        assert result["grads"].keys() == one["grads"].keys()
+        other = torch.cat([result["grads"][name].reshape(-1) for name in one["grads"]])
+        assert (other - flat).norm() <= 1e-5 * flat.norm()
+        assert result["kl_coef"] == pytest.approx(one["kl_coef"], rel=1e-6)
+    state = torch.load(double / "state.pt")
+    assert state["same_after_load"] and state["same_optimizer"]
+    from transformers import AutoModelForCausalLM
+
+    final = AutoModelForCausalLM.from_pretrained(str(double / "final"))
+    assert "FSDP" not in json.loads((double / "final" / "config.json").read_text())["architectures"][0]
+    trained = {f"model.{k}": v for k, v in final.state_dict().items()}
+    checked = 0
+    for name, value in state["params"].items():
+        if name in trained:
+            assert torch.equal(trained[name], value), name
+            checked += 1
+    assert checked >= len(trained) - 1  # every weight (a tied head may appear under one name only)
+    start, _ = load_lm(str(tiny_dir))
+    assert any(not torch.equal(a, b) for a, b in zip(start.state_dict().values(), final.state_dict().values()))
+
+
 def test_normalize_statistics_are_every_ranks_after_each_rollout(tiny_dir, tmp_path):
     """A `Normalize` reward wrapper under 2 ranks: after a rollout both ranks hold the same
     statistics, those of both ranks' rewards together."""
@@ -156,6 +208,35 @@ def test_kill_both_ranks_then_resume_equals_the_uninterrupted_run_and_only_rank0
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_fsdp_run_resumes_to_the_straight_runs_weights_and_only_rank0_writes(tiny_dir, tmp_path):
+    """`run_ppo.py policy.fsdp=true` (full fine-tuning, FSDP2 over 2 gloo ranks, with a KL reference
+    and evaluation every iteration): 2 iterations, then resume=true to 3, ends with the weights of a
+    straight 3-iteration run; only rank 0 writes."""
+    from safetensors.torch import load_file
+
+    fsdp = ["policy.lora=null", "policy.fsdp=true", "agent.kl_coef=0.05", "eval_every=1"]
+    runs = {name: tmp_path / name for name in ("straight", "split")}
+    audits = {name: tmp_path / f"audit_{name}" for name in ("straight", "first", "resumed")}
+    for directory in audits.values():
+        directory.mkdir()
+    for out, audit, extra in ((runs["straight"], audits["straight"], ["iterations=3"]),
+                              (runs["split"], audits["first"], ["iterations=2"]),
+                              (runs["split"], audits["resumed"], ["iterations=3", "resume=true"])):
+        proc = torchrun(tiny_dir, out, audit, *fsdp, *extra)
+        output, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, output
+    assert "resuming from" in output and "iter_000002" in output
+    for audit in audits.values():
+        assert json.loads((audit / "rank0.json").read_text())
+        assert json.loads((audit / "rank1.json").read_text()) == []
+    a, b = (load_file(str(runs[name] / "final" / "model.safetensors")) for name in ("straight", "split"))
+    start = load_file(str(tiny_dir / "model.safetensors"))
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], start[k]) for k in a if k in start)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert json.loads((runs["split"] / "eval_after.json").read_text())["kl_mean"] > 0
 
 
 def test_resume_with_another_world_size_is_a_clear_error(tiny_dir, tiny_lm, tmp_path):
