@@ -88,7 +88,10 @@ def test_presets_run_on_the_embedded_defaults():
     assert compile_cpu.agent.name == "dpo" and compile_cpu.env.eval_kwargs.split == "held_out"
     assert compile_cpu.env.kwargs.split == "train" and compile_cpu.agent.rollout_batches == 2
     assert compose(["experiment=compile_cpu", "agent=star"]).agent.threshold == 0.2
-    for cfg in (star, dpo, compile_cpu, compose(["agent=kto"]), compose(["agent=sft"])):
+    mbpp = compose(["experiment=compile_mbpp_cpu"])
+    assert mbpp.agent.name == "dpo" and mbpp.env.id == "lm_envs/MBPP-v0" and mbpp.env.eval_kwargs.split == "test"
+    assert mbpp.env.kwargs.split == "train" and list(mbpp.env.reward_wrappers) == []
+    for cfg in (star, dpo, compile_cpu, mbpp, compose(["agent=kto"]), compose(["agent=sft"])):
         import run_ppo
 
         run_ppo.agent_class(cfg)  # every agent key is one the agent takes
