@@ -1,6 +1,6 @@
 """Data parallelism on `torch.distributed`, for every agent on the core: the few collectives it needs.
 
-Launch with ``torchrun --nproc_per_node=N experiments/run_ppo.py ...`` (or ``accelerate launch``,
+Launch with ``torchrun --nproc_per_node=N experiments/run_ppo.py ...`` (or ``accelerate launch --multi_gpu``,
 which sets the same environment variables). Each rank owns its env rows and generates and scores
 its own batch; the core then makes every rank use the same numbers:
 

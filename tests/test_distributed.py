@@ -239,6 +239,23 @@ def test_fsdp_run_resumes_to_the_straight_runs_weights_and_only_rank0_writes(tin
     assert json.loads((runs["split"] / "eval_after.json").read_text())["kl_mean"] > 0
 
 
+def test_accelerate_launch_runs_two_ranks(tiny_dir, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` (torch.distributed.run underneath; gloo on a
+    CPU) runs the same 2-rank job as torchrun. (`--cpu` alone would start one process: accelerate's
+    multi-CPU launch goes through mpirun.)"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    accelerate = Path(sys.executable).parent / "accelerate"
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()),
+           str(REPO / "experiments" / "run_ppo.py"), "experiment=tiny_test", f"policy.model={tiny_dir}",
+           "policy.lora.r=2", "policy.lora.target_modules=[q_proj,v_proj]", f"output_dir={tmp_path}",
+           "progress_bar=false", "env.eval_episodes=2", "iterations=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "distributed: backend=gloo ranks=2" in proc.stderr
+    assert "world_size: 2" in (tmp_path / "config.yaml").read_text()
+    assert json.loads((tmp_path / "run.json").read_text())["iterations_done"] == 1
+
+
 def test_resume_with_another_world_size_is_a_clear_error(tiny_dir, tiny_lm, tmp_path):
     from agents import PPO, checkpoint
     from lm_envs import TokenVecEnv
