@@ -246,3 +246,20 @@ def test_finished_rows_leave_the_forward_batch(tiny_lm):
     full, _ = collect_episodes(policy, env(), deterministic=True, compact=False)
     assert torch.equal(compacted.input_ids, full.input_ids)
     assert torch.allclose(compacted.log_probs, full.log_probs, atol=1e-5)
+
+
+def test_fsdp_refuses_lora_and_is_a_no_op_in_one_process(tiny_lm):
+    """fsdp=True shards full fine-tuning under torchrun (tests/test_distributed.py); with LoRA it is a
+    clear error, and in one process `shard` and `gathered` change nothing."""
+    model, tokenizer = tiny_lm
+    env = TokenVecEnv(echo_task(), tokenizer, num_envs=2, max_new_tokens=4, max_prompt_tokens=16, seed=0)
+    with pytest.raises(ValueError, match="fsdp=True shards full fine-tuning"):
+        CausalLMPolicy(env.observation_space, env.action_space, lambda _: 1e-3, model=model, lora={"r": 2}, fsdp=True)
+    policy = CausalLMPolicy(env.observation_space, env.action_space, lambda _: 1e-3, model=model, fsdp=True,
+                            reference=False)
+    optimizer = policy.optimizer
+    policy.shard()
+    assert not policy.sharded and policy.optimizer is optimizer and policy.trainable_state() is None
+    with policy.gathered(reference=True):
+        assert not policy.sharded
+    assert policy.optimizer_state() == optimizer.state_dict()
