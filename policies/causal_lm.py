@@ -46,6 +46,7 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 from torch.nn import functional as F
 
+from policies.head_math import linear_selected_log_probs, log_softmax, probabilities, selected_log_probs
 from policies.loading import DEFAULT_MODEL, load_lm
 
 Obs = dict[str, torch.Tensor]
@@ -355,7 +356,7 @@ class CausalLMPolicy(BasePolicy):
         if self.temperature != 1.0:  # skip a (N, V) copy in the common case
             logits = logits / self.temperature
         if not truncate:
-            return torch.log_softmax(logits, dim=-1)
+            return log_softmax(logits)
         if self.top_k > 0 and self.top_k < logits.shape[-1]:
             kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -366,7 +367,7 @@ class CausalLMPolicy(BasePolicy):
             drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= self.top_p
             drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
             logits = logits.masked_fill(drop, float("-inf"))
-        return torch.log_softmax(logits, dim=-1)
+        return log_softmax(logits)
 
     @staticmethod
     def output_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -531,7 +532,7 @@ class CausalLMPolicy(BasePolicy):
         if deterministic:
             actions = log_probs.argmax(-1)
         else:
-            actions = torch.multinomial(log_probs.exp(), 1).squeeze(-1)
+            actions = torch.multinomial(probabilities(log_probs), 1).squeeze(-1)
         chosen, values = log_probs.gather(-1, actions[:, None]).squeeze(-1), self.value_of(last_hidden)
         if len(rows) == full:
             return actions, chosen, values, new_state
@@ -568,18 +569,42 @@ class CausalLMPolicy(BasePolicy):
             with torch.no_grad(), context:
                 hidden, start = self._decision_hidden(model, input_ids, attention_mask, select)
                 chosen = hidden[:, :-1][select[:, start:]]
-                log_probs = self.action_log_probs(chosen, model, input_ids, rows, columns, truncate=False)
+                log_prob, _ = self._score_actions(chosen, model, input_ids, rows, columns, actions, False, False)
             if self.sharded and id(model) not in self._gathered:
                 model.reshard()  # FSDP keeps a root unit gathered after forward, for the backward this pass never has
-            return SequenceEval(log_probs.gather(-1, actions[:, None]).squeeze(-1), None, None)
+            return SequenceEval(log_prob, None, None)
         hidden, start = self._decision_hidden(self.model, input_ids, attention_mask, select)
         chosen = hidden[:, :-1][select[:, start:]]
-        log_probs = self.action_log_probs(chosen, self.model, input_ids, rows, columns)
-        return SequenceEval(
-            log_probs.gather(-1, actions[:, None]).squeeze(-1),
-            (self._entropy(log_probs, entropy_grad) if with_entropy else None),
-            self.value_of(chosen) if with_values else None,
-        )
+        log_prob, entropy = self._score_actions(chosen, self.model, input_ids, rows, columns, actions, True,
+                                                with_entropy, entropy_grad)
+        return SequenceEval(log_prob, entropy, self.value_of(chosen) if with_values else None)
+
+    def _score_actions(self, hidden: torch.Tensor, model: nn.Module, input_ids: torch.Tensor, rows: torch.Tensor,
+                       columns: torch.Tensor, actions: torch.Tensor, truncate: bool,
+                       with_entropy: bool, entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(log π(action), entropy or None) at ``N`` decision points. The same numbers as
+        `action_log_probs` + ``gather``; when that hook is not overridden and nothing truncates
+        the distribution, they come from `policies.head_math` instead, which never builds an
+        ``(N, V)`` log-prob tensor (the update's largest element-wise cost), and, for a plain
+        linear head, runs the head's matmul itself so the logits become their own gradient."""
+        truncates = truncate and (0 < self.top_k < self.action_space.n or self.top_p < 1.0)
+        if type(self).action_log_probs is CausalLMPolicy.action_log_probs and not truncates:
+            head = model.get_output_embeddings()
+            plain = (type(head) is nn.Linear and head.bias is None and not self.sharded
+                     and not getattr(getattr(model, "config", None), "final_logit_softcapping", None))
+            if plain:  # the matmul inside too: the logits turn into their own gradient
+                log_prob, entropy = linear_selected_log_probs(hidden, head.weight, actions, self.temperature,
+                                                              with_entropy)
+            else:
+                log_prob, entropy = selected_log_probs(self.output_logits(model, hidden), actions, self.temperature,
+                                                       with_entropy)
+            return log_prob, (entropy if entropy_grad or entropy is None else entropy.detach())
+        log_probs = self.action_log_probs(hidden, model, input_ids, rows, columns, truncate)
+        entropy = None
+        if with_entropy:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and entropy_grad):
+                entropy = self.entropy_from_log_probs(log_probs)
+        return log_probs.gather(-1, actions[:, None]).squeeze(-1), entropy
 
     def _decision_hidden(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                          select: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -608,12 +633,6 @@ class CausalLMPolicy(BasePolicy):
                 return hidden, start
         hidden, _ = self._run(model, input_ids, attention_mask, positions)
         return hidden, 0
-
-    def _entropy(self, log_probs: torch.Tensor, grad: bool) -> torch.Tensor:
-        if grad:
-            return self.entropy_from_log_probs(log_probs)
-        with torch.no_grad():
-            return self.entropy_from_log_probs(log_probs.detach())
 
     def _reference(self):
         if self.uses_lora:
