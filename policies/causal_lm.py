@@ -46,7 +46,8 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 from torch.nn import functional as F
 
-from policies.head_math import linear_selected_log_probs, log_softmax, probabilities, selected_log_probs
+from policies.head_math import (LogitsWorkspace, linear_selected_log_probs, log_softmax, probabilities,
+                                selected_log_probs)
 from policies.loading import DEFAULT_MODEL, load_lm
 
 Obs = dict[str, torch.Tensor]
@@ -176,6 +177,7 @@ class CausalLMPolicy(BasePolicy):
         self._fsdp_roots: list[nn.Module] = []  # set by shard()
         self._fsdp_blocks: list[nn.Module] = []
         self._gathered: set[int] = set()  # ids of the FSDP units `gathered` holds unsharded
+        self._logits_workspace = LogitsWorkspace()  # the update's (N, V) logits, reused: see policies.head_math
         if temperature <= 0:
             raise ValueError("temperature must be positive; use deterministic=True for greedy decoding")
         if not 0 < top_p <= 1:
@@ -594,7 +596,7 @@ class CausalLMPolicy(BasePolicy):
                      and not getattr(getattr(model, "config", None), "final_logit_softcapping", None))
             if plain:  # the matmul inside too: the logits turn into their own gradient
                 log_prob, entropy = linear_selected_log_probs(hidden, head.weight, actions, self.temperature,
-                                                              with_entropy)
+                                                              with_entropy, self._logits_workspace)
             else:
                 log_prob, entropy = selected_log_probs(self.output_logits(model, hidden), actions, self.temperature,
                                                        with_entropy)

@@ -21,6 +21,7 @@ floored (`_exp_floor`), only ``lse`` and H are kept per row, and the gradient is
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -42,15 +43,52 @@ def selected_log_probs(logits: torch.Tensor, actions: torch.Tensor, temperature:
 
 
 def linear_selected_log_probs(hidden: torch.Tensor, weight: torch.Tensor, actions: torch.Tensor,
-                              temperature: float = 1.0,
-                              with_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                              temperature: float = 1.0, with_entropy: bool = True,
+                              workspace: "LogitsWorkspace | None" = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`selected_log_probs` of ``logits = hidden @ weightᵀ`` (a bias-free linear head, e.g. a
     tied LM head), differentiable w.r.t. ``hidden`` ``(N, H)`` and ``weight`` ``(V, H)``. The
     logits never leave the function, so their gradient overwrites them: one ``(N, V)`` tensor
-    per pass instead of two."""
+    per pass instead of two; with a ``workspace``, that tensor is reused from call to call."""
     _check((hidden.shape[0], weight.shape[0]), actions)
-    chosen, entropy = _LinearSelectedLogProbs.apply(hidden, weight, actions, float(temperature), with_entropy)
+    chosen, entropy = _LinearSelectedLogProbs.apply(hidden, weight, actions, float(temperature), with_entropy,
+                                                    workspace)
     return chosen, (entropy if with_entropy else None)
+
+
+class LogitsWorkspace:
+    """One ``(N, V)`` logits buffer that `linear_selected_log_probs` reuses across calls.
+
+    A fresh tensor of that size (200 MB for 1,000 actions and a 49k vocabulary) is page-faulted
+    by the matmul that fills it, which made the head's forward matmul run at half the machine's
+    GEMM rate. The buffer is lent to one call at a time: from its forward until its backward has
+    run, or until its graph is freed without one (a weak reference to the autograd node); a call
+    that finds it lent gets a fresh tensor. It grows to the largest batch seen and is kept (the
+    memory a fresh tensor would take at that point anyway); `clear` drops it.
+    """
+
+    def __init__(self) -> None:
+        self._buffer: torch.Tensor | None = None
+        self._borrower: weakref.ref | None = None
+
+    def take(self, rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, bool]:
+        """(an uninitialised ``(rows, vocab)`` tensor, whether it is the shared buffer)."""
+        if self._borrower is not None and self._borrower() is not None:
+            return torch.empty(rows, vocab, dtype=dtype, device=device), False
+        self._borrower = None
+        buffer = self._buffer
+        if buffer is None or buffer.numel() < rows * vocab or buffer.dtype != dtype or buffer.device != device:
+            self._buffer = buffer = None  # free the old one first
+            self._buffer = buffer = torch.empty(rows * vocab, dtype=dtype, device=device)
+        return buffer[:rows * vocab].view(rows, vocab), True
+
+    def lend(self, borrower) -> None:
+        self._borrower = weakref.ref(borrower)
+
+    def give_back(self) -> None:
+        self._borrower = None
+
+    def clear(self) -> None:
+        self._buffer, self._borrower = None, None
 
 
 def log_softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -86,21 +124,24 @@ def _rows_per_chunk(vocab: int) -> int:
 
 
 def _statistics(logits: torch.Tensor, actions: torch.Tensor, temperature: float, with_entropy: bool):
-    """(log π(a), lse, H) per row of z = logits / temperature, chunk by chunk."""
+    """(log π(a), lse, H) per row of z = logits / temperature, chunk by chunk, in two reused
+    chunk buffers (fresh allocations of that size are page-faulted on every call)."""
     n, vocab = logits.shape
     dtype = torch.promote_types(logits.dtype, torch.float32)
     floor = _exp_floor(dtype)
     lse = torch.empty(n, dtype=dtype, device=logits.device)
     entropy = torch.zeros(n, dtype=dtype, device=logits.device)
-    step = _rows_per_chunk(vocab)
+    step = min(_rows_per_chunk(vocab), max(n, 1))
+    shifted_buffer = torch.empty(step, vocab, dtype=dtype, device=logits.device)
+    probs_buffer = torch.empty_like(shifted_buffer)
     for start in range(0, n, step):
-        z = logits[start:start + step].to(dtype)
-        if temperature != 1.0:
-            z = z / temperature
-        top = z.amax(-1, keepdim=True)
+        z = logits[start:start + step]
+        shifted, probs = shifted_buffer[:len(z)], probs_buffer[:len(z)]
+        top = z.amax(-1, keepdim=True).to(dtype) / temperature
         top = torch.where(torch.isfinite(top), top, 0.0)  # an all −inf row: no NaN from −inf − −inf
-        shifted = (z - top).clamp_(min=floor)  # z − max, floored: never −inf, never subnormal exp
-        probs = shifted.exp()
+        torch.add(-top, z, alpha=1.0 / temperature, out=shifted)  # z/T − max
+        shifted.clamp_(min=floor)  # never −inf, never a subnormal exp
+        torch.exp(shifted, out=probs)
         total = probs.sum(-1)
         lse[start:start + step] = top.squeeze(-1) + total.log()
         if with_entropy:  # H = −Σ p·log p = log Σ − Σ exp(s)·s / Σ
@@ -115,26 +156,26 @@ def _logits_grad(logits: torch.Tensor, out: torch.Tensor, actions: torch.Tensor,
     ∂log π(a)/∂z = onehot(a) − p, ∂H/∂z = −p·(log p + H), then ÷ temperature."""
     n, vocab = logits.shape
     floor = _exp_floor(lse.dtype)
-    step = _rows_per_chunk(vocab)
+    step = min(_rows_per_chunk(vocab), max(n, 1))
+    log_p_buffer = torch.empty(step, vocab, dtype=lse.dtype, device=logits.device)
     for start in range(0, n, step):
         stop = start + step
-        z = logits[start:stop].to(lse.dtype)
-        if temperature != 1.0:
-            z = z / temperature
-        log_p = (z - lse[start:stop, None]).clamp_(min=floor)
-        probs = log_p.exp()
-        if grad_entropy is not None:
-            part = probs * log_p.add_(entropy[start:stop, None])
-            part.mul_(-grad_entropy[start:stop, None])
+        z, dest = logits[start:stop], out[start:stop]
+        log_p = log_p_buffer[:len(z)]
+        torch.add(-lse[start:stop, None], z, alpha=1.0 / temperature, out=log_p)
+        log_p.clamp_(min=floor)
+        torch.exp(log_p, out=dest)  # p; ``z`` is not read again, so ``dest`` may be ``z``
+        if grad_entropy is not None:  # p·(−(log p + H)·g_H − g_a)
+            coefficient = log_p.add_(entropy[start:stop, None]).mul_(-grad_entropy[start:stop, None])
             if grad_chosen is not None:
-                part.sub_(probs * grad_chosen[start:stop, None])
+                coefficient.sub_(grad_chosen[start:stop, None])
+            dest.mul_(coefficient)
         else:
-            part = probs.mul_(-grad_chosen[start:stop, None])
+            dest.mul_(-grad_chosen[start:stop, None])
         if grad_chosen is not None:
-            part.scatter_add_(1, actions[start:stop, None], grad_chosen[start:stop, None].to(part.dtype))
+            dest.scatter_add_(1, actions[start:stop, None], grad_chosen[start:stop, None].to(dest.dtype))
         if temperature != 1.0:
-            part.div_(temperature)
-        out[start:stop] = part
+            dest.div_(temperature)
     return out
 
 
@@ -164,11 +205,22 @@ class _LinearSelectedLogProbs(torch.autograd.Function):
     them into their own gradient, then ∂hidden = g·W and ∂W = gᵀ·hidden."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, actions, temperature, with_entropy):
-        logits = hidden @ weight.t()
+    def forward(ctx, hidden, weight, actions, temperature, with_entropy, workspace):
+        shape = (hidden.shape[0], weight.shape[0])
+        if workspace is None:
+            logits, shared = torch.empty(shape, dtype=hidden.dtype, device=hidden.device), False
+        else:
+            logits, shared = workspace.take(*shape, hidden.dtype, hidden.device)
+        torch.mm(hidden, weight.t(), out=logits)
         chosen, lse, entropy = _statistics(logits, actions, temperature, with_entropy)
         ctx.save_for_backward(hidden, weight, actions, lse, entropy)
-        ctx.logits = logits if any(ctx.needs_input_grad[:2]) else None
+        needs_grad = any(ctx.needs_input_grad[:2])
+        ctx.logits = logits if needs_grad else None
+        ctx.workspace = workspace if shared and needs_grad else None
+        if ctx.workspace is not None:
+            workspace.lend(ctx)
+        elif shared:
+            workspace.give_back()
         ctx.temperature = temperature
         ctx.set_materialize_grads(False)
         return chosen, entropy
@@ -180,9 +232,11 @@ class _LinearSelectedLogProbs(torch.autograd.Function):
         if logits is None:
             raise RuntimeError("linear_selected_log_probs: backward through the graph a second time "
                                "(the logits became their gradient during the first)")
-        if grad_chosen is None and grad_entropy is None:
-            return None, None, None, None, None
-        grad = _logits_grad(logits, logits, actions, lse, entropy, ctx.temperature, grad_chosen, grad_entropy)
-        grad_hidden = grad @ weight if ctx.needs_input_grad[0] else None
-        grad_weight = grad.t() @ hidden if ctx.needs_input_grad[1] else None
-        return grad_hidden, grad_weight, None, None, None
+        grad_hidden = grad_weight = None
+        if grad_chosen is not None or grad_entropy is not None:
+            grad = _logits_grad(logits, logits, actions, lse, entropy, ctx.temperature, grad_chosen, grad_entropy)
+            grad_hidden = grad @ weight if ctx.needs_input_grad[0] else None
+            grad_weight = grad.t() @ hidden if ctx.needs_input_grad[1] else None
+        if ctx.workspace is not None:
+            ctx.workspace.give_back()
+        return grad_hidden, grad_weight, None, None, None, None

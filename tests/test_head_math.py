@@ -7,7 +7,8 @@ from agents import collect_episodes
 from helpers import echo_task
 from lm_envs import TokenVecEnv
 from policies import CausalLMPolicy
-from policies.head_math import linear_selected_log_probs, log_softmax, probabilities, selected_log_probs
+from policies.head_math import (LogitsWorkspace, linear_selected_log_probs, log_softmax, probabilities,
+                               selected_log_probs)
 
 
 def reference(logits, actions, temperature):
@@ -64,6 +65,31 @@ def test_linear_route_refuses_a_second_backward():
     chosen.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="second time"):
         chosen.sum().backward()
+
+
+def test_workspace_is_lent_to_one_graph_at_a_time():
+    """Two graphs alive at once (chosen and rejected rows of DPO, say) never share the buffer;
+    it comes back after a backward, after a graph is freed unused, and after a no-grad pass."""
+    torch.manual_seed(3)
+    weight = torch.randn(50, 8, dtype=torch.float64, requires_grad=True)
+    hiddens = [torch.randn(n, 8, dtype=torch.float64, requires_grad=True) for n in (6, 4)]
+    actions = [torch.randint(0, 50, (n,)) for n in (6, 4)]
+    workspace = LogitsWorkspace()
+    outs = [linear_selected_log_probs(h, weight, a, workspace=workspace)[0] for h, a in zip(hiddens, actions)]
+    assert not workspace.take(2, 50, torch.float64, torch.device("cpu"))[1]  # lent to the first graph
+    (outs[0].sum() + 2 * outs[1].sum()).backward()
+    want = [reference(h @ weight.t(), a, 1.0)[0] for h, a in zip(hiddens, actions)]
+    grads = torch.autograd.grad(want[0].sum() + 2 * want[1].sum(), [*hiddens, weight])
+    for got, expected in zip([h.grad for h in hiddens] + [weight.grad], grads):
+        torch.testing.assert_close(got, expected)
+    assert workspace.take(2, 50, torch.float64, torch.device("cpu"))[1]  # given back by the backward
+    unused = linear_selected_log_probs(hiddens[0], weight, actions[0], workspace=workspace)
+    assert not workspace.take(2, 50, torch.float64, torch.device("cpu"))[1]
+    del unused
+    assert workspace.take(2, 50, torch.float64, torch.device("cpu"))[1]  # graph freed: back
+    with torch.no_grad():
+        linear_selected_log_probs(hiddens[0], weight, actions[0], workspace=workspace)
+    assert workspace.take(2, 50, torch.float64, torch.device("cpu"))[1]
 
 
 def test_minus_inf_logits_and_bad_shapes():
