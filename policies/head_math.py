@@ -63,7 +63,7 @@ class LogitsWorkspace:
     GEMM rate. The buffer is lent to one call at a time: from its forward until its backward has
     run, or until its graph is freed without one (a weak reference to the autograd node); a call
     that finds it lent gets a fresh tensor. It grows to the largest batch seen and is kept (the
-    memory a fresh tensor would take at that point anyway); `clear` drops it.
+    memory a fresh tensor would take at that point anyway).
     """
 
     def __init__(self) -> None:
@@ -75,20 +75,17 @@ class LogitsWorkspace:
         if self._borrower is not None and self._borrower() is not None:
             return torch.empty(rows, vocab, dtype=dtype, device=device), False
         self._borrower = None
-        buffer = self._buffer
-        if buffer is None or buffer.numel() < rows * vocab or buffer.dtype != dtype or buffer.device != device:
-            self._buffer = buffer = None  # free the old one first
-            self._buffer = buffer = torch.empty(rows * vocab, dtype=dtype, device=device)
-        return buffer[:rows * vocab].view(rows, vocab), True
+        old = self._buffer
+        if old is None or old.numel() < rows * vocab or old.dtype != dtype or old.device != device:
+            self._buffer = old = None  # free the old one before allocating the new one
+            self._buffer = torch.empty(rows * vocab, dtype=dtype, device=device)
+        return self._buffer[:rows * vocab].view(rows, vocab), True
 
     def lend(self, borrower) -> None:
         self._borrower = weakref.ref(borrower)
 
     def give_back(self) -> None:
         self._borrower = None
-
-    def clear(self) -> None:
-        self._buffer, self._borrower = None, None
 
 
 def log_softmax(logits: torch.Tensor) -> torch.Tensor:
