@@ -17,7 +17,7 @@ and batch statistics across ranks, and rank 0 alone logs and writes (see that mo
 
 Built on SB3's `OnPolicyAlgorithm` (callbacks, logger, schedules, ``learn``); agents meet envs
 only through the `VecEnv` API and policies only through the policy API. Imports `agents.*`
-maths, buffer, rollout and checkpoint modules, the policies, SB3 and torch.
+maths, buffer, rollout, checkpoint and memory modules, the policies, SB3 and torch.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import FloatSchedule, LinearSchedule, set_random_seed
 
-from agents import checkpoint, distributed, ppo_math
+from agents import checkpoint, distributed, memory, ppo_math
 from agents.buffer import TokenBatch, TokenRolloutBuffer
 from agents.rollout import collect_episodes
 from policies.causal_lm import CausalLMPolicy
@@ -257,6 +257,8 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         # SB3 prints its table at verbose >= 1; we print one summary line there and keep the
         # table for verbose >= 2.
         verbose, self.verbose = self.verbose, max(self.verbose - 1, 0)
+        if self.device.type == "cpu":
+            memory.keep_freed_memory()  # no page faults on every large tensor (see agents.memory)
         try:
             return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
         finally:

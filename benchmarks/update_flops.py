@@ -31,20 +31,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import time
 
 import torch
 
 
 def gemm_flops_per_s(shapes: list[tuple[int, int, int]], repeats: int) -> float:
-    """Best fp32 FLOP/s over `shapes` (M, K, N) of ``torch.mm``: 2·M·K·N per product."""
+    """Best fp32 FLOP/s over `shapes` (M, K, N) of ``torch.mm``: 2·M·K·N per product, into a
+    preallocated output (the product alone, no allocation or page faults)."""
     best = 0.0
     for m, k, n in shapes:
-        a, b = torch.randn(m, k), torch.randn(k, n)
-        torch.mm(a, b)  # warm-up
+        a, b, c = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
+        torch.mm(a, b, out=c)  # warm-up
         for _ in range(repeats):
             start = time.perf_counter()
-            torch.mm(a, b)
+            torch.mm(a, b, out=c)
             best = max(best, 2.0 * m * k * n / (time.perf_counter() - start))
     return best
 
@@ -67,7 +69,10 @@ def update_flops(n: int, d: int, vocab: int, trained_tokens: int, prompt_tokens:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3, help="timed updates (after one warm-up)")
+    parser.add_argument("--steps", type=int, default=3, help="timed updates (after the warm-up ones)")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed updates first: the first builds the optimizer state, and the process heap "
+                             "grows to its peak over the first few (agents.memory keeps it from then on)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--lora", action="store_true", help="LoRA (r 16, all linear layers) instead of full fine-tuning")
     parser.add_argument("--model", default="smollm2-135m-instruct",
@@ -103,8 +108,10 @@ def main() -> None:
 
     rows = []
     gemm = []
-    for step in range(args.steps + 1):
+    for step in range(args.warmup + args.steps):
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         agent.learn(total_iterations=step + 1, reset_num_timesteps=False)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults  # rollout and update
         stats = agent.last_iteration_stats
         buffer = agent.buffer
         trained = int(buffer.lengths.sum())
@@ -115,10 +122,11 @@ def main() -> None:
         if args.device == "cpu":  # alternate: a GEMM measurement next to every update
             gemm.append(gemm_flops_per_s([(tokens, hidden, inter), (tokens, inter, hidden), (tokens, hidden, hidden)],
                                          repeats=3))
-        if step > 0:  # the first update is a warm-up
+        if step >= args.warmup:
             rows.append((seconds, flops, trained, prompt_tokens))
-            print(f"update {step}: {seconds:.2f} s, {flops / 1e12:.3f} TFLOP ({trained} trained tokens, "
-                  f"{prompt_tokens} distinct prompt tokens), {flops / seconds / 1e9:.1f} GFLOP/s")
+        print(f"update {step + 1}{' (warm-up)' if step < args.warmup else ''}: {seconds:.2f} s, "
+              f"{flops / 1e12:.3f} TFLOP ({trained} trained tokens, {prompt_tokens} distinct prompt tokens), "
+              f"{flops / seconds / 1e9:.1f} GFLOP/s; {faults} minor page faults in the iteration")
     if args.device != "cpu":
         gemm.append(_gpu_gemm(dtype, hidden, inter))
     seconds = sum(r[0] for r in rows)
