@@ -46,8 +46,9 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 from torch.nn import functional as F
 
-from policies.head_math import (LogitsWorkspace, linear_selected_log_probs, log_softmax, probabilities,
+from policies.head_math import (LogitsWorkspace, linear_selected_log_probs, log_softmax, probabilities, sample,
                                 selected_log_probs)
+from policies.kv_cache import left_padded, with_spare_columns
 from policies.loading import DEFAULT_MODEL, load_lm
 
 Obs = dict[str, torch.Tensor]
@@ -117,6 +118,25 @@ def _shared_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None
     return pick, inverse
 
 
+# A separate prompt pass costs about as much as this many padded prompt tokens (the Python of one
+# more decoder call, and smaller matrix products): prompts up to this much shorter than the
+# longest of a length bucket run in its pass, padded; the others start a new bucket.
+PROMPT_BUCKET_SLACK = 16
+
+
+def _length_buckets(lengths: torch.Tensor, slack: int = PROMPT_BUCKET_SLACK) -> list[torch.Tensor]:
+    """Rows grouped for prompt passes: longest first, a row joins the current bucket while its
+    length is within ``slack`` of the bucket's longest, so no row is padded by more than that."""
+    buckets: list[list[int]] = []
+    longest = 0
+    for row in torch.argsort(lengths.cpu(), descending=True, stable=True).tolist():
+        if not buckets or longest - int(lengths[row]) > slack:
+            buckets.append([])
+            longest = int(lengths[row])
+        buckets[-1].append(row)
+    return [torch.tensor(rows, device=lengths.device) for rows in buckets]
+
+
 class CausalLMPolicy(BasePolicy):
     """A causal LM as an SB3 policy over the token-level MDP.
 
@@ -178,6 +198,7 @@ class CausalLMPolicy(BasePolicy):
         self._fsdp_blocks: list[nn.Module] = []
         self._gathered: set[int] = set()  # ids of the FSDP units `gathered` holds unsharded
         self._logits_workspace = LogitsWorkspace()  # the update's (N, V) logits, reused: see policies.head_math
+        self._bucket_prompts = True  # prompt passes in length buckets (see _prompt_pass) while the cache allows
         if temperature <= 0:
             raise ValueError("temperature must be positive; use deterministic=True for greedy decoding")
         if not 0 < top_p <= 1:
@@ -432,20 +453,54 @@ class CausalLMPolicy(BasePolicy):
         return candidate if _takes_cache(type(candidate), self._cache_kw) else None
 
     def _prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
-        """The first pass of a lockstep batch, run once per distinct prompt row.
+        """The first pass of a lockstep batch: `_prompt_pass` over the policy's own model."""
+        return self._prompt_pass(self.model, input_ids, attention_mask, position_ids)
 
-        Groups of completions (``completions_per_prompt > 1``) repeat each prompt; the prompt's
-        forward pass is the most expensive part of a short rollout, so identical rows are run
-        once and their hidden states and KV cache are copied to every row that shares them.
+    def _prompt_pass(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     position_ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Hidden states ``(B, C, H)`` and KV cache of left-padded prompt columns, without
+        computing what is shared or padding.
+
+        * Identical rows (a prompt with several completions, ``completions_per_prompt > 1``) are
+          run once; their hidden states and cache are copied to every row that shares them
+          (differentiably: the gradients of every completion reach the one prompt pass).
+        * Distinct prompts of different lengths run in length buckets (`_length_buckets`), each
+          pass only as wide as its longest prompt, and the caches are left-padded with zeros to
+          the shared ``C`` columns (masked, never attended). Padding a short prompt to the
+          longest of a batch would cost as much as real tokens. Only for a plain `DynamicCache`;
+          other caches (sliding windows, ...) get one padded pass.
         """
         shared = _shared_rows(torch.cat([input_ids, attention_mask], 1))
-        if shared is None:
-            return self._run(self.model, input_ids, attention_mask, position_ids, None, True)
-        pick, inverse = shared
-        hidden, cache = self._run(self.model, input_ids[pick], attention_mask[pick], position_ids[pick],
-                                          None, True)
-        cache.reorder_cache(inverse)  # public Cache API: index_select over the batch dimension
-        return hidden[inverse], cache
+        inverse = None
+        if shared is not None:
+            pick, inverse = shared
+            input_ids, attention_mask, position_ids = input_ids[pick], attention_mask[pick], position_ids[pick]
+        columns = input_ids.shape[1]
+        real = attention_mask.bool()
+        lengths = torch.where(real.any(1), columns - real.int().argmax(1), 1)  # from each row's first real column
+        buckets = _length_buckets(lengths) if self._bucket_prompts else []
+        hidden = cache = None
+        if len(buckets) > 1:
+            parts = []
+            for rows in buckets:
+                width = int(lengths[rows].max())
+                parts.append(self._run(model, input_ids[rows, -width:], attention_mask[rows, -width:],
+                                       position_ids[rows, -width:], None, True))
+            cache = left_padded([c for _, c in parts], columns)
+            if cache is None:
+                self._bucket_prompts = False  # this model's cache cannot be padded: one pass from now on
+            else:
+                hidden = torch.cat([F.pad(h, (0, 0, columns - h.shape[1], 0)) for h, _ in parts])
+                order = torch.cat(buckets)
+                restore = torch.empty_like(order)
+                restore[order] = torch.arange(len(order), device=order.device)
+                inverse = restore if inverse is None else restore[inverse]
+        if cache is None:
+            hidden, cache = self._run(model, input_ids, attention_mask, position_ids, None, True)
+        if inverse is not None:
+            cache.reorder_cache(inverse)  # public Cache API: index_select over the batch dimension
+            hidden = hidden[inverse]
+        return hidden, cache
 
     def value_of(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.value_head is None:
@@ -525,7 +580,7 @@ class CausalLMPolicy(BasePolicy):
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             if state is None:
                 hidden, cache = self._prefill(input_ids[:, offset:end], mask, positions)
-                new_state = RolloutState(cache, mask, ends.clone(), rows)
+                new_state = RolloutState(with_spare_columns(cache), mask, ends.clone(), rows)
             else:
                 hidden, _ = self._run(self.model, input_ids[:, offset:end], mask, positions)
                 new_state = RolloutState()
@@ -534,7 +589,7 @@ class CausalLMPolicy(BasePolicy):
         if deterministic:
             actions = log_probs.argmax(-1)
         else:
-            actions = torch.multinomial(probabilities(log_probs), 1).squeeze(-1)
+            actions = sample(probabilities(log_probs))
         chosen, values = log_probs.gather(-1, actions[:, None]).squeeze(-1), self.value_of(last_hidden)
         if len(rows) == full:
             return actions, chosen, values, new_state
@@ -625,12 +680,10 @@ class CausalLMPolicy(BasePolicy):
         # Sharded outside `gathered`, each forward is a collective: one pass per micro-batch on every rank.
         collective = self.sharded and id(model) not in self._gathered
         if start > 0 and not (self.gradient_checkpointing and torch.is_grad_enabled()) and not collective:
-            shared = _shared_rows(torch.cat([input_ids[:, :start], attention_mask[:, :start]], 1))
-            if shared is not None:
-                pick, inverse = shared
-                _, cache = self._run(model, input_ids[pick, :start], attention_mask[pick, :start],
-                                        positions[pick, :start], None, True)
-                cache.reorder_cache(inverse)
+            prompt = attention_mask[:, :start]
+            if _shared_rows(torch.cat([input_ids[:, :start], prompt], 1)) is not None or (
+                    self._bucket_prompts and len(_length_buckets(start - prompt.bool().int().argmax(1))) > 1):
+                _, cache = self._prompt_pass(model, input_ids[:, :start], prompt, positions[:, :start])
                 hidden, _ = self._run(model, input_ids[:, start:], attention_mask, positions[:, start:], cache, True)
                 return hidden, start
         hidden, _ = self._run(model, input_ids, attention_mask, positions)

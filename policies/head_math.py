@@ -1,6 +1,6 @@
 """The chosen token's log-prob and the entropy from the LM head, without ``(N, V)`` temporaries.
 
-What lives here: `log_softmax` and `probabilities`, the rollout's (floored, see below), and two
+What lives here: `log_softmax`, `probabilities` and `sample`, the rollout's (floored, see below), and two
 custom autograd functions that return, per row, log π(a) and the entropy H of the tempered
 softmax:
 
@@ -102,6 +102,21 @@ def probabilities(log_probs: torch.Tensor) -> torch.Tensor:
     rather than computed through the slow subnormal ``exp``; −inf stays 0."""
     floor = _exp_floor(log_probs.dtype)
     return log_probs.clamp(min=floor).exp_().masked_fill_(log_probs <= floor, 0.0)
+
+
+def sample(probs: torch.Tensor) -> torch.Tensor:
+    """One index per row of ``probs`` ``(B, V)`` (non-negative, need not sum to 1), drawn by the
+    inverse CDF: ``a = min{i : Σ_{j≤i} p_j > u·Σ p}`` with one uniform ``u`` per row.
+
+    The distribution of ``torch.multinomial(probs, 1)``, which instead draws V exponentials per
+    row (14 ms against 1 ms for 16 × 49,152 on our CPU, a twentieth of a decoding step). A
+    zero-probability index is never drawn; the float32 CDF moves any other probability by at most
+    about 1e-7."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand(len(probs), 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    index = torch.searchsorted(cdf, u, right=True).squeeze(-1)
+    last = probs.shape[-1] - 1 - (probs > 0).flip(-1).int().argmax(-1)  # u rounded up to Σp: the last possible
+    return torch.minimum(index, last)
 
 
 def _check(shape, actions: torch.Tensor) -> None:

@@ -149,3 +149,22 @@ def test_policy_fused_route_equals_unfused_route(tiny_lm, temperature):
     ref = [p.evaluate_actions(episodes.input_ids, episodes.attention_mask, episodes.policy_mask, reference=True)
            for p in policies]
     torch.testing.assert_close(ref[0].log_prob, ref[1].log_prob, atol=1e-5, rtol=1e-5)
+
+
+def test_sample_draws_the_multinomial_distribution(monkeypatch):
+    from policies.head_math import sample
+
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3, 0.0], [0.0, 0.0, 0.0, 2.0, 0.0]])  # the second unnormalised
+    torch.manual_seed(0)
+    draws = sample(probs.repeat(20000, 1)).view(20000, 2)
+    first = torch.bincount(draws[:, 0], minlength=5).double() / 20000
+    assert torch.allclose(first, torch.tensor([0.1, 0.0, 0.6, 0.3, 0.0], dtype=torch.float64), atol=0.012)
+    assert first[1] == 0 and first[4] == 0  # zero probability: never drawn
+    assert (draws[:, 1] == 3).all()
+    torch.manual_seed(0)
+    assert torch.equal(sample(probs.repeat(20000, 1)).view(20000, 2), draws)  # seeded: reproducible
+    # u rounded up to the total lands on the last index with probability, not on a zero one.
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kwargs: torch.ones(*shape, **kwargs))
+    assert sample(torch.tensor([[0.5, 0.5, 0.0, 0.0]])).item() == 1
+    big = torch.softmax(torch.randn(4, 49152) * 3, -1)
+    assert ((big.gather(1, sample(big)[:, None])) > 0).all()

@@ -279,7 +279,9 @@ def test_sync_turns_answers_the_batch_at_once(tiny_lm, sync_turns):
     if sync_turns:
         assert calls == [4, 4]
     else:
-        assert sum(calls) == 8 and len(calls) > 2
+        # Replies as rows end: more calls than turns, some for part of the batch; at most one per
+        # row and turn (a row that runs out of budget mid-turn gets none).
+        assert len(calls) > 2 and min(calls) < 4 and sum(calls) <= 8
     assert (episodes.policy_mask.sum(-1) == episodes.action_mask.sum(-1)).all()
     # Actions are contiguous per row in the (B, T) tensors, waiting or not.
     counts = episodes.action_mask.sum(-1)

@@ -1,4 +1,6 @@
 """CausalLMPolicy on a tiny random Llama: rollout/teacher-forced agreement, KL, greedy parity."""
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -187,7 +189,8 @@ def test_grouped_prompts_share_one_prefill(tiny_lm):
                                                              run(model, input_ids, *args, **kwargs))[1]
     torch.manual_seed(0)
     episodes, _ = collect_episodes(policy, env)
-    assert batch_sizes[0] == 2 and set(batch_sizes[1:]) == {8}
+    # One pass over the 2 distinct prompts, then decoding steps over the 8 rows (fewer as rows end).
+    assert batch_sizes[0] == 2 and batch_sizes[1] == 8 and batch_sizes[1:] == sorted(batch_sizes[1:], reverse=True)
     assert len({tuple(row) for row in episodes.input_ids[:, :env.batch.max_prompt_tokens].tolist()}) == 2
     del batch_sizes[:]
     out = teacher_forced(policy, episodes)
@@ -263,3 +266,80 @@ def test_fsdp_refuses_lora_and_is_a_no_op_in_one_process(tiny_lm):
     with policy.gathered(reference=True):
         assert not policy.sharded
     assert policy.optimizer_state() == optimizer.state_dict()
+
+
+def test_length_buckets_pad_no_row_by_more_than_the_slack():
+    from policies.causal_lm import _length_buckets
+
+    buckets = _length_buckets(torch.tensor([5, 30, 20, 29, 6]), slack=3)
+    assert [b.tolist() for b in buckets] == [[1, 3], [2], [4, 0]]
+    assert [b.tolist() for b in _length_buckets(torch.tensor([7, 7, 7]), slack=0)] == [[0, 1, 2]]
+
+
+def test_left_padded_cache_refuses_sliding_window_layers():
+    from transformers import DynamicCache
+
+    from policies.kv_cache import left_padded
+
+    k = torch.randn(1, 2, 3, 4)
+    padded = left_padded([DynamicCache([(k, k)]), DynamicCache([(k[:, :, :2], k[:, :, :2])])], 5)
+    keys, values, _ = next(iter(padded))
+    assert keys.shape == (2, 2, 5, 4) and torch.equal(keys[0, :, 2:], k[0]) and (keys[:, :, :2] == 0).all()
+    assert torch.equal(keys[1, :, 3:], k[0, :, :2]) and (keys[1, :, :3] == 0).all()
+    assert left_padded([DynamicCache([(k, k, torch.tensor(2))])], 5) is None
+
+
+def test_prompts_of_different_lengths_run_in_length_buckets(tiny_lm):
+    """Short and long prompts run in separate passes, each as wide as its longest prompt; the
+    log-probs, values, gradients and greedy tokens equal those of one padded pass."""
+    from lm_envs import Task
+    from policies.causal_lm import PROMPT_BUCKET_SLACK
+
+    model, tokenizer = tiny_lm
+    short, long = "how many apples", " ".join(["tom buys more cats and dogs"] * 6)
+    task = Task(questions=[short, long, short + " does tom have", long + " and sells them"], references=[0, 1, 2, 3],
+                reward=echo_task().reward, name="lengths", chat_template=False)
+
+    def env():
+        return TokenVecEnv(task, tokenizer, num_envs=4, max_new_tokens=6, max_prompt_tokens=64, seed=0)
+
+    policy = CausalLMPolicy(env().observation_space, env().action_space, lambda _: 1e-3, model=model)
+    widths = []
+    run = policy._run
+    policy._run = lambda model, input_ids, *args, **kwargs: (widths.append(tuple(input_ids.shape)),
+                                                             run(model, input_ids, *args, **kwargs))[1]
+    torch.manual_seed(0)
+    episodes, _ = collect_episodes(policy, env())
+    width = env().batch.max_prompt_tokens
+    lengths = {tuple(row): int(n) for row, n in zip(episodes.input_ids[:, :width].tolist(),
+                                                    episodes.attention_mask[:, :width].sum(1))}
+    assert max(lengths.values()) - min(lengths.values()) > PROMPT_BUCKET_SLACK
+    # The prefill: one pass per length bucket, long prompts first, each only as wide as its
+    # longest prompt, over the distinct prompts; then one decoding step per step over every row.
+    prefill = list(itertools.takewhile(lambda shape: shape[1] > 1, widths))
+    assert len(prefill) == 2 and sum(rows for rows, _ in prefill) == len(lengths)
+    assert prefill[0][1] == max(lengths.values()) and prefill[1][1] < prefill[0][1] - PROMPT_BUCKET_SLACK
+
+    def scored(bucketed):
+        policy._bucket_prompts = bucketed
+        policy.optimizer.zero_grad()
+        out = teacher_forced(policy, episodes)
+        (out.log_prob.sum() + out.values.sum() + out.entropy.sum()).backward()
+        return out, [p.grad.clone() for p in policy.parameters() if p.requires_grad]
+
+    del widths[:]
+    bucketed, grads = scored(True)
+    assert len(widths) == 3  # two prompt buckets, then the completion columns of every row
+    padded, padded_grads = scored(False)
+    assert torch.allclose(bucketed.log_prob, episodes.log_probs[episodes.action_mask], atol=1e-4)
+    assert torch.allclose(bucketed.log_prob, padded.log_prob, atol=1e-5)
+    assert torch.allclose(bucketed.values, padded.values, atol=1e-5)
+    for a, b in zip(grads, padded_grads):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert any(g.abs().sum() > 0 for g in grads)
+    policy._bucket_prompts = True
+    greedy, _ = collect_episodes(policy, env(), deterministic=True)
+    policy._bucket_prompts = False
+    greedy_padded, _ = collect_episodes(policy, env(), deterministic=True)
+    assert torch.equal(greedy.input_ids, greedy_padded.input_ids)
+    assert torch.allclose(greedy.log_probs, greedy_padded.log_probs, atol=1e-5)
