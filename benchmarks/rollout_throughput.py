@@ -14,7 +14,8 @@ sampling (temperature 1, no top-k/top-p). Two cases:
 * **fixed** (``--max-new-tokens``, 64): most rows use the whole budget. Prints, last,
   ``ratio=<rollout tokens/s ÷ generate tokens/s>``.
 
-Repetitions alternate between the two sides so machine noise hits both alike; ratios are
+Freed memory stays in the process (`agents.memory.keep_freed_memory`, as in `learn`), for both
+sides alike. Repetitions alternate between the two sides so machine noise hits both alike; ratios are
 medians over repetitions, measured in the same run. Tokens are counted up to and including each
 row's first EOS on both sides.
 
@@ -33,7 +34,7 @@ import time
 
 import torch
 
-from agents import collect_episodes
+from agents import collect_episodes, memory
 from lm_envs import Reply, TokenVecEnv, gsm8k_task, make_vec
 from lm_envs.tasks.turns import ChatTurns
 from policies import CausalLMPolicy, load_lm
@@ -55,6 +56,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", help="float32 or bfloat16")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
+    if args.device == "cpu":  # as `learn` does (agents.memory); process-wide, so `generate` gains as much
+        memory.keep_freed_memory()
     torch.manual_seed(0)
     model, tokenizer = load_lm(args.model, dtype=args.dtype)
     model = model.to(args.device)

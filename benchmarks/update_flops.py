@@ -21,10 +21,13 @@ FLOPs of one update, counted as documented here (the usual 2·N per token per fo
 
 Machine limit: the best of several fp32 ``torch.mm`` runs at the model's own GEMM shapes (rows =
 the update's tokens, d × 3d/... as the MLP and attention projections), with the same number of
-threads as the update. Everything runs in one process, alone on the machine, alternating GEMM
-and update measurements so drift in load hits both. Last line: ``ratio=<achieved/GEMM>``.
+threads as the update, into a preallocated output. Everything runs in one process, alone on the
+machine, alternating GEMM and update measurements so drift in load hits both. The first
+``--warmup`` updates are not timed (the first builds AdamW's state; the heap grows to its peak
+over the first few, see `agents.memory`); each iteration's minor page faults are printed. Last
+line: ``ratio=<achieved/GEMM>``.
 
-    python benchmarks/update_flops.py [--steps 3] [--threads 2] [--lora]
+    python benchmarks/update_flops.py [--steps 3] [--warmup 2] [--threads 2] [--lora]
     python benchmarks/update_flops.py --device cuda --dtype bfloat16 --model random:DIR   # a GPU: bf16 GEMM
 """
 from __future__ import annotations
