@@ -24,10 +24,10 @@ SCALE=1  # stage time limits, sized for the GPU (about 4 minutes in all)
 if [ -n "${GPU_CHECK_QUICK:-}" ]; then  # the wiring only: tiny sizes, CPU-sized limits
   SCALE=5
   ROLLOUT="--repeats 1 --batch 4 --variable-max-new-tokens 16 --max-new-tokens 8 --turn-tokens 0"
-  FLOPS="--steps 1 --max-new-tokens 8"; TRL="--steps 1 --warmup 0 --max-new-tokens 8 --cases full"
+  FLOPS="--steps 1 --warmup 1 --max-new-tokens 8"; TRL="--steps 1 --warmup 0 --max-new-tokens 8 --cases full"
 else
   ROLLOUT="--repeats 2 --batch 16 --variable-max-new-tokens 256 --max-new-tokens 64 --turn-tokens 0"
-  FLOPS="--steps 3"; TRL="--steps 2 --warmup 1 --cases full,lora"
+  FLOPS="--steps 3 --warmup 1"; TRL="--steps 2 --warmup 1 --cases full,lora"
 fi
 run() {  # a stage that runs out of time is reported, and the next one still runs
   local limit=$(( $1 * SCALE )); shift
