@@ -457,9 +457,10 @@ class CausalLMPolicy(BasePolicy):
         return self._prompt_pass(self.model, input_ids, attention_mask, position_ids)
 
     def _prompt_pass(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     position_ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
+                     position_ids: torch.Tensor, only_if_it_saves: bool = False) -> tuple[torch.Tensor, Any] | None:
         """Hidden states ``(B, C, H)`` and KV cache of left-padded prompt columns, without
-        computing what is shared or padding.
+        computing what is shared or padding (``None`` with ``only_if_it_saves`` when no row is
+        shared and one pass holds every row: then nothing is saved).
 
         * Identical rows (a prompt with several completions, ``completions_per_prompt > 1``) are
           run once; their hidden states and cache are copied to every row that shares them
@@ -479,6 +480,8 @@ class CausalLMPolicy(BasePolicy):
         real = attention_mask.bool()
         lengths = torch.where(real.any(1), columns - real.int().argmax(1), 1)  # from each row's first real column
         buckets = _length_buckets(lengths) if self._bucket_prompts else []
+        if only_if_it_saves and inverse is None and len(buckets) <= 1:
+            return None
         hidden = cache = None
         if len(buckets) > 1:
             parts = []
@@ -671,8 +674,9 @@ class CausalLMPolicy(BasePolicy):
         share one forward pass over that prefix: its KV cache is run once per distinct prefix,
         copied to the rows that share it (the copy is differentiable, so gradients from every
         completion reach the shared prompt pass), and only the rest of each row is run per row.
-        Otherwise (or with gradient checkpointing, which would replay the cache writes) this is
-        one ordinary forward pass and ``start`` is 0.
+        Prompts of different lengths run that pass in length buckets (`_prompt_pass`). When
+        neither saves anything (or with gradient checkpointing, which would replay the cache
+        writes) this is one ordinary forward pass and ``start`` is 0.
         """
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         decision_columns = select.any(0).nonzero()
@@ -680,11 +684,10 @@ class CausalLMPolicy(BasePolicy):
         # Sharded outside `gathered`, each forward is a collective: one pass per micro-batch on every rank.
         collective = self.sharded and id(model) not in self._gathered
         if start > 0 and not (self.gradient_checkpointing and torch.is_grad_enabled()) and not collective:
-            prompt = attention_mask[:, :start]
-            if _shared_rows(torch.cat([input_ids[:, :start], prompt], 1)) is not None or (
-                    self._bucket_prompts and len(_length_buckets(start - prompt.bool().int().argmax(1))) > 1):
-                _, cache = self._prompt_pass(model, input_ids[:, :start], prompt, positions[:, :start])
-                hidden, _ = self._run(model, input_ids[:, start:], attention_mask, positions[:, start:], cache, True)
+            prompt = self._prompt_pass(model, input_ids[:, :start], attention_mask[:, :start], positions[:, :start],
+                                       only_if_it_saves=True)
+            if prompt is not None:
+                hidden, _ = self._run(model, input_ids[:, start:], attention_mask, positions[:, start:], prompt[1], True)
                 return hidden, start
         hidden, _ = self._run(model, input_ids, attention_mask, positions)
         return hidden, 0
