@@ -4,9 +4,9 @@ caches that append a decoding step without copying what they hold.
 Both apply to a *plain* cache only: a transformers `DynamicCache` whose every layer is a
 full-attention `DynamicLayer` (no sliding window, no layer without keys). For anything else
 (`left_padded` returns ``None``, `with_spare_columns` returns the cache unchanged) the policy
-keeps transformers' own behaviour. Public transformers cache API only: iterating a
-`DynamicCache` for its per-layer tensors, building one from them, `Cache(layers=...)`, and
-subclassing `DynamicLayer` (transformers ≥ 4.56; older versions get the fallbacks).
+keeps transformers' own behaviour. Public transformers cache API only: a cache's ``layers`` and
+their ``keys``/``values``, building a `DynamicCache` from per-layer tensors, `Cache(layers=...)`,
+and subclassing `DynamicLayer` (transformers ≥ 4.56; older versions get the fallbacks).
 
 Imports torch and transformers only.
 """
@@ -32,12 +32,10 @@ def _plain_layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
     """``[(keys, values), ...]`` per layer of a plain `DynamicCache`, else ``None``."""
     if DynamicLayer is None or type(cache) is not DynamicCache:
         return None
+    # Exactly DynamicLayer: a sliding-window or other subclass keeps columns differently.
     if any(type(layer) is not DynamicLayer or not layer.is_initialized for layer in cache.layers):
         return None
-    layers = list(cache)  # public: (keys, values, sliding-window tensor or None) per layer
-    if any(len(entry) != 3 or entry[0] is None or entry[1] is None or entry[2] is not None for entry in layers):
-        return None
-    return [(keys, values) for keys, values, _ in layers]
+    return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 def left_padded(caches: list[Any], columns: int) -> DynamicCache | None:
