@@ -193,10 +193,20 @@ def main(argv: list[str]) -> dict:
     return summary
 
 
-if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    finally:
-        from agents import distributed
+def cli(argv: list[str]) -> dict:
+    """`main`, then leave the process group (torchrun): every rank together after a run that
+    finished, at once after one that failed."""
+    from agents import distributed
 
+    try:
+        summary = main(argv)
+        # Rank 0 still evaluates and writes after the other ranks are done; a gloo rank that tore
+        # its process group down meanwhile was seen to abort at exit.
+        distributed.barrier()
+        return summary
+    finally:
         distributed.shutdown()
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])

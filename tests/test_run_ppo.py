@@ -145,3 +145,31 @@ def test_grpo_runs_end_to_end_and_resumes(tiny_dir, tmp_path):
     assert (tmp_path / "compare" / "score_kl_vs_time.png").stat().st_size > 1000
     table = (tmp_path / "compare" / "before_after.md").read_text().splitlines()
     assert table[2].startswith("| grpo | 3 |")
+
+
+def test_cli_leaves_the_process_group_together_after_a_run_and_at_once_after_a_failure(monkeypatch):
+    """torchrun: rank 0 evaluates and writes after the others finish, so every rank meets at a
+    barrier before the process group is destroyed; a failed run skips the barrier (the other ranks
+    would wait for it forever) but still leaves the group."""
+    import importlib
+
+    from agents import distributed
+
+    run_ppo = importlib.import_module("run_ppo")
+    calls = []
+    monkeypatch.setattr(distributed, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(distributed, "shutdown", lambda: calls.append("shutdown"))
+    monkeypatch.setattr(run_ppo, "main", lambda argv: calls.append(("main", tuple(argv))) or {"score_mean": 1.0})
+    assert run_ppo.cli(["iterations=1"]) == {"score_mean": 1.0}
+    assert calls == [("main", ("iterations=1",)), "barrier", "shutdown"]
+
+    calls.clear()
+
+    def fails(argv):
+        calls.append("main")
+        raise RuntimeError("a rank failed")
+
+    monkeypatch.setattr(run_ppo, "main", fails)
+    with pytest.raises(RuntimeError, match="a rank failed"):
+        run_ppo.cli([])
+    assert calls == ["main", "shutdown"]
