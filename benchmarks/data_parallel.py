@@ -67,6 +67,7 @@ def child(args) -> None:
             "world": world, "threads": torch.get_num_threads(), "rows": args.rows, "seconds": seconds,
             "tokens": tokens, "samples_per_s": args.rows * len(seconds) / sum(seconds),
             "tokens_per_s": sum(tokens) / sum(seconds)}))
+    distributed.barrier()  # leave together, as run_ppo.py does
     distributed.shutdown()
 
 
