@@ -298,11 +298,14 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
                 self._update_progress(total_timesteps)
                 self.train()
                 self.iteration += 1
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(score=f"{self._last_values.get('objective/scores', float('nan')):.3f}")
                 if log_interval is not None and self.iteration % log_interval == 0:
                     self._log_iteration()
+                if bar is not None:  # after logging: the iteration just done (or the last one logged)
+                    bar.update(1)
+                    shown = {name: self._last_values[key] for name, key in (("score", "objective/scores"),
+                                                                            ("loss", "loss/policy"))
+                             if key in self._last_values}
+                    bar.set_postfix({name: f"{value:.3f}" for name, value in shown.items()})
         finally:
             if bar is not None:
                 bar.close()

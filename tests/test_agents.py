@@ -282,3 +282,18 @@ def test_cuda_rng_is_saved_when_present():
 
     states = checkpoint.rng_states()
     assert ("cuda" in states) == torch.cuda.is_available()
+
+
+def test_progress_bar_shows_the_score_of_the_iteration_just_done(tiny_dir, tiny_lm, capfd):
+    """learn(total_iterations=..., progress_bar=True): a tqdm bar of iterations whose postfix is the
+    iteration's own score (it once showed the previous iteration's, so `score=nan` after the first)."""
+    agent = make("ppo", tiny_dir, tiny_lm[1])
+    scores = []
+    agent.learn(total_iterations=1, progress_bar=True)
+    scores.append(agent.last_iteration_stats["objective/scores"])
+    first = capfd.readouterr().err
+    agent.learn(total_iterations=2, progress_bar=True, reset_num_timesteps=False)
+    scores.append(agent.last_iteration_stats["objective/scores"])
+    second = capfd.readouterr().err
+    assert "1/1" in first and f"score={scores[0]:.3f}" in first and "nan" not in first
+    assert "2/2" in second and f"score={scores[1]:.3f}" in second
