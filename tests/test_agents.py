@@ -296,4 +296,4 @@ def test_progress_bar_shows_the_score_of_the_iteration_just_done(tiny_dir, tiny_
     scores.append(agent.last_iteration_stats["objective/scores"])
     second = capfd.readouterr().err
     assert "1/1" in first and f"score={scores[0]:.3f}" in first and "nan" not in first
-    assert "2/2" in second and f"score={scores[1]:.3f}" in second
+    assert "2/2" in second and f"score={scores[1]:.3f}" in second and "loss=" not in second

@@ -63,7 +63,7 @@ def test_sequences_lay_rows_out_like_the_env_and_score_like_rollouts(tiny_dir, t
 
 
 # -- SFT -------------------------------------------------------------------------------------------
-def test_sft_learns_completions_and_writes_a_loadable_merged_model(tiny_dir, tiny_lm, tmp_path):
+def test_sft_learns_completions_and_writes_a_loadable_merged_model(tiny_dir, tiny_lm, tmp_path, capfd):
     from policies import load_lm
 
     model, tokenizer = tiny_lm
@@ -71,10 +71,12 @@ def test_sft_learns_completions_and_writes_a_loadable_merged_model(tiny_dir, tin
     data = [{"prompt": q, "completion": "7 7 7"} for q in task.questions]
     agent = SFT("CausalLMPolicy", make_env(tokenizer, group=1, task=task), dataset=data, learning_rate=1e-2,
                 batch_size=4, micro_batch_size=2, seed=0, policy_kwargs=dict(model=str(tiny_dir)))
-    agent.learn(total_iterations=6)
+    agent.learn(total_iterations=6, progress_bar=True)
     assert agent.iteration == 6 and agent.num_timesteps == 6 * len(data)
     stats = agent.last_iteration_stats
     assert all(math.isfinite(v) for v in stats.values())
+    bar = capfd.readouterr().err.split("\r")[-1]  # the bar's last state: a round without rollouts shows its loss
+    assert "6/6" in bar and f"loss={stats['loss/policy']:.3f}" in bar and "score" not in bar
     assert stats["loss/policy"] < 1.0 and stats["sft/examples"] == len(data)
     # The completion is what it learnt: greedy decoding now writes 7s.
     from agents.evaluation import evaluate_policy
