@@ -88,7 +88,14 @@ def prepare(cfg):
     cls = agent_class(cfg)
     out = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_lm(cfg.policy.model, dtype=cfg.policy.dtype)
+    try:
+        model, tokenizer = load_lm(cfg.policy.model, dtype=cfg.policy.dtype)
+    except FileNotFoundError as err:
+        if cfg.get("experiment"):  # a preset that starts from an earlier step's output says which step
+            raise SystemExit(f"{err}\nexperiment={cfg.experiment} starts from policy.model={cfg.policy.model}: "
+                             f"see experiments/configs/experiment/{cfg.experiment}.yaml for the step that writes it, "
+                             f"or pass policy.model=... (e.g. smollm2-135m-instruct)") from None
+        raise
     policy_kwargs = OmegaConf.to_container(cfg.policy, resolve=True)
     policy_class = policy_kwargs.pop("class", None) or "CausalLMPolicy"
     policy_kwargs.update(policy_kwargs.pop("pause", None) or {})

@@ -113,8 +113,10 @@ def test_agent_group_replaces_the_agent_node_whatever_the_order():
     assert tox_grpo.agent.beta == 0.2 and "per_agent" not in tox_grpo
 
 
-def test_unknown_preset_agent_key_and_bad_override_are_clear(tiny_dir, tmp_path):
+def test_unknown_preset_agent_key_and_bad_override_are_clear(tiny_dir, tmp_path, monkeypatch):
     import run_ppo
+
+    monkeypatch.chdir(tmp_path)  # relative model paths of presets (outputs/sft/final) resolve here: absent
 
     with pytest.raises(SystemExit, match="unknown experiment"):
         compose(["experiment=nope"])
@@ -126,6 +128,11 @@ def test_unknown_preset_agent_key_and_bad_override_are_clear(tiny_dir, tmp_path)
         run_ppo.agent_class(compose(["agent=grpo", "agent.vf_coef=0.1"]))
     with pytest.raises(SystemExit, match="multiple of env.completions_per_prompt=4"):
         run_ppo.agent_class(compose(["agent=grpo", "env.num_envs=6"]))
+    # A preset that starts from an earlier step's output names the step's config when it is missing.
+    with pytest.raises(SystemExit, match=r"(?s)outputs/sft/final.*experiment=pause_gsm8k.*pause_gsm8k\.yaml"):
+        run_ppo.prepare(compose(["experiment=pause_gsm8k", f"output_dir={tmp_path}"]))
+    with pytest.raises(FileNotFoundError):  # no preset: the loader's own error
+        run_ppo.prepare(compose([f"policy.model={tmp_path / 'missing'}", f"output_dir={tmp_path}"]))
 
 
 def test_grpo_runs_end_to_end_and_resumes(tiny_dir, tmp_path):
