@@ -24,7 +24,9 @@ from omegaconf import OmegaConf  # noqa: E402
 from config import compose  # noqa: E402
 
 
-def build(cfg, tokenizer, model, eval_env: bool = False):
+def build(cfg, tokenizer, model, eval_env: bool = False, reward=None):
+    """The train env, or with ``eval_env`` the evaluation env (``env.eval_kwargs`` over ``env.kwargs``);
+    ``reward``: a reward object to use instead of building the task's own (see `shared_reward`)."""
     import lm_envs
     from agents import distributed
     from lm_envs.reward_wrappers import VecRewardWrapper, from_config
@@ -32,6 +34,8 @@ def build(cfg, tokenizer, model, eval_env: bool = False):
     kwargs = OmegaConf.to_container(cfg.env.kwargs, resolve=True)
     if eval_env:
         kwargs.update(OmegaConf.to_container(cfg.env.eval_kwargs, resolve=True))
+    if reward is not None:
+        kwargs["reward"] = reward
     if cfg.data_dir:
         kwargs["data_dir"] = cfg.data_dir
     # Training rows come in groups of completions_per_prompt; evaluation gives each prompt one row.
@@ -44,6 +48,17 @@ def build(cfg, tokenizer, model, eval_env: bool = False):
     # Both envs get the same wrappers; evaluation reports the raw task score (info["score"]).
     wrappers = OmegaConf.to_container(cfg.env.reward_wrappers, resolve=True) if cfg.env.get("reward_wrappers") else []
     return VecRewardWrapper(env, from_config(wrappers)) if wrappers else env
+
+
+def shared_reward(cfg, env):
+    """The train env's reward object, for the evaluation env to score with too, unless
+    ``env.eval_kwargs`` chooses its own ``reward`` / ``reward_kwargs``: one code sandbox (and one
+    start-up canary) or one classifier per run instead of two. The two envs never score at the same
+    time (evaluation runs between iterations)."""
+    chosen = cfg.env.get("eval_kwargs") or {}
+    if "reward" in chosen or "reward_kwargs" in chosen:
+        return None
+    return getattr(env, "task").reward
 
 
 def round_kwargs(cfg, cls, env) -> dict:
@@ -103,7 +118,8 @@ def prepare(cfg):
         from policies import PAUSE_TOKEN, add_pause_token
 
         add_pause_token(model, tokenizer, policy_kwargs.get("pause_token", PAUSE_TOKEN))
-    env, eval_env = build(cfg, tokenizer, model), build(cfg, tokenizer, model, eval_env=True)
+    env = build(cfg, tokenizer, model)
+    eval_env = build(cfg, tokenizer, model, eval_env=True, reward=shared_reward(cfg, env))
     policy_kwargs["model"] = model
     device = policy_kwargs.pop("device", "auto")
     agent_kwargs = OmegaConf.to_container(cfg.agent, resolve=True)

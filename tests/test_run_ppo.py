@@ -135,6 +135,22 @@ def test_unknown_preset_agent_key_and_bad_override_are_clear(tiny_dir, tmp_path,
         run_ppo.prepare(compose([f"policy.model={tmp_path / 'missing'}", f"output_dir={tmp_path}"]))
 
 
+def test_the_eval_env_scores_with_the_train_envs_reward_unless_it_chooses_its_own(tiny_dir, tmp_path):
+    """One reward object per run (one code sandbox, one start-up canary, one classifier); an eval
+    env whose eval_kwargs choose their own reward builds its own."""
+    import run_ppo
+    from omegaconf import OmegaConf
+
+    base = ["experiment=tiny_test", f"policy.model={tiny_dir}", f"output_dir={tmp_path}"]
+    _, env, eval_env, _ = run_ppo.prepare(compose(base))
+    assert eval_env.task.reward is env.task.reward and eval_env.task is not env.task
+    own = compose(base + ["env.eval_kwargs={reward_kwargs: {}}"])
+    assert run_ppo.shared_reward(own, env) is None
+    assert run_ppo.shared_reward(OmegaConf.create({"env": {"eval_kwargs": {"reward": "x"}}}), env) is None
+    _, env, eval_env, _ = run_ppo.prepare(own)
+    assert eval_env.task.reward is not env.task.reward
+
+
 def test_grpo_runs_end_to_end_and_resumes(tiny_dir, tmp_path):
     proc = run(tiny_args(tiny_dir, tmp_path, "agent=grpo"))
     output, _ = proc.communicate(timeout=300)
