@@ -58,7 +58,7 @@ def shared_reward(cfg, env):
     chosen = cfg.env.get("eval_kwargs") or {}
     if "reward" in chosen or "reward_kwargs" in chosen:
         return None
-    return getattr(env, "task").reward
+    return env.task.reward
 
 
 def round_kwargs(cfg, cls, env) -> dict:
@@ -106,10 +106,10 @@ def prepare(cfg):
     try:
         model, tokenizer = load_lm(cfg.policy.model, dtype=cfg.policy.dtype)
     except FileNotFoundError as err:
-        if cfg.get("experiment"):  # a preset that starts from an earlier step's output says which step
-            raise SystemExit(f"{err}\nexperiment={cfg.experiment} starts from policy.model={cfg.policy.model}: "
-                             f"see experiments/configs/experiment/{cfg.experiment}.yaml for the step that writes it, "
-                             f"or pass policy.model=... (e.g. smollm2-135m-instruct)") from None
+        if cfg.get("experiment"):  # a preset may start from an earlier step's output; its file says which step
+            raise SystemExit(f"{err}\nexperiment={cfg.experiment} runs from policy.model={cfg.policy.model}; when that "
+                             f"is an earlier step's output, experiments/configs/experiment/{cfg.experiment}.yaml says "
+                             f"which step writes it. Or pass policy.model=... (e.g. smollm2-135m-instruct)") from None
         raise
     policy_kwargs = OmegaConf.to_container(cfg.policy, resolve=True)
     policy_class = policy_kwargs.pop("class", None) or "CausalLMPolicy"

@@ -174,11 +174,9 @@ def test_cli_leaves_the_process_group_together_after_a_run_and_at_once_after_a_f
     """torchrun: rank 0 evaluates and writes after the others finish, so every rank meets at a
     barrier before the process group is destroyed; a failed run skips the barrier (the other ranks
     would wait for it forever) but still leaves the group."""
-    import importlib
-
+    import run_ppo
     from agents import distributed
 
-    run_ppo = importlib.import_module("run_ppo")
     calls = []
     monkeypatch.setattr(distributed, "barrier", lambda: calls.append("barrier"))
     monkeypatch.setattr(distributed, "shutdown", lambda: calls.append("shutdown"))
