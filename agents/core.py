@@ -302,10 +302,11 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
                     self._log_iteration()
                 if bar is not None:  # after logging: the iteration just done (or the last one logged)
                     bar.update(1)
-                    shown = [(name, self._last_values[key]) for name, key in (("score", "objective/scores"),
-                                                                             ("loss", "loss/policy"))
-                             if key in self._last_values][:1]  # the score; a round without rollouts (SFT): its loss
-                    bar.set_postfix({name: f"{value:.3f}" for name, value in shown})
+                    # The score; a round without rollouts (SFT) has none: its loss.
+                    for name, key in (("score", "objective/scores"), ("loss", "loss/policy")):
+                        if key in self._last_values:
+                            bar.set_postfix({name: f"{self._last_values[key]:.3f}"})
+                            break
         finally:
             if bar is not None:
                 bar.close()
