@@ -318,14 +318,16 @@ class RoundScores(BaseCallback):
     (KTO, dict(desirable_threshold=0.3, beta=0.5)),
 ])
 def test_each_round_agent_learns_the_synthetic_task(cls, kwargs, tiny_dir, tiny_lm):
-    """reward = fraction of digit words (0.15–0.25 at the start): each agent must raise it by 0.2."""
+    """reward = fraction of digit words: the untrained model's is about 0.2 (0.20–0.21 over the first
+    three rounds, single batches 0.14–0.24), so the start bound only says nothing is solved yet;
+    each agent must raise it by 0.2, and to more than 0.45."""
     env = make_env(tiny_lm[1], num_envs=16, task=echo_task(reward=digit_fraction))
     agent = cls("CausalLMPolicy", env, seed=0, batch_size=8, n_epochs=2, learning_rate=3e-3,
                 policy_kwargs=dict(model=str(tiny_dir)), **kwargs)
     track = RoundScores()
     agent.learn(total_iterations=15, callback=track)
     start, end = np.mean(track.scores[:3]), np.mean(track.scores[-3:])
-    assert start < 0.25 and end > start + 0.2, track.scores
+    assert start < 0.25 and end > start + 0.2 and end > 0.45, track.scores
 
 
 def test_sft_prompts_are_the_envs_own_tokens_with_the_embedded_chat_template(smollm):
