@@ -326,7 +326,8 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         with self.policy.gathered():  # FSDP: full weights for generation, which takes each rank its own steps
             episodes, self._last_obs = collect_episodes(self.policy, env, self._last_obs, callback=callback)
         # Env steps × rows of every rank (ranks' batches may run different numbers of steps).
-        self.num_timesteps += int(distributed.reduce_sum(torch.tensor(episodes.num_steps * env.num_envs)))
+        self.num_timesteps += int(distributed.reduce_sum(torch.tensor(episodes.num_steps * env.num_envs,
+                                                                      device=self.device)))
         if distributed.is_distributed():  # reward wrappers' running statistics: every rank's rewards
             layer = env
             while layer is not None:
@@ -427,9 +428,10 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
                         minibatch_stats[key] = minibatch_stats.get(key, 0.0) + float(value.detach()) * float(weight)
                 if distributed.is_distributed():  # the same numbers on every rank, e.g. for target_kl
                     keys = sorted(minibatch_stats)
-                    summed = distributed.reduce_sum(torch.tensor([minibatch_stats[k] for k in keys], dtype=torch.float64))
+                    summed = distributed.reduce_sum(torch.tensor([minibatch_stats[k] for k in keys],
+                                                                 dtype=torch.float64, device=self.device))
                     minibatch_stats = dict(zip(keys, summed.tolist()))
-                    ratio_dev = float(distributed.reduce_max(torch.tensor(ratio_dev)))
+                    ratio_dev = float(distributed.reduce_max(torch.tensor(ratio_dev, device=self.device)))
                 if first_minibatch is None:
                     first_minibatch = {"ratio_max_dev": ratio_dev, "approx_kl": minibatch_stats.get("approx_kl", 0.0)}
                 if self.target_kl is not None and minibatch_stats.get("approx_kl", 0.0) > 1.5 * self.target_kl:
@@ -452,7 +454,8 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
                 break
         # The KL controller moves after the update, on the batch's mean per-sequence KL.
         if buffer.kl is not None:
-            total = distributed.reduce_sum(torch.stack([buffer.sequence_kl.sum(), torch.tensor(float(buffer.num_rows))]))
+            kl_sum = buffer.sequence_kl.sum()
+            total = distributed.reduce_sum(torch.stack([kl_sum, torch.tensor(float(buffer.num_rows), device=kl_sum.device)]))
             self.kl_controller.update(float(total[0] / total[1]), int(total[1]))
         self._timings["update"] = time.perf_counter() - start
         self._train_stats = {k: float(np.mean(v)) for k, v in stats.items() if v}

@@ -43,19 +43,22 @@ def is_main_process() -> bool:
 
 def init_from_env() -> dict[str, Any] | None:
     """Join the process group that ``torchrun`` / ``accelerate launch`` describe in the environment
-    (``WORLD_SIZE`` > 1): nccl when CUDA is present, else gloo. On CPU, each rank gets its share of
-    the cores as torch threads, so N ranks on N cores do not oversubscribe them.
-    Returns the layout, or ``None`` for a single process."""
+    (``WORLD_SIZE`` > 1): NCCL for CUDA tensors beside gloo for CPU ones when CUDA is present, else
+    gloo. On CPU, each rank gets its share of the cores as torch threads, so N ranks on N cores do
+    not oversubscribe them. Returns the layout, or ``None`` for a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return None
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
+        if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend)
+            # NCCL for CUDA tensors, gloo for any CPU tensor (a user's reward wrapper, say): the core
+            # itself reduces tensors on the model's device only.
+            dist.init_process_group("cpu:gloo,cuda:nccl")
+        else:
+            dist.init_process_group("gloo")
     if not torch.cuda.is_available():
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         torch.set_num_threads(max(1, cores // local_world))
