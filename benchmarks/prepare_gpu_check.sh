@@ -8,7 +8,7 @@
 #   .gpu/  SmolLM2-135M-Instruct's config and tokenizer without weights (the GGUF is too large to
 #          travel; `load_lm("random:.gpu/smollm2-135m")` builds fresh weights there: throughput
 #          does not depend on them) and the first 64 GSM8K test problems the benchmarks prompt with.
-# Then: device run, command `bash benchmarks/gpu_check.sh`, carry [".whl", ".gpu"], timeout_s 330.
+# Then: device run, command `bash benchmarks/gpu_check.sh`, carry [".whl", ".gpu"], timeout_s 360.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

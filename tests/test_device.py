@@ -128,3 +128,21 @@ def test_device_collectives_get_tensors_on_the_model_device(name, tiny_dir, tiny
         agent.learn(total_iterations=1)
     assert agent.iteration == 1
     assert len(seen) >= 4  # parameters broadcast, step counts, batch statistics, gradients, the KL controller
+
+
+def test_device_gpu_checks_agent_stage_runs_every_agent_on_the_cpu(tiny_dir):
+    """The wiring of `benchmarks/gpu_check.sh`'s first stage: every agent, one iteration, one line each."""
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "agents_on_device.py"), "--model",
+                          f"random:{tiny_dir}", "--max-new-tokens", "4"], capture_output=True, text=True, cwd=REPO,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = [line for line in out.stdout.splitlines() if ": ok, " in line]
+    assert len(lines) == 10 and out.stdout.strip().endswith("10 ok, 0 failed")
+    for name in ("ppo", "grpo", "rloo", "reinforce", "reinforce_pp", "sft", "star", "dpo", "kto"):
+        assert any(line.startswith(f"{name}: ok") for line in lines), name
+    assert all("kl " in line for line in lines if line.split(":")[0] in ("ppo", "grpo", "rloo", "reinforce"))
