@@ -177,7 +177,8 @@ class KTO(_PreferenceBase):
         partners = pm.mismatched_partners(groups)
         self.rows = rows
         self.mismatched = Sequences.from_ids([rows.prompt_ids(i) for i in range(len(rows))],
-                                             [rows.completion_ids(j) for j in partners], self.pad_id, self.device)
+                                             [rows.completion_ids(j) for j in partners], self.pad_id, self.device,
+                                             [rows.completion_policy_mask(j) for j in partners])
         self.ref_logps = reference_sequence_log_probs(self.policy, rows)
         self.ref_kl_logps = reference_sequence_log_probs(self.policy, self.mismatched)
         self._round_stats = {"kto/desirable_fraction": float(self.labels.float().mean())}

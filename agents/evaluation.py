@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from agents.buffer import trim
 from agents.rollout import Episodes, collect_episodes
 
 
@@ -23,16 +24,22 @@ def distinct_n(texts: list[str], n: int = 2) -> float:
 
 
 @torch.no_grad()
-def reference_statistics(policy: Any, episodes: Episodes) -> tuple[np.ndarray, np.ndarray]:
-    """Per episode: KL(policy ‖ reference) summed over tokens (k1 estimate on the sampled
-    tokens) and the reference model's perplexity of the completion."""
+def reference_statistics(policy: Any, episodes: Episodes, positions_per_pass: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per episode: KL(policy ‖ reference) summed over its generated tokens, exact over the
+    vocabulary at each one (`CausalLMPolicy.reference_kl`: never negative, greedy decoding
+    included), and the reference model's perplexity of the completion. Rows go through in chunks
+    of about ``positions_per_pass`` generated tokens (each holds two ``(tokens, vocab)`` tensors)."""
     mask = episodes.action_mask
-    ref = torch.zeros_like(episodes.log_probs).masked_scatter(
-        mask, policy.evaluate_actions(episodes.input_ids, episodes.attention_mask, episodes.policy_mask,
-                                      reference=True).log_prob)
-    kl = ((episodes.log_probs - ref) * mask).sum(-1)
+    chunk = max(1, positions_per_pass // max(1, mask.shape[1]))
+    kl, ref = torch.zeros_like(episodes.log_probs), torch.zeros_like(episodes.log_probs)
+    for rows in torch.arange(mask.shape[0], device=mask.device).split(chunk):
+        ids, attention, policy_mask = trim(episodes.input_ids[rows], episodes.attention_mask[rows],
+                                           episodes.policy_mask[rows])
+        token_kl, ref_log_prob = policy.reference_kl(ids, attention, policy_mask)
+        kl[rows] = torch.zeros_like(kl[rows]).masked_scatter(mask[rows], token_kl.to(kl.dtype))
+        ref[rows] = torch.zeros_like(ref[rows]).masked_scatter(mask[rows], ref_log_prob.to(ref.dtype))
     perplexity = torch.exp(-(ref * mask).sum(-1) / mask.sum(-1).clamp(min=1))
-    return kl.cpu().numpy(), perplexity.cpu().numpy()
+    return (kl * mask).sum(-1).cpu().numpy(), perplexity.cpu().numpy()
 
 
 def evaluate_policy(policy: Any, env: Any, n_episodes: int, deterministic: bool = True,
@@ -45,8 +52,8 @@ def evaluate_policy(policy: Any, env: Any, n_episodes: int, deterministic: bool 
     as ``rewards/<name>/mean``). Samples carry the data row ``index``, prompt, completion,
     reference, score, reward and length of each episode.
 
-    With ``reference_stats`` (a policy with a KL reference), also ``kl_mean`` (nats per completion)
-    and ``perplexity_mean`` (the reference model's perplexity of the completions). Sampling uses
+    With ``reference_stats`` (a policy with a KL reference), also ``kl_mean`` (nats per completion,
+    the exact KL over the vocabulary at each generated token) and ``perplexity_mean`` (the reference model's perplexity of the completions). Sampling uses
     its own seeded torch RNG, so evaluating never shifts the training run's random stream.
 
     A pause policy (one with ``pause_token_id``) adds ``pauses`` to each sample and the metrics of

@@ -38,6 +38,7 @@ class Episodes:
     num_steps: int = 0
     seconds: float = 0.0
     complete: bool = True
+    prompt_width: int | None = None  # P: the env's prompt region (columns before P); the rest is the completion
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -134,5 +135,6 @@ def collect_episodes(policy: Any, env: Any, last_obs: dict[str, np.ndarray] | No
         num_steps=step,
         seconds=time.perf_counter() - start,
         complete=bool(complete),
+        prompt_width=int(env.observation_space["prompt_length"].high[0]),
     )
     return episodes, obs

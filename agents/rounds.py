@@ -10,9 +10,11 @@ One round is one ``iteration`` of the core (so budgets, schedules, callbacks, ch
    next slice of its data set. Reference log-probs, when the loss needs them, are computed here
    once per round (adapter off with LoRA, a frozen copy without);
 3. **update** (`train`): ``n_epochs`` passes of shuffled minibatches of ``batch_size`` targets,
-   each a sum of ``micro_batch_size``-target forward/backward passes of `target_loss`, then a
-   gradient-norm clip and one optimizer step. With ``from_base`` the trainable weights and the
-   optimizer go back to their starting values first (STaR's restart from the base model);
+   each a sum of ``micro_batch_size``-target forward/backward passes of `target_loss`, each
+   weighted by its share of the minibatch (`target_share`: targets, or tokens for a token-mean
+   loss), then a gradient-norm clip and one optimizer step. With ``from_base`` the trainable
+   weights and the optimizer go back to their starting values first, and the learning-rate
+   schedule runs from its start over the round's steps (STaR's restart from the base model);
 4. **log** the core's tags plus the agent's (``star/*``, ``rewards/chosen`` ...). A round with no
    target (nothing kept, no pair) is logged with ``train/skipped_round`` = 1 and takes no step.
 
@@ -31,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from stable_baselines3.common.utils import update_learning_rate
 
 from agents import distributed
 from agents.buffer import TokenRolloutBuffer
@@ -46,7 +49,8 @@ def concat_episodes(batches: list[Episodes]) -> Episodes:
            ("input_ids", "attention_mask", "policy_mask", "action_mask", "log_probs", "values", "env_rewards",
             "terminated")}
     return Episodes(**cat, infos=[info for b in batches for info in b.infos],
-                    num_steps=sum(b.num_steps for b in batches), seconds=sum(b.seconds for b in batches))
+                    num_steps=sum(b.num_steps for b in batches), seconds=sum(b.seconds for b in batches),
+                    prompt_width=batches[0].prompt_width)
 
 
 def env_tokenizer(env: Any) -> Any:
@@ -125,8 +129,13 @@ class ScoredRolloutAlgorithm(OnPolicyLMAlgorithm):
 
     def target_loss(self, targets: torch.Tensor, weight: float) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss of the targets with these indices, already multiplied by ``weight`` (their
-        share of the minibatch), and statistics to average over the round."""
+        share of the minibatch, `target_share`), and statistics to average over the round."""
         raise NotImplementedError
+
+    def target_share(self, targets: torch.Tensor) -> float:
+        """How much these targets weigh in their minibatch's loss: one per target (a pair, a
+        sample) by default; token-mean losses (SFT, STaR) count their tokens."""
+        return float(len(targets))
 
     # -- one round ------------------------------------------------------------------------------
     def collect_rollouts(self, env, callback, rollout_buffer=None, n_rollout_steps: int = 1) -> bool:
@@ -178,14 +187,19 @@ class ScoredRolloutAlgorithm(OnPolicyLMAlgorithm):
             self._restart_from_base()
         policy.set_training_mode(True)
         self._update_learning_rate(policy.optimizer)
-        for _ in range(self.n_epochs):
+        steps = self.n_epochs * math.ceil(n / self.batch_size)
+        for epoch in range(self.n_epochs):
             order = torch.randperm(n, generator=self.shuffle_generator)
-            for minibatch in order.split(self.batch_size):
+            for batch_index, minibatch in enumerate(order.split(self.batch_size)):
+                if self.from_base:  # a retrain from the base follows the schedule from its start
+                    step = epoch * math.ceil(n / self.batch_size) + batch_index
+                    update_learning_rate(policy.optimizer, self.lr_schedule(1.0 - step / steps))
                 policy.optimizer.zero_grad(set_to_none=True)
                 totals: dict[str, float] = {}
                 weights: dict[str, float] = {}
+                share = self.target_share(minibatch)
                 for micro in minibatch.split(self.micro_batch_size):
-                    weight = len(micro) / len(minibatch)
+                    weight = self.target_share(micro) / share
                     loss, micro_stats = self.target_loss(micro, weight)
                     loss.backward()
                     for key, value in micro_stats.items():  # a statistic a micro-batch lacks is not a 0

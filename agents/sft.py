@@ -62,11 +62,18 @@ def reference_text(reference: Any) -> str | None:
 
 
 def nll(policy: Any, rows: Sequences, micro: torch.Tensor, weight: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """Completion-only NLL (token mean) of rows ``micro``, times its minibatch share ``weight``."""
+    """Completion-only NLL (token mean) of rows ``micro``, times its minibatch share ``weight``
+    (its tokens over the minibatch's, `token_share`: the minibatch's loss is then the token sum over
+    its tokens, as TRL's ``num_items_in_batch`` makes it, whatever the micro-batch split)."""
     log_probs = sequences.log_probs(policy, rows, micro)
     mask = rows.mask[micro.to(rows.mask.device)]
     loss = preference_math.nll_loss(log_probs, mask)
     return loss * weight, {"policy_loss": float(loss.detach())}
+
+
+def token_share(rows: Sequences, targets: torch.Tensor) -> float:
+    """The policy tokens of rows ``targets``: what a token-mean loss weighs a micro-batch by."""
+    return float(rows.lengths[targets.to(rows.mask.device)].sum())
 
 
 class SFT(ScoredRolloutAlgorithm):
@@ -187,6 +194,9 @@ class SFT(ScoredRolloutAlgorithm):
 
     def num_targets(self) -> int:
         return 0 if self.targets is None else len(self.targets)
+
+    def target_share(self, targets: torch.Tensor) -> float:
+        return token_share(self.targets, targets)
 
     def target_loss(self, targets: torch.Tensor, weight: float):
         return nll(self.policy, self.targets, targets, weight)

@@ -2,8 +2,10 @@
 
 Each round (Zelikman et al., 2022): sample ``k`` completions per prompt through the env (its
 ``completions_per_prompt``), keep those scoring at least ``threshold``, and fine-tune on them
-with the completion-only NLL, either from the starting weights every round (``from_base``, as
-in STaR) or continuing. Optional *rationalization*: for prompts with no kept sample, sample once
+with the completion-only NLL (a token mean over each minibatch), either from the starting
+weights every round on everything kept so far (``from_base``, as in STaR) or continuing on the
+round's own samples. In a multi-turn episode only the policy's tokens are trained on; what the
+env injected stays context. Optional *rationalization*: for prompts with no kept sample, sample once
 more with the gold answer given as a hint (an env built by ``hint_env_fn``), keep the correct
 rationales, and train on them under the prompt *without* the hint. A round that keeps nothing
 is logged and skipped.
@@ -20,7 +22,7 @@ from agents.core import constructor_args
 from agents.rollout import Episodes, collect_episodes
 from agents.rounds import ScoredRolloutAlgorithm
 from agents.sequences import Sequences
-from agents.sft import nll
+from agents.sft import nll, token_share
 
 FILTER_ON = ("score", "reward")
 
@@ -50,9 +52,11 @@ class STaR(ScoredRolloutAlgorithm):
         (the env reward after wrappers).
     :param max_per_prompt: keep at most this many samples per prompt (``None``: all); identical
         completions of one prompt are kept once.
-    :param from_base: restart from the starting weights (and a fresh optimizer) every round, as
-        STaR does; ``False`` continues from the previous round. The starting trainable weights
-        are kept in memory (the adapter with LoRA; a full copy with full fine-tuning).
+    :param from_base: restart from the starting weights (a fresh optimizer, the learning-rate
+        schedule from its start) every round and train on the union of every sample kept so far,
+        de-duplicated, as STaR does; ``False`` continues from the previous round on the round's
+        own samples. The starting trainable weights are kept in memory (the adapter with LoRA; a
+        full copy with full fine-tuning), and the kept samples in checkpoints.
     :param rationalize: retry prompts with no kept sample with the gold answer as a hint.
     :param hint_env_fn: ``hint_env_fn(indices, seed) -> VecEnv``: a lockstep env whose row ``j``
         is data row ``indices[j]`` with the hint in its prompt and reports ``info["index"] == j``
@@ -64,7 +68,7 @@ class STaR(ScoredRolloutAlgorithm):
 
     Logged per round: ``star/kept_fraction``, ``star/accuracy`` (mean task score of the samples),
     ``star/prompts_solved`` (fraction of prompts with a kept sample), ``star/rationalized``,
-    ``star/kept``, ``star/tokens_trained``.
+    ``star/kept``, ``star/tokens_trained``, ``star/train_set`` (samples trained on this round).
     """
 
     tb_name = "STaR"
@@ -87,26 +91,27 @@ class STaR(ScoredRolloutAlgorithm):
         self.threshold, self.filter_on, self.max_per_prompt = threshold, filter_on, max_per_prompt
         self.rationalize, self.hint_env_fn = rationalize, hint_env_fn
         self.targets: Sequences | None = None
+        self._kept_pool: dict[tuple, tuple] = {}  # (prompt, completion, policy mask) kept so far, in order
         super().__init__(policy, env, learning_rate, n_epochs, batch_size, micro_batch_size, max_grad_norm,
                          hparams, rollout_batches=rollout_batches, from_base=from_base, log_samples=log_samples,
                          tensorboard_log=tensorboard_log, policy_kwargs=policy_kwargs, verbose=verbose, seed=seed,
                          device=device, _init_setup_model=_init_setup_model)
 
-    def rationalize_prompts(self, missing: list[int], rows: Sequences, groups: list[int]) -> tuple[list, list]:
+    def rationalize_prompts(self, missing: list[int], rows: Sequences, groups: list[int]) -> list[tuple]:
         """Sample once per prompt in ``missing`` with the hint; return the kept rationales as
-        ``(prompt ids without the hint, completion ids)``."""
+        ``(prompt ids without the hint, completion ids, completion policy mask)``."""
         env = self.hint_env_fn(list(missing), (self.seed or 0) * 100_003 + self.iteration)
         hinted, _ = collect_episodes(self.policy, env)
         values = episode_values(hinted, self.filter_on)
         hinted_rows = sequences.from_episodes(hinted)
         first_row = {g: r for r, g in reversed(list(enumerate(groups)))}
-        prompts, completions = [], []
+        kept = []
         for row, position in enumerate(episode_groups(hinted)):  # hinted row j answers missing[j]
             group = missing[position]
-            if values[row] >= self.threshold:
-                prompts.append(rows.prompt_ids(first_row[group]))  # the training prompt has no hint
-                completions.append(hinted_rows.completion_ids(row))
-        return prompts, completions
+            if values[row] >= self.threshold:  # the training prompt has no hint
+                kept.append((rows.prompt_ids(first_row[group]), hinted_rows.completion_ids(row),
+                             hinted_rows.completion_policy_mask(row)))
+        return kept
 
     def make_targets(self, episodes: Episodes) -> None:
         rows = sequences.from_episodes(episodes)
@@ -115,17 +120,21 @@ class STaR(ScoredRolloutAlgorithm):
         groups = episode_groups(episodes)
         kept = preference_math.keep_above_threshold(values, groups, self.threshold, self.max_per_prompt,
                                                     sequences.as_keys(rows))
-        prompts = [rows.prompt_ids(i) for i in kept]
-        completions = [rows.completion_ids(i) for i in kept]
+        samples = [(rows.prompt_ids(i), rows.completion_ids(i), rows.completion_policy_mask(i)) for i in kept]
         rationalized = 0
         if self.rationalize:
             missing = preference_math.groups_without(kept, groups)
             if missing:
-                hint_prompts, hint_completions = self.rationalize_prompts(missing, rows, groups)
-                rationalized = len(hint_prompts)
-                prompts += hint_prompts
-                completions += hint_completions
-        self.targets = Sequences.from_ids(prompts, completions, self.pad_id, self.device) if prompts else None
+                hinted = self.rationalize_prompts(missing, rows, groups)
+                rationalized = len(hinted)
+                samples += hinted
+        # From the base, every round retrains on all that was kept so far (de-duplicated), as STaR
+        # does; continuing, a round trains on its own samples.
+        for sample in samples:
+            self._kept_pool.setdefault(self._sample_key(sample), sample)
+        train_on = list(self._kept_pool.values()) if self.from_base else samples
+        self.targets = (Sequences.from_ids([p for p, _, _ in train_on], [c for _, c, _ in train_on], self.pad_id,
+                                           self.device, [m for _, _, m in train_on]) if train_on else None)
         tokens = int(self.targets.lengths.sum()) if self.targets is not None else 0
         n_groups = len(set(groups))
         self._round_stats = {
@@ -133,10 +142,24 @@ class STaR(ScoredRolloutAlgorithm):
             "star/kept_fraction": len(kept) / max(1, len(values)), "star/accuracy": float(np.mean(scores)),
             "star/prompts_solved": len({groups[i] for i in kept}) / max(1, n_groups),
             "star/rationalized": float(rationalized), "star/tokens_trained": float(tokens * self.n_epochs),
+            "star/train_set": float(len(train_on)),
         }
+
+    @staticmethod
+    def _sample_key(sample: tuple) -> tuple:
+        return tuple(tuple(part) for part in sample)
 
     def num_targets(self) -> int:
         return 0 if self.targets is None else len(self.targets)
 
+    def target_share(self, targets: torch.Tensor) -> float:
+        return token_share(self.targets, targets)
+
     def target_loss(self, targets: torch.Tensor, weight: float):
         return nll(self.policy, self.targets, targets, weight)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"kept_pool": [[list(part) for part in sample] for sample in self._kept_pool.values()]}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self._kept_pool = {self._sample_key(sample): tuple(sample) for sample in state.get("kept_pool", [])}

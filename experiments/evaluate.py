@@ -56,7 +56,9 @@ def load_policy(args: DictConfig, env: Any, model: Any) -> Any:
         policy = PauseLMPolicy(env.observation_space, env.action_space, lambda _: 0.0, model=model,
                                reference=False, device=args.device, **{**pause, **overrides})
         if args.checkpoint.lower() != "none":
-            policy.load_trainable(Path(args.checkpoint) / "policy")
+            from agents.checkpoint import resolve_checkpoint
+
+            policy.load_trainable(resolve_checkpoint(args.checkpoint) / "policy")
         return policy
     if args.checkpoint.lower() == "none":
         return CausalLMPolicy(env.observation_space, env.action_space, lambda _: 0.0, model=model, reference=False,
@@ -74,27 +76,29 @@ def load_policy(args: DictConfig, env: Any, model: Any) -> Any:
 def pause_policy_kwargs(checkpoint: str, model: Any) -> dict[str, Any] | None:
     """`PauseLMPolicy` kwargs when the checkpoint was trained with one (its ``policy/pause_config.json``)
     or the model holds a pause token, else ``None`` (a plain `CausalLMPolicy`)."""
-    import torch
-
+    from agents.checkpoint import read_checkpoint, resolve_checkpoint
     from policies.pause import pause_config
 
     if checkpoint.lower() != "none":
-        if pause_config(Path(checkpoint) / "policy") is None:
+        if pause_config(resolve_checkpoint(checkpoint) / "policy") is None:
             return None
-        saved = torch.load(Path(checkpoint) / "agent.pt", map_location="cpu", weights_only=False)["policy_kwargs"]
+        saved = read_checkpoint(checkpoint)[2]["policy_kwargs"]  # weights_only, with the .old fallback
         return {k: v for k, v in saved.items() if k not in ("model", "reference", "device", "tokenizer")}
     token = getattr(model.config, "pause_token", None)
     return None if getattr(model.config, "pause_token_id", None) is None else {"pause_token": token}
 
 
 def checkpoint_model(checkpoint: str) -> str | None:
+    from agents.checkpoint import resolve_checkpoint
+
     if checkpoint.lower() == "none":
         return None
-    meta = Path(checkpoint) / "meta.json"
-    if not meta.is_file():
-        raise SystemExit(f"{checkpoint} is not a PPO checkpoint directory (no meta.json); pass checkpoint=none "
-                         f"to evaluate the base model")
-    return json.loads(meta.read_text())["model"]
+    try:
+        path = resolve_checkpoint(checkpoint)  # or the .old twin a killed save left
+    except FileNotFoundError as error:
+        raise SystemExit(f"{checkpoint} is not a PPO checkpoint directory ({error}); pass checkpoint=none to "
+                         f"evaluate the base model") from None
+    return json.loads((path / "meta.json").read_text())["model"]
 
 
 def table(summary: dict[str, Any]) -> str:

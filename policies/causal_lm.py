@@ -420,6 +420,12 @@ class CausalLMPolicy(BasePolicy):
         probs = log_probs.exp()
         return -(probs * log_probs.masked_fill(probs == 0, 0.0)).sum(-1)
 
+    @staticmethod
+    def kl_from_log_probs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+        """KL(p ‖ q) = Σ_v p_v (log p_v − log q_v) over the last dim; tokens p excludes (−inf) add 0."""
+        probs = log_p.exp()
+        return (probs * (log_p - log_q)).masked_fill(probs == 0, 0.0).sum(-1)
+
     # -- forward passes ----------------------------------------------------------------------
     def _run(self, model: nn.Module, input_ids, attention_mask, position_ids, cache=None, use_cache=False):
         """One backbone call; returns (final hidden states (B, T, H), cache). Logits come from
@@ -609,6 +615,7 @@ class CausalLMPolicy(BasePolicy):
         with_values: bool = True,
         reference: bool = False,
         entropy_grad: bool = True,
+        truncate: bool = True,
     ) -> SequenceEval:
         """Teacher-forced log-probs (and values, entropy) of every action, in one forward pass.
 
@@ -619,6 +626,10 @@ class CausalLMPolicy(BasePolicy):
         :param reference: score under the reference model (no grad) instead of the policy.
         :param entropy_grad: build the entropy's graph; agents without an entropy bonus turn it
             off, which saves several ``(N, V)`` tensors of memory traffic in the backward pass.
+        :param truncate: score the policy's sampling distribution, top-k/top-p included (what
+            its rollouts sampled from); ``False``: the full (tempered) softmax, which the
+            learning-from-data losses use, so a gold or hinted token outside the nucleus keeps a
+            finite log-prob, as in TRL. The reference is always scored untruncated.
         Logits are computed only at action positions, never for the whole sequence.
         """
         select = action_mask[:, 1:].bool()
@@ -635,9 +646,34 @@ class CausalLMPolicy(BasePolicy):
             return SequenceEval(log_prob, None, None)
         hidden, start = self._decision_hidden(self.model, input_ids, attention_mask, select)
         chosen = hidden[:, :-1][select[:, start:]]
-        log_prob, entropy = self._score_actions(chosen, self.model, input_ids, rows, columns, actions, True,
+        log_prob, entropy = self._score_actions(chosen, self.model, input_ids, rows, columns, actions, truncate,
                                                 with_entropy, entropy_grad)
         return SequenceEval(log_prob, entropy, self.value_of(chosen) if with_values else None)
+
+    @torch.no_grad()
+    def reference_kl(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     action_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The exact KL(π ‖ π_ref) over the whole action space at every action, and the
+        reference's log-prob of each action taken (both flat, in `evaluate_actions`' order).
+
+        π is the sampling distribution (temperature, top-k/top-p), π_ref the tempered, untruncated
+        reference. Unlike an estimate from the sampled tokens, it is never negative, greedy
+        decoding included. Builds two ``(N, V)`` log-prob tensors: callers pass a few rows at a time.
+        """
+        select = action_mask[:, 1:].bool()
+        actions = input_ids[:, 1:][select]
+        rows, columns = select.nonzero(as_tuple=True)
+        hidden, start = self._decision_hidden(self.model, input_ids, attention_mask, select)
+        log_p = self.action_log_probs(hidden[:, :-1][select[:, start:]], self.model, input_ids, rows, columns, True)
+        model, context = self._reference()
+        with context:
+            hidden, start = self._decision_hidden(model, input_ids, attention_mask, select)
+            log_q = self.action_log_probs(hidden[:, :-1][select[:, start:]], model, input_ids, rows, columns, False)
+        if self.sharded:  # no backward follows: give back what the forward passes gathered
+            for used in {id(self.model): self.model, id(model): model}.values():
+                if id(used) not in self._gathered:
+                    used.reshard()
+        return self.kl_from_log_probs(log_p, log_q), log_q.gather(-1, actions[:, None]).squeeze(-1)
 
     def _score_actions(self, hidden: torch.Tensor, model: nn.Module, input_ids: torch.Tensor, rows: torch.Tensor,
                        columns: torch.Tensor, actions: torch.Tensor, truncate: bool,

@@ -124,3 +124,59 @@ def test_before_after_table():
     assert "| score_mean | 0.5 | 0.75 | +50.0% |" in rows and "| toxicity_mean | 0.2 | 0.1 | -50.0% |" in rows
     assert "| kl_mean | 0 | 1.5 |  |" in rows  # no relative change from zero
     assert "| rewards/too_short/mean | - | -0.5 |  |" in rows and not any("seconds" in r for r in rows)
+
+
+def test_a_pause_checkpoint_left_as_its_old_twin_is_read_safely(tiny_dir, tmp_path):
+    """A kill between a save's two renames leaves only ``.NAME.old``: evaluate.py reads the pause
+    policy's settings from it through the checkpoint module (``weights_only`` loading)."""
+    import os
+
+    from policies import PauseLMPolicy, add_pause_token, load_lm
+
+    model, tokenizer = load_lm(str(tiny_dir))
+    add_pause_token(model, tokenizer)
+    env = TokenVecEnv(echo_task(), tokenizer, num_envs=4, max_new_tokens=4, max_prompt_tokens=16, seed=0,
+                      vocab_size=len(tokenizer))
+    agent = PPO("PauseLMPolicy", env, batch_size=4, seed=0, policy_kwargs=dict(model=model, max_pauses=3))
+    agent.save(tmp_path / "ckpt")
+    os.rename(tmp_path / "ckpt", tmp_path / ".ckpt.old")
+    kwargs = evaluate.pause_policy_kwargs(str(tmp_path / "ckpt"), model)
+    assert kwargs is not None and kwargs["max_pauses"] == 3 and "model" not in kwargs
+    assert isinstance(agent.policy, PauseLMPolicy)
+    assert evaluate.checkpoint_model(str(tmp_path / "ckpt")) == agent.policy.model_spec
+
+
+def test_held_out_kl_is_the_exact_kl_over_the_vocabulary(tiny_dir, tiny_lm):
+    """``kl_mean`` sums, over each completion's generated tokens, KL(π ‖ π_ref) over the whole
+    vocabulary (checked against a brute-force pass), so greedy decoding never reports a negative
+    KL; the sampled-token estimate it replaced does not equal it."""
+    _, tokenizer = tiny_lm
+    env = TokenVecEnv(echo_task(), tokenizer, num_envs=4, max_new_tokens=5, max_prompt_tokens=16, seed=0)
+    agent = PPO("CausalLMPolicy", env, batch_size=4, seed=0, kl_coef=0.05,
+                policy_kwargs=dict(model=str(tiny_dir), lora={"r": 2, "lora_alpha": 4,
+                                                               "target_modules": ["q_proj", "v_proj"]}))
+    with torch.no_grad():  # a policy clearly apart from its reference
+        for name, param in agent.policy.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    from agents.evaluation import reference_statistics
+    from agents.rollout import collect_episodes
+
+    policy = agent.policy
+    episodes, _ = collect_episodes(policy, env, deterministic=True)
+    kl, _ = reference_statistics(policy, episodes, positions_per_pass=5)  # one row per pass
+    with torch.no_grad():
+        logits = policy.model(input_ids=episodes.input_ids, attention_mask=episodes.attention_mask).logits
+        with policy.model.disable_adapter():
+            ref = policy.model(input_ids=episodes.input_ids, attention_mask=episodes.attention_mask).logits
+    decisions = episodes.policy_mask[:, 1:].bool()
+    log_p, log_q = logits[:, :-1].log_softmax(-1), ref[:, :-1].log_softmax(-1)
+    exact = ((log_p.exp() * (log_p - log_q)).sum(-1) * decisions).sum(-1)
+    torch.testing.assert_close(torch.as_tensor(kl), exact, rtol=1e-4, atol=1e-5)
+    assert (exact > 1e-3).all()
+    sampled = ((episodes.log_probs - torch.zeros_like(episodes.log_probs).masked_scatter(
+        episodes.action_mask, log_q[decisions].gather(-1, episodes.input_ids[:, 1:][decisions][:, None]).squeeze(-1)))
+        * episodes.action_mask).sum(-1)
+    assert not torch.allclose(sampled, exact, atol=1e-3)  # the old estimate is a different number
+    summary, _ = evaluate_policy(policy, env, 8, deterministic=True, reference_stats=True)
+    assert summary["kl_mean"] > 0

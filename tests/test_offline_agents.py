@@ -1,6 +1,7 @@
 """SFT, STaR, DPO and KTO on the rounds loop (tiny model): targets, a round of each end to end,
 skipped rounds, rationalization's hint stripping, merged model directories, bit-exact resume, and
 each agent raising the reward of a synthetic task."""
+import dataclasses
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ from agents.rounds import ScoredRolloutAlgorithm
 from helpers import echo_task
 from lm_envs import Task, TokenVecEnv
 from lm_envs.hints import gold_answer, hinted_vec_env
+from lm_envs.tasks.turns import Reply
 
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
 
@@ -345,3 +347,163 @@ def test_sft_prompts_are_the_envs_own_tokens_with_the_embedded_chat_template(smo
         assert prompts[i] == env.batch.encode_prompt(i)[0].tolist()
         assert completions[i][-1] == tokenizer.eos_token_id
         assert tokenizer.decode(completions[i][:-1]) == task.references[i]
+
+
+# -- multi-turn episodes, the full softmax, token-weighted accumulation, STaR's growing set --------------
+def varied_replies(attempts, references, turns):
+    """A reply of 1 to 4 words (by data row and turn) and a score that depends on the attempt."""
+    return [Reply(" ".join(["a"] * (1 + (int(r) + t) % 4)), score=digit_fraction([a], [r])[0], chat=False)
+            for a, r, t in zip(attempts, references, turns)]
+
+
+def multi_turn_env(tokenizer, num_envs=8, group=4, seed=0):
+    task = dataclasses.replace(echo_task(reward=digit_fraction), respond=varied_replies)
+    return TokenVecEnv(task, tokenizer, num_envs=num_envs, max_new_tokens=9, max_prompt_tokens=16, max_turns=3,
+                       max_turn_tokens=3, max_injected_tokens=24, seed=seed, completions_per_prompt=group)
+
+
+def test_sequences_split_multi_turn_episodes_at_the_envs_prompt_width(tiny_dir, tiny_lm):
+    """A multi-turn row is its prompt (the env's first 16 columns), then a completion of policy and
+    injected tokens; rebuilt from ids with its policy mask it scores exactly as the rollout did."""
+    agent = make(STaR, tiny_dir, tiny_lm[1], threshold=0.0)
+    from agents.rollout import collect_episodes
+
+    torch.manual_seed(0)
+    episodes, _ = collect_episodes(agent.policy, multi_turn_env(tiny_lm[1]))
+    rows = sequences.from_episodes(episodes)
+    assert rows.prompt_width == episodes.prompt_width == 16
+    injected = 0
+    for i in range(len(rows)):
+        attended = episodes.attention_mask[i].bool()
+        assert rows.prompt_ids(i) == episodes.input_ids[i, :16][attended[:16]].tolist()
+        assert rows.completion_ids(i) == episodes.input_ids[i, 16:][attended[16:]].tolist()
+        policy = rows.completion_policy_mask(i)
+        assert sum(policy) == int(episodes.action_mask[i].sum())
+        injected += len(policy) - sum(policy)
+    assert injected > 0  # the env spoke
+    prompts, completions, masks = sequences.rows_of([rows])
+    rebuilt = sequences.Sequences.from_ids(prompts, completions, agent.pad_id, policy_masks=masks)
+    assert sequences.as_keys(rebuilt) == sequences.as_keys(rows)
+    with torch.no_grad():
+        scored = sequences.log_probs(agent.policy, rebuilt)
+    torch.testing.assert_close(scored[rebuilt.mask], episodes.log_probs[episodes.action_mask], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="one 0/1 entry per completion token"):
+        sequences.Sequences.from_ids(prompts[:1], completions[:1], agent.pad_id, policy_masks=[[1]])
+
+
+@pytest.mark.parametrize("cls", [SFT, STaR, DPO, KTO])
+def test_round_agents_train_only_on_policy_tokens_of_multi_turn_episodes(cls, tiny_dir, tiny_lm):
+    tokenizer = tiny_lm[1]
+    settings = {SFT: dict(dataset=[{"prompt": q, "completion": "7 7 7"} for q in echo_task().questions]),
+                STaR: dict(threshold=0.0), DPO: dict(pair_strategy="all"), KTO: dict(desirable_threshold=0.2)}[cls]
+    env = multi_turn_env(tokenizer, group=1 if cls is SFT else 4)
+    agent = cls("CausalLMPolicy", env, batch_size=4, micro_batch_size=2, seed=0, learning_rate=1e-3,
+                policy_kwargs=dict(model=str(tiny_dir), lora=LORA), **settings)
+    agent.learn(total_iterations=1)
+    assert all(math.isfinite(v) for v in agent.last_iteration_stats.values())
+    if cls is SFT:  # data rows: every completion token is the policy's
+        assert int(agent.targets.policy_mask.sum()) == int(agent.targets.mask.sum()) == 3 * len(agent.targets) + \
+            len(agent.targets)  # "7 7 7" and EOS
+        return
+    episodes = sequences.from_episodes(agent.episodes)
+    rollout = {key: i for i, key in enumerate(sequences.as_keys(episodes))}
+    if cls is STaR:  # each target is a rollout row, with its injected tokens as context only
+        targets = sequences.as_keys(agent.targets)
+        assert targets and all(key in rollout for key in targets)
+        assert any(0 in mask for _, mask in targets)
+        assert int(agent.targets.lengths.sum()) == sum(sum(mask) for _, mask in targets)
+    elif cls is DPO:  # pairs never join identical completions; reference log-probs are the rollout's
+        keys = sequences.as_keys(agent.rows)
+        assert agent.num_targets() > 0 and all(keys[c] != keys[r] for c, r in agent.pairs.tolist())
+        rollout_sums = (agent.episodes.log_probs * agent.episodes.action_mask).sum(-1)
+        expected = torch.stack([rollout_sums[rollout[key]] for key in keys])
+        torch.testing.assert_close(agent.ref_logps, expected, atol=1e-4, rtol=1e-4)
+    else:  # KTO: each mismatched row is another prompt's whole completion, policy mask included
+        from agents import preference_math as pm
+
+        partners = pm.mismatched_partners([info["index"] for info in agent.episodes.infos])
+        for i, j in enumerate(partners):
+            assert agent.mismatched.completion_ids(i) == episodes.completion_ids(j)
+            assert agent.mismatched.completion_policy_mask(i) == episodes.completion_policy_mask(j)
+            assert int(agent.mismatched.lengths[i]) == int(agent.episodes.action_mask[j].sum())
+
+
+def test_offline_losses_score_data_with_the_full_softmax_when_top_k_is_set(tiny_dir, tiny_lm):
+    """A gold token outside the policy's top-k keeps a finite log-prob: SFT trains on it."""
+    data = [{"prompt": q, "completion": "7 7 7 zebra"} for q in echo_task().questions]
+    agent = SFT("CausalLMPolicy", make_env(tiny_lm[1], group=1), dataset=data, batch_size=4, seed=0,
+                policy_kwargs=dict(model=str(tiny_dir), top_k=2))
+    agent.learn(total_iterations=1)
+    assert math.isfinite(agent.last_iteration_stats["loss/policy"])
+    with torch.no_grad():
+        truncated = sequences.log_probs(agent.policy, agent.targets)
+        agent.policy.top_k = 0
+        full = sequences.log_probs(agent.policy, agent.targets)
+    assert torch.equal(truncated, full) and torch.isfinite(full[agent.targets.mask]).all()
+
+
+def first_step_gradients(agent) -> dict:
+    grads = {}
+    step = agent.policy.optimizer.step
+
+    def record(*args, **kwargs):
+        if not grads:
+            grads.update({n: p.grad.detach().clone() for n, p in agent.policy.named_parameters() if p.grad is not None})
+        return step(*args, **kwargs)
+
+    agent.policy.optimizer.step = record
+    return grads
+
+
+def test_sft_minibatch_loss_is_a_token_mean_whatever_the_micro_batches(tiny_dir, tiny_lm):
+    """Completions of 1 to 8 tokens: micro-batches of 1, 2 or 4 give the gradient of the
+    minibatch's token sum over its tokens (TRL's num_items_in_batch), not a mean of row means."""
+    data = [{"prompt": q, "completion": " ".join(["7"] * (1 + i % 7))} for i, q in enumerate(echo_task().questions)]
+    gradients = []
+    for micro in (1, 2, 4):
+        agent = SFT("CausalLMPolicy", make_env(tiny_lm[1], group=1), dataset=data, batch_size=4,
+                    micro_batch_size=micro, seed=0, policy_kwargs=dict(model=str(tiny_dir)))
+        gradients.append(first_step_gradients(agent))
+        agent.learn(total_iterations=1)
+    for other in gradients[:2]:
+        for name, grad in gradients[2].items():
+            torch.testing.assert_close(other[name], grad, atol=1e-6, rtol=1e-5)
+    # And it is the token mean of the minibatch, computed directly.
+    check = SFT("CausalLMPolicy", make_env(tiny_lm[1], group=1), dataset=data, batch_size=4, seed=0,
+                policy_kwargs=dict(model=str(tiny_dir)))
+    prompts, completions = check.encoded()
+    picked = check._next_examples()  # the first round's examples, in its order
+    targets = sequences.Sequences.from_ids([prompts[i] for i in picked], [completions[i] for i in picked],
+                                           check.pad_id)
+    order = torch.randperm(len(targets), generator=check.shuffle_generator)[:4]  # its first minibatch
+    log_probs = sequences.log_probs(check.policy, targets, order)
+    mask = targets.mask[order]
+    (-(log_probs * mask).sum() / mask.sum()).backward()
+    torch.nn.utils.clip_grad_norm_(check.policy.parameters(), check.max_grad_norm)  # as the step does
+    name = next(iter(gradients[2]))
+    torch.testing.assert_close(dict(check.policy.named_parameters())[name].grad, gradients[2][name],
+                               atol=1e-6, rtol=1e-5)
+
+
+def test_star_from_base_retrains_on_everything_kept_so_far_with_a_fresh_schedule(tiny_dir, tiny_lm):
+    agent = make(STaR, tiny_dir, tiny_lm[1], threshold=0.2, filter_on="reward", from_base=True,
+                 learning_rate={"schedule": "linear", "start": 1e-2, "end": 0.0})
+    rates = []
+    step = agent.policy.optimizer.step
+
+    def record(*args, **kwargs):
+        rates.append(agent.policy.optimizer.param_groups[0]["lr"])
+        return step(*args, **kwargs)
+
+    agent.policy.optimizer.step = record
+    agent.learn(total_iterations=1)
+    first = set(sequences.as_keys(agent.targets))
+    first_rates, rates[:] = list(rates), []
+    assert first and len(first_rates) == math.ceil(len(first) / 4)
+    agent.learn(total_iterations=2, reset_num_timesteps=False)
+    second = sequences.as_keys(agent.targets)
+    assert first < set(second) and len(second) == len(set(second))  # the union, de-duplicated
+    assert agent.last_iteration_stats["star/train_set"] == len(second) > agent.last_iteration_stats["star/kept"]
+    for round_rates in (first_rates, rates):  # each retrain runs the schedule from its start
+        assert round_rates[0] == pytest.approx(1e-2) and round_rates == sorted(round_rates, reverse=True)
+    assert len(rates) == math.ceil(len(second) / 4)
