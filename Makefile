@@ -22,8 +22,9 @@ setup: $(STAMP)
 
 # Code rewards run model-written programs in a bubblewrap jail (Debian's bubblewrap) on the
 # system interpreter (/usr/bin/python3, the only one the jail mounts); Java code rewards need
-# org.javatuples on the classpath (Debian's libjavatuples-java).
-SYSTEM_PACKAGES := bubblewrap python3 libjavatuples-java
+# org.javatuples on the classpath (Debian's libjavatuples-java); the per-program seccomp filter is
+# compiled with libseccomp (Debian's libseccomp2, through PyPI's pyseccomp).
+SYSTEM_PACKAGES := bubblewrap python3 libjavatuples-java libseccomp2
 system-deps:
 	@(test -f /usr/share/java/javatuples.jar && command -v bwrap >/dev/null && test -x /usr/bin/python3) || \
 	  (command -v apt-get >/dev/null && \

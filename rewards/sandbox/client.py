@@ -12,7 +12,8 @@ back from it is JSON (see `protocol.py`), checked field by field before it becom
 jail cannot run, `Sandbox()` raises `rewards.SandboxError` saying why, unless
 `allow_unsandboxed=True` is passed; it never falls back silently.
 
-Imports: standard library, `rewards.errors`, and this package's `protocol`, `jail` and `cgroup`.
+Imports: standard library, `rewards.errors`, and this package's `protocol`, `jail`, `cgroup` and
+`syscall_filter`.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from typing import Any
 
 from rewards.errors import SandboxError
 from rewards.sandbox import cgroup as cgroups
-from rewards.sandbox import jail, protocol
+from rewards.sandbox import jail, protocol, syscall_filter
 from rewards.sandbox.protocol import CHANNEL_BYTES, RESULT_FD  # noqa: F401  (re-exported)
 
 
@@ -49,6 +50,7 @@ class Limits:
     open_files: int = 256  # RLIMIT_NOFILE
     allow_subprocess: bool = False  # Python only: audit hook refuses fork/exec/spawn unless True
     disk_mb: int = 256  # jailed: size of the job's own tmpfs /tmp (all its files together)
+    channel_bytes: int = CHANNEL_BYTES  # kept of the result channel (fd 3), at most CHANNEL_BYTES
 
 
 @dataclass
@@ -61,7 +63,7 @@ class RunResult:
     timed_out: bool  # wall clock or CPU limit hit
     killed_by_signal: int | None
     duration_s: float
-    channel: str = ""  # what the program wrote to fd 3 (RESULT_FD), capped at CHANNEL_BYTES
+    channel: str = ""  # what the program wrote to fd 3 (RESULT_FD), capped at `Limits.channel_bytes`
     truncated: bool = False  # some stdout/stderr was dropped by the output cap
     error: str | None = None  # the sandbox itself failed (not the program)
 
@@ -162,6 +164,14 @@ class Sandbox:
         if not self.jailed and not os.access(self.python, os.X_OK):
             self.python = sys.executable
         self.jail_reason = reason
+        try:
+            self._seccomp: str | None = protocol.b64(syscall_filter.compile_filter())
+        except syscall_filter.FilterUnavailable as e:
+            if not allow_unsandboxed:
+                raise SandboxError(f"cannot build the sandbox's seccomp filter: {e}. Code rewards refuse to run "
+                                   "model-written code without it; pass allow_unsandboxed=True to accept running "
+                                   "programs without the filter.") from None
+            self._seccomp = None
         self._stage: dict[str, str] = {}  # shared dir -> its world-readable staging copy
         self._spawner: tuple[int, Any, threading.Thread] | None = None
         self._write_lock = threading.Lock()  # also guards (re)starting the server
@@ -206,7 +216,8 @@ class Sandbox:
         return fut.result()
 
     def _spawn_now(self) -> None:
-        cfg = json.dumps({"workers": self.workers, "jailed": self.jailed})
+        cfg = json.dumps({"workers": self.workers, "jailed": self.jailed, "seccomp": self._seccomp,
+                          "seccomp_text": syscall_filter.describe() if self._seccomp else ""})
         fds: list[int] = []
         kw: dict[str, Any] = {}
         try:

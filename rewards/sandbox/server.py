@@ -32,10 +32,13 @@ from __future__ import annotations
 
 import _signal
 import ctypes
+import errno
 import gc
 import itertools
 import json
 import os
+import resource
+import select
 import selectors
 import signal
 import stat
@@ -68,6 +71,9 @@ _CLONE_NEWNS, _CLONE_NEWIPC, _CLONE_NEWUSER, _CLONE_NEWNET = 0x00020000, 0x08000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_CHILD_SUBREAPER = 1, 4, 36
 _SYS_MOUNT_SETATTR, _AT_FDCWD, _AT_RECURSIVE, _MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 0x1
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+_SYS_KEYCTL, _KEYCTL_GET_KEYRING_ID, _KEYCTL_JOIN_SESSION_KEYRING = 250, 0, 1  # x86_64
+_KEY_SPEC_SESSION_KEYRING = -3
 
 _libc: Any = None
 
@@ -189,6 +195,64 @@ def _exec_namespace_setup() -> None:
     if _c().umount2(b"/proc", _MNT_DETACH) != 0:
         raise OSError(ctypes.get_errno(), "umount /proc")
     _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | 8)  # MS_NOEXEC
+    for name in ("keys", "key-users"):  # keyrings are not namespaced: these list the trainer's keys
+        if os.path.exists(f"/proc/{name}"):
+            _mount("/dev/null", f"/proc/{name}", None, _MS_BIND)
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+_SECCOMP: list[Any] = []  # [buffer, struct sock_fprog, its address]: made once per monitor
+
+
+def _load_filter(program: bytes) -> None:
+    """Keep the host-compiled BPF program (`rewards.sandbox.syscall_filter`) ready to install:
+    in a program process it is then one prctl() call that touches no new memory."""
+    if not program or len(program) % 8 or len(program) // 8 > 4096:
+        raise ValueError(f"the seccomp filter from the host is not a BPF program ({len(program)} bytes)")
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.addressof(buf))
+    _SECCOMP[:] = [buf, prog, ctypes.addressof(prog)]
+
+
+def _install_filter(prctl: Any) -> None:
+    """In a program process, as its last step before exec or the candidate's code (no_new_privs
+    is already set): the seccomp filter, which it keeps across fork and exec and cannot remove."""
+    if _SECCOMP and prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, _SECCOMP[2], 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "seccomp filter")
+
+
+def _check_filter() -> str | None:
+    """Install the filter in a throwaway child and see a keyring call refused (once per
+    monitor). None if it works, else why not."""
+    pid = os.fork()
+    if pid == 0:
+        code = 3
+        try:
+            prctl = _child_prctl()
+            prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+            _install_filter(prctl)
+            libc = _c()
+            ok = libc.syscall(ctypes.c_long(_SYS_KEYCTL), ctypes.c_long(_KEYCTL_GET_KEYRING_ID),
+                              ctypes.c_long(_KEY_SPEC_SESSION_KEYRING), ctypes.c_long(0)) == -1
+            code = 0 if ok and ctypes.get_errno() == errno.ENOSYS else 4
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return None if code == 0 else (f"the seccomp filter could not be installed in a program (exit {code}: "
+                                   "3 = prctl(PR_SET_SECCOMP) failed, 4 = keyctl was not refused)")
+
+
+def _join_fresh_session_keyring() -> str:
+    """The server (and so every process below it) leaves the trainer's session keyring for a new,
+    empty one. Programs cannot use keyrings at all (the seccomp filter); this is the second layer."""
+    serial = _c().syscall(ctypes.c_long(_SYS_KEYCTL), ctypes.c_long(_KEYCTL_JOIN_SESSION_KEYRING), None)
+    if serial == -1:
+        return f"session keyring unchanged ({os.strerror(ctypes.get_errno())})"
+    return "a fresh, empty session keyring (the trainer's is out of reach)"
 
 
 def _protections(jailed: bool, memory: str) -> dict[str, Any]:
@@ -422,6 +486,9 @@ def _enter_jail(plan: dict[str, Any], monitor: int) -> None:
         _signal.signal(_SIGPIPE, _SIG_DFL)  # Python ignores it; exec'd programs expect the default
     elif not plan["jailed"]:
         prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)  # the server is not dumpable; keeps /proc/self usable
+    if not plan["jailed"]:
+        prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # (jailed: set with the capabilities) needed for seccomp
+    _install_filter(prctl)  # last: from here on the program's own code runs
 
 
 def _resource() -> Any:
@@ -430,13 +497,20 @@ def _resource() -> Any:
     return resource
 
 
+# RLIMIT_CORE 1, not 0: the kernel ignores RLIMIT_CORE for a piped core_pattern (apport,
+# systemd-coredump run as root on the host) except the value 1, which it reserves to stop
+# recursive dumps and so refuses the dump; a file dump needs at least a page. The seccomp filter
+# keeps a program from lowering it to 0.
+_CORE_LIMIT = 1
+
+
 def _rlimits(limits: Mapping[str, Any], nproc: int) -> list[tuple[int, tuple[int, int]]]:
     """(resource, (soft, hard)) for a program, never above our own hard limits."""
     resource = _resource()
     cpu = max(1, int(-(-float(limits["cpu_s"]) // 1)))
     wanted = [(resource.RLIMIT_CPU, cpu, cpu + 1), (resource.RLIMIT_AS, int(limits["memory_mb"]) << 20, None),
               (resource.RLIMIT_FSIZE, int(limits["file_mb"]) << 20, None),
-              (resource.RLIMIT_NOFILE, int(limits["open_files"]), None), (resource.RLIMIT_CORE, 0, None),
+              (resource.RLIMIT_NOFILE, int(limits["open_files"]), None), (resource.RLIMIT_CORE, _CORE_LIMIT, None),
               (resource.RLIMIT_NPROC, nproc, None)]
     out = []
     for res, soft, hard in wanted:
@@ -462,13 +536,17 @@ def _compiled_prelude(text: str) -> Any:
 
 
 class _Step:
-    """Runs one program of a job and collects what it did (inside the monitor)."""
+    """Runs one program of a job and collects what it did (in the monitor, or a job's runner).
+
+    With `body` (a Python job's (pipe fd, job id)), the program process itself reads the job
+    (its source and files) from that pipe after the fork: the caller only ever saw the header."""
 
     def __init__(self, step: Mapping[str, Any], limits: Mapping[str, Any], jobdir: str, jailed: bool,
-                 nproc: int, env: Mapping[str, str]) -> None:
+                 nproc: int, env: Mapping[str, str], body: tuple[int, int] | None = None) -> None:
         self.step, self.limits, self.jobdir, self.jailed, self.nproc, self.env = step, limits, jobdir, jailed, nproc, env
         self.cwd = _JAIL_TMP if jailed else jobdir  # where the program sees its dir
         self.cpu_limit = max(1, int(-(-float(limits["cpu_s"]) // 1)))
+        self.body = body
 
 
     def run(self) -> dict[str, Any]:
@@ -495,9 +573,9 @@ class _Step:
                 "python": self._python_plan(step, prelude) if exe is None else None}
         pipes: list[tuple[int, int]] = []
         try:
-            for _ in range(3):  # stdout, stderr, result channel
+            for _ in range(3 if self.body is None else 4):  # stdout, stderr, result channel (, set-up done)
                 pipes.append(os.pipe())
-            plan["fds"] = tuple(w for _, w in pipes)
+            plan["fds"] = tuple(w for _, w in pipes[:3])
             t0 = time.monotonic()
             monitor = os.getpid()
             if not plan["jailed"]:
@@ -519,6 +597,8 @@ class _Step:
                     _child_prctl()(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)  # die with the monitor
                     if exe is not None:
                         _exec_namespace_setup()
+                if self.body is not None:
+                    self._read_body(plan["python"], pipes[3][1])
                 _enter_jail(plan, monitor)
                 if exe is None:
                     _exec_python(plan["python"])
@@ -534,7 +614,10 @@ class _Step:
         for _, w in pipes:
             os.close(w)
         try:
-            return self._watch(pid, [r for r, _ in pipes], t0)
+            res = self._watch(pid, [r for r, _ in pipes[:3]], t0)
+            if self.body is not None and not _read_exactly(pipes[3][0], 1):  # it died before the program started
+                res["error"] = "sandbox: the program process could not read or set up its job"
+            return res
         finally:
             _RUNNING[0] = None
             for r, _ in pipes:
@@ -543,16 +626,32 @@ class _Step:
                 except OSError:
                     pass
 
+    def _read_body(self, py: dict[str, Any], done_fd: int) -> None:
+        """In the program process, still privileged: read this job (one frame, exactly), write its
+        files, put its source into the Python plan the monitor made; then say so on `done_fd` (the
+        monitor reports a fault otherwise)."""
+        import linecache
+
+        fd, job_id = self.body  # type: ignore[misc]
+        job = _read_one_frame(fd)
+        if not isinstance(job, dict) or job.get("id") != job_id:
+            raise ValueError("the job body does not match its header")
+        _write_files(self.jobdir, job.get("files") or {})
+        py["source"] = source = job["steps"][0]["source"]
+        linecache.cache["<sandbox>"] = (len(source), None, source.splitlines(True), "<sandbox>")  # tracebacks
+        os.write(done_fd, b"1")
+
     def _python_plan(self, step: Mapping[str, Any], prelude: Any) -> dict[str, Any]:
         """What a Python program needs, made here so the child only has to switch to it."""
         import builtins
         import linecache
         import types
 
-        source = step["source"]
+        source = step.get("source")  # None: the program process reads it (`_read_body`)
         main = types.ModuleType("__main__")
         main.__dict__["__builtins__"] = builtins
-        linecache.cache["<sandbox>"] = (len(source), None, source.splitlines(True), "<sandbox>")  # tracebacks
+        if source is not None:
+            linecache.cache["<sandbox>"] = (len(source), None, source.splitlines(True), "<sandbox>")  # tracebacks
         os.environ["HOME"] = os.environ["TMPDIR"] = self.cwd  # the child inherits it
         return {"path": [self.cwd] + [p for p in sys.path if p and p != _HERE], "main": main, "source": source,
                 "prelude": prelude, "hook": _audit_hook(self.cwd, bool(self.limits.get("allow_subprocess")))}
@@ -560,7 +659,7 @@ class _Step:
     def _watch(self, pid: int, fds: list[int], t0: float) -> dict[str, Any]:
         limits = self.limits
         cap = int(limits["output_bytes"])
-        caps = {fds[0]: cap, fds[1]: cap, fds[2]: CHANNEL_BYTES}
+        caps = {fds[0]: cap, fds[1]: cap, fds[2]: min(CHANNEL_BYTES, int(limits.get("channel_bytes", CHANNEL_BYTES)))}
         bufs = {fd: bytearray() for fd in fds}
         flood = max(16 << 20, _FLOOD_FACTOR * cap)
         state = {"total": 0, "truncated": False, "flooded": False}
@@ -729,24 +828,29 @@ def _write_all(fd: int, data: bytes) -> bool:
     return True
 
 
-class _FrameReader:
-    """Blocking frame reads from a pipe; keeps what it read past the current frame."""
+def _read_exactly(fd: int, n: int) -> bytes | None:
+    """Exactly `n` bytes from a blocking pipe (never more), or None at EOF."""
+    parts, left = [], n
+    while left:
+        chunk = os.read(fd, left)
+        if not chunk:
+            return None
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
 
-    def __init__(self, fd: int) -> None:
-        self.fd, self.buf, self.ready = fd, bytearray(), deque()
 
-    def next(self) -> Any:
-        """The next frame, or None at EOF."""
-        while not self.ready:
-            try:
-                chunk = os.read(self.fd, 1 << 20)
-            except InterruptedError:
-                continue
-            if not chunk:
-                return None
-            self.buf += chunk
-            self.ready.extend(_unframe(self.buf))
-        return self.ready.popleft()
+def _read_one_frame(fd: int) -> Any:
+    """The next job frame, read exactly (the frames queued behind it stay in the pipe), or None
+    at EOF. Called by a job runner after its fork, so no other job ever enters its memory."""
+    head = _read_exactly(fd, 4)
+    if head is None:
+        return None
+    n = int.from_bytes(head, "big")
+    if n > protocol.MAX_FRAME:
+        raise protocol.ProtocolError(f"frame of {n} bytes announced")
+    body = _read_exactly(fd, n)
+    return None if body is None else json.loads(body)  # from our own server
 
 
 _MAX_FD = 1 << 20
@@ -755,8 +859,10 @@ _JOB_SEQ = itertools.count()
 _JOBDIR: list[str | None] = [None]  # the monitor's current job dir, for its SIGTERM handler
 
 
-def _run_job(job: Mapping[str, Any], base: str, jailed: bool, nproc: int) -> dict[str, Any]:
-    """Run a job's steps in one fresh dir, then leave nothing behind."""
+def _run_job(job: Mapping[str, Any], base: str, jailed: bool, nproc: int,
+             body: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Run a job's steps in one fresh dir, then leave nothing behind. With `body`, `job` is a
+    header: its one program reads the job's content itself (`_Step`)."""
     results: list[dict[str, Any]] = []
     error = None
     jobdir = None
@@ -776,7 +882,7 @@ def _run_job(job: Mapping[str, Any], base: str, jailed: bool, nproc: int) -> dic
         inside = _JAIL_TMP if jailed else jobdir
         env = {**_BASE_ENV, "HOME": inside, "TMPDIR": inside}
         for step, limits in zip(job["steps"], job["limits"]):
-            res = _Step(step, limits, jobdir, jailed, nproc, env).run()
+            res = _Step(step, limits, jobdir, jailed, nproc, env, body).run()
             results.append(res)
             if res["returncode"] != 0 or res["timed_out"] or res.get("error"):
                 break
@@ -804,28 +910,43 @@ def _remove_job_dir(path: str) -> None:
             pass
 
 
-def _monitor(req_fd: int, out_fd: int, base: str, jailed: bool, nprocs: Any) -> None:
-    """Body of a long-lived monitor (one per worker slot): jobs in, results out, one at a time.
-    Each program is a fresh fork of this clean process; we are the subreaper of its subtree."""
+def _nproc(jailed: bool, max_procs: int, ours: int = 1) -> int:
+    """RLIMIT_NPROC for a program; `ours`: our processes in its user namespace (the monitor, and
+    the job's runner if it has one)."""
+    if jailed:  # own user namespace per monitor, one job at a time: the count is this job's tasks (+ ours)
+        return max_procs + ours
+    return _user_tasks(os.getuid()) + max_procs  # non-root: the limit counts all tasks of our uid
+
+
+_MONITOR: dict[str, Any] = {}  # the monitor's settings (from the server's config), inherited by its runners
+
+
+def _monitor(head_fd: int, body_fd: int, out_fd: int, base: str, jailed: bool) -> None:
+    """Body of a long-lived monitor (one per worker slot). It reads only each job's header (id,
+    limits, step kinds, the shared prelude) and never a job's content (sources, argv, files,
+    inputs): the process that runs the job reads that from the body pipe after its fork. A Python
+    job is one program process, forked from this monitor; a command chain gets a runner, forked
+    from this monitor, that reads the job and runs its steps. So a program's memory holds its own
+    job and nothing other jobs brought: no queued frame, no read buffer, no freed remains."""
+    runner = [0]
 
     def on_term(signum, frame):  # the server is going away: leave nothing behind
         if _RUNNING[0] is not None:
             _killpg(_RUNNING[0])
+        if runner[0]:
+            try:
+                os.kill(runner[0], signal.SIGTERM)  # it kills its program and removes its dir
+                deadline = time.monotonic() + 2.0
+                while os.waitpid(runner[0], os.WNOHANG)[0] == 0 and time.monotonic() < deadline:
+                    time.sleep(0.005)
+            except OSError:
+                pass
         _kill_descendants(2.0)
         if _JOBDIR[0]:
             _remove_job_dir(_JOBDIR[0])
         os._exit(1)
 
     signal.signal(signal.SIGTERM, on_term)
-    # Settings every program inherits, made once here rather than in each program.
-    for sig in (signal.SIGINT, signal.SIGCHLD, signal.SIGXFSZ, signal.SIGXCPU):
-        signal.signal(sig, signal.SIG_DFL)
-    os.umask(0o077)
-    sys.dont_write_bytecode = True
-    sys.argv = ["<sandbox>"]
-    sys.stdin, sys.stdout, sys.stderr = _STREAMS  # empty buffers on fds 0-2; the monitor never prints
-    sys.__stdin__, sys.__stdout__, sys.__stderr__ = _STREAMS
-    _DEVNULL.append(os.open(os.devnull, os.O_RDWR))
     _set_name(b"lmsb-monitor")
     os.chdir("/")
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
@@ -836,18 +957,66 @@ def _monitor(req_fd: int, out_fd: int, base: str, jailed: bool, nprocs: Any) -> 
             _monitor_namespaces()
         except Exception as e:  # noqa: BLE001 - every job then reports it as a sandbox fault
             setup_error = f"sandbox monitor could not set up its namespaces: {type(e).__name__}: {e}"
-    reader = _FrameReader(req_fd)
+    if setup_error is None and _SECCOMP:
+        setup_error = _check_filter()
     while True:
-        job = reader.next()
-        if job is None:
+        head = _read_one_frame(head_fd)
+        if head is None:
             return
-        if setup_error is not None:
-            if not _write_all(out_fd, _frame({"id": job["id"], "results": [], "error": setup_error})):
+        if setup_error is None and head["kinds"] == ["python"]:
+            result = _run_python_job(head, body_fd, base, jailed)
+            if not _write_all(out_fd, _frame(result)):
                 return
+            if result["error"] or any(r.get("error") for r in result["results"]):
+                os._exit(2)  # its body may be left in the pipe: the server starts a fresh monitor
             continue
-        nproc = nprocs(max(int(lim["max_procs"]) for lim in job["limits"]))
-        if not _write_all(out_fd, _frame(_run_job(job, base, jailed, nproc))):
-            return
+        pid = _clone_into_job_namespaces(0)  # a plain fork, minus Python's at-fork work (we are single-threaded)
+        if pid == 0:
+            code = 1
+            try:
+                code = _runner(head, body_fd, out_fd, base, jailed, setup_error)
+            finally:
+                os._exit(code)
+        runner[0] = pid
+        _, status = os.waitpid(pid, 0)
+        runner[0] = 0
+        _kill_descendants(0.5)
+        if status != 0:  # it could not finish its job: the server fails that job and starts a fresh monitor
+            os._exit(2)
+
+
+def _run_python_job(head: Mapping[str, Any], body_fd: int, base: str, jailed: bool) -> dict[str, Any]:
+    """A one-step Python job, from its header: the program process reads the rest."""
+    limits = head["limits"][0]
+    step = {"kind": "python", "prelude": head.get("prelude")}
+    return _run_job({"id": head["id"], "steps": [step], "limits": [limits]}, base, jailed,
+                    _nproc(jailed, int(limits["max_procs"])), body=(body_fd, head["id"]))
+
+
+def _runner(head: Mapping[str, Any], body_fd: int, out_fd: int, base: str, jailed: bool,
+            setup_error: str | None) -> int:
+    """One job, in a fresh fork of the monitor: read the job from the body pipe (exactly one
+    frame), run its steps, write the result. Returns the exit status (0: the result was written)."""
+
+    def on_term(signum, frame):
+        if _RUNNING[0] is not None:
+            _killpg(_RUNNING[0])
+        _kill_descendants(2.0)
+        if _JOBDIR[0]:
+            _remove_job_dir(_JOBDIR[0])
+        os._exit(1)
+
+    signal.signal(signal.SIGTERM, on_term)
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)  # die with the monitor
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    job = _read_one_frame(body_fd)
+    if not isinstance(job, dict) or job.get("id") != head["id"]:
+        return 3
+    os.close(body_fd)  # nothing more of the queue is reachable from here
+    if setup_error is not None:
+        return 0 if _write_all(out_fd, _frame({"id": job["id"], "results": [], "error": setup_error})) else 1
+    nproc = _nproc(jailed, max(int(lim["max_procs"]) for lim in job["limits"]), ours=2)
+    return 0 if _write_all(out_fd, _frame(_run_job(job, base, jailed, nproc))) else 1
 
 
 _BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
@@ -882,6 +1051,17 @@ def _warm_up() -> None:
     _audit_hook("/", False)("open", ("/x", "w", os.O_WRONLY))
 
 
+def _header(job: Mapping[str, Any]) -> dict[str, Any]:
+    """What a monitor reads of a job: its id, limits, step kinds and (a one-step Python job) the
+    shared prelude. Never its sources, argv, files or inputs: the process that runs the job reads
+    those from the body pipe."""
+    steps = job["steps"]
+    head = {"id": job["id"], "limits": job["limits"], "kinds": [step["kind"] for step in steps]}
+    if len(steps) == 1 and steps[0]["kind"] == "python" and steps[0].get("prelude"):
+        head["prelude"] = steps[0]["prelude"]
+    return head
+
+
 def _fresh_dir(parent: str) -> str:
     while True:
         path = os.path.join(parent, f"lmsb-{os.urandom(6).hex()}")
@@ -896,7 +1076,8 @@ class _Server:
     """The fork server: reads jobs from the host and hands them to its monitors (one per worker
     slot, forked once at start), relaying results back; restarts a monitor that dies."""
 
-    def __init__(self, workers: int, jailed: bool) -> None:
+    def __init__(self, workers: int, jailed: bool, seccomp: str | None = None, seccomp_text: str = "",
+                 path: Sequence[str] = ()) -> None:
         # fds 0/1 carry the protocol; move them so programs can never see them.
         self.proto_in, self.proto_out = os.dup(0), os.dup(1)
         null = os.open(os.devnull, os.O_RDWR)
@@ -922,31 +1103,19 @@ class _Server:
         self.outbuf = bytearray()
         self.inbuf = bytearray()
         self.sel = selectors.DefaultSelector()
-        self.user_tasks = (0, 0.0)
-        for mod in _PRELOAD:
-            try:
-                __import__(mod)
-            except Exception:
-                pass
-        for mod in _HARNESS_MODULES:  # what the jail and _exec_python need, whatever the uid
-            __import__(mod)
         _child_prctl()(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-        _warm_up()
-
-        # Move everything allocated so far out of the collector's reach: a collection in a
-        # forked child would otherwise write to every object and copy the whole heap.
-        gc.collect()
-        gc.freeze()
-
-    def _nproc(self, max_procs: int) -> int:
-        """RLIMIT_NPROC for a program (called inside a monitor)."""
-        if self.jailed:  # own user namespace per job: the count is this job's tasks (+ the job process)
-            return max_procs + 1
-        n, at = self.user_tasks  # non-root: the limit counts all tasks of our uid
-        if time.monotonic() - at > 1.0:
-            n = _user_tasks(os.getuid())
-            self.user_tasks = (n, time.monotonic())
-        return n + max_procs
+        self.protections["keyring"] = _join_fresh_session_keyring()
+        if seccomp is not None:
+            self.protections["syscalls"] = seccomp_text or "seccomp filter per program"
+        self.protections["memory_between_jobs"] = (
+            "each job is read by its own runner, forked from a monitor that never reads a job; monitors are fresh "
+            "interpreters (exec), never forks of this server, which holds the queue")
+        self.protections["core_dumps"] = (
+            "Python programs are not dumpable; RLIMIT_CORE 1 (a piped core_pattern refuses the dump), "
+            "pinned by the seccomp filter" if resource.getrlimit(resource.RLIMIT_CORE)[1] in (resource.RLIM_INFINITY, 1) or
+            resource.getrlimit(resource.RLIMIT_CORE)[1] > 1 else
+            "RLIMIT_CORE 0 (the host's hard limit is 0: a piped core_pattern still gets dumps of exec'd programs)")
+        self.monitor_cfg = {"jailed": jailed, "base": self.base, "seccomp": seccomp, "path": list(path)}
 
     def send(self, obj: Any) -> None:
         self.outbuf += _frame(obj)
@@ -970,29 +1139,29 @@ class _Server:
             self.sel.unregister(self.proto_out)
 
     def _spawn_monitor(self, slot: int) -> None:
+        """A monitor is a fresh interpreter (posix_spawn of this script): nothing this server
+        read (queued jobs, buffers) is in its memory, at start or after a restart."""
         fds: list[int] = []
-        try:  # no fd survives a failed pipe() or fork()
-            fds += os.pipe()
-            fds += os.pipe()
-            pid = os.fork()
+        try:  # no fd survives a failed pipe() or spawn
+            for _ in range(3):
+                fds += os.pipe()
+            head_r, head_w, body_r, body_w, res_r, res_w = fds
+            cfg = json.dumps({**self.monitor_cfg, "head": head_r, "body": body_r, "res": res_w})
+            for fd in (head_r, body_r, res_w):
+                os.set_inheritable(fd, True)
+            pid = os.posix_spawn(sys.executable, [sys.executable, "-I", "-S", "-B", os.path.join(_HERE, "server.py"),
+                                                  "--monitor", cfg], dict(os.environ))
         except BaseException:
             for fd in fds:
                 os.close(fd)
             raise
-        req_r, req_w, res_r, res_w = fds
-        if pid == 0:
-            try:
-                _close_fds_except({0, 1, 2, req_r, res_w})
-                _monitor(req_r, res_w, self.base, self.jailed, self._nproc)
-            finally:
-                os._exit(0)
-        os.close(req_r)
-        os.close(res_w)
-        os.set_blocking(res_r, False)
-        os.set_blocking(req_w, False)
-        self.monitors[res_r] = {"pid": pid, "req": req_w, "slot": slot, "jobs": deque(), "buf": bytearray(),
-                                "out": bytearray()}
-        self.writers[req_w] = res_r
+        for fd in (head_r, body_r, res_w):
+            os.close(fd)
+        for fd in (res_r, head_w, body_w):
+            os.set_blocking(fd, False)
+        self.monitors[res_r] = {"pid": pid, "req": head_w, "body": body_w, "slot": slot, "jobs": deque(),
+                                "buf": bytearray(), "out": {head_w: bytearray(), body_w: bytearray()}}
+        self.writers[head_w] = self.writers[body_w] = res_r
         self.sel.register(res_r, selectors.EVENT_READ)
 
     def _dispatch(self) -> None:
@@ -1006,25 +1175,29 @@ class _Server:
                 return
             job = self.queue.popleft()
             mon["jobs"].append(job)
-            mon["out"] += _frame(job)
+            head = _header(job)
+            if "prelude" in head:  # the program gets it compiled from its monitor
+                job = {**job, "steps": [{"kind": "python", "source": job["steps"][0]["source"]}]}
+            mon["out"][mon["req"]] += _frame(head)
+            mon["out"][mon["body"]] += _frame(job)
             self._write_monitor(mon)
 
     def _write_monitor(self, mon: dict[str, Any]) -> None:
-        fd = mon["req"]
-        while mon["out"]:
-            try:
-                n = os.write(fd, mon["out"])
-            except BlockingIOError:
-                break
-            except OSError:  # it died: its EOF on the result pipe is handled in _monitor_died
-                mon["out"].clear()
-                break
-            del mon["out"][:n]
-        key = self.sel.get_map().get(fd)
-        if mon["out"] and key is None:
-            self.sel.register(fd, selectors.EVENT_WRITE)
-        elif not mon["out"] and key is not None:
-            self.sel.unregister(fd)
+        for fd, out in mon["out"].items():
+            while out:
+                try:
+                    n = os.write(fd, out)
+                except BlockingIOError:
+                    break
+                except OSError:  # it died: its EOF on the result pipe is handled in _monitor_died
+                    out.clear()
+                    break
+                del out[:n]
+            key = self.sel.get_map().get(fd)
+            if out and key is None:
+                self.sel.register(fd, selectors.EVENT_WRITE)
+            elif not out and key is not None:
+                self.sel.unregister(fd)
 
     def _monitor_output(self, fd: int) -> None:
         mon = self.monitors[fd]
@@ -1046,10 +1219,11 @@ class _Server:
         mon = self.monitors.pop(fd)
         self.sel.unregister(fd)
         os.close(fd)
-        self.writers.pop(mon["req"], None)
-        if mon["req"] in self.sel.get_map():
-            self.sel.unregister(mon["req"])
-        os.close(mon["req"])
+        for w in (mon["req"], mon["body"]):
+            self.writers.pop(w, None)
+            if w in self.sel.get_map():
+                self.sel.unregister(w)
+            os.close(w)
         _, status = os.waitpid(mon["pid"], 0)
         self._kill_strays()
         if mon["jobs"]:  # the one it was running fails; those queued behind it go elsewhere
@@ -1123,7 +1297,8 @@ def _serve_main(argv: Sequence[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *a: os._exit(1))  # monitors get SIGTERM from PDEATHSIG
     _set_name(b"lmsb-server")
-    server = _Server(int(cfg.get("workers", 2)), bool(cfg.get("jailed")))
+    server = _Server(int(cfg.get("workers", 2)), bool(cfg.get("jailed")), cfg.get("seccomp"),
+                     str(cfg.get("seccomp_text", "")), cfg.get("path", []))
     try:
         server.serve()
     finally:
@@ -1131,5 +1306,50 @@ def _serve_main(argv: Sequence[str]) -> None:
         os._exit(0)
 
 
+def _prepare_monitor(cfg: Mapping[str, Any]) -> None:
+    """Once per monitor, before any job: what every program inherits, and the start-up work
+    (imports, caches) each program would otherwise repeat."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _prctl(_PR_SET_DUMPABLE, 0)  # exec made us dumpable again: no one may open our /proc/<pid>/fd
+    for mod in _PRELOAD:
+        try:
+            __import__(mod)
+        except Exception:
+            pass
+    for mod in _HARNESS_MODULES:  # what the jail and _exec_python need, whatever the uid
+        __import__(mod)
+    _child_prctl()
+    _warm_up()
+    for sig in (signal.SIGINT, signal.SIGCHLD, signal.SIGXFSZ, signal.SIGXCPU):
+        signal.signal(sig, signal.SIG_DFL)
+    os.umask(0o077)
+    sys.dont_write_bytecode = True
+    sys.argv = ["<sandbox>"]
+    sys.stdin, sys.stdout, sys.stderr = _STREAMS  # empty buffers on fds 0-2; the monitor never prints
+    sys.__stdin__, sys.__stdout__, sys.__stderr__ = _STREAMS
+    _DEVNULL.append(os.open(os.devnull, os.O_RDWR))
+    if cfg.get("seccomp"):
+        _load_filter(protocol.unb64(cfg["seccomp"]))
+    # Move everything allocated so far out of the collector's reach: a collection in a forked
+    # child would otherwise write to every object and copy the whole heap.
+    gc.collect()
+    gc.freeze()
+
+
+def _monitor_main(argv: Sequence[str]) -> None:
+    cfg = json.loads(argv[0])
+    sys.path[:0] = [p for p in cfg.get("path", []) if p not in sys.path]
+    head, body, res = int(cfg["head"]), int(cfg["body"]), int(cfg["res"])
+    for fd in (head, body, res):
+        os.set_inheritable(fd, False)
+    try:
+        _prepare_monitor(cfg)
+        _monitor(head, body, res, str(cfg["base"]), bool(cfg["jailed"]))
+    finally:
+        os._exit(0)
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["--serve"]:
     _serve_main(sys.argv[2:])
+elif __name__ == "__main__" and sys.argv[1:2] == ["--monitor"]:
+    _monitor_main(sys.argv[2:])
