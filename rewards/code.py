@@ -28,6 +28,7 @@ Imports: standard library, numpy, `rewards.base`, `rewards.errors`, `rewards.dat
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -51,6 +52,10 @@ from rewards.errors import MalformedRecordError, SandboxError
 from rewards.sandbox import Job, Limits, RunResult, Sandbox, command_job, python_job
 
 JAVATUPLES_JAR = "/usr/share/java/javatuples.jar"  # Debian's libjavatuples-java
+# Of a program's result channel, what the host judges (`pyplan.parse_channel`,
+# `multipl_e.parse_outputs`) and so what the sandbox keeps: honest MBPP/HumanEval output is at
+# most 5.3 KB, and judging on the host stays cheap whatever a program writes.
+JUDGED_CHANNEL_BYTES = pyplan.MAX_CHANNEL_CHARS
 log = logging.getLogger(__name__)
 
 
@@ -162,7 +167,9 @@ class CodeReward(Reward):
             weights = CodeWeights(**weights)
         self.weights = CodeWeights(*weights)
         self.workers = workers
-        self.limits = limits or self.default_limits()
+        limits = limits or self.default_limits()
+        # The judge reads at most this much of a result channel: the sandbox need not send more.
+        self.limits = dataclasses.replace(limits, channel_bytes=min(limits.channel_bytes, JUDGED_CHANNEL_BYTES))
         self.max_completion_chars = max_completion_chars
         self.retries = int(retries)
         self.allow_unsandboxed = allow_unsandboxed
@@ -385,7 +392,7 @@ class _PythonCodeReward(CodeReward):
 
     def judge(self, results: list[RunResult], plan: pyplan.PyPlan) -> CodeResult:
         res = results[-1]
-        compiled, outputs = pyplan.parse_channel(res.channel)
+        compiled, outputs = pyplan.parse_channel(res.channel, plan.channel_lines)
         if not compiled:
             return CodeResult(False, 0, len(plan.tests), res.timed_out, feedback=_failure_text(res))
         verdicts = pyplan.judge(plan, outputs, self.name)

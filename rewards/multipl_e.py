@@ -357,12 +357,21 @@ def java_plan(record: Mapping[str, Any]) -> Plan:
 # ----------------------------------------------------------------------------------- outputs
 
 
+MAX_CHANNEL_CHARS = 1 << 16  # of a result channel, judged (honest output is a few KB): host work stays bounded
+
+
 def parse_outputs(channel: str, n: int) -> list[Any]:
     """One entry per check from the result channel: the JSON value, or `MISSING` (no line, an
-    exception, a malformed or contradictory line)."""
+    exception, a malformed or contradictory line). Only the first `MAX_CHANNEL_CHARS` characters
+    are read, and a channel of more than `n` lines (the harness writes one per check) gives every
+    check `MISSING`: the program wrote to the channel itself. The host's work stays bounded
+    whatever a program writes."""
     out: dict[int, Any] = {}
     bad: set[int] = set()
-    for line in channel.splitlines():
+    lines = channel[:MAX_CHANNEL_CHARS].splitlines()
+    if len(lines) > n:
+        return [MISSING] * n
+    for line in lines:
         try:
             msg = json.loads(line)
         except (ValueError, RecursionError):

@@ -241,39 +241,123 @@ class Opaque:
         return f"<opaque {self.kind}>"
 
 
-def decode(x: Any, depth: int = 0) -> Any:
-    """Tagged JSON (from the jail) to plain Python values; raises ValueError on anything else."""
-    if depth > 200:
+# Bounds on what judging one completion may cost the host. The jail's output is data a hostile
+# program shaped, and the judge (inside the trainer) decodes it, hashes it and runs the record's
+# test code on it; each bound is far above what honest solutions need (all of MBPP and HumanEval:
+# at most 5.3 KB of channel, 641 values, one value per hash but for the -1/-2 pair).
+MAX_CHANNEL_CHARS = 1 << 16  # of a result channel, judged; the rest is ignored (those calls fail)
+MAX_VALUES = 1 << 13  # values decoded per completion, all calls together
+MAX_DEPTH = 64  # nesting of one value
+SMALL_HASHABLE = 32  # hashables of at most this many values are hashed on decoding and checked
+MAX_LARGE_HASHABLES = 64  # larger hashables (tuples, frozensets) per completion
+MAX_SAME_HASH = 8  # distinct values that share one hash, per completion
+
+
+class DecodeBudget:
+    """What decoding one completion's outputs may still cost: values left, and every small
+    hashable value seen so far by its hash. Building a set or dict of many distinct values that
+    share one hash (ints n + k·(2^61 − 1), crafted tuples or complex numbers) is quadratic, in the
+    decoder or in test code such as ``set(result)``: such output is refused (`ValueError`)."""
+
+    __slots__ = ("values", "large", "hashes")
+
+    def __init__(self) -> None:
+        self.values, self.large = MAX_VALUES, MAX_LARGE_HASHABLES
+        self.hashes: dict[int, list[Any]] = {}
+
+    def spend(self, n: int) -> None:
+        self.values -= n
+        if self.values < 0:
+            raise ValueError(f"more than {MAX_VALUES} values in one completion's outputs")
+
+    def seen(self, value: Any, size: int) -> None:
+        """Count a hashable `value` of `size` values (itself included)."""
+        if size > SMALL_HASHABLE:
+            self.large -= 1
+            if self.large < 0:
+                raise ValueError(f"more than {MAX_LARGE_HASHABLES} large tuples or frozensets")
+            return
+        try:
+            h = hash(value)
+        except TypeError:  # a tuple holding a list: it cannot be hashed by test code either
+            return
+        same = self.hashes.get(h)
+        if same is None:
+            self.hashes[h] = [value]
+        elif value not in same:  # small values: a few cheap comparisons
+            same.append(value)
+            if len(same) > MAX_SAME_HASH:
+                raise ValueError(f"more than {MAX_SAME_HASH} distinct values share one hash")
+
+
+def decode(x: Any, depth: int = 0, budget: DecodeBudget | None = None) -> Any:
+    """Tagged JSON (from the jail) to plain Python values; raises ValueError on anything else, and
+    on output past `budget` (one per completion; a fresh one if None)."""
+    return _decode(x, depth, budget if budget is not None else DecodeBudget())[0]
+
+
+_ATOMS = (bool, int, float, str)
+
+
+def _decode(x: Any, depth: int, budget: DecodeBudget) -> tuple[Any, int]:
+    """(value, number of values in it)."""
+    if depth > MAX_DEPTH:
         raise ValueError("nested too deeply")
-    if x is None or isinstance(x, (bool, int, float, str)):
-        return x
+    budget.spend(1)
+    if x is None:
+        return x, 1
+    if isinstance(x, _ATOMS):
+        budget.seen(x, 1)
+        return x, 1
     if isinstance(x, list):
-        return [decode(i, depth + 1) for i in x]
+        items, size = _decode_all(x, depth, budget)
+        return items, size
     if isinstance(x, dict) and len(x) == 1:
         (tag, v), = x.items()
         if tag in ("$t", "$s", "$fs") and isinstance(v, list):
-            items = [decode(i, depth + 1) for i in v]
-            return tuple(items) if tag == "$t" else set(items) if tag == "$s" else frozenset(items)
+            items, size = _decode_all(v, depth, budget)
+            if tag == "$s":
+                return set(items), size  # every element was checked on its way here
+            out = tuple(items) if tag == "$t" else frozenset(items)
+            budget.seen(out, size)
+            return out, size
         if tag == "$d" and isinstance(v, list):
-            out = {}
+            pairs, size = [], 1
             for pair in v:
                 if not (isinstance(pair, list) and len(pair) == 2):
                     raise ValueError("bad dict entry")
-                out[decode(pair[0], depth + 1)] = decode(pair[1], depth + 1)
-            return out
+                (key, n), (item, m) = _decode(pair[0], depth + 1, budget), _decode(pair[1], depth + 1, budget)
+                pairs.append((key, item))
+                size += n + m
+            return dict(pairs), size
         if tag == "$f" and v in ("nan", "inf", "-inf"):
-            return float(v)
+            return float(v), 1
         if tag == "$b" and isinstance(v, str):
-            return bytes.fromhex(v)
+            out = bytes.fromhex(v)
+            budget.seen(out, 1)
+            return out, 1
         if tag == "$c" and isinstance(v, list) and len(v) == 2:
-            re_, im = decode(v[0], depth + 1), decode(v[1], depth + 1)
+            (re_, _), (im, _) = _decode(v[0], depth + 1, budget), _decode(v[1], depth + 1, budget)
             if isinstance(re_, float) and isinstance(im, float):
-                return complex(re_, im)
+                out = complex(re_, im)
+                budget.seen(out, 1)
+                return out, 3
         if tag == "$type" and v in _TYPES:
-            return _TYPES[v]
+            return _TYPES[v], 1
         if tag == "$o":
-            return Opaque(str(v))
+            return Opaque(str(v)[:64]), 1
     raise ValueError("not a value")
+
+
+def _decode_all(xs: list, depth: int, budget: DecodeBudget) -> tuple[list, int]:
+    if len(xs) > budget.values:
+        raise ValueError(f"more than {MAX_VALUES} values in one completion's outputs")
+    items, size = [], 1
+    for i in xs:
+        item, n = _decode(i, depth + 1, budget)
+        items.append(item)
+        size += n
+    return items, size
 
 
 class _Unsupported(Exception):
@@ -357,6 +441,12 @@ class PyPlan:
     aliases: dict[str, str] = field(default_factory=dict)  # test name -> the candidate's name
     jail_setup: str = ""  # setup that builds inputs from the candidate's own classes (runs in the jail)
     jail_globals: tuple[str, ...] = ()  # the names it binds; the host passes them by name
+
+    @property
+    def channel_lines(self) -> int:
+        """Result-channel lines an honest run writes: the compiled flag and one per call (the
+        judge reads no more)."""
+        return len(self.calls) + 1
 
     @property
     def jail_calls(self) -> str:
@@ -558,14 +648,20 @@ def _matches(recorded: Any, actual: Any) -> bool:
         isinstance(recorded, float) and isinstance(actual, float) and recorded != recorded and actual != actual)
 
 
-def parse_channel(channel: str) -> tuple[bool | None, dict[int, tuple[str, Any]]]:
+def parse_channel(channel: str, max_lines: int | None = None) -> tuple[bool | None, dict[int, tuple[str, Any]]]:
     """(compiled flag, {call index: ("v", value) | ("e", exception name)}) from the jail's lines.
     Lines that are not well-formed are ignored; a call reported twice differently counts as
-    no output."""
+    no output. Only the first `MAX_CHANNEL_CHARS` characters are read, and a channel of more than
+    `max_lines` lines (`PyPlan.channel_lines`: the harness writes the compiled flag and one line
+    per call) gives no call any output: the program wrote to the channel itself, and reading
+    only the first lines would let its forged lines push the harness's out of sight."""
     compiled: bool | None = None
     out: dict[int, tuple[str, Any]] = {}
     bad: set[int] = set()
-    for line in channel.splitlines():
+    lines = channel[:MAX_CHANNEL_CHARS].splitlines()
+    if max_lines is not None and len(lines) > max_lines:
+        lines = lines[:1]  # the compiled flag, written before the candidate's code ran
+    for line in lines:
         try:
             msg = json.loads(line)
         except (ValueError, RecursionError):
@@ -599,6 +695,7 @@ def judge(plan: PyPlan, outputs: Mapping[int, tuple[str, Any]], record: str) -> 
         by_unit.setdefault(u, []).append(k)
     cursor = {u: 0 for u in by_unit}
     unit = [0]
+    budget = DecodeBudget()  # for all of this completion's outputs together
 
     def replayer(name: str) -> Any:
         def replay(*args: Any, **kwargs: Any) -> Any:
@@ -620,9 +717,9 @@ def judge(plan: PyPlan, outputs: Mapping[int, tuple[str, Any]], record: str) -> 
             if kind == "e":
                 raise _EXCEPTIONS.get(value, CandidateError)(f"candidate raised {value}")
             try:
-                return decode(value)
+                return decode(value, budget=budget)
             except (ValueError, TypeError, RecursionError):
-                raise CandidateError("undecodable output") from None
+                raise CandidateError("undecodable output, or past the judge's bounds") from None
         return replay
 
     with warnings.catch_warnings():
@@ -720,4 +817,4 @@ def humaneval_plan(record: Mapping[str, Any]) -> PyPlan:
 
 
 __all__ = ["PyPlan", "HARNESS", "ENCODER_SOURCE", "build_plan", "mbpp_plan", "humaneval_plan", "judge",
-           "parse_channel", "decode", "Opaque", "CandidateError"]
+           "parse_channel", "decode", "DecodeBudget", "Opaque", "CandidateError"]
