@@ -23,6 +23,7 @@ from agents.rloo import RLOO
 from agents.rollout import Episodes, collect_episodes
 from agents.sft import SFT
 from agents.star import STaR
+from agents.token_log import TokenLogCallback
 
 # Names for configs (``run_ppo.py agent=NAME``) and for checkpoints' ``agent_class``.
 AGENTS = {"ppo": PPO, "grpo": GRPO, "rloo": RLOO, "reinforce": REINFORCE, "reinforce_pp": REINFORCEPlusPlus,
@@ -30,4 +31,4 @@ AGENTS = {"ppo": PPO, "grpo": GRPO, "rloo": RLOO, "reinforce": REINFORCE, "reinf
 
 __all__ = ["AGENTS", "DPO", "GRPO", "KTO", "PPO", "REINFORCE", "RLOO", "REINFORCEPlusPlus", "SFT", "STaR", "CheckpointEveryIterations",
            "EvalEveryIterations", "Episodes", "OnPolicyLMAlgorithm", "TokenRolloutBuffer", "collect_episodes",
-           "evaluate_policy", "latest_checkpoint"]
+           "evaluate_policy", "latest_checkpoint", "TokenLogCallback"]

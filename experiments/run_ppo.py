@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `config` when run as a script
@@ -146,6 +147,7 @@ def main(argv: list[str]) -> dict:
     from agents import distributed
     from agents.checkpoint import atomic_write_text
 
+    started = time.perf_counter()
     layout = distributed.init_from_env()  # torchrun / accelerate launch; None for one process
     main_process = distributed.is_main_process()
     cfg = compose(argv)
@@ -180,6 +182,10 @@ def main(argv: list[str]) -> dict:
     time_limit = StopAfterSeconds(60 * cfg.time_limit_minutes, verbose=1) if cfg.get("time_limit_minutes") else None
     if time_limit is not None:
         callbacks.append(time_limit)
+    if cfg.report_episodes != 0:  # per-token quantities of a few episodes per iteration, for the report
+        from agents.token_log import TokenLogCallback
+
+        callbacks.append(TokenLogCallback(out / "tokens", episodes=cfg.report_episodes))
     if cfg.eval_every:
         callbacks.append(EvalEveryIterations(eval_env, cfg.eval_every, cfg.env.eval_episodes,
                                              on_result=lambda it, summary: write_json(out / f"eval_iter_{it:06d}.json",
@@ -212,8 +218,27 @@ def main(argv: list[str]) -> dict:
     before = json.loads((out / "eval_before.json").read_text())
     print(f"\nheld-out evaluation ({cfg.env.eval_episodes} episodes), before -> after training:\n"
           + before_after_table(before, summary), file=sys.stderr)
+    if cfg.report:
+        write_report(out, time.perf_counter() - started)
     print(f"done: outputs in {out} (tensorboard --logdir {out / 'tb'})", file=sys.stderr)
     return summary
+
+
+def write_report(out: Path, run_seconds: float) -> None:
+    """``out/report.html`` (experiments/report.py), timed against the run. A report that fails
+    does not fail the run, whose outputs are all written by now: it says how to retry."""
+    start = time.perf_counter()
+    try:
+        import report
+
+        path = report.write_report(out)
+    except Exception as err:  # noqa: BLE001 - the run itself succeeded
+        print(f"report: failed ({type(err).__name__}: {err}); retry with python experiments/report.py {out}",
+              file=sys.stderr)
+        return
+    seconds = time.perf_counter() - start
+    print(f"report: {path} ({seconds:.1f}s, {100 * seconds / max(run_seconds, 1e-9):.1f}% of the run)",
+          file=sys.stderr)
 
 
 def cli(argv: list[str]) -> dict:
