@@ -50,6 +50,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,7 @@ class TokenLogCallback(BaseCallback):
         super().__init__(verbose)
         self.directory, self.episodes, self.recompute = Path(directory), episodes, recompute
         self._pending: dict[str, Any] | None = None
+        self.seconds = 0.0  # wall time spent logging, teacher-forced passes included
 
     def _on_step(self) -> bool:
         return True
@@ -129,6 +131,11 @@ class TokenLogCallback(BaseCallback):
         return int(self.episodes if self.episodes is not None else getattr(self.model, "log_samples", 2))
 
     def _on_rollout_end(self) -> None:
+        start = time.perf_counter()
+        self._take()
+        self.seconds += time.perf_counter() - start
+
+    def _take(self) -> None:
         buffer = getattr(self.model, "buffer", None)
         if buffer is None or not distributed.is_main_process() or self._count() <= 0:
             return
@@ -173,6 +180,7 @@ class TokenLogCallback(BaseCallback):
         pending, self._pending = self._pending, None
         if pending is None:
             return None
+        start = time.perf_counter()
         records = episode_records(pending["buffer"], pending["rows"], self._tokenizer(), pending["recomputed"],
                                   self._pause_id(), self._code_weights(), self._prompt_width(),
                                   getattr(self.model.policy, "value_head", None) is not None)
@@ -182,6 +190,7 @@ class TokenLogCallback(BaseCallback):
             for record in records:
                 record.update(iteration=pending["iteration"], timesteps=pending["timesteps"])
                 handle.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+        self.seconds += time.perf_counter() - start
         return path
 
     # -- what the env and the policy say, through their public surfaces ---------------------------

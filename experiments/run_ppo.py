@@ -182,10 +182,12 @@ def main(argv: list[str]) -> dict:
     time_limit = StopAfterSeconds(60 * cfg.time_limit_minutes, verbose=1) if cfg.get("time_limit_minutes") else None
     if time_limit is not None:
         callbacks.append(time_limit)
+    token_log = None
     if cfg.report_episodes != 0:  # per-token quantities of a few episodes per iteration, for the report
         from agents.token_log import TokenLogCallback
 
-        callbacks.append(TokenLogCallback(out / "tokens", episodes=cfg.report_episodes))
+        token_log = TokenLogCallback(out / "tokens", episodes=cfg.report_episodes)
+        callbacks.append(token_log)
     if cfg.eval_every:
         callbacks.append(EvalEveryIterations(eval_env, cfg.eval_every, cfg.env.eval_episodes,
                                              on_result=lambda it, summary: write_json(out / f"eval_iter_{it:06d}.json",
@@ -219,14 +221,15 @@ def main(argv: list[str]) -> dict:
     print(f"\nheld-out evaluation ({cfg.env.eval_episodes} episodes), before -> after training:\n"
           + before_after_table(before, summary), file=sys.stderr)
     if cfg.report:
-        write_report(out, time.perf_counter() - started)
+        write_report(out, time.perf_counter() - started, token_log.seconds if token_log is not None else 0.0)
     print(f"done: outputs in {out} (tensorboard --logdir {out / 'tb'})", file=sys.stderr)
     return summary
 
 
-def write_report(out: Path, run_seconds: float) -> None:
-    """``out/report.html`` (experiments/report.py), timed against the run. A report that fails
-    does not fail the run, whose outputs are all written by now: it says how to retry."""
+def write_report(out: Path, run_seconds: float, logging_seconds: float = 0.0) -> None:
+    """``out/report.html`` (experiments/report.py). Prints what the report cost, with the token
+    log's ``logging_seconds``, as a share of the run. A report that fails does not fail the run,
+    whose outputs are all written by now: it says how to retry."""
     start = time.perf_counter()
     try:
         import report
@@ -237,8 +240,9 @@ def write_report(out: Path, run_seconds: float) -> None:
               file=sys.stderr)
         return
     seconds = time.perf_counter() - start
-    print(f"report: {path} ({seconds:.1f}s, {100 * seconds / max(run_seconds, 1e-9):.1f}% of the run)",
-          file=sys.stderr)
+    share = 100 * (seconds + logging_seconds) / (run_seconds + seconds)
+    print(f"report: {path} ({seconds:.1f}s to write, {logging_seconds:.1f}s of token logging: {share:.1f}% of the "
+          f"run)", file=sys.stderr)
 
 
 def cli(argv: list[str]) -> dict:

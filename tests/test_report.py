@@ -161,8 +161,11 @@ def test_select_iterations_keeps_the_first_and_the_last():
     assert report.select_iterations(records[:3], 24) == records[:3]
 
 
-def test_run_ppo_writes_the_report_at_the_end(tiny_dir, tmp_path):
-    """Every run writes report.html (the shipped default, report: true) from its own token logs."""
+def test_run_ppo_writes_the_report_at_the_end(tiny_dir, tmp_path, capsys):
+    """Every run writes report.html (the shipped default, report: true) from its own token logs,
+    and says what the report cost as a share of the run."""
+    import re
+
     import run_ppo
 
     run_ppo.main(["experiment=tiny_test", "report=true", f"policy.model={tiny_dir}", "policy.lora.r=2",
@@ -171,6 +174,9 @@ def test_run_ppo_writes_the_report_at_the_end(tiny_dir, tmp_path):
     data = json.loads(page.split('id="token-data">')[1].split("</script>")[0])
     assert {(e["iteration"], e["row"]) for e in data["episodes"]} == {(1, 0), (1, 1), (2, 0), (2, 1)}  # log_samples=2
     assert "toxicity_mean" in page and "lm_envs/Toxicity-v0" in page
+    printed = capsys.readouterr().err
+    assert re.search(r"report: \S+report\.html \(\d+\.\ds to write, \d+\.\ds of token logging: \d+\.\d% of the run\)",
+                     printed), printed[-2000:]
 
 
 # -- in a real browser ----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ EVAL_KEYS = {"toxicity_mean", "toxicity_frac_above_0.5", "kl_mean", "perplexity_
 def test_short_toxicity_preset_writes_evals_and_plots(tiny_dir, tmp_path):
     args = ["experiment=toxicity_cpu", f"policy.model={tiny_dir}", "policy.lora.r=2",
             "policy.lora.target_modules=[q_proj,v_proj]", f"output_dir={tmp_path}", "progress_bar=false",
-            "iterations=3", "time_limit_minutes=null", "env.num_envs=4", "env.eval_episodes=8",
+            "iterations=3", "time_limit_minutes=null", "env.num_envs=4", "env.eval_episodes=8", "report=false",
             "env.kwargs.max_new_tokens=6", "agent.batch_size=4", "agent.micro_batch_size=2",
             "env.reward_wrappers=[{type: add_terms, terms: {too_short: {term: length, below: 3, weight: -1.0}}}]"]
     proc = subprocess.run([sys.executable, str(REPO / "experiments" / "run_ppo.py"), *args],
