@@ -8,7 +8,7 @@ only, never changes it, and works with every agent: the online agents' buffers h
 below, the round agents' (STaR, DPO, KTO) only the rollout fields, and SFT's none (nothing is
 written for a round without rollouts).
 
-**Format** (``"v": 1``). One JSON object per line, one line per logged episode::
+**Format** (``"v": 1``). One JSON object per line, one line per logged episode:
 
     {"v": 1, "iteration": 3, "timesteps": 1536, "row": 0,
      "ids": [...], "tokens": ["The", " cat", ...],  # the whole episode, prompt then completion, no padding

@@ -240,7 +240,8 @@ padding:6px 0;z-index:2;border-bottom:1px solid #eee}
 .badge.passed{background:#1a7f37}.badge.failing_test{background:#bf8700}.badge.compile_error{background:#cf222e}
 .tokens{font:13px/1.9 ui-monospace,SFMono-Regular,Menlo,monospace;white-space:pre-wrap;word-break:break-word}
 .tok{border-radius:2px;padding:1px 0}.tok.prompt{color:#8c959f}
-.tok.injected{outline:1px dashed #8250df;background:#fbefff;color:#6639ba}
+.tok.injected{border-bottom:2px dashed #8250df;background:#fbefff;color:#6639ba}
+.prompt-block{display:block;max-height:7.6em;overflow-y:auto;border-left:3px solid #d0d7de;padding-left:6px}
 .tok.pause{outline:2px solid #0550ae;font-weight:bold}
 .turn{display:block;font:11px system-ui,sans-serif;color:#57606a;margin:4px 0 1px;border-top:1px dotted #d0d7de}
 .seg-label{font:10px system-ui,sans-serif;color:#8250df;margin:0 2px;vertical-align:super}
@@ -254,7 +255,7 @@ INSPECTOR_HTML = """
 are coloured by the chosen quantity (blue: negative, red: positive; one colour for a one-signed quantity);
 hover a token for every value.
 <span><span class="tok prompt">grey</span>: prompt</span>
-<span><span class="tok injected">dashed</span>: injected by the env</span>
+<span><span class="tok injected">underlined</span>: injected by the env</span>
 <span><span class="tok pause">boxed</span>: pause token</span></p>
 <div id="controls">
 <label>colour by <select id="quantity"></select></label>
@@ -318,7 +319,7 @@ SCRIPT = r"""
       if (t === turns - 1) return ep.score;
       return undefined;
     };
-    let action = 0, run = -1;
+    let action = 0, run = -1, promptBlock = null;
     for (let i = 0; i < kinds.length; i++) {
       const k = kinds[i], isAction = k === "a" || k === "z";
       if (isAction && (i === 0 || !"az".includes(kinds[i - 1]))) {
@@ -345,10 +346,15 @@ SCRIPT = r"""
       if (isAction) span.dataset.action = action;
       spans.push([e, isAction ? action : -1, span, k]);
       if (isAction) action++;
-      body.appendChild(span);
+      if (k === "p") {  // the prompt: a short scrolling block, opened at its end
+        if (!promptBlock) { promptBlock = document.createElement("span"); promptBlock.className = "prompt-block";
+                            body.appendChild(promptBlock); }
+        promptBlock.appendChild(span);
+      } else body.appendChild(span);
     }
     box.appendChild(body);
     root.appendChild(box);
+    if (promptBlock) promptBlock.scrollTop = promptBlock.scrollHeight;
   });
   function scale(q) {
     let lo = 0, hi = 0;
