@@ -11,20 +11,33 @@ Every hostile completion must score no more than an honest wrong answer (0.2 her
 passes nothing), the honest solution in the same batch must keep full marks, and the host must
 see no effect: no signal, no socket connection, no file outside the job dir.
 
+The isolation classes of issue 25 follow: kernel keyrings (the trainer's session keyring must be
+unchanged, and no key may persist to the next job), programs scored at the same time talking over
+abstract unix sockets or loopback (listener and sender in one batch), other jobs in a Python
+program's memory (forty spies queued at once, each searching everything it can reach for another
+job's marker), and host CPU for judging hostile output (under 50 ms and 10x an honest wrong
+answer's). Python programs reach the kernel through a fresh interpreter started with
+`_posixsubprocess` (no audit event), so the seccomp filter, not the audit hook, is what is tested.
+
 The suite runs as whoever runs pytest, and `test_hostile_suite_as_unprivileged_user` runs it
 again as `nobody` (setpriv, system python3 with the venv's site-packages on PYTHONPATH) when
 that is root, so both modes are covered in one `make test`.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import struct
 import sysconfig
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -32,6 +45,7 @@ import pytest
 
 from rewards.code import HumanEvalCppReward, HumanEvalJavaReward, HumanEvalReward, MBPPReward
 from rewards.data import humaneval_package_file, load_humaneval, load_humaneval_x, load_mbpp, resolve_data_dir
+from rewards.sandbox import Sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
 HONEST_WRONG = 0.2  # compiles, passes no test
@@ -366,6 +380,399 @@ def test_java_always_equal_list():
         reward.close()
 
 
+# ------------------------------------------------------------------- isolation (issue 25)
+# Four classes that reach past one program: kernel keyrings, a network shared by programs running
+# at the same time, other jobs in a Python program's memory, and host work on hostile output. Each
+# attack is an oracle (the right answer when it gets through), in each language where it applies;
+# the host checks its own state too: its keyrings, and its CPU time for judging.
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_L = ctypes.c_long
+_SYS_ADD_KEY, _SYS_KEYCTL = 248, 250  # x86_64, like the sandbox
+_KEYCTL_GET_KEYRING_ID, _KEYCTL_JOIN_SESSION_KEYRING, _KEYCTL_READ = 0, 1, 11
+_SESSION, _USER = -3, -4
+
+
+def _keyctl(*args) -> int:
+    res = _LIBC.syscall(_L(_SYS_KEYCTL), *args)
+    if res < 0:
+        raise OSError(ctypes.get_errno(), f"keyctl{args[:1]}: {os.strerror(ctypes.get_errno())}")
+    return res
+
+
+def _key_payload(serial: int) -> bytes:
+    buf = ctypes.create_string_buffer(65536)
+    n = _keyctl(_L(_KEYCTL_READ), _L(serial), buf, _L(len(buf)))
+    return buf.raw[:n]
+
+
+def _keyring_state(secret_key: int) -> tuple:
+    """What the trainer holds: its session and user keyrings' keys, and its secret's payload."""
+    ids = lambda ring: sorted(struct.unpack(f"{len(p) // 4}i", p)) if (p := _key_payload(ring)) else []  # noqa: E731
+    return ids(_keyctl(_L(_KEYCTL_GET_KEYRING_ID), _L(_SESSION), _L(1))), \
+        ids(_keyctl(_L(_KEYCTL_GET_KEYRING_ID), _L(_USER), _L(1))), _key_payload(secret_key)
+
+
+@pytest.fixture(scope="module")
+def trainer_keys():
+    """The trainer holds a session keyring (as under systemd, pam_keyinit or `keyctl session`)
+    with a secret key; afterwards its keyrings and the secret must be exactly as they were."""
+    session = _keyctl(_L(_KEYCTL_JOIN_SESSION_KEYRING), ctypes.c_char_p(f"lmsb-test-{uuid.uuid4().hex[:8]}".encode()))
+    secret = f"lmsb-secret-{uuid.uuid4().hex}".encode()
+    key = _LIBC.syscall(_L(_SYS_ADD_KEY), b"user", b"lmsb-secret", secret, ctypes.c_size_t(len(secret)), _L(_SESSION))
+    assert key > 0, os.strerror(ctypes.get_errno())
+    before = _keyring_state(key)
+    yield {"session": session, "key": key}
+    assert _keyring_state(key) == before, "a program changed the trainer's keyrings"
+
+
+def keyring_payload(k: dict) -> str:
+    """Python for a fresh interpreter (no audit hook): prints WIN and what worked, if anything."""
+    return (
+        "import ctypes\nl = ctypes.CDLL(None, use_errno=True)\nL = ctypes.c_long\n"
+        "sc = lambda nr, *a: l.syscall(L(nr), *a)\nwon = []\nbuf = ctypes.create_string_buffer(4096)\n"
+        f"S, K = {k['session']}, {k['key']}\n"
+        "if sc(250, L(11), L(K), buf, L(4096)) > 0: won.append('read the trainer key')\n"
+        "if sc(250, L(0), L(-3), L(0)) >= 0: won.append('session keyring')\n"
+        "for ring in (-3, -4, -5, S):\n"
+        "    if sc(248, b'user', b'lmsb-planted', b'x', ctypes.c_size_t(1), L(ring)) >= 0: won.append('add_key')\n"
+        "if sc(250, L(7), L(S)) == 0: won.append('cleared the trainer keyring')\n"
+        "if sc(249, b'user', b'lmsb-secret', None, L(0)) >= 0: won.append('request_key')\n"
+        "if sc(249, b'user', b'lmsb-persist', None, L(0)) >= 0: won.append('a key an earlier job left')\n"
+        "sc(248, b'user', b'lmsb-persist', b'x', ctypes.c_size_t(1), L(-4))\n"
+        "try:\n    won += ['/proc/keys'] if 'lmsb' in open('/proc/keys').read() else []\nexcept OSError:\n    pass\n"
+        "print('WIN ' + ','.join(won) if won else 'contained')\n")
+
+
+def network_payload(role: str, name: str, port: int) -> str:
+    """Python for a fresh interpreter: a listener (abstract unix, loopback TCP/UDP, an autobound
+    datagram socket) or a sender; prints WIN if a channel opened or data arrived."""
+    return (
+        "import socket, time\nwon = []\n"
+        f"name, port = b'\\0' + {name.encode()!r}, {port}\n"
+        "def attempt(f):\n    try:\n        return f()\n    except OSError:\n        return None\n"
+        + ("u = attempt(lambda: socket.socket(socket.AF_UNIX))\n"
+           "if u and attempt(lambda: (u.bind(name), u.listen(4), 1)): won.append('abstract listen')\n"
+           "t = attempt(lambda: socket.socket(socket.AF_INET))\n"
+           "if t and attempt(lambda: (t.bind(('127.0.0.1', port)), t.listen(4), 1)): won.append('tcp listen')\n"
+           "d = attempt(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))\n"
+           "if d:\n    attempt(lambda: d.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1))\n"
+           "    attempt(lambda: d.sendto(b'x', name))\n"
+           "    if attempt(d.getsockname): won.append('autobound')\n"
+           "end = time.time() + 4\n"
+           "while time.time() < end and not won:\n"
+           "    for s in (u, t):\n        s and s.setblocking(False)\n"
+           "        c = s and attempt(s.accept)\n        if c: won.append('received')\n"
+           "    time.sleep(0.02)\n"
+           if role == "listen" else
+           "end = time.time() + 4\n"
+           "while time.time() < end and not won:\n"
+           "    u = attempt(lambda: socket.socket(socket.AF_UNIX))\n"
+           "    if u and attempt(lambda: (u.connect(name), u.send(b'answer'))): won.append('abstract connect')\n"
+           "    t = attempt(lambda: socket.socket(socket.AF_INET))\n"
+           "    if t and attempt(lambda: (t.connect(('127.0.0.1', port)), t.send(b'answer'))): won.append('tcp')\n"
+           "    time.sleep(0.02)\n")
+        + "print('WIN ' + ','.join(won) if won else 'contained')\n")
+
+
+# A Python program's way around its audit hook (which is not a boundary): a fresh interpreter
+# through _posixsubprocess, which raises no audit event. The seccomp filter is inherited.
+RAW_PY = '''
+def _raw(code):
+    import _posixsubprocess, os
+    r, w = os.pipe()
+    er, ew = os.pipe()
+    try:
+        pid = _posixsubprocess.fork_exec([b"/usr/bin/python3", b"-I", b"-S", b"-c", code.encode()],
+                                         [b"/usr/bin/python3"], True, tuple(sorted((w, ew))), None, None, -1, -1, -1,
+                                         w, -1, -1, er, ew, False, False, -1, None, None, None, -1, None, False)
+    except Exception as e:
+        return "spawn failed: %r" % (e,)
+    os.close(w)
+    os.close(ew)
+    out = b""
+    while True:
+        chunk = os.read(r, 65536)
+        if not chunk:
+            break
+        out += chunk
+    os.waitpid(pid, 0)
+    return out.decode()
+'''
+
+
+def _py_oracle(payload: str) -> str:
+    return ("def _win(s, ch):\n" + PY_CORRECT + RAW_PY
+            + f"def remove_Occ(s, ch):\n    out = _raw({payload!r})\n    return _win(s, ch) if out.startswith('WIN') else s\n")
+
+
+def _net_names() -> tuple[str, int]:
+    return f"lmsb-peer-{uuid.uuid4().hex[:8]}", 20000 + uuid.uuid4().int % 20000
+
+
+def test_python_isolation(host, trainer_keys):
+    """Keyrings (twice: nothing persists to the next job), a listener and a sender scored at the
+    same time, and the same through the program's own code where its audit hook allows it."""
+    rec = next(r for r in load_mbpp("test") if r["task_id"] == 11)
+    name, port = _net_names()
+    hacks = {
+        "honest": "def remove_Occ(s, ch):\n" + PY_CORRECT,
+        "honest_wrong": "def remove_Occ(s, ch):\n    return s\n",
+        "keyrings": _py_oracle(keyring_payload(trainer_keys)),
+        "listener": _py_oracle(network_payload("listen", name, port)),
+        "sender": _py_oracle(network_payload("send", name, port)),
+        "socket_in_process": ("import socket\ndef _win(s, ch):\n" + PY_CORRECT + "def remove_Occ(s, ch):\n    try:\n"
+                              "        socket.socketpair()[0].close()\n        return _win(s, ch)\n"
+                              "    except Exception:\n        return s\n"),
+    }
+    reward = MBPPReward(workers=4)
+    try:
+        names = list(hacks)
+        for _ in range(2):  # the second round would find a key the first one left
+            scores = reward([hacks[n] for n in names], [rec] * len(names))
+            assert_contained(scores, names)
+    finally:
+        reward.close()
+    with Sandbox(workers=2) as box:  # the layer under the oracles: what the attacks saw
+        outs = box.map_python([RAW_PY + f"print(_raw({p!r}))" for p in
+                               (keyring_payload(trainer_keys), network_payload("listen", name, port))])
+    assert [o.stdout.strip() for o in outs] == ["contained", "contained"], outs
+
+
+def test_python_jobs_do_not_see_each_other(host):
+    """Other jobs never enter a Python program's memory: many jobs queued at once, each with its
+    own marker; every program looks through everything it can reach (gc, frames, the server's
+    module) for another job's marker, and returns the right answer only if it finds one."""
+    rec = next(r for r in load_mbpp("test") if r["task_id"] == 11)
+    markers = [f"lmsb-job-{uuid.uuid4().hex}" for _ in range(40)]
+    spy = ("import gc, re, sys\ndef _win(s, ch):\n" + PY_CORRECT + "MINE = {mine!r}\n"
+           "def _found():\n    todo, f = gc.get_objects() + list(sys.modules.values()), sys._getframe()\n"
+           "    while f is not None:\n        todo += [f.f_locals, f.f_globals]\n        f = f.f_back\n"
+           "    done, n = set(), 0\n"
+           "    while todo and n < 400000:  # everything reachable, breadth first\n"
+           "        o = todo.pop()\n        n += 1\n        if id(o) in done:\n            continue\n        done.add(id(o))\n"
+           "        if isinstance(o, (bytes, bytearray)):\n            o = bytes(o).decode('latin-1')\n"
+           "        if isinstance(o, str):\n"
+           "            if set(re.findall('lmsb-job-[0-9a-f]{{32}}', o)) - {{MINE}}:\n                return True\n"
+           "            continue\n"
+           "        try:\n            todo += gc.get_referents(o)\n        except Exception:\n            pass\n"
+           "    return False\n"
+           "def remove_Occ(s, ch):\n    return _win(s, ch) if _found() else s\n")
+    sources = [spy.format(mine=m) for m in markers]
+    reward = MBPPReward(workers=4)
+    try:
+        honest = "def remove_Occ(s, ch):\n" + PY_CORRECT
+        scores = reward([honest] + sources, [rec] * (len(sources) + 1))
+        assert_contained(scores, ["honest"] + markers)
+    finally:
+        reward.close()
+
+
+def test_monitor_reads_only_job_headers():
+    """What a monitor reads of a job (`server._header`) holds no source, argv, file or input."""
+    sys.path.insert(0, str(ROOT / "rewards" / "sandbox"))
+    try:
+        import server
+    finally:
+        sys.path.pop(0)
+    job = {"id": 7, "steps": [{"kind": "python", "source": "SECRET", "prelude": "shared = 1"}],
+           "limits": [{"wall_s": 1}], "files": {"a.txt": "U0VDUkVU"}}
+    head = server._header(job)
+    assert "SECRET" not in json.dumps(head) and "U0VDUkVU" not in json.dumps(head), head
+    assert head == {"id": 7, "limits": [{"wall_s": 1}], "kinds": ["python"], "prelude": "shared = 1"}
+    cmd = server._header({"id": 8, "steps": [{"kind": "exec", "argv": ["g++", "SECRET.cpp"]}], "limits": [{}]})
+    assert "SECRET" not in json.dumps(cmd)
+
+
+def _trainer_cpu_ms(reward, completion: str, rec: dict, repeats: int = 5) -> float:
+    """Median CPU time of this process (the trainer: its judging and reader threads) per scoring."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        reward([completion], [rec])
+        times.append(time.process_time() - t0)
+    return 1000 * sorted(times)[len(times) // 2]
+
+
+def test_judging_hostile_output_is_bounded():
+    """Output whose decoding or hashing costs the host quadratic time (values sharing one hash:
+    ints n + k(2^61 - 1), complex numbers, as a set or as a list the test code may hash), floods
+    of values or of lines: the trainer's CPU per completion stays under 50 ms and 10x an honest
+    wrong answer's, and the completion scores no more than that answer."""
+    rec = next(r for r in load_mbpp("test") if r["task_id"] == 11)
+    p = (1 << 61) - 1
+    payloads = {  # written straight to the result channel, as the harness would, then exit
+        "colliding_int_set": "'{\"$s\": [' + ','.join(str(5 + k * %d) for k in range(3000)) + ']}'" % p,
+        "colliding_int_list": "'[' + ','.join(str(5 + k * %d) for k in range(3000)) + ']'" % p,
+        "colliding_complex_set": ("'{\"$s\": [' + ','.join('{\"$c\": [%%r, %%r]}' %% (float(10**15 - 1000003 * k), "
+                                  "float(k)) for k in range(1500)) + ']}'"),
+        "colliding_tuple_keys": "'{\"$d\": [' + ','.join('[{\"$t\": [%%d]}, 1]' %% (5 + k * %d) for k in range(2500)) + ']}'" % p,
+        "flat_flood": "'[' + ','.join('1' for k in range(30000)) + ']'",
+        "deep": "'[' * 5000 + ']' * 5000",
+    }
+    hostile = {name: ("import os\nv = %s\nfor k in range(3):\n    os.write(3, ('{\"k\": %%d, \"v\": %%s}\\n' %% (k, v)).encode())\n"
+                      "os._exit(0)\ndef remove_Occ(s, ch):\n    return s\n" % val) for name, val in payloads.items()}
+    hostile["line_flood"] = "import os\nos.write(3, b'{\"k\": 99, \"v\": 1}\\n' * 60000)\nos._exit(0)\n"
+    wrong = "def remove_Occ(s, ch):\n    return s\n"
+    reward = MBPPReward(workers=2)
+    try:
+        base = _trainer_cpu_ms(reward, wrong, rec)
+        for name, code in hostile.items():
+            assert reward([code], [rec])[0] <= HONEST_WRONG + 1e-6, name
+            cpu = _trainer_cpu_ms(reward, code, rec)
+            assert cpu < 50 and cpu < 10 * max(base, 0.5), (name, cpu, base)
+    finally:
+        reward.close()
+
+
+def test_decoder_refuses_degenerate_containers():
+    """Without the sandbox: the decoder itself, on values sharing one hash, stays linear."""
+    from rewards import pyplan
+
+    p = (1 << 61) - 1
+    for bad in ({"$s": [5 + k * p for k in range(pyplan.MAX_SAME_HASH + 1)]},
+                [5 + k * p for k in range(pyplan.MAX_SAME_HASH + 1)],
+                {"$fs": [{"$t": [5 + k * p]} for k in range(pyplan.MAX_SAME_HASH + 1)]},
+                list(range(pyplan.MAX_VALUES + 1)), functools.reduce(lambda x, _: [x], range(pyplan.MAX_DEPTH + 1), 0)):
+        with pytest.raises(ValueError):
+            pyplan.decode(bad)
+    # Equal values and the one honest collision (-1 and -2) are fine.
+    assert pyplan.decode({"$s": [0] * 1000 + [-1, -2] * 100}) == {0, -1, -2}
+    few = [5 + k * p for k in range(pyplan.MAX_SAME_HASH)]
+    assert pyplan.decode([few]) == [few]
+
+
+def test_multipl_e_judge_is_bounded():
+    """The C++/Java judge: a channel with more lines than checks (forged, or a flood) gives no
+    check an output, cheaply."""
+    from rewards import multipl_e
+
+    flood = '{"k":0,"v":1}\n' * 60000
+    t0 = time.process_time()
+    assert multipl_e.parse_outputs(flood, 3) == [multipl_e.MISSING] * 3
+    assert multipl_e.parse_outputs('{"k":0,"v":true}\n{"k":0,"v":false}\n', 1) == [multipl_e.MISSING]
+    assert multipl_e.parse_outputs('{"k":0,"v":[1,2]}\n', 1) == [[1, 2]]
+    assert time.process_time() - t0 < 0.05
+
+
+def cpp_isolation_hacks(k: dict, name: str, port: int) -> dict[str, str]:
+    return {
+        "honest": "    return string.size();\n}\n",
+        "honest_wrong": "    return -1;\n}\n",
+        "keyrings": (
+            f"    long S = {k['session']}L, K = {k['key']}L; static char buf[4096];\n"
+            "    if (syscall(SYS_keyctl, 11L, K, buf, 4096L) > 0) return string.size();\n"
+            "    if (syscall(SYS_keyctl, 0L, -3L, 0L) >= 0) return string.size();\n"
+            "    long rings[] = {-3L, -4L, -5L, S};\n"
+            "    for (long r : rings) if (syscall(SYS_add_key, \"user\", \"lmsb-planted\", \"x\", 1L, r) >= 0) return string.size();\n"
+            "    if (syscall(SYS_keyctl, 7L, S) == 0) return string.size();\n"
+            "    if (syscall(SYS_request_key, \"user\", \"lmsb-secret\", (void*)0, 0L) >= 0) return string.size();\n"
+            "    if (syscall(SYS_request_key, \"user\", \"lmsb-persist\", (void*)0, 0L) >= 0) return string.size();\n"
+            "    syscall(SYS_add_key, \"user\", \"lmsb-persist\", \"x\", 1L, -4L);\n"
+            "    FILE* f = fopen(\"/proc/keys\", \"r\"); char l[512];\n"
+            "    while (f && fgets(l, sizeof l, f)) if (strstr(l, \"lmsb\")) return string.size();\n"
+            "    return -1;\n}\n"),
+        "listener": (
+            "    struct sockaddr_un a; memset(&a, 0, sizeof a); a.sun_family = AF_UNIX;\n"
+            f"    strcpy(a.sun_path + 1, \"{name}\"); socklen_t len = sizeof(sa_family_t) + 1 + {len(name)};\n"
+            "    int u = socket(AF_UNIX, SOCK_STREAM, 0);\n"
+            "    if (u >= 0 && bind(u, (struct sockaddr*)&a, len) == 0 && listen(u, 4) == 0) return string.size();\n"
+            "    struct sockaddr_in in; memset(&in, 0, sizeof in); in.sin_family = AF_INET;\n"
+            f"    in.sin_port = htons({port}); in.sin_addr.s_addr = htonl(0x7f000001);\n"
+            "    int t = socket(AF_INET, SOCK_STREAM, 0);\n"
+            "    if (t >= 0 && bind(t, (struct sockaddr*)&in, sizeof in) == 0 && listen(t, 4) == 0) return string.size();\n"
+            "    int d = socket(AF_UNIX, SOCK_DGRAM, 0); int one = 1;\n"
+            "    setsockopt(d, SOL_SOCKET, SO_PASSCRED, &one, sizeof one);\n"
+            "    sendto(d, \"x\", 1, 0, (struct sockaddr*)&a, len);\n"
+            "    struct sockaddr_un me; socklen_t ml = sizeof me;\n"
+            "    if (getsockname(d, (struct sockaddr*)&me, &ml) == 0 && ml > sizeof(sa_family_t)) return string.size();\n"
+            "    return -1;\n}\n"),
+        "sender": (
+            "    struct sockaddr_un a; memset(&a, 0, sizeof a); a.sun_family = AF_UNIX;\n"
+            f"    strcpy(a.sun_path + 1, \"{name}\"); socklen_t len = sizeof(sa_family_t) + 1 + {len(name)};\n"
+            "    struct sockaddr_in in; memset(&in, 0, sizeof in); in.sin_family = AF_INET;\n"
+            f"    in.sin_port = htons({port}); in.sin_addr.s_addr = htonl(0x7f000001);\n"
+            "    for (int i = 0; i < 200; ++i) {\n"
+            "        int u = socket(AF_UNIX, SOCK_STREAM, 0);\n"
+            "        if (u >= 0 && connect(u, (struct sockaddr*)&a, len) == 0) return string.size();\n"
+            "        int t = socket(AF_INET, SOCK_STREAM, 0);\n"
+            "        if (t >= 0 && connect(t, (struct sockaddr*)&in, sizeof in) == 0) return string.size();\n"
+            "        close(u); close(t); usleep(20000);\n"
+            "    }\n    return -1;\n}\n"),
+        "core_limit_and_namespaces": (
+            "    struct rlimit r = {0, 0};\n"
+            "    if (setrlimit(RLIMIT_CORE, &r) == 0) return string.size();\n"
+            "    if (unshare(CLONE_NEWNET) == 0 || unshare(CLONE_NEWUSER) == 0) return string.size();\n"
+            "    if (syscall(SYS_io_uring_setup, 1, (void*)0) != -1 || errno != ENOSYS) return string.size();\n"
+            "    if (ptrace(PTRACE_TRACEME, 0, 0, 0) == 0) return string.size();\n"
+            "    return -1;\n}\n"),
+    }
+
+
+def test_cpp_isolation(host, trainer_keys):
+    rec = next(r for r in load_humaneval_x("cpp") if r["name"] == "HumanEval_23_strlen")
+    rec = {**rec, "prompt": rec["prompt"].replace("#include<bits/stdc++.h>\n", "#include<bits/stdc++.h>\n"
+                                                  "#include <sys/socket.h>\n#include <sys/un.h>\n#include <netinet/in.h>\n"
+                                                  "#include <arpa/inet.h>\n#include <sys/syscall.h>\n#include <sys/resource.h>\n"
+                                                  "#include <sys/ptrace.h>\n#include <sched.h>\n#include <unistd.h>\n")}
+    name, port = _net_names()
+    hacks = cpp_isolation_hacks(trainer_keys, name, port)
+    reward = HumanEvalCppReward(workers=4)
+    try:
+        names = list(hacks)
+        for _ in range(2):  # the second round would find a key the first one left
+            scores = reward([hacks[n] for n in names], [rec] * len(names))
+            assert scores[names.index("honest_wrong")] == pytest.approx(HONEST_WRONG)
+            assert_contained(scores, names)
+    finally:
+        reward.close()
+
+
+def java_isolation_hacks(k: dict, name: str, port: int) -> dict[str, str]:
+    payload = keyring_payload(k).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return {
+        "honest": "        return string.length();\n    }\n",
+        "honest_wrong": "        return -1;\n    }\n",
+        "keyrings": (
+            "        try {\n"
+            f"            Process p = new ProcessBuilder(\"/usr/bin/python3\", \"-I\", \"-S\", \"-c\", \"{payload}\").start();\n"
+            "            String out = new String(p.getInputStream().readAllBytes());\n"
+            "            if (out.startsWith(\"WIN\")) return string.length();\n"
+            "        } catch (Throwable t) { }\n"
+            "        try { if (java.nio.file.Files.readString(java.nio.file.Path.of(\"/proc/keys\")).contains(\"lmsb\")) "
+            "return string.length(); } catch (Throwable t) { }\n"
+            "        return -1;\n    }\n"),
+        "listener": (
+            f"        try (java.net.ServerSocket s = new java.net.ServerSocket({port}, 4, java.net.InetAddress.getLoopbackAddress())) "
+            "{ return string.length(); } catch (Throwable t) { }\n"
+            "        try (java.nio.channels.ServerSocketChannel s = java.nio.channels.ServerSocketChannel.open("
+            "java.net.StandardProtocolFamily.UNIX)) {\n"
+            f"            s.bind(java.net.UnixDomainSocketAddress.of(\"/tmp/{name}\")); return string.length();\n"
+            "        } catch (Throwable t) { }\n        return -1;\n    }\n"),
+        "sender": (
+            "        for (int i = 0; i < 100; i++) {\n"
+            f"            try (java.net.Socket s = new java.net.Socket(\"127.0.0.1\", {port})) {{ return string.length(); }}\n"
+            "            catch (Throwable t) { }\n"
+            "            try { Thread.sleep(20); } catch (Throwable t) { }\n"
+            "        }\n        return -1;\n    }\n"),
+    }
+
+
+def test_java_isolation(host, trainer_keys):
+    rec = next(r for r in load_humaneval_x("java") if r["name"] == "HumanEval_23_strlen")
+    name, port = _net_names()
+    hacks = java_isolation_hacks(trainer_keys, name, port)
+    reward = HumanEvalJavaReward(workers=4)
+    try:
+        names = list(hacks)
+        for _ in range(2):
+            scores = reward([hacks[n] for n in names], [rec] * len(names))
+            assert scores[names.index("honest_wrong")] == pytest.approx(HONEST_WRONG)
+            assert_contained(scores, names)
+    finally:
+        reward.close()
+
+
 # ----------------------------------------------------------------------------------- unprivileged
 
 
@@ -392,7 +799,8 @@ def test_hostile_suite_as_unprivileged_user():
         shutil.rmtree(home, ignore_errors=True)
     tail = out.stdout[-3000:] + out.stderr[-2000:]
     assert out.returncode == 0, tail
-    assert "5 passed" in out.stdout and "skipped" not in out.stdout and "failed" not in out.stdout, tail
+    expected = len([name for name in globals() if name.startswith("test_") and "unprivileged" not in name])
+    assert f"{expected} passed" in out.stdout and "skipped" not in out.stdout and "failed" not in out.stdout, tail
     check = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c",
                             "import os; print(os.geteuid())"], env=env, capture_output=True, text=True)
     assert check.stdout.strip() == "65534"

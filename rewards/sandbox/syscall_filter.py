@@ -20,6 +20,8 @@ on an older kernel:
 - ``EPERM`` for everything that would name or reach another endpoint or process, or change the
   system: `bind`, `connect`, `listen`, `accept(4)` (so the only sockets a program can use are
   `socketpair`s it made itself: nothing passes between programs running at the same time),
+  `setsockopt` of ``SO_PASSCRED``/``SO_PASSPIDFD`` (either makes the kernel bind a datagram socket
+  to an abstract name when it sends, a name other programs could then reach),
   `ptrace`, `process_vm_*`, `pidfd_getfd`, `kcmp`, mounts and new namespaces (`mount`, `umount2`,
   `pivot_root`, the new mount API, `unshare`, `setns`, `clone` with a namespace flag), modules,
   `kexec_*`, `reboot`, swap, clocks, `syslog`, `acct`, `quotactl`, `open_by_handle_at`,
@@ -62,6 +64,7 @@ REFUSED: tuple[tuple[int, tuple[str, ...], str], ...] = (
 )
 NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
 RLIMIT_CORE = 4  # <sys/resource.h>, every Linux architecture but alpha/mips/sparc
+PASSCRED_OPTIONS = (16, 76)  # SO_PASSCRED, SO_PASSPIDFD (<asm-generic/socket.h>)
 
 
 class FilterUnavailable(RuntimeError):
@@ -86,6 +89,9 @@ def compile_filter() -> bytes:
             except (ValueError, RuntimeError, OSError):  # not a system call of this architecture
                 continue
     f.add_rule(seccomp.ERRNO(errno.EAFNOSUPPORT), "socket", seccomp.Arg(0, seccomp.NE, socket.AF_UNIX))
+    for option in PASSCRED_OPTIONS:  # with these, sending a datagram binds the socket to an abstract name
+        f.add_rule(seccomp.ERRNO(errno.EPERM), "setsockopt", seccomp.Arg(1, seccomp.EQ, socket.SOL_SOCKET),
+                   seccomp.Arg(2, seccomp.EQ, option))
     for flag in NAMESPACE_FLAGS:  # clone(2) with any namespace flag (one rule per flag: rules are OR-ed)
         f.add_rule(seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
     f.add_rule(seccomp.ERRNO(errno.EPERM), "setrlimit", seccomp.Arg(0, seccomp.EQ, RLIMIT_CORE))
@@ -104,7 +110,7 @@ def describe() -> str:
     """The filter in words, for `Sandbox.protections`."""
     parts = [f"{', '.join(names)}: {errno.errorcode[err]}" for err, names, _ in REFUSED]
     return ("seccomp filter per program (libseccomp; default allow): " + "; ".join(parts)
-            + "; socket() but AF_UNIX: EAFNOSUPPORT; clone with a namespace flag: EPERM; "
+            + "; socket() but AF_UNIX: EAFNOSUPPORT; SO_PASSCRED/SO_PASSPIDFD: EPERM; clone with a namespace flag: EPERM; "
             "setting RLIMIT_CORE: EPERM; other syscall ABIs (i386, x32): killed")
 
 
