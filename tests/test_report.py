@@ -122,6 +122,49 @@ def test_code_verdicts_are_read_off_the_score_bands():
     assert code_verdict(0.5, CodeWeights(0.5, 0.5, 0.5)) is None  # overlapping bands cannot tell
 
 
+def test_code_tasks_log_verdicts_and_pause_tokens_are_marked(tiny_dir, tiny_lm, tmp_path):
+    """A task whose reward has code weights gets each episode's verdict; a pause token chosen by
+    the policy is kind ``z`` (an action: it has values)."""
+    from lm_envs import TokenVecEnv
+    from rewards.code import CodeWeights
+
+    scores = (0.0, 0.6, 1.0)  # by data row
+
+    class CodeLikeReward:  # scores in the code reward's bands: 0 (no compile), 0.2 + 0.8 x tests passed
+        weights = CodeWeights()
+
+        def __call__(self, completions, references, prompts=None):
+            return np.array([scores[r % 3] for r in references], dtype=np.float32)
+
+    env = TokenVecEnv(echo_task(reward=CodeLikeReward()), tiny_lm[1], num_envs=4, max_new_tokens=4,
+                      max_prompt_tokens=16, seed=0)
+    agent = PPO("CausalLMPolicy", env, batch_size=4, seed=0, policy_kwargs=dict(model=str(tiny_dir)))
+    agent.learn(total_iterations=1, callback=TokenLogCallback(tmp_path, episodes=4))
+    records = read_token_logs(tmp_path)
+    verdicts = {0.0: "compile_error", 0.6: "failing_test", 1.0: "passed"}
+    assert [r["info"]["verdict"] for r in records] == [verdicts[scores[r["info"]["reference"] % 3]] for r in records]
+    assert len({r["info"]["verdict"] for r in records}) >= 2
+    first = records[0]
+    pause_id = first["ids"][first["kinds"].index("a")]  # any token the policy chose stands in for a pause
+    again = episode_records(agent.buffer, [0], tiny_lm[1], pause_id=pause_id, prompt_width=16)[0]
+    assert again["kinds"] == "".join("z" if k == "a" and t == pause_id else k for k, t in zip(first["kinds"],
+                                                                                            first["ids"]))
+    assert "z" in again["kinds"] and len(again["values"]["logprob"]) == len(again["kinds"].strip("p"))
+
+
+def test_token_log_keeps_cuda_s_device_rule(tiny_dir, tiny_lm, tmp_path):
+    """On a GPU the buffer lives on the device: the callback's tensors must never mix a CPU tensor
+    into the model's (checked on the CPU by tests/device_rule.py)."""
+    from device_rule import CudaDeviceRule
+
+    env = multi_turn_env(tiny_lm[1], num_envs=4, tools=False)
+    agent = PPO("CausalLMPolicy", env, batch_size=4, seed=0, kl_coef=0.05, device="cpu",
+                policy_kwargs=dict(model=str(tiny_dir)))
+    with CudaDeviceRule():
+        agent.learn(total_iterations=1, callback=TokenLogCallback(tmp_path, episodes=2))
+    assert len(read_token_logs(tmp_path)) == 2
+
+
 def test_newer_token_log_format_is_a_clear_error(tmp_path):
     (tmp_path / "iter_000001.jsonl").write_text(json.dumps({"v": 99}) + "\n")
     with pytest.raises(ValueError, match="format v99.*update lm-stable-baselines"):
