@@ -76,6 +76,26 @@ def test_capabilities_and_privileges_are_gone(sb):
     assert r.returncode != 0 and r.stdout == "", r
 
 
+def test_every_program_gets_the_seccomp_filter(sb):
+    """Commands and Python programs (and what they start) run under the host-compiled filter;
+    the jail's own processes do not (they still make namespaces for every job)."""
+    probe = ("import ctypes, errno, socket\nl = ctypes.CDLL(None, use_errno=True)\n"
+             "print(l.syscall(250, 0, -3, 0), errno.errorcode[ctypes.get_errno()])\n"  # keyctl: ENOSYS
+             "try:\n    socket.socket(socket.AF_INET)\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n"
+             "a, b = socket.socketpair()\na.send(b'ok')\nprint(b.recv(2).decode())\n"
+             "print(open('/proc/self/status').read().split('Seccomp:')[1].split()[0])\n"
+             "print(repr(open('/proc/keys').read()))\n")
+    r = sb.run_command(["/usr/bin/python3", "-I", "-S", "-c", probe], limits=FAST)
+    assert r.stdout.split("\n")[:5] == ["-1 ENOSYS", "EAFNOSUPPORT", "ok", "2", "''"], r
+    r = sb.run_python("import subprocess\nsubprocess.run(['/usr/bin/python3', '-I', '-S', '-c', "
+                      "'import ctypes; l = ctypes.CDLL(None, use_errno=True); print(l.syscall(250, 0, -3, 0), "
+                      "ctypes.get_errno())'])\n", Limits(wall_s=3, cpu_s=3, allow_subprocess=True))
+    assert r.stdout == "-1 38\n", r  # a Python program's children inherit the filter
+    prot = sb.protections
+    assert "ENOSYS" in prot["syscalls"] and "fresh, empty session keyring" in prot["keyring"], prot
+    assert "RLIMIT_CORE 1" in prot["core_dumps"] and "runner" in prot["memory_between_jobs"], prot
+
+
 def test_job_dir_is_fresh_and_private(sb):
     first = sb.run_python("open('left.txt', 'w').write('x')\nimport os\nprint(os.listdir('/tmp'))", FAST)
     assert first.ok and first.stdout.strip() == "['left.txt']", first
@@ -218,6 +238,9 @@ def test_server_restarts_after_dying(sb):
     old = sb.server_pid
     restarts = sb.restarts
     os.kill(old, 9)
+    deadline = time.monotonic() + 10  # until our reader has seen it die (a job sent before may still be answered)
+    while os.path.exists(f"/proc/{old}") and time.monotonic() < deadline:
+        time.sleep(0.01)
     r = sb.run_python("print('back')", FAST)
     assert r.ok and r.stdout == "back\n" and sb.server_pid != old and sb.restarts == restarts + 1
 
