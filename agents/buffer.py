@@ -14,7 +14,10 @@ Names, one per quantity (see the agents docs):
 * ``sequence_rewards`` ``(B,)``: ``env_rewards`` after the agent's scale, missing-EOS penalty and clip.
 * ``token_rewards`` ``(B, T)``: the per-token reward the estimator sees (the sequence reward on
   the last token, −β·KL on every token when the KL is in the reward).
-* ``advantages``, ``returns`` ``(B, T)``: the estimator's output.
+* ``advantages``, ``returns`` ``(B, T)``: the estimator's output (times the rollout correction
+  weights ``is_weights`` when the old log-probs were recomputed).
+* ``log_probs`` ``(B, T)``: the old log-probs the update's ratio divides by: the rollout's, or
+  the learner's recomputed ones, with the rollout's kept as ``rollout_log_probs``.
 """
 from __future__ import annotations
 
@@ -72,6 +75,9 @@ class TokenRolloutBuffer:
     token_rewards: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
+    # With recomputed log-probs (``recompute_log_probs``): the sampler's own, and the correction weights.
+    rollout_log_probs: torch.Tensor | None = None
+    is_weights: torch.Tensor | None = None
 
     @classmethod
     def from_episodes(cls, episodes: Episodes, group_size: int = 1) -> "TokenRolloutBuffer":

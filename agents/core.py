@@ -38,7 +38,7 @@ from stable_baselines3.common.utils import FloatSchedule, LinearSchedule, set_ra
 
 from agents import checkpoint, distributed, memory, ppo_math
 from agents.buffer import TokenBatch, TokenRolloutBuffer
-from agents.rollout import collect_episodes
+from agents.rollout import collect_episodes, concat_episodes
 from policies.causal_lm import CausalLMPolicy
 from policies.pause import PauseLMPolicy
 
@@ -125,6 +125,21 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
     :param kl_in_reward: put −β·KL in the per-token rewards (else the agent's loss uses it).
     :param group_size: completions per prompt the estimator groups (must equal the env's
         ``completions_per_prompt``).
+    :param dynamic_sampling: DAPO's dynamic sampling (group agents): after a batch, groups whose
+        env rewards all agree (max − min ≤ ``dynamic_sampling_tolerance``) are dropped, since
+        their advantages are 0, and more lockstep batches are sampled until the batch is full of
+        groups whose rewards differ, at most ``max_extra_rollouts`` more; then the batch is filled
+        with tied groups. Logged: ``dapo/kept_fraction`` (sampled groups whose rewards differ),
+        ``dapo/extra_rollouts``, ``dapo/filled_groups``.
+    :param recompute_log_probs: recompute the old log-probs with a teacher-forced pass of the
+        learner before the update, instead of trusting the rollout's (which came from incremental
+        decoding, in bf16 on a GPU or from an inference engine). ``None``: on when the model
+        computes in half precision, off in fp32, where the two agree.
+    :param rollout_is_mode: with recomputed log-probs, the rollout-versus-update correction
+        (`ppo_math.rollout_importance_weights`: ``token_truncate`` is TIS) applied to the
+        advantages; ``None``: recompute only. ``rollout/logprob_diff`` (mean |log π_update − log
+        π_rollout|) is always logged: over the batch when recomputed, else over the first minibatch.
+    :param rollout_is_cap: C, the cap of the correction weights.
     """
 
     policy_aliases = {"CausalLMPolicy": CausalLMPolicy, "PauseLMPolicy": PauseLMPolicy}
@@ -158,6 +173,12 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         reward_scale: float = 1.0,
         reward_clip: float | None = None,
         group_size: int = 1,
+        dynamic_sampling: bool = False,
+        dynamic_sampling_tolerance: float = 0.0,
+        max_extra_rollouts: int = 8,
+        recompute_log_probs: bool | None = None,
+        rollout_is_mode: str | None = "token_truncate",
+        rollout_is_cap: float = 2.0,
         target_kl: float | None = None,
         log_samples: int = 2,
         tensorboard_log: str | None = None,
@@ -196,6 +217,20 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
                 f"{self.n_envs} and completions_per_prompt={env_group}: build the env with "
                 f"completions_per_prompt={group_size} and num_envs a multiple of it "
                 f"(run_ppo: env.completions_per_prompt={group_size})")
+        if dynamic_sampling and group_size < 2:
+            raise ValueError("dynamic_sampling drops groups whose rewards all agree: it needs groups "
+                             "(completions_per_prompt >= 2, a group agent such as GRPO or RLOO)")
+        if max_extra_rollouts < 0 or dynamic_sampling_tolerance < 0:
+            raise ValueError("max_extra_rollouts and dynamic_sampling_tolerance must be >= 0")
+        if rollout_is_mode is not None and rollout_is_mode not in ppo_math.ROLLOUT_IS_MODES:
+            raise ValueError(f"rollout_is_mode must be one of {ppo_math.ROLLOUT_IS_MODES} or None, got {rollout_is_mode!r}")
+        if rollout_is_cap <= 0:
+            raise ValueError(f"rollout_is_cap must be positive, got {rollout_is_cap}")
+        self.dynamic_sampling, self.dynamic_sampling_tolerance = dynamic_sampling, dynamic_sampling_tolerance
+        self.max_extra_rollouts = max_extra_rollouts
+        self.recompute_log_probs, self.rollout_is_mode, self.rollout_is_cap = (recompute_log_probs, rollout_is_mode,
+                                                                              rollout_is_cap)
+        self._sampling_stats: dict[str, float] = {}
         self.n_epochs, self.batch_size, self.micro_batch_size = n_epochs, batch_size, micro_batch_size
         self.clip_range, self.clip_range_high, self.target_kl = clip_range, clip_range_high, target_kl
         self.kl_coef, self.kl_in_reward, self.kl_estimator = kl_coef, kl_in_reward, kl_estimator
@@ -320,42 +355,99 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
             self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
 
     def collect_rollouts(self, env, callback, rollout_buffer=None, n_rollout_steps: int = 1) -> bool:
-        """Collect one batch of whole episodes, score the reference, shape rewards, estimate advantages."""
+        """Collect one batch of whole episodes (more with ``dynamic_sampling``), score the
+        reference, shape rewards, estimate advantages."""
         self.policy.set_training_mode(False)
         callback.on_rollout_start()
-        with self.policy.gathered():  # FSDP: full weights for generation, which takes each rank its own steps
-            episodes, self._last_obs = collect_episodes(self.policy, env, self._last_obs, callback=callback)
-        # Env steps × rows of every rank (ranks' batches may run different numbers of steps).
-        self.num_timesteps += int(distributed.reduce_sum(torch.tensor(episodes.num_steps * env.num_envs,
-                                                                      device=self.device)))
-        if distributed.is_distributed():  # reward wrappers' running statistics: every rank's rewards
-            layer = env
-            while layer is not None:
-                if getattr(type(layer), "sync_statistics", None) is not None:  # not forwarded by VecEnvWrapper
-                    layer.sync_statistics(distributed.all_gather_object)
-                layer = getattr(layer, "venv", None)
-        if not episodes.complete:
-            return False  # a callback stopped us mid-batch: the partial batch is not trained on
-        for info in episodes.infos:
-            if "episode" in info:
-                self.ep_info_buffer.extend([info["episode"]])
+        batches, extra = [], 0
+        while True:
+            with self.policy.gathered():  # FSDP: full weights for generation, which takes each rank its own steps
+                episodes, self._last_obs = collect_episodes(self.policy, env, self._last_obs, callback=callback)
+            # Env steps × rows of every rank (ranks' batches may run different numbers of steps).
+            self.num_timesteps += int(distributed.reduce_sum(torch.tensor(episodes.num_steps * env.num_envs,
+                                                                          device=self.device)))
+            if distributed.is_distributed():  # reward wrappers' running statistics: every rank's rewards
+                layer = env
+                while layer is not None:
+                    if getattr(type(layer), "sync_statistics", None) is not None:  # not forwarded by VecEnvWrapper
+                        layer.sync_statistics(distributed.all_gather_object)
+                    layer = getattr(layer, "venv", None)
+            if not episodes.complete:
+                return False  # a callback stopped us mid-batch: the partial batch is not trained on
+            for info in episodes.infos:
+                if "episode" in info:
+                    self.ep_info_buffer.extend([info["episode"]])
+            batches.append(episodes)
+            if not self.dynamic_sampling or extra >= self.max_extra_rollouts:
+                break
+            short = len(self._informative_groups(batches)) * self.group_size < env.num_envs
+            # Every rank samples as long as any rank is short, so their collectives stay in step.
+            if not float(distributed.reduce_max(torch.tensor(float(short), device=self.device))):
+                break
+            extra += 1
+        episodes = concat_episodes(batches)
         self._timings = {"rollout": episodes.seconds,
                          "reward": float(sum(info.get("reward_time", 0.0) for info in episodes.infos)),
                          "reward_wait": float(sum(info.get("reward_wait", 0.0) for info in episodes.infos))}
+        if self.dynamic_sampling:
+            episodes = self._fill_batch(episodes, self._informative_groups(batches), env.num_envs, extra)
         self.buffer = self.process_episodes(episodes)
         callback.update_locals(locals())
         callback.on_rollout_end()
         return True
 
+    def _informative_groups(self, batches: list) -> list[int]:
+        """Groups (indices over the concatenated batches) whose env rewards differ by more than the tolerance."""
+        rewards = torch.cat([b.env_rewards for b in batches]).float().view(-1, self.group_size)
+        spread = rewards.max(1).values - rewards.min(1).values
+        return (spread > self.dynamic_sampling_tolerance).nonzero().flatten().tolist()
+
+    def _fill_batch(self, episodes, informative: list[int], rows: int, extra: int):
+        """The first groups whose rewards differ, in sampling order, topped up with tied ones
+        when ``max_extra_rollouts`` ran out; records the ``dapo/*`` statistics."""
+        wanted, total = rows // self.group_size, episodes.env_rewards.shape[0] // self.group_size
+        keep = set(informative)
+        tied = [g for g in range(total) if g not in keep]
+        groups = informative[:wanted]
+        filled = tied[:wanted - len(groups)]
+        order = sorted(groups + filled)
+        self._sampling_stats = {"dapo/kept_fraction": len(informative) / total, "dapo/extra_rollouts": float(extra),
+                                "dapo/filled_groups": float(len(filled))}
+        return episodes.select([g * self.group_size + i for g in order for i in range(self.group_size)])
+
     def process_episodes(self, episodes) -> TokenRolloutBuffer:
-        """A batch of episodes → a buffer ready for `train`: reference pass, shaping, advantages."""
+        """A batch of episodes → a buffer ready for `train`: the learner's log-probs (when they
+        are recomputed), reference pass, shaping, advantages, the rollout correction."""
         start = time.perf_counter()
         buffer = TokenRolloutBuffer.from_episodes(episodes, group_size=self.group_size)
+        if self._recomputes_log_probs():
+            self.recompute_pass(buffer)
         self.reference_pass(buffer)
         self._timings["reference"] = time.perf_counter() - start
         self.shape_rewards(buffer)
         self.compute_advantages(buffer)
+        if buffer.rollout_log_probs is not None and self.rollout_is_mode is not None:
+            buffer.is_weights = ppo_math.rollout_importance_weights(buffer.log_probs, buffer.rollout_log_probs,
+                                                                    buffer.mask, self.rollout_is_mode,
+                                                                    self.rollout_is_cap)
+            buffer.advantages = buffer.advantages * buffer.is_weights  # = weighting the policy loss: w ≥ 0, no grad
         return buffer
+
+    def _recomputes_log_probs(self) -> bool:
+        if self.recompute_log_probs is not None:
+            return bool(self.recompute_log_probs)
+        return next(self.policy.model.parameters()).dtype in (torch.bfloat16, torch.float16)
+
+    @torch.no_grad()
+    def recompute_pass(self, buffer: TokenRolloutBuffer, batch_size: int = 16) -> None:
+        """The learner's own log-probs of the rollout's actions (teacher-forced, no grad) become
+        the old log-probs; the sampler's are kept as ``buffer.rollout_log_probs``."""
+        flat = []
+        for rows in torch.arange(buffer.num_rows, device=self.device).split(batch_size):
+            ids, attn, pol = buffer.trimmed_rows(rows)
+            flat.append(self.policy.evaluate_actions(ids, attn, pol, with_entropy=False, with_values=False).log_prob)
+        buffer.rollout_log_probs = buffer.log_probs
+        buffer.log_probs = torch.zeros_like(buffer.log_probs).masked_scatter(buffer.mask, torch.cat(flat))
 
     @torch.no_grad()
     def reference_pass(self, buffer: TokenRolloutBuffer, reference_batch_size: int = 16) -> None:
@@ -410,6 +502,7 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
                                       len(micros) * distributed.world_size(), buffer.mask.shape[1], clip_range)
                 minibatch_stats: dict[str, float] = {}
                 ratio_dev = 0.0
+                diff = torch.zeros(3, dtype=torch.float64, device=self.device)  # Σ|Δ log π|, tokens, max
                 for micro in micros:
                     out = policy.evaluate_actions(micro.input_ids, micro.attention_mask, micro.policy_mask,
                                                   with_entropy=True, with_values=self.uses_value_head,
@@ -418,6 +511,9 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
                                                   micro.unflatten(out.entropy))
                     weight = micro.mask.sum() / context.minibatch_tokens  # this micro-batch's share of tokens
                     loss, micro_stats = self.loss(micro, log_probs, values, context)
+                    if first_minibatch is None:  # before any step: the update's log-probs against the old ones
+                        gap = (log_probs.detach() - micro.old_log_probs).abs() * micro.mask
+                        diff += torch.stack([gap.sum().double(), micro.mask.sum().double(), gap.max().double()])
                     entropy_mean = ppo_math.masked_mean(entropy, micro.mask)
                     if self.ent_coef:
                         loss = loss - self.ent_coef * entropy_mean * weight
@@ -433,7 +529,9 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
                     minibatch_stats = dict(zip(keys, summed.tolist()))
                     ratio_dev = float(distributed.reduce_max(torch.tensor(ratio_dev, device=self.device)))
                 if first_minibatch is None:
-                    first_minibatch = {"ratio_max_dev": ratio_dev, "approx_kl": minibatch_stats.get("approx_kl", 0.0)}
+                    first_minibatch = {"ratio_max_dev": ratio_dev, "approx_kl": minibatch_stats.get("approx_kl", 0.0),
+                                       "logprob_diff": float(diff[0] / diff[1].clamp(min=1)),
+                                       "logprob_diff_max": float(diff[2])}
                 if self.target_kl is not None and minibatch_stats.get("approx_kl", 0.0) > 1.5 * self.target_kl:
                     # As SB3: checked before the optimizer step, so the overshooting step is never taken.
                     policy.optimizer.zero_grad(set_to_none=True)
@@ -498,6 +596,16 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
             kl = float(buffer.sequence_kl.mean())
             values["objective/kl"] = kl
             values["objective/rlhf_reward"] = scores - float(buffer.kl_coef) * kl
+        if buffer.rollout_log_probs is not None:  # the sampler against the learner, over the whole batch
+            gap = (buffer.log_probs - buffer.rollout_log_probs).abs() * buffer.mask
+            values["rollout/logprob_diff"] = float(gap.sum() / buffer.mask.sum().clamp(min=1))
+            values["rollout/logprob_diff_max"] = float(gap.max())
+        else:  # the first minibatch's update pass, before any step, against the rollout
+            values["rollout/logprob_diff"] = stats.get("first_minibatch_logprob_diff")
+            values["rollout/logprob_diff_max"] = stats.get("first_minibatch_logprob_diff_max")
+        if buffer.is_weights is not None:
+            values["rollout/is_weight_mean"] = float(ppo_math.masked_mean(buffer.is_weights, buffer.mask))
+        values.update(self._sampling_stats)
         values.update(self._extra_log_values(buffer))
         for name, value in buffer.reward_components().items():
             values[f"rewards/{name}/mean"] = value

@@ -50,7 +50,10 @@ class DPO(_PreferenceBase):
         the adapter switched off, with no second copy of the weights).
     :param env: a lockstep token VecEnv with ``completions_per_prompt = k ≥ 2``.
     :param beta: β, the strength of the implicit KL to the reference.
-    :param loss_type: ``sigmoid`` (DPO), ``ipo`` or ``hinge`` (as TRL 1.16; see `preference_math.dpo_loss`).
+    :param loss_type: ``sigmoid`` (DPO), ``ipo``, ``hinge`` or ``robust`` (as TRL 1.16; see
+        `preference_math.dpo_loss`).
+    :param label_smoothing: ε in [0, 0.5), the assumed chance that a pair's preference is wrong:
+        conservative DPO with ``sigmoid``, robust DPO with ``robust`` (0: plain DPO).
     :param pair_strategy: ``best_vs_worst`` (one pair per prompt) or ``all`` (every pair above the margin).
     :param margin: a pair needs chosen − rejected > margin.
     :param pair_on: ``reward`` (env reward after wrappers) or ``score`` (the task's verdict).
@@ -67,7 +70,7 @@ class DPO(_PreferenceBase):
 
     tb_name = "DPO"
 
-    def __init__(self, policy, env, beta: float = 0.1, loss_type: str = "sigmoid",
+    def __init__(self, policy, env, beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
                  pair_strategy: str = "best_vs_worst", margin: float = 0.0, pair_on: str = "reward",
                  rollout_batches: int = 1, n_epochs: int = 1, batch_size: int = 4,
                  micro_batch_size: int | None = None, learning_rate: float | dict = 5e-5, max_grad_norm: float = 1.0,
@@ -83,8 +86,11 @@ class DPO(_PreferenceBase):
             raise ValueError(f"pair_on must be one of {FILTER_ON}, got {pair_on!r}")
         if beta <= 0:
             raise ValueError(f"beta must be positive, got {beta}")
+        if not 0 <= label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
         self._check_groups(env)
         self.beta, self.loss_type, self.pair_strategy = beta, loss_type, pair_strategy
+        self.label_smoothing = label_smoothing
         self.margin, self.pair_on = margin, pair_on
         self.rows: Sequences | None = None
         self.pairs = torch.zeros(0, 2, dtype=torch.long)
@@ -119,7 +125,7 @@ class DPO(_PreferenceBase):
         ref = self.ref_logps[both]
         n = len(pairs)
         losses, stats = pm.dpo_loss(logps[:n], logps[n:], ref[:n], ref[n:], self.beta, self.loss_type,
-                                    lengths[:n], lengths[n:])
+                                    lengths[:n], lengths[n:], self.label_smoothing)
         loss = losses.mean()
         return loss * weight, {
             "policy_loss": float(loss.detach()), "rewards/chosen": float(stats["chosen_rewards"].mean()),

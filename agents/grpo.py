@@ -31,6 +31,14 @@ class GRPO(OnPolicyLMAlgorithm):
     :param micro_batch_size: rows per forward/backward (the accumulation window).
     :param epsilon: lower clip ε of the ratio.
     :param epsilon_high: upper clip (``None``: = ε; DAPO's clip-higher uses e.g. 0.28).
+    :param delta: two-sided clipping (TRL's ``delta``): the unclipped term's ratio is capped at δ,
+        so a very negative advantage cannot pull through a huge ratio (``None``: off; > 1 + ε_high).
+    :param importance_sampling_level: ``token`` (GRPO) or ``sequence`` (GSPO: one ratio per
+        completion, exp of the mean per-token log-ratio; TRL's name). GSPO's paper clips at
+        ε = 3e-4, ε_high = 4e-4 with ``loss_type="grpo"`` (``agent=gspo``).
+    :param dynamic_sampling: DAPO's dynamic sampling: drop groups whose rewards all agree (within
+        ``dynamic_sampling_tolerance``) and sample more batches until the batch is full of groups
+        that teach something, at most ``max_extra_rollouts`` more (see `OnPolicyLMAlgorithm`).
     :param beta: KL coefficient (0: no KL and no reference pass, TRL's default).
     :param kl_in_reward: put −β·KL (``kl_estimator``) in the reward before the group baseline,
         instead of β·k3 in the loss.
@@ -44,6 +52,8 @@ class GRPO(OnPolicyLMAlgorithm):
     :param ent_coef: entropy bonus (default 0).
     :param max_grad_norm: gradient-norm clipping.
     :param missing_eos_penalty, reward_scale, reward_clip: sequence-reward shaping, as in PPO.
+    :param recompute_log_probs, rollout_is_mode, rollout_is_cap: the rollout-versus-update
+        mismatch correction (see `OnPolicyLMAlgorithm`).
     :param log_samples, tensorboard_log, policy_kwargs, verbose, seed, device: as in PPO.
     """
 
@@ -59,6 +69,8 @@ class GRPO(OnPolicyLMAlgorithm):
         micro_batch_size: int | None = None,
         epsilon: float | dict | Schedule = 0.2,
         epsilon_high: float | None = None,
+        delta: float | None = None,
+        importance_sampling_level: str = "token",
         beta: float = 0.0,
         kl_in_reward: bool = False,
         kl_bias_correction: bool = True,
@@ -70,6 +82,12 @@ class GRPO(OnPolicyLMAlgorithm):
         missing_eos_penalty: float | None = None,
         reward_scale: float = 1.0,
         reward_clip: float | None = None,
+        dynamic_sampling: bool = False,
+        dynamic_sampling_tolerance: float = 0.0,
+        max_extra_rollouts: int = 8,
+        recompute_log_probs: bool | None = None,
+        rollout_is_mode: str | None = "token_truncate",
+        rollout_is_cap: float = 2.0,
         log_samples: int = 2,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -83,8 +101,15 @@ class GRPO(OnPolicyLMAlgorithm):
             raise ValueError(f"loss_type must be one of {group_math.GRPO_LOSS_TYPES}, got {loss_type!r}")
         if scale_rewards not in group_math.SCALE_REWARDS:
             raise ValueError(f"scale_rewards must be one of {group_math.SCALE_REWARDS}, got {scale_rewards!r}")
+        if importance_sampling_level not in ppo_math.IMPORTANCE_SAMPLING_LEVELS:
+            raise ValueError(f"importance_sampling_level must be one of {ppo_math.IMPORTANCE_SAMPLING_LEVELS}, "
+                             f"got {importance_sampling_level!r}")
+        if delta is not None and delta <= 1:
+            raise ValueError(f"delta caps the ratio from above and must be > 1 (TRL recommends > 1 + epsilon_high), "
+                             f"got {delta}")
         self.loss_type, self.scale_rewards, self.beta = loss_type, scale_rewards, beta
-        self.kl_bias_correction = kl_bias_correction
+        self.kl_bias_correction, self.delta = kl_bias_correction, delta
+        self.importance_sampling_level = importance_sampling_level
         group = _env_group_size(env)
         if group < 2:
             raise ValueError(f"{type(self).__name__} needs groups: build the env with completions_per_prompt >= 2 "
@@ -94,7 +119,10 @@ class GRPO(OnPolicyLMAlgorithm):
             batch_size=batch_size or env.num_envs, micro_batch_size=micro_batch_size, clip_range=epsilon,
             clip_range_high=epsilon_high, max_grad_norm=max_grad_norm, kl_coef=beta, kl_in_reward=kl_in_reward,
             hparams=hparams, kl_estimator=kl_estimator, ent_coef=ent_coef, missing_eos_penalty=missing_eos_penalty,
-            reward_scale=reward_scale, reward_clip=reward_clip, group_size=group, log_samples=log_samples,
+            reward_scale=reward_scale, reward_clip=reward_clip, group_size=group, dynamic_sampling=dynamic_sampling,
+            dynamic_sampling_tolerance=dynamic_sampling_tolerance, max_extra_rollouts=max_extra_rollouts,
+            recompute_log_probs=recompute_log_probs, rollout_is_mode=rollout_is_mode, rollout_is_cap=rollout_is_cap,
+            log_samples=log_samples,
             tensorboard_log=tensorboard_log, policy_kwargs=policy_kwargs, verbose=verbose, seed=seed, device=device,
             _init_setup_model=_init_setup_model)
 
@@ -112,12 +140,14 @@ class GRPO(OnPolicyLMAlgorithm):
     def loss(self, micro: TokenBatch, log_probs: torch.Tensor, values: torch.Tensor | None,
              context: LossContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         per_token, stats = ppo_math.clipped_surrogate(log_probs, micro.old_log_probs, micro.advantages,
-                                                        micro.mask, context.clip_range, self.clip_range_high)
+                                                        micro.mask, context.clip_range, self.clip_range_high,
+                                                        self.delta, self.importance_sampling_level)
         policy_per_token = per_token
         if self.beta and not self.kl_in_reward:
             kl = group_math.k3_kl(log_probs, micro.ref_log_probs)
-            if self.kl_bias_correction:
-                kl = kl * (log_probs - micro.old_log_probs).exp()
+            if self.kl_bias_correction:  # × the importance weight (per sequence under GSPO), as TRL
+                kl = kl * ppo_math.importance_log_weights(log_probs, micro.old_log_probs, micro.mask,
+                                                          self.importance_sampling_level).exp()
             per_token = per_token + self.beta * kl
             stats["kl"] = ppo_math.masked_mean(kl, micro.mask)
         loss = group_math.grpo_loss(per_token, micro.mask, self.loss_type, context.max_completion_length,

@@ -53,6 +53,8 @@ class PPO(OnPolicyLMAlgorithm):
         learning rate per step, so an uncalibrated head stays far below scores near 1 for
         hundreds of updates, and with ``gae_lambda < 1`` that offset turns into advantages that
         depend on the token's position rather than on the completion's score.
+    :param recompute_log_probs, rollout_is_mode, rollout_is_cap: the rollout-versus-update
+        mismatch correction (see `OnPolicyLMAlgorithm`; the values stay the rollout's).
     :param log_samples: prompt/completion pairs written to tensorboard as text per iteration.
     :param tensorboard_log, policy_kwargs, verbose, seed, device: as in SB3. ``verbose=1``
         prints one summary line per iteration; ``verbose=2`` adds SB3's table.
@@ -87,6 +89,9 @@ class PPO(OnPolicyLMAlgorithm):
         reward_clip: float | None = None,
         whiten_advantages: bool = True,
         calibrate_value_head: bool = True,
+        recompute_log_probs: bool | None = None,
+        rollout_is_mode: str | None = "token_truncate",
+        rollout_is_cap: float = 2.0,
         log_samples: int = 2,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -104,7 +109,9 @@ class PPO(OnPolicyLMAlgorithm):
             kl_coef=kl_coef, kl_in_reward=True, hparams=hparams, kl_estimator=kl_estimator, adaptive_kl=adaptive_kl,
             kl_target=kl_target, kl_horizon=kl_horizon, ent_coef=ent_coef, gamma=gamma, gae_lambda=gae_lambda,
             vf_coef=vf_coef, missing_eos_penalty=missing_eos_penalty, reward_scale=reward_scale,
-            reward_clip=reward_clip, target_kl=target_kl, log_samples=log_samples, tensorboard_log=tensorboard_log,
+            reward_clip=reward_clip, target_kl=target_kl, recompute_log_probs=recompute_log_probs,
+            rollout_is_mode=rollout_is_mode, rollout_is_cap=rollout_is_cap, log_samples=log_samples,
+            tensorboard_log=tensorboard_log,
             policy_kwargs=policy_kwargs, verbose=verbose, seed=seed, device=device,
             _init_setup_model=_init_setup_model)
 

@@ -102,22 +102,66 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, (advantages + values) * mask_f
 
 
-def clipped_surrogate(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
-                      mask: torch.Tensor, clip_range: float,
-                      clip_range_high: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-token −min(ρ·A, clip(ρ, 1−ε, 1+ε_high)·A), ρ = π/π_old (ε_high = ε unless given: DAPO's
-    clip-higher), with the ratio statistics used for logging. Not reduced: callers normalise."""
-    high = clip_range if clip_range_high is None else clip_range_high
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+
+
+def importance_log_weights(log_probs: torch.Tensor, old_log_probs: torch.Tensor, mask: torch.Tensor,
+                           level: str = "token") -> torch.Tensor:
+    """log ρ: per token log π − log π_old (``token``), or GSPO's per-sequence mean of it over the
+    row's valid tokens, ``(B, 1)`` (``sequence``: TRL's ``importance_sampling_level``)."""
     log_ratio = log_probs - old_log_probs
+    if level == "token":
+        return log_ratio
+    if level == "sequence":
+        mask = mask.to(log_ratio.dtype)
+        return ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0))[:, None]
+    raise ValueError(f"importance_sampling_level must be one of {IMPORTANCE_SAMPLING_LEVELS}, got {level!r}")
+
+
+def clipped_surrogate(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
+                      mask: torch.Tensor, clip_range: float, clip_range_high: float | None = None,
+                      delta: float | None = None,
+                      level: str = "token") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token −min(ρ·A, clip(ρ, 1−ε, 1+ε_high)·A), ρ = π/π_old per token or per sequence
+    (``level``, GSPO), ε_high = ε unless given (DAPO's clip-higher); with ``delta`` the unclipped
+    term's ρ is also capped at δ (TRL's two-sided clipping). Returns the ratio statistics used for
+    logging. Not reduced: callers normalise."""
+    high = clip_range if clip_range_high is None else clip_range_high
+    log_ratio = importance_log_weights(log_probs, old_log_probs, mask, level)
     ratio = log_ratio.exp()
-    per_token = -torch.minimum(ratio * advantages, ratio.clamp(1 - clip_range, 1 + high) * advantages)
+    clipped = ratio.clamp(1 - clip_range, 1 + high)
+    capped = ratio if delta is None else ratio.clamp(max=delta)
+    per_token = -torch.minimum(capped * advantages, clipped * advantages)
     with torch.no_grad():
+        ratio, log_ratio = ratio.expand_as(mask), log_ratio.expand_as(mask)
         stats = {
             "approx_kl": masked_mean((ratio - 1) - log_ratio, mask),
             "clip_fraction": masked_mean(((ratio < 1 - clip_range) | (ratio > 1 + high)).float(), mask),
             "ratio_max_dev": ((ratio - 1).abs() * mask).max(),
         }
     return per_token, stats
+
+
+ROLLOUT_IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
+
+def rollout_importance_weights(log_probs: torch.Tensor, rollout_log_probs: torch.Tensor, mask: torch.Tensor,
+                               mode: str = "token_truncate", cap: float = 2.0) -> torch.Tensor:
+    """Correction weights for sampling from a slightly different distribution than the learner's
+    (bf16 kernels, an inference engine): w = exp(log π_learner − log π_rollout), per token or per
+    sequence (Σ over its tokens), then ``truncate``: min(w, C) (TIS), or ``mask``: 0 where w > C
+    (TRL's ``vllm_importance_sampling_mode`` and ``_clip_max``). ``(B, T)``, zero off the mask, no grad."""
+    if mode not in ROLLOUT_IS_MODES:
+        raise ValueError(f"rollout_is_mode must be one of {ROLLOUT_IS_MODES}, got {mode!r}")
+    if cap <= 0:
+        raise ValueError(f"the rollout importance-sampling cap must be positive, got {cap}")
+    with torch.no_grad():
+        diff = (log_probs - rollout_log_probs) * mask
+        if mode.startswith("sequence"):
+            diff = diff.sum(-1, keepdim=True)
+        weights = diff.exp()
+        weights = weights.clamp(max=cap) if mode.endswith("truncate") else weights.masked_fill(weights > cap, 0.0)
+        return weights.expand_as(mask) * mask
 
 
 def clipped_policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from agents.ppo_math import masked_mean
 
-DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 PAIR_STRATEGIES = ("best_vs_worst", "all")
 
 
@@ -37,11 +37,14 @@ def nll_loss(log_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 # -- DPO -----------------------------------------------------------------------------------------
 def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
              ref_rejected_logps: torch.Tensor, beta: float, loss_type: str = "sigmoid",
-             chosen_lengths: torch.Tensor | None = None,
-             rejected_lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-pair DPO losses (not reduced) with h = (log π_c − log π_ref,c) − (log π_r − log π_ref,r):
+             chosen_lengths: torch.Tensor | None = None, rejected_lengths: torch.Tensor | None = None,
+             label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-pair DPO losses (not reduced) with h = (log π_c − log π_ref,c) − (log π_r − log π_ref,r)
+    and label smoothing ε (the chance a pair's label is flipped):
 
-    * ``sigmoid`` (Rafailov et al., 2023): −log σ(β·h);
+    * ``sigmoid`` (Rafailov et al., 2023): −(1 − ε)·log σ(β·h) − ε·log σ(−β·h) (ε > 0: conservative
+      DPO, Mitchell 2023, as OpenRLHF and TRL before 1.x apply it);
+    * ``robust`` (Chowdhury et al., 2024): (−(1 − ε)·log σ(β·h) + ε·log σ(−β·h)) / (1 − 2ε), TRL's;
     * ``hinge`` (SLiC): max(0, 1 − β·h);
     * ``ipo`` (Azar et al., 2023): (h̄ − 1/(2β))², with h̄ the same difference of per-token means
       (each log-ratio divided by its completion's length, as TRL 1.16 does).
@@ -55,8 +58,14 @@ def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chose
         raise ValueError(f"beta must be positive, got {beta}")
     chosen_logratios = chosen_logps - ref_chosen_logps
     rejected_logratios = rejected_logps - ref_rejected_logps
+    if not 0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    h = chosen_logratios - rejected_logratios
     if loss_type == "sigmoid":
-        losses = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))
+        losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    elif loss_type == "robust":
+        losses = (-(1 - label_smoothing) * F.logsigmoid(beta * h)
+                  + label_smoothing * F.logsigmoid(-beta * h)) / (1 - 2 * label_smoothing)
     elif loss_type == "hinge":
         losses = torch.relu(1 - beta * (chosen_logratios - rejected_logratios))
     else:

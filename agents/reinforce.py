@@ -17,9 +17,10 @@ from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from agents import group_math, ppo_math
 from agents.buffer import TokenBatch, TokenRolloutBuffer
 from agents.core import LossContext, OnPolicyLMAlgorithm, constructor_args
+from agents.grpo import _env_group_size
 from policies.causal_lm import CausalLMPolicy
 
-BASELINES = ("none", "batch", "running")
+BASELINES = ("none", "batch", "running", "group")
 
 
 class REINFORCE(OnPolicyLMAlgorithm):
@@ -32,13 +33,17 @@ class REINFORCE(OnPolicyLMAlgorithm):
     :param epsilon: ratio clip ε (matters only when ``num_iterations > 1``).
     :param beta: coefficient of the per-token KL penalty in the reward (0: no reference pass).
     :param kl_estimator: ``k1`` or ``k3``.
-    :param baseline: ``none``, ``batch`` (mean reward-to-go of the batch's tokens) or ``running``
-        (a running mean of sequence rewards, ``baseline_momentum``; saved in checkpoints).
+    :param baseline: ``none``, ``batch`` (mean reward-to-go of the batch's tokens), ``running``
+        (a running mean of sequence rewards, ``baseline_momentum``; saved in checkpoints) or
+        ``group`` (each completion's score minus its prompt's mean score over the env's
+        ``completions_per_prompt`` samples, before the KL is added: OpenRLHF's
+        REINFORCE++-baseline with ``whiten_advantages``).
     :param baseline_momentum: m in b ← m·b + (1 − m)·batch mean.
     :param whiten_advantages: whiten advantages over all tokens of the batch (REINFORCE++).
     :param gamma: discount over tokens (1: none).
-    :param ent_coef, max_grad_norm, missing_eos_penalty, reward_scale, reward_clip, log_samples,
-        tensorboard_log, policy_kwargs, verbose, seed, device: as in `agents.PPO`.
+    :param ent_coef, max_grad_norm, missing_eos_penalty, reward_scale, reward_clip, recompute_log_probs,
+        rollout_is_mode, rollout_is_cap, log_samples, tensorboard_log, policy_kwargs, verbose, seed,
+        device: as in `agents.PPO`.
     """
 
     tb_name = "REINFORCE"
@@ -63,6 +68,9 @@ class REINFORCE(OnPolicyLMAlgorithm):
         missing_eos_penalty: float | None = None,
         reward_scale: float = 1.0,
         reward_clip: float | None = None,
+        recompute_log_probs: bool | None = None,
+        rollout_is_mode: str | None = "token_truncate",
+        rollout_is_cap: float = 2.0,
         log_samples: int = 2,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -74,6 +82,9 @@ class REINFORCE(OnPolicyLMAlgorithm):
         hparams = constructor_args(locals())
         if baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+        if baseline == "group" and _env_group_size(env) < 2:
+            raise ValueError("baseline='group' subtracts each prompt's mean score: build the env with "
+                             "completions_per_prompt >= 2 (run_ppo: env.completions_per_prompt=4)")
         self.baseline, self.whiten_advantages = baseline, whiten_advantages
         self.running_baseline = group_math.RunningMeanBaseline(baseline_momentum)
         super().__init__(
@@ -81,11 +92,23 @@ class REINFORCE(OnPolicyLMAlgorithm):
             micro_batch_size=micro_batch_size, clip_range=epsilon, max_grad_norm=max_grad_norm, kl_coef=beta,
             kl_in_reward=True, hparams=hparams, kl_estimator=kl_estimator, ent_coef=ent_coef, gamma=gamma,
             missing_eos_penalty=missing_eos_penalty, reward_scale=reward_scale, reward_clip=reward_clip,
-            log_samples=log_samples, tensorboard_log=tensorboard_log, policy_kwargs=policy_kwargs, verbose=verbose,
-            seed=seed, device=device, _init_setup_model=_init_setup_model)
+            group_size=_env_group_size(env) if baseline == "group" else 1, recompute_log_probs=recompute_log_probs,
+            rollout_is_mode=rollout_is_mode, rollout_is_cap=rollout_is_cap, log_samples=log_samples,
+            tensorboard_log=tensorboard_log, policy_kwargs=policy_kwargs, verbose=verbose, seed=seed, device=device,
+            _init_setup_model=_init_setup_model)
+
+    def shape_rewards(self, buffer: TokenRolloutBuffer) -> None:
+        """The core's shaping; with ``baseline="group"`` the sequence reward then loses its group's
+        mean before the per-token KL joins it (REINFORCE++-baseline's order)."""
+        super().shape_rewards(buffer)
+        if self.baseline == "group":
+            buffer.sequence_rewards = group_math.group_advantages(buffer.sequence_rewards, self.group_size, "none")
+            kl = buffer.kl if buffer.kl is not None else torch.zeros_like(buffer.log_probs)
+            buffer.token_rewards = ppo_math.token_rewards(buffer.sequence_rewards, kl, buffer.kl_coef, buffer.mask)
 
     def compute_advantages(self, buffer: TokenRolloutBuffer) -> None:
-        """A_t = G_t − b (``baseline``), then optional whitening over the batch's tokens."""
+        """A_t = G_t − b (``baseline``; ``group``: already in the shaped rewards), then optional
+        whitening over the batch's tokens."""
         returns = ppo_math.returns_to_go(buffer.token_rewards, buffer.mask, self.gamma)
         if self.baseline == "batch":
             advantages = group_math.batch_mean_baseline(returns, buffer.mask, self._reduce)

@@ -49,6 +49,12 @@ class RLOO(GRPO):
         missing_eos_penalty: float | None = None,
         reward_scale: float = 1.0,
         reward_clip: float | None = None,
+        dynamic_sampling: bool = False,
+        dynamic_sampling_tolerance: float = 0.0,
+        max_extra_rollouts: int = 8,
+        recompute_log_probs: bool | None = None,
+        rollout_is_mode: str | None = "token_truncate",
+        rollout_is_cap: float = 2.0,
         log_samples: int = 2,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -64,7 +70,10 @@ class RLOO(GRPO):
             micro_batch_size=micro_batch_size, epsilon=epsilon, epsilon_high=epsilon_high, beta=beta,
             kl_in_reward=True, kl_bias_correction=False, kl_estimator="k1", scale_rewards="none", loss_type=loss_type, ent_coef=ent_coef,
             max_grad_norm=max_grad_norm, missing_eos_penalty=missing_eos_penalty, reward_scale=reward_scale,
-            reward_clip=reward_clip, log_samples=log_samples, tensorboard_log=tensorboard_log,
+            reward_clip=reward_clip, dynamic_sampling=dynamic_sampling,
+            dynamic_sampling_tolerance=dynamic_sampling_tolerance, max_extra_rollouts=max_extra_rollouts,
+            recompute_log_probs=recompute_log_probs, rollout_is_mode=rollout_is_mode, rollout_is_cap=rollout_is_cap,
+            log_samples=log_samples, tensorboard_log=tensorboard_log,
             policy_kwargs=policy_kwargs, verbose=verbose, seed=seed, device=device, _init_setup_model=False)
         self._hparams = hparams
         if _init_setup_model:

@@ -44,6 +44,27 @@ class Episodes:
     def lengths(self) -> torch.Tensor:
         return self.action_mask.sum(-1)
 
+    def select(self, rows: list[int]) -> "Episodes":
+        """These rows, in this order (a batch's step count and seconds are kept)."""
+        index = torch.as_tensor(rows, dtype=torch.long, device=self.input_ids.device)
+        return Episodes(**{name: getattr(self, name)[index] for name in _ROW_TENSORS},
+                        infos=[self.infos[r] for r in rows], num_steps=self.num_steps, seconds=self.seconds,
+                        complete=self.complete, prompt_width=self.prompt_width)
+
+
+_ROW_TENSORS = ("input_ids", "attention_mask", "policy_mask", "action_mask", "log_probs", "values", "env_rewards",
+                "terminated")
+
+
+def concat_episodes(batches: list[Episodes]) -> Episodes:
+    """Several lockstep batches of one env (so the same widths) as one."""
+    if len(batches) == 1:
+        return batches[0]
+    return Episodes(**{name: torch.cat([getattr(b, name) for b in batches]) for name in _ROW_TENSORS},
+                    infos=[info for b in batches for info in b.infos],
+                    num_steps=sum(b.num_steps for b in batches), seconds=sum(b.seconds for b in batches),
+                    complete=all(b.complete for b in batches), prompt_width=batches[0].prompt_width)
+
 
 def _env_attr(env: Any, name: str, default: Any) -> Any:
     """``env``'s attribute through the VecEnv API (``default`` when it has none)."""

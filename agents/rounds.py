@@ -38,19 +38,7 @@ from stable_baselines3.common.utils import update_learning_rate
 from agents import distributed
 from agents.buffer import TokenRolloutBuffer
 from agents.core import OnPolicyLMAlgorithm
-from agents.rollout import Episodes, collect_episodes
-
-
-def concat_episodes(batches: list[Episodes]) -> Episodes:
-    """Several lockstep batches as one (same env, so the same widths)."""
-    if len(batches) == 1:
-        return batches[0]
-    cat = {name: torch.cat([getattr(b, name) for b in batches]) for name in
-           ("input_ids", "attention_mask", "policy_mask", "action_mask", "log_probs", "values", "env_rewards",
-            "terminated")}
-    return Episodes(**cat, infos=[info for b in batches for info in b.infos],
-                    num_steps=sum(b.num_steps for b in batches), seconds=sum(b.seconds for b in batches),
-                    prompt_width=batches[0].prompt_width)
+from agents.rollout import Episodes, collect_episodes, concat_episodes
 
 
 def env_tokenizer(env: Any) -> Any:

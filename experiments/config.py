@@ -18,7 +18,9 @@ order whatever the order on the command line (the Hydra convention, OmegaConf un
    ``reward_wrappers`` unless a layer set them (``env.reward_wrappers=[]`` turns them off). So
    ``env.id=X`` alone gives X's token budget, splits and wrappers.
 
-The chosen agent's name is ``cfg.agent.name``.
+The chosen agent's name is ``cfg.agent.name``. A *recipe* (``agent=gspo``, ``agent=dapo``,
+``agent=reinforce_pp_baseline``) is an agent file whose ``agent.algorithm`` names the agent class
+it configures (``grpo``, ``reinforce_pp``).
 
 The other training and evaluation scripts (``evaluate.py``, ``sft_warmup.py``) take the same
 style through `compose_script`: their base file (``configs/evaluate.yaml``,

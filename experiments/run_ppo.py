@@ -78,15 +78,16 @@ def round_kwargs(cfg, cls, env) -> dict:
 
 
 def agent_class(cfg):
-    """The agent class ``cfg.agent.name`` names, after checking every agent key is one it takes."""
+    """The agent class ``cfg.agent.name`` names (or, for a recipe such as ``gspo``, its
+    ``agent.algorithm``), after checking every agent key is one it takes."""
     from agents import AGENTS
     from agents.core import agent_parameters
 
-    name = cfg.agent.name
+    name = cfg.agent.get("algorithm") or cfg.agent.name
     if name not in AGENTS:
         raise SystemExit(f"unknown agent {name!r}; known: {sorted(AGENTS)}")
     cls = AGENTS[name]
-    unknown = sorted(set(cfg.agent) - agent_parameters(cls) - {"name"})
+    unknown = sorted(set(cfg.agent) - agent_parameters(cls) - {"name", "algorithm"})
     if unknown:
         raise SystemExit(f"agent {name!r} ({cls.__name__}) does not take {unknown}; its keys: "
                          f"{sorted(agent_parameters(cls) - {'policy_kwargs', 'seed', 'device', 'tensorboard_log'})}")
@@ -125,6 +126,7 @@ def prepare(cfg):
     device = policy_kwargs.pop("device", "auto")
     agent_kwargs = OmegaConf.to_container(cfg.agent, resolve=True)
     agent_kwargs.pop("name")
+    agent_kwargs.pop("algorithm", None)  # a recipe's class (agent_class)
     code = round_kwargs(cfg, cls, env)  # STaR's hinted env: given again to load, it is not saved
     agent_kwargs.update(code)
     checkpoints = out / "checkpoints"

@@ -8,7 +8,8 @@ One implementation of the reward logic, two shells:
 * `RewardWrapper` (a `gymnasium.Wrapper` on one `TokenEnv`) and `VecRewardWrapper` (an SB3
   `VecEnvWrapper` on `TokenVecEnv`) both call `apply_transform`, so they give the same numbers.
 
-Transforms compose: `ReplaceReward`, `AddTerms`, `Scale`, `Clip`, `Normalize`, `Compose`, and
+Transforms compose: `ReplaceReward`, `AddTerms` (with `LengthTerm`, `InfoTerm`, DAPO's
+`OverlongTerm`), `Scale`, `Clip`, `Normalize`, `Compose`, and
 `from_config` builds them from plain dicts (YAML/CLI). After a wrapper, the returned reward and
 ``info["episode"]["r"]`` are the transformed value, ``info["score"]`` stays the raw task score,
 and ``info["reward_components"]`` holds ``{"score": task score, <term name>: value, ...}``
@@ -101,6 +102,29 @@ class LengthTerm:
 
     def __repr__(self) -> str:
         return f"LengthTerm(unit={self.unit!r}, below={self.below!r})"
+
+
+class OverlongTerm:
+    """DAPO's soft overlong punishment (Yu et al., 2025, Eq. 13; TRL's
+    ``get_soft_overlong_punishment``), on generated tokens |y| (``info["episode"]["l"]``):
+    0 for |y| ≤ L_max − L_cache, ((L_max − L_cache) − |y|) / L_cache up to L_max, −1 beyond.
+    Added with weight 1 (``{type: overlong, max_length: L_max, cache: L_cache}``), it penalises
+    completions that run into the budget instead of ending, without rewarding short ones."""
+
+    def __init__(self, max_length: int, cache: int) -> None:
+        if max_length < 1 or not 0 < cache <= max_length:
+            raise ValueError(f"overlong shaping needs max_length >= 1 and 0 < cache <= max_length, got "
+                             f"max_length={max_length}, cache={cache} (max_length is usually the env's max_new_tokens)")
+        self.max_length, self.cache = int(max_length), int(cache)
+
+    def __call__(self, completions, references, prompts, infos) -> np.ndarray:
+        lengths = np.array([info["episode"]["l"] for info in infos], dtype=np.float32)
+        start = self.max_length - self.cache
+        penalty = np.where(lengths <= start, 0.0, (start - lengths) / self.cache)
+        return np.where(lengths > self.max_length, -1.0, penalty).astype(np.float32)
+
+    def __repr__(self) -> str:
+        return f"OverlongTerm(max_length={self.max_length}, cache={self.cache})"
 
 
 class InfoTerm:
@@ -417,8 +441,13 @@ def _add_terms(terms: Mapping[str, Any]) -> AddTerms:
     return AddTerms({name: _term_from_spec(name, spec) for name, spec in dict(terms).items()})
 
 
+def _overlong(max_length: int, cache: int, name: str = "overlong") -> AddTerms:
+    return AddTerms({name: OverlongTerm(max_length, cache)})
+
+
 _BUILDERS: dict[str, Callable[..., Transform]] = {
     "replace": _replace, "add_terms": _add_terms, "scale": Scale, "clip": Clip, "normalize": Normalize,
+    "overlong": _overlong,
 }
 
 
@@ -430,6 +459,8 @@ def from_config(specs: Sequence[Mapping[str, Any]] | None) -> Compose:
       | {term: length, unit: tokens|chars, weight: W} | {term: info, key: KEY, weight: W}}}``
     * ``{type: scale, factor: F}``, ``{type: clip, low: L, high: H}``,
       ``{type: normalize, epsilon: E, clip: C, center: true, update: true}``
+    * ``{type: overlong, max_length: L_MAX, cache: L_CACHE}``: DAPO's soft overlong punishment
+      (`OverlongTerm`), added as the component ``overlong``
 
     ``REWARD_NAME`` is any `rewards.make` name (e.g. ``gsm8k-format``).
     """
@@ -449,6 +480,7 @@ def from_config(specs: Sequence[Mapping[str, Any]] | None) -> Compose:
 
 
 __all__ = [
-    "AddTerms", "Clip", "Compose", "InfoTerm", "LengthTerm", "Normalize", "ReplaceReward", "RewardTransform",
+    "AddTerms", "Clip", "Compose", "InfoTerm", "LengthTerm", "Normalize", "OverlongTerm", "ReplaceReward",
+    "RewardTransform",
     "RewardWrapper", "Scale", "Transform", "VecRewardWrapper", "apply_transform", "from_config",
 ]

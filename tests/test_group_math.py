@@ -78,6 +78,22 @@ def test_grpo_loss_equals_trls_compute_loss(loss_type, beta, correction, tiny_di
     `GRPO.loss`) equals ``GRPOTrainer._compute_loss`` (TRL 1.16.0, a private method: the version
     is pinned in setup.py's test extra), which computes its own log-probs from the same model.
     Compared: the loss value and its gradient on every trainable parameter."""
+    assert_grpo_loss_equals_trls(tiny_lm, tmp_path, loss_type, beta, correction)
+
+
+@pytest.mark.parametrize("loss_type, beta, variant", [
+    ("grpo", 0.0, {"importance_sampling_level": "sequence"}),     # GSPO as its paper runs it
+    ("grpo", 0.05, {"importance_sampling_level": "sequence"}),    # with the corrected k3 term
+    ("dapo", 0.0, {"delta": 1.05}),                               # TRL's two-sided clip (binding here)
+    ("dr_grpo", 0.05, {"delta": 1.05, "importance_sampling_level": "sequence"}),
+])
+def test_gspo_and_two_sided_clip_equal_trls_compute_loss(loss_type, beta, variant, tiny_lm, tmp_path):
+    """GSPO (``importance_sampling_level="sequence"``) and TRL's ``delta``, against the same
+    private ``GRPOTrainer._compute_loss``."""
+    assert_grpo_loss_equals_trls(tiny_lm, tmp_path, loss_type, beta, True, **variant)
+
+
+def assert_grpo_loss_equals_trls(tiny_lm, tmp_path, loss_type, beta, correction, **variant):
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
@@ -93,8 +109,8 @@ def test_grpo_loss_equals_trls_compute_loss(loss_type, beta, correction, tiny_di
                 chat_template=False)
     env = TokenVecEnv(task, tokenizer, num_envs=8, max_new_tokens=6, max_prompt_tokens=16, seed=0,
                       completions_per_prompt=4)
-    agent = GRPO("CausalLMPolicy", env, loss_type=loss_type, beta=beta, kl_bias_correction=correction, epsilon=0.2, epsilon_high=0.28, seed=0,
-                 batch_size=8, micro_batch_size=8, policy_kwargs=dict(model=model))
+    agent = GRPO("CausalLMPolicy", env, loss_type=loss_type, beta=beta, kl_bias_correction=correction, epsilon=0.2,
+                 epsilon_high=0.28, seed=0, batch_size=8, micro_batch_size=8, policy_kwargs=dict(model=model), **variant)
     agent.learn(total_iterations=1)  # one real batch; then a fixed, perturbed set of inputs
     buffer = agent.buffer
     generator = torch.Generator().manual_seed(0)
@@ -123,7 +139,7 @@ def test_grpo_loss_equals_trls_compute_loss(loss_type, beta, correction, tiny_di
     config = GRPOConfig(output_dir=str(tmp_path), loss_type=loss_type, beta=beta, epsilon=0.2, epsilon_high=0.28,
                         per_device_train_batch_size=8, num_generations=4, max_completion_length=6,
                         report_to=[], use_cpu=True, bf16=False, gradient_accumulation_steps=1,
-                        temperature=1.0, logging_steps=1, use_bias_correction_kl=correction)
+                        temperature=1.0, logging_steps=1, use_bias_correction_kl=correction, **variant)
     trainer = GRPOTrainer(model=agent.policy.model, reward_funcs=lambda completions, **kw: [0.0] * len(completions),
                           args=config, train_dataset=Dataset.from_dict({"prompt": ["a b"] * 8}),
                           processing_class=tokenizer)

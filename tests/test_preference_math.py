@@ -21,6 +21,28 @@ def test_sequence_log_probs_and_nll_are_masked():
     assert float(pm.nll_loss(log_probs, mask)) == pytest.approx((1.0 + 2.0 + 0.5) / 3)
 
 
+def test_dpo_label_smoothing_by_hand():
+    """Conservative DPO (sigmoid, ε > 0) and robust DPO, from their formulas."""
+    import math
+
+    pc, pr, rc, rr = (torch.tensor([v]) for v in (-2.0, -5.0, -3.0, -3.0))  # h = 1 + 2 = 3
+    beta, eps = 0.5, 0.1
+    z = beta * 3.0
+
+    def log_sigmoid(x):
+        return -math.log1p(math.exp(-x))
+
+    cdpo, _ = pm.dpo_loss(pc, pr, rc, rr, beta, "sigmoid", label_smoothing=eps)
+    assert float(cdpo) == pytest.approx(-(1 - eps) * log_sigmoid(z) - eps * log_sigmoid(-z), rel=1e-6)
+    robust, _ = pm.dpo_loss(pc, pr, rc, rr, beta, "robust", label_smoothing=eps)
+    assert float(robust) == pytest.approx((-(1 - eps) * log_sigmoid(z) + eps * log_sigmoid(-z)) / (1 - 2 * eps),
+                                          rel=1e-6)
+    plain, _ = pm.dpo_loss(pc, pr, rc, rr, beta, "sigmoid")
+    assert float(plain) == pytest.approx(-log_sigmoid(z), rel=1e-6) and float(cdpo) > float(plain)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        pm.dpo_loss(pc, pr, rc, rr, beta, "robust", label_smoothing=0.5)
+
+
 def test_dpo_losses_by_hand():
     pc, pr = torch.tensor([-4.0, -2.0]), torch.tensor([-5.0, -1.0])
     rc, rr = torch.tensor([-4.5, -2.0]), torch.tensor([-4.0, -1.5])
@@ -136,15 +158,15 @@ def _batch(lengths, width, generator):
     return ids, attention, completion_mask, per_token
 
 
-@pytest.mark.parametrize("loss_type", pm.DPO_LOSS_TYPES)
-def test_dpo_loss_equals_trls(loss_type, tiny_lm, tmp_path):
+@pytest.mark.parametrize("loss_type, label_smoothing", [(t, 0.0) for t in pm.DPO_LOSS_TYPES] + [("robust", 0.2)])
+def test_dpo_loss_equals_trls(loss_type, label_smoothing, tiny_lm, tmp_path):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     model, tokenizer = tiny_lm
     beta = 0.3
     config = DPOConfig(output_dir=str(tmp_path), beta=beta, loss_type=[loss_type], report_to=[], use_cpu=True,
-                       bf16=False, per_device_train_batch_size=2)
+                       bf16=False, per_device_train_batch_size=2, label_smoothing=label_smoothing)
     trainer = DPOTrainer(model=model, args=config, processing_class=tokenizer,
                          train_dataset=Dataset.from_dict({"prompt": ["a"] * 2, "chosen": ["b"] * 2, "rejected": ["c"] * 2}))
     trainer.precompute_ref_logps = True
@@ -160,7 +182,8 @@ def test_dpo_loss_equals_trls(loss_type, tiny_lm, tmp_path):
 
     seq = pm.sequence_log_probs(per_token, completion_mask[:, 1:].bool())
     counts = completion_mask.sum(1)
-    losses, _ = pm.dpo_loss(seq[:4], seq[4:], ref[:4], ref[4:], beta, loss_type, counts[:4], counts[4:])
+    losses, _ = pm.dpo_loss(seq[:4], seq[4:], ref[:4], ref[4:], beta, loss_type, counts[:4], counts[4:],
+                            label_smoothing)
     ours = losses.mean()
     (our_grad,) = torch.autograd.grad(ours, per_token)
     assert float(ours.detach()) == pytest.approx(float(theirs.detach()), rel=1e-6, abs=1e-7)
