@@ -569,10 +569,12 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         buffer, stats, log = self.buffer, self._train_stats, self.logger
         assert buffer is not None
         scores = float(buffer.env_rewards.mean())
+        task_scores = [float(info.get("score", reward)) for info, reward in zip(buffer.infos, buffer.env_rewards)]
         values = {
             "objective/kl_coef": float(buffer.kl_coef),
             "objective/entropy": float(buffer.sequence_neg_log_prob.mean()),
-            "objective/scores": scores,
+            "objective/scores": scores,  # TRL's tag: the reward trained on (the env's, after wrappers)
+            "objective/task_score": float(np.mean(task_scores)),  # the task's own verdict, info["score"]
             "policy/approxkl": stats.get("approx_kl"),
             "policy/clipfrac": stats.get("clip_fraction"),
             "policy/entropy": stats.get("entropy"),
@@ -641,6 +643,13 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
                   flush=True)
 
     # -- saving, loading, resuming -------------------------------------------------------------
+    def finalize(self, directory) -> None:
+        """Write the trained policy for use after training: its trainable weights (the LoRA
+        adapter, or full weights, with its heads; ``policy.save_trainable``). The round agents
+        write a plain model directory instead (`ScoredRolloutAlgorithm.finalize`). Under FSDP
+        every rank calls it (the weights are gathered); rank 0 writes."""
+        self.policy.save_trainable(directory)
+
     def _extra_state(self) -> dict[str, Any]:
         """Agent-specific state to checkpoint (e.g. a running baseline)."""
         return {}

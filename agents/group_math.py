@@ -65,12 +65,6 @@ def broadcast_to_tokens(sequence_values: torch.Tensor, mask: torch.Tensor) -> to
     return sequence_values[:, None].to(torch.float32) * mask
 
 
-def k3_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor) -> torch.Tensor:
-    """exp(log π_ref − log π) − (log π_ref − log π) − 1 per token (TRL's GRPO KL term)."""
-    delta = ref_log_probs - log_probs
-    return delta.exp() - delta - 1
-
-
 def grpo_loss(per_token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str, max_completion_length: int,
               num_items_in_batch: torch.Tensor | float | None = None,
               gradient_accumulation_steps: int = 1) -> torch.Tensor:

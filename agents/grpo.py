@@ -144,7 +144,7 @@ class GRPO(OnPolicyLMAlgorithm):
                                                         self.delta, self.importance_sampling_level)
         policy_per_token = per_token
         if self.beta and not self.kl_in_reward:
-            kl = group_math.k3_kl(log_probs, micro.ref_log_probs)
+            kl = ppo_math.k3(log_probs, micro.ref_log_probs)
             if self.kl_bias_correction:  # × the importance weight (per sequence under GSPO), as TRL
                 kl = kl * ppo_math.importance_log_weights(log_probs, micro.old_log_probs, micro.mask,
                                                           self.importance_sampling_level).exp()

@@ -43,9 +43,14 @@ def kl_estimate(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, estimator:
     if estimator == "k1":
         return log_probs - ref_log_probs
     if estimator == "k3":
-        log_ratio = ref_log_probs - log_probs
-        return log_ratio.exp() - 1 - log_ratio
+        return k3(log_probs, ref_log_probs)
     raise ValueError(f"unknown KL estimator {estimator!r}; use 'k1' or 'k3'")
+
+
+def k3(log_probs: torch.Tensor, ref_log_probs: torch.Tensor) -> torch.Tensor:
+    """exp(log π_ref − log π) − (log π_ref − log π) − 1 per token (Schulman's k3; TRL's GRPO KL term)."""
+    delta = ref_log_probs - log_probs
+    return delta.exp() - delta - 1
 
 
 def shape_sequence_rewards(env_rewards: torch.Tensor, terminated: torch.Tensor, reward_scale: float = 1.0,

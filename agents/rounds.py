@@ -18,7 +18,7 @@ One round is one ``iteration`` of the core (so budgets, schedules, callbacks, ch
 4. **log** the core's tags plus the agent's (``star/*``, ``rewards/chosen`` ...). A round with no
    target (nothing kept, no pair) is logged with ``train/skipped_round`` = 1 and takes no step.
 
-`save_merged` writes the policy as a plain model directory (LoRA merged in, tokenizer beside it),
+`finalize` (`save_merged`) writes the policy as a plain model directory (LoRA merged in, tokenizer beside it),
 which ``run_ppo.py policy.model=DIR`` starts from. Imports the core, `agents.sequences`,
 `agents.rollout`, torch and SB3.
 """
@@ -233,6 +233,11 @@ class ScoredRolloutAlgorithm(OnPolicyLMAlgorithm):
                   f"update {values['time/update']:5.1f}s", file=sys.stderr, flush=True)
 
     # -- the trained model as a plain model directory ---------------------------------------------
+    def finalize(self, directory: str | os.PathLike) -> None:
+        """The trained policy as a plain model directory (`save_merged`), which ``policy.model=DIR``
+        starts from and whose RL reference is then this model."""
+        self.save_merged(directory)
+
     def save_merged(self, directory: str | os.PathLike, tokenizer: Any = None) -> None:
         """Write the policy as a full model (``save_pretrained``, LoRA merged into a copy) plus the
         tokenizer, so ``policy.model=DIR`` starts from it and its RL reference is this model."""

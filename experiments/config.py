@@ -12,7 +12,8 @@ order whatever the order on the command line (the Hydra convention, OmegaConf un
 3. each ``experiment=NAME`` preset (``configs/experiment/NAME.yaml``): merged, except its
    ``per_agent`` section, of which only ``per_agent.<agent name>`` is merged into ``agent``;
    a preset's plain ``agent`` keys must be ones every agent takes;
-4. the dotted overrides;
+4. the dotted overrides, strictly: a key that none of the layers above defines is an error that
+   lists the known keys beside it (free-form nodes: `OPEN_NODES`);
 5. the env's own run defaults (`lm_envs.registration.run_defaults` of ``env.id``): its
    ``kwargs`` and ``eval_kwargs`` under whatever the layers above set, and its
    ``reward_wrappers`` unless a layer set them (``env.reward_wrappers=[]`` turns them off). So
@@ -139,10 +140,37 @@ def compose(argv: Sequence[str], base: str = "ppo.yaml") -> DictConfig:
         cfg = OmegaConf.merge(cfg, preset)
         if per_agent is not None and agent_name in per_agent:
             cfg.agent = OmegaConf.merge(cfg.agent, per_agent[agent_name])
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    cfg = _merge_strictly(cfg, overrides, "configs/ppo.yaml, the agent file and the presets")
     apply_env_defaults(cfg)
     cfg.agent.name = agent_name
     cfg.experiment = chosen["experiment"][-1] if chosen["experiment"] else None
+    return cfg
+
+
+# Nodes whose keys are free-form (checked elsewhere, or kwargs passed through): any key may be set.
+OPEN_NODES = ("agent", "env.kwargs", "env.eval_kwargs", "policy.lora", "policy.pause")
+
+
+def _merge_strictly(cfg: DictConfig, overrides: Sequence[str], where: str) -> DictConfig:
+    """``cfg`` + dotted overrides, where a key that no layer defines is an error listing the keys
+    that exist beside it (a misspelt ``iteratons=100`` must not be ignored); keys under
+    `OPEN_NODES` are free."""
+    OmegaConf.set_struct(cfg, True)
+    for key in OPEN_NODES:
+        node = OmegaConf.select(cfg, key)
+        if isinstance(node, DictConfig):
+            OmegaConf.set_struct(node, False)
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    except ConfigKeyError as err:
+        parent = err.full_key.rpartition(".")[0]
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        known = sorted(node.keys()) if isinstance(node, DictConfig) else []
+        raise SystemExit(f"unknown option {err.full_key!r}: no such key in {where}; known keys"
+                         f"{' under ' + parent if parent else ''}: {known}") from None
+    except OmegaConfBaseException as err:
+        raise SystemExit(f"bad override: {err}") from None
+    OmegaConf.set_struct(cfg, False)
     return cfg
 
 

@@ -1,7 +1,7 @@
 """Learning curves and a before/after table from a run directory: ``python experiments/plot.py DIR``.
 
-Reads the tensorboard event files under ``DIR/tb`` and writes ``DIR/plots/*.png`` (task score,
-each reward component, KL and its coefficient, entropy, response length, clip fraction, plus
+Reads the tensorboard event files under ``DIR/tb`` and writes ``DIR/plots/*.png`` (``score``: the
+task score beside the env reward after wrappers; each reward component, KL and its coefficient, entropy, response length, clip fraction, plus
 all of them in ``learning_curves.png``). When ``DIR/eval_before.json`` and ``eval_after.json``
 exist it also writes ``DIR/plots/before_after.md`` (and prints it), and when
 ``DIR/samples_before.json`` and ``samples_after.json`` exist, ``DIR/plots/samples.md``: the
@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from agents import evaluation  # noqa: E402  (the before/after table, shared with run_ppo.py)
 
 PANELS = {
-    "task_score": ["objective/scores", "rewards/score/mean"],
+    "score": ["objective/task_score", "objective/scores"],  # the task's verdict; the env reward after wrappers
     "kl": ["objective/kl", "objective/kl_coef"],
     "entropy": ["objective/entropy", "policy/entropy"],
     "response_length": ["tokens/response_len_mean"],

@@ -1,9 +1,12 @@
 """Train a language model on a token-level task: ``python experiments/run_ppo.py``.
 
-With no arguments: PPO on SmolLM2-135M-Instruct (embedded) + LoRA on GSM8K train, a few minutes
-on a 2-core CPU. Pick the algorithm with ``agent=ppo|grpo|rloo|reinforce|reinforce_pp`` (online)
-or ``agent=sft|star|dpo|kto`` (rounds of learning from scored samples, one round per iteration), a
-preset with ``experiment=NAME``, and override any key with dotted overrides, e.g.
+With no arguments: PPO on SmolLM2-135M-Instruct (embedded) + LoRA, steering continuations of toxic
+RealToxicityPrompts prompts away from toxicity (``lm_envs/Toxicity-v0``), about 5 minutes on a
+2-core CPU; ``env.id=lm_envs/GSM8K-v0`` (or any registered id) picks another task. Pick the
+algorithm with ``agent=ppo|grpo|rloo|reinforce|reinforce_pp`` (online), a recipe
+``agent=gspo|dapo|reinforce_pp_baseline``, or ``agent=sft|star|dpo|kto`` (rounds of learning from
+scored samples, one round per iteration), a preset with ``experiment=NAME``, and override any key
+with dotted overrides (a misspelt key is an error), e.g.
 ``python experiments/run_ppo.py agent=grpo agent.learning_rate=1e-5 output_dir=runs/a``.
 Continue a killed run with ``resume=true``. Data parallel on N processes with
 ``torchrun --nproc_per_node=N experiments/run_ppo.py ...`` (sizes are per rank; rank 0 logs,
@@ -64,7 +67,9 @@ def shared_reward(cfg, env):
 
 def round_kwargs(cfg, cls, env) -> dict:
     """Constructor arguments that are code, not config: STaR's hinted env for rationalization."""
-    if cls.__name__ != "STaR" or not cfg.agent.get("rationalize"):
+    from agents.core import agent_parameters
+
+    if "hint_env_fn" not in agent_parameters(cls) or not cfg.agent.get("rationalize"):
         return {}
     from functools import partial
 
@@ -200,7 +205,7 @@ def main(argv: list[str]) -> dict:
                 reset_num_timesteps=resume_from is None, tb_log_name=cfg.agent.name)
     agent.save(checkpoints / f"iter_{agent.iteration:06d}")  # collective: every rank's state, rank 0 writes
     if getattr(agent.policy, "sharded", False):  # FSDP: the final weights are gathered (collective), rank 0
-        agent.policy.save_trainable(out / "final")  # writes them, and evaluates with every rank's weights
+        agent.finalize(out / "final")  # writes them, and evaluates with every rank's weights
         with agent.policy.gathered(reference=True):
             summary = evaluate("after") if main_process else {}
     if not main_process:
@@ -211,11 +216,8 @@ def main(argv: list[str]) -> dict:
     write_json(out / "run.json", {"agent": cfg.agent.name, "iterations_done": agent.iteration,
                                   "iterations_budget": cfg.iterations, "world_size": cfg.world_size,
                                   "time_limit_fired": bool(time_limit is not None and time_limit.fired)})
-    if hasattr(agent, "save_merged"):  # SFT, STaR, DPO, KTO: a plain model dir that policy.model= starts from
-        agent.save_merged(out / "final")
-        summary = evaluate("after")
-    elif not getattr(agent.policy, "sharded", False):
-        agent.policy.save_trainable(out / "final")
+    if not getattr(agent.policy, "sharded", False):
+        agent.finalize(out / "final")  # the agent's own final form (a plain model dir for SFT, STaR, DPO, KTO)
         summary = evaluate("after")
     from agents.evaluation import before_after_table
 

@@ -50,7 +50,7 @@ def test_asymmetric_clip_and_k3_by_hand():
     # ratio 1.5 with A = 1: min(1.5, 1.28) = 1.28; ratio 0.5 with A = −1: min(−0.5, −0.8) = −0.8
     torch.testing.assert_close(per_token, torch.tensor([[-1.28, 0.8]]))
     assert float(stats["clip_fraction"]) == 1.0
-    kl = group_math.k3_kl(torch.log(torch.tensor([0.5])), torch.log(torch.tensor([0.25])))
+    kl = ppo_math.k3(torch.log(torch.tensor([0.5])), torch.log(torch.tensor([0.25])))
     assert float(kl) == pytest.approx(0.5 - torch.log(torch.tensor(0.5)).item() - 1)
 
 

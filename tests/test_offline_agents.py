@@ -507,3 +507,18 @@ def test_star_from_base_retrains_on_everything_kept_so_far_with_a_fresh_schedule
     for round_rates in (first_rates, rates):  # each retrain runs the schedule from its start
         assert round_rates[0] == pytest.approx(1e-2) and round_rates == sorted(round_rates, reverse=True)
     assert len(rates) == math.ceil(len(second) / 4)
+
+
+def test_finalize_writes_each_agents_final_form(tiny_dir, tiny_lm, tmp_path):
+    """Online agents write their trainable weights, round agents a plain model directory:
+    run_ppo calls ``finalize`` and never asks which class it has."""
+    from agents import GRPO
+    from policies import load_lm
+
+    star = make(STaR, tiny_dir, tiny_lm[1], threshold=0.0)
+    star.finalize(tmp_path / "star")
+    model, tokenizer = load_lm(str(tmp_path / "star"))  # loads as a plain model, LoRA merged in
+    assert model.config.vocab_size == star.policy.model.config.vocab_size and tokenizer is not None
+    grpo = GRPO("CausalLMPolicy", make_env(tiny_lm[1]), policy_kwargs=dict(model=str(tiny_dir), lora=LORA))
+    grpo.finalize(tmp_path / "grpo")
+    assert (tmp_path / "grpo" / "adapter_config.json").exists() and not (tmp_path / "grpo" / "config.json").exists()

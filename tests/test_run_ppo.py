@@ -129,6 +129,13 @@ def test_unknown_preset_agent_key_and_bad_override_are_clear(tiny_dir, tmp_path,
         compose(["agent=nope"])
     with pytest.raises(SystemExit, match="key.sub=value"):
         compose(["agent.learning_rate"])
+    # A misspelt key is an error that lists the keys beside it, at the top level and nested.
+    with pytest.raises(SystemExit, match=r"unknown option 'iteratons'.*known keys: \[.*'iterations'"):
+        compose(["iteratons=100"])
+    with pytest.raises(SystemExit, match=r"unknown option 'env.num_env'.*known keys under env: \[.*'num_envs'"):
+        compose(["experiment=tiny_test", "env.num_env=3"])
+    free = compose(["env.kwargs.max_new_tokens=8", "policy.lora.r=4", "env.eval_kwargs.split=test"])
+    assert free.env.kwargs.max_new_tokens == 8 and free.policy.lora.r == 4  # free-form nodes stay free
     with pytest.raises(SystemExit, match=r"does not take \['vf_coef'\]"):
         run_ppo.agent_class(compose(["agent=grpo", "agent.vf_coef=0.1"]))
     with pytest.raises(SystemExit, match="multiple of env.completions_per_prompt=4"):

@@ -29,7 +29,7 @@ def test_short_toxicity_preset_writes_evals_and_plots(tiny_dir, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert plot.returncode == 0, plot.stderr
     pngs = {p.name: p.stat().st_size for p in (tmp_path / "plots").glob("*.png")}
-    for name in ("task_score", "reward_components", "kl", "entropy", "response_length", "clip_fraction",
+    for name in ("score", "reward_components", "kl", "entropy", "response_length", "clip_fraction",
                  "learning_curves"):
         assert pngs.get(f"{name}.png", 0) > 1000, pngs
     table = (tmp_path / "plots" / "before_after.md").read_text()
