@@ -467,9 +467,16 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         buffer.sequence_rewards = ppo_math.shape_sequence_rewards(
             buffer.env_rewards, buffer.terminated, self.reward_scale, self.missing_eos_penalty, self.reward_clip)
         in_reward = self.kl_in_reward and buffer.kl is not None
+        # Per-turn rewards (info["turn_rewards"], multi-turn games) land on each turn's last action
+        # for agents with a critic (PPO's GAE); sequence-level agents keep their sum at the end.
+        turn_rewards = None
+        if self.uses_value_head and any("turn_rewards" in info for info in buffer.infos):
+            turn_rewards = ppo_math.place_turn_rewards(
+                [info.get("turn_rewards") for info in buffer.infos], [info.get("turn_ends") for info in buffer.infos],
+                tuple(buffer.mask.shape), self.reward_scale, buffer.mask.device)
         buffer.token_rewards = ppo_math.token_rewards(
             buffer.sequence_rewards, buffer.kl if in_reward else torch.zeros_like(buffer.log_probs),
-            buffer.kl_coef if in_reward else 0.0, buffer.mask)
+            buffer.kl_coef if in_reward else 0.0, buffer.mask, turn_rewards)
 
     def compute_advantages(self, buffer: TokenRolloutBuffer) -> None:
         """Set ``buffer.advantages`` and ``buffer.returns`` (``(B, T)``, zero off the mask)."""

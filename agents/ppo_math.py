@@ -64,14 +64,43 @@ def shape_sequence_rewards(env_rewards: torch.Tensor, terminated: torch.Tensor, 
     return rewards
 
 
-def token_rewards(sequence_rewards: torch.Tensor, kl: torch.Tensor, kl_coef: float, mask: torch.Tensor) -> torch.Tensor:
-    """−β·KL on every token, plus the sequence reward on each row's final real token."""
+def token_rewards(sequence_rewards: torch.Tensor, kl: torch.Tensor, kl_coef: float, mask: torch.Tensor,
+                  turn_rewards: torch.Tensor | None = None) -> torch.Tensor:
+    """−β·KL on every token, plus the sequence reward on each row's final real token.
+
+    With ``turn_rewards`` ``(B, T)`` (each turn's reward already on its turn's last action, zero
+    elsewhere; `place_turn_rewards`), those go where they are and only the rest of the sequence
+    reward (``sequence_reward − Σ turn_rewards``: wrapper terms, the missing-EOS penalty, clipping)
+    goes on the final token, so every row's rewards still sum to its sequence reward − β·ΣKL.
+    """
     rewards = -kl_coef * kl * mask
     last = (mask.sum(-1) - 1).clamp(min=0)
     has_action = mask.any(-1)
     rows = torch.arange(sequence_rewards.shape[0], device=sequence_rewards.device)[has_action]
-    rewards[rows, last[has_action]] += sequence_rewards[has_action]
+    final = sequence_rewards
+    if turn_rewards is not None:
+        turn_rewards = turn_rewards.to(rewards.dtype) * mask
+        rewards = rewards + turn_rewards
+        final = sequence_rewards - turn_rewards.sum(-1)
+    rewards[rows, last[has_action]] += final[has_action]
     return rewards
+
+
+def place_turn_rewards(turn_rewards: list[list[float] | None], turn_ends: list[list[int] | None],
+                       shape: tuple[int, int], scale: float = 1.0, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(B, T)`` zeros with ``scale · turn_rewards[b][k]`` at action index ``turn_ends[b][k]`` (rows
+    with ``None`` stay zero): each turn's reward on its turn's last action."""
+    placed = torch.zeros(shape, device=device)
+    for row, (values, ends) in enumerate(zip(turn_rewards, turn_ends)):
+        if values is None:
+            continue
+        if ends is None or len(ends) != len(values):
+            raise ValueError(f"row {row}: {len(values)} turn rewards but turn ends {ends!r}")
+        for value, end in zip(values, ends):
+            if not 0 <= end < shape[1]:
+                raise ValueError(f"row {row}: turn end {end} outside the {shape[1]} action columns")
+            placed[row, end] += scale * float(value)
+    return placed
 
 
 def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:

@@ -27,6 +27,7 @@ Ends of episodes:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -175,6 +176,7 @@ class EpisodeBatch:
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(self.eos_token_ids[0])
         self.tools = tuple(getattr(task, "tools", ()) or ())
         self.respond = getattr(task, "respond", None)
+        self._respond_histories = self.respond is not None and _takes_keyword(self.respond, "histories")
         self.multi_turn = bool(self.tools) or self.respond is not None
         if self.multi_turn and config.max_injected_tokens == 0:
             raise ValueError(f"task {task.name!r} injects text (tools or respond) but max_injected_tokens=0: "
@@ -205,6 +207,12 @@ class EpisodeBatch:
         self.last_score = np.full(n, np.nan)
         self.waiting = np.zeros(n, dtype=bool)                # ended a turn, awaiting the task's reply
         self.turn_end = np.zeros(n, dtype=np.int8)            # how the last turn ended (_EOS | ...)
+        # Per turn k of each row: its columns after P [start, end), its last action's index (a
+        # count of the policy's tokens) and its reward (Reply.reward; NaN: none given).
+        T = config.max_turns
+        self.turn_spans = np.zeros((n, T, 2), dtype=np.int64)
+        self.turn_last_action = np.full((n, T), -1, dtype=np.int64)
+        self.turn_rewards = np.full((n, T), np.nan)
         self.sync_turns = config.sync_turns
         # Overlapped scoring: rows that ended and wait for their score (terminal step held back).
         overlap = config.overlap_scoring
@@ -272,6 +280,9 @@ class EpisodeBatch:
         self.last_score[rows] = np.nan
         self.waiting[rows] = False
         self.turn_end[rows] = 0
+        self.turn_spans[rows] = 0
+        self.turn_last_action[rows] = -1
+        self.turn_rewards[rows] = np.nan
         self.finished[rows] = False
         self.start_time[rows] = time.time()
 
@@ -324,6 +335,11 @@ class EpisodeBatch:
                         break
         ending = rows[turn_ends[rows]]
         self.turns[ending] += 1
+        recorded = ending[self.turns[ending] <= self.config.max_turns]
+        k = self.turns[recorded] - 1
+        self.turn_spans[recorded, k, 0] = self.turn_start[recorded]
+        self.turn_spans[recorded, k, 1] = self.completion_length[recorded]
+        self.turn_last_action[recorded, k] = self.num_generated[recorded] - 1
         if self.respond is not None:
             # Rows that ended a turn wait for the task's reply; with sync_turns, until every row
             # still in the episode has ended its turn, so the task answers them in one call and
@@ -340,6 +356,8 @@ class EpisodeBatch:
                     if np.isnan(self.first_score[row]):
                         self.first_score[row] = reply.score
                     self.last_score[row] = reply.score
+                if reply.reward is not None and self.turns[row] <= self.config.max_turns:
+                    self.turn_rewards[row, self.turns[row] - 1] = float(reply.reward)
                 out, budget_cut = bool(flags & _OUT_OF_TOKENS), bool(flags & _TURN_FULL and not flags & _STOPPED)
                 if reply.text is None or self.turns[row] >= self.config.max_turns or out:
                     # The task's own end, or the model's on its last turn, terminates; a budget truncates.
@@ -398,7 +416,12 @@ class EpisodeBatch:
     def _replies(self, rows: np.ndarray) -> list[Reply]:
         attempts = [self._attempt(row) for row in rows]
         references = [self.task.references[i] for i in self.row_index[rows]]
-        replies = list(self.respond(attempts, references, [int(t) for t in self.turns[rows]]))
+        turns = [int(t) for t in self.turns[rows]]
+        if self._respond_histories:
+            histories = [[self._span_text(row, k) for k in range(turn - 1)] for row, turn in zip(rows, turns)]
+            replies = list(self.respond(attempts, references, turns, histories=histories))
+        else:
+            replies = list(self.respond(attempts, references, turns))
         if len(replies) != len(rows) or not all(isinstance(reply, Reply) for reply in replies):
             raise TypeError(f"task {self.task.name!r}: respond must return one lm_envs.tasks.turns.Reply per attempt "
                             f"({len(rows)}), got {replies!r:.200}")
@@ -445,6 +468,9 @@ class EpisodeBatch:
         prompts = [self.encode_prompt(int(i))[1] for i in self.row_index[ended]]
         reward_start = time.perf_counter()
         scores = self.last_score[ended].astype(np.float32)
+        per_turn = ~np.isnan(self.turn_rewards[ended]).all(axis=1)  # rows whose replies gave turn rewards
+        turn_rewards = np.nan_to_num(self.turn_rewards[ended], nan=0.0)
+        scores[per_turn] = turn_rewards[per_turn].sum(axis=1)  # sequence-level reward: the sum over turns
         unscored = np.isnan(scores)
         if unscored.any():  # the task's reward scores what its replies did not
             picked = np.flatnonzero(unscored)
@@ -472,6 +498,10 @@ class EpisodeBatch:
                                   tool_calls=int(self.tool_calls[row]), injected_tokens=int(self.num_injected[row]))
                 if not np.isnan(self.first_score[row]):
                     infos[row]["first_score"] = float(self.first_score[row])
+                if per_turn[k]:
+                    used_turns = int(min(self.turns[row], self.config.max_turns))
+                    infos[row]["turn_rewards"] = [float(r) for r in turn_rewards[k, :used_turns]]
+                    infos[row]["turn_ends"] = [int(a) for a in self.turn_last_action[row, :used_turns]]
             used = slice(start, start + self.completion_length[row])
             generated = self.input_ids[row, used][self.policy_mask[row, used] == 1]
             for key, token_id in self.count_tokens.items():
@@ -496,17 +526,27 @@ class EpisodeBatch:
                 text = text[: text.index(stop)]
         return text
 
-    def _decode(self, row: int, start: int) -> str:
-        """Decoded columns ``[P + start, P + completion_length)`` of ``row``."""
+    def _span_text(self, row: int, turn: int) -> str:
+        """The policy's turn ``turn`` (0-based) on ``row``, decoded and cut at a stop string."""
+        start, end = self.turn_spans[row, turn]
+        text = self._decode(row, start, end)
+        for stop in self.stop_strings:
+            if stop in text:
+                text = text[: text.index(stop)]
+        return text
+
+    def _decode(self, row: int, start: int, end: int | None = None) -> str:
+        """Decoded columns ``[P + start, P + end)`` of ``row`` (``end``: ``completion_length``)."""
         P = self.max_prompt_tokens
-        ids = self.input_ids[row, P + start:P + self.completion_length[row]]
+        ids = self.input_ids[row, P + start:P + (self.completion_length[row] if end is None else end)]
         ids = ids[ids < len(self.tokenizer)]  # ids beyond the tokenizer decode to nothing
         return self.tokenizer.decode(ids.tolist(), skip_special_tokens=True)
 
     _STATE_ARRAYS = ("input_ids", "attention_mask", "policy_mask", "prompt_length", "num_generated",
                      "completion_length", "num_injected", "turns", "turn_start", "turn_generated", "segment_start",
                      "tool_calls", "first_score", "last_score", "waiting", "turn_end", "finished", "row_index",
-                     "start_time")
+                     "start_time", "turn_spans", "turn_last_action", "turn_rewards")
+    _STATE_DEFAULTS = {"turn_spans": 0, "turn_last_action": -1, "turn_rewards": np.nan}  # saved before per-turn rewards
 
     def get_state(self) -> dict[str, np.ndarray]:
         if self.scoring.any():
@@ -517,11 +557,13 @@ class EpisodeBatch:
         missing = [name for name in self._STATE_ARRAYS if name not in state]
         if missing and set(missing) - {"completion_length", "num_injected", "turns", "turn_start", "turn_generated",
                                        "segment_start", "tool_calls", "first_score", "last_score", "waiting",
-                                       "turn_end"}:
+                                       "turn_end", *self._STATE_DEFAULTS}:
             raise ValueError(f"episode state lacks {missing}")
         for name in self._STATE_ARRAYS:
             if name in state:
                 getattr(self, name)[...] = state[name]
+            elif name in self._STATE_DEFAULTS:
+                getattr(self, name)[...] = self._STATE_DEFAULTS[name]
             else:  # saved before multi-turn episodes existed: nothing was injected
                 getattr(self, name)[...] = state["num_generated"] if name == "completion_length" else (
                     np.nan if name.endswith("score") else 0)
@@ -536,3 +578,12 @@ class EpisodeBatch:
             "num_generated": self.num_generated[rows, None].copy(),
             "completion_length": self.completion_length[rows, None].copy(),
         }
+
+
+def _takes_keyword(function: Any, name: str) -> bool:
+    """Whether ``function`` accepts the keyword argument ``name`` (named, or through ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values())

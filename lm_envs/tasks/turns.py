@@ -11,7 +11,16 @@ row as *injected* tokens (attention 1, ``policy_mask`` 0: context, never actions
 * **Replies, per turn.** When the model ends a turn (EOS, a stop string, or ``max_turn_tokens``),
   the task's ``respond(attempts, references, turns)`` returns one `Reply` per row: text to say
   (usually rendered as a chat turn: the env's message as a user turn, then the assistant
-  header) or ``None`` to end the episode, and optionally the attempt's score.
+  header) or ``None`` to end the episode, and optionally the attempt's score or the turn's
+  reward. A ``respond`` that takes a ``histories`` keyword also gets, per row, the policy's earlier
+  turns of the episode (so a stateless game can be replayed to the current position).
+
+**Per-turn rewards.** A reply's ``reward`` is the reward of the turn that just ended (a game's
+per-step reward). When any turn of an episode has one, the episode's reward is the *sum* of its
+turns' rewards, and the finished episode's info records ``turn_rewards`` (one float per turn, 0
+where a turn had none) and ``turn_ends`` (the action index, a 0-based count of the policy's
+tokens, of each turn's last action). PPO puts each turn's reward on that token
+(`agents.ppo_math.token_rewards`); sequence-level agents use the sum.
 
 Nothing here knows about models or agents; it may import only the standard library.
 """
@@ -64,6 +73,9 @@ class Reply:
     :param score: this attempt's score, when the task computed one (a code task runs the tests
         to decide what to say). The last attempt's score is the episode's reward; without one,
         the task's ``reward`` scores the whole completion.
+    :param reward: this turn's own reward (per-turn credit, e.g. a game's step reward). When any
+        turn of an episode has one, the episode's reward is the sum over its turns (a turn
+        without one counts 0) and ``score`` is only reported (``info["first_score"]``).
     :param chat: render ``text`` as a chat turn (a user message, then the assistant header);
         ``False`` injects it verbatim.
     :param suffix: text after the message that is never cut: the env trims ``text`` to
@@ -73,11 +85,12 @@ class Reply:
 
     text: str | None = None
     score: float | None = None
+    reward: float | None = None
     chat: bool = True
     suffix: str = ""
 
 
-RespondFn = Callable[[Sequence[str], Sequence[Any], Sequence[int]], Sequence[Reply]]
+RespondFn = Callable[..., Sequence[Reply]]  # respond(attempts, references, turns[, histories=]) -> [Reply]
 _ASSISTANT, _USER = "\x00ASSISTANT\x00", "\x00USER\x00"
 
 
