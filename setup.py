@@ -40,5 +40,8 @@ setup(
                  "mkdocstrings[python]>=1.0"],
         # Benchmark-only: the peer we compare against. Never a runtime dependency.
         "bench": ["trl>=1.16"],
+        # Environments from other libraries (lm_envs.ecosystem, docs/ecosystem_envs.md): the ids
+        # reasoning_gym/<task>-v0 and textarena/<Game>-v0, and OpenEnv serving and consuming.
+        "envs": ["reasoning-gym>=0.1.25", "textarena>=0.7.4", "openenv-core>=0.3.0"],
     },
 )

@@ -20,6 +20,10 @@ Multi-turn ids, where the env speaks mid-episode (`lm_envs.tasks.turns`):
 * ``lm_envs/GSM8KCalculator-v0``: GSM8K with its calculator annotations as a tool.
 * ``lm_envs/MBPPFeedback-v0``, ``lm_envs/HumanEvalCppFeedback-v0``: up to three attempts, with
   the compiler error or the first failing test shown after a failed one.
+
+Ids from other libraries (`lm_envs.ecosystem`; optional, ``pip install -e .[envs]``; registered
+without importing them): ``reasoning_gym/<task>-v0`` for every reasoning-gym task and
+``textarena/<Game>-v0`` for TextArena's offline single-player games.
 """
 from rewards.data import DATA_DIR_ENV, resolve_data_dir
 from lm_envs.episodes import EpisodeBatch, EpisodeConfig, observation_space
@@ -27,6 +31,7 @@ from lm_envs.registration import make_token_env, make_vec, register_task
 from lm_envs.reward_wrappers import RewardWrapper, VecRewardWrapper
 from lm_envs.sampler import PromptSampler
 from lm_envs.suite import register_builtin_ids
+from lm_envs.ecosystem import register_ecosystem_ids
 from lm_envs.tasks import (
     HUMANEVAL_STOP_STRINGS, Reply, Task, Tool, gsm8k_calculator_task, gsm8k_task, humaneval_cpp_feedback_task,
     humaneval_cpp_task, humaneval_java_task, humaneval_task, mbpp_feedback_task, mbpp_task, mgsm_task, mmlu_task,
@@ -36,6 +41,7 @@ from lm_envs.token_env import TokenEnv
 from lm_envs.vec_env import TokenVecEnv
 
 register_builtin_ids()
+register_ecosystem_ids()
 
 __all__ = [
     "DATA_DIR_ENV", "EpisodeBatch", "EpisodeConfig", "PromptSampler", "Reply", "RewardWrapper", "Task", "TokenEnv",

@@ -1,0 +1,308 @@
+"""Envs from other libraries (lm_envs.ecosystem): reasoning-gym ids and curriculum, TextArena games
+offline, per-turn rewards down to PPO's GAE, and OpenEnv both ways on loopback."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import lm_envs
+from agents import ppo_math
+from agents.core import OnPolicyLMAlgorithm
+from helpers import REPO, build_tiny_tokenizer
+from lm_envs import Reply, Task
+from lm_envs.ecosystem import MissingExtra, require
+from lm_envs.ecosystem.reasoning_gym import TASK_NAMES, make_curriculum_vec
+from lm_envs.ecosystem.textarena import EXCLUDED, GAMES
+
+EASY = dict(min_terms=2, max_terms=2, min_digits=1, max_digits=1, operators=("+",), allow_negation=False)
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return build_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+def _word(tok, word):
+    return tok(word, add_special_tokens=False)["input_ids"][0]
+
+
+# -- reasoning-gym -----------------------------------------------------------------------------------
+def test_task_names_are_reasoning_gyms_registry_and_all_registered():
+    from reasoning_gym.factory import DATASETS
+
+    assert TASK_NAMES == tuple(sorted(DATASETS))
+    assert all(f"reasoning_gym/{name}-v0" in gym.registry for name in TASK_NAMES)
+
+
+def test_every_reasoning_gym_id_builds_and_steps(tok):
+    # The held-out split: one reasoning-gym dataset per id (the training split draws a second one).
+    small = dict(split="test", test_size=2, max_new_tokens=2, max_prompt_tokens=32, truncate_prompt="left", seed=0)
+    for name in TASK_NAMES:
+        extra = {"datasets": [{"name": "chain_sum", "weight": 1.0}]} if name == "composite" else {}
+        env = lm_envs.make_vec(f"reasoning_gym/{name}-v0", 1, tok, **small, **extra)
+        env.reset()
+        _, rewards, dones, infos = env.step(np.array([tok.eos_token_id]))
+        assert dones[0] and rewards.dtype == np.float32 and rewards[0] == 0.0, name  # nothing answered, 0
+        assert isinstance(infos[0]["reference"]["question"], str), name
+
+
+def test_checkers_pass_on_a_reasoning_gym_env(tok):
+    env = gym.make("reasoning_gym/basic_arithmetic-v0", tokenizer=tok, size=8, max_new_tokens=4, **EASY)
+    gym_check_env(env.unwrapped, skip_render_check=True)
+    sb3_check_env(env.unwrapped, warn=True)
+
+
+def test_config_keys_reach_reasoning_gym_and_the_answer_is_scored(tok):
+    task = gym.make("reasoning_gym/basic_arithmetic-v0", tokenizer=tok, size=16, **EASY).unwrapped.task
+    entries = [task.references[i] for i in range(len(task))]
+    assert all(e["metadata"]["num_terms"] == 2 and e["metadata"]["num_digits"] == 1 for e in entries)
+    assert all("+" in e["metadata"]["expression"] and "*" not in e["metadata"]["expression"] for e in entries)
+    right = [e["answer"] for e in entries]
+    scores = task.reward(right + ["nonsense", ""], entries + entries[:2])
+    assert scores[:16].tolist() == [1.0] * 16 and scores[16:].tolist() == [0.0, 0.0]
+    metrics = task.reward.metrics(right[:1] + [" \n" + right[1] + "\nmore", "", "12345"], entries[:4],
+                                  task.reward(right[:1] + [" \n" + right[1] + "\nmore", "", "12345"], entries[:4]))
+    assert metrics["accuracy"] == 0.5 and metrics["format_rate"] == 0.75  # first line extracted; "" has none
+
+
+def test_held_out_questions_never_appear_in_training():
+    from lm_envs.ecosystem.reasoning_gym import reasoning_gym_task
+
+    test = reasoning_gym_task("basic_arithmetic", split="test", test_size=48, **EASY)
+    train = reasoning_gym_task("basic_arithmetic", split="train", size=300, **EASY)
+    held_out = {test.questions[i] for i in range(len(test))}
+    assert len(held_out) < 48  # at this config the draw repeats itself: ~100 distinct sums
+    assert not held_out & {train.questions[i] for i in range(len(train))}
+    # A different seed alone would leak: the same config drawn with the training seed hits the test set.
+    import reasoning_gym as rg
+
+    naive = rg.create_dataset("basic_arithmetic", size=300, seed=0, **EASY)
+    assert held_out & {naive[i]["question"] for i in range(300)}
+
+
+def test_missing_library_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "reasoning_gym", None)
+    with pytest.raises(MissingExtra, match=r"\.\[envs\]"):
+        require("reasoning_gym", "reasoning-gym")
+
+
+def _run_batches(env, tok, batches):
+    """Lockstep batches with fixed actions ("7" then EOS); the observations and rewards seen."""
+    seen = []
+    seven = _word(tok, "7")
+    for _ in range(batches):
+        for action in (seven, tok.eos_token_id):
+            obs, rewards, dones, infos = env.step(np.full(env.num_envs, action))
+            seen.append((obs["input_ids"].copy(), rewards.copy(), [i.get("curriculum_level") for i in infos]))
+    return seen
+
+
+def test_curriculum_raises_the_level_and_resumes_bit_exactly(tok, monkeypatch):
+    kwargs = dict(size=16, max_new_tokens=2, max_prompt_tokens=48, truncate_prompt="left", seed=3, window=4,
+                  raise_above=0.75, lower_below=0.25, **EASY)
+    env = make_curriculum_vec("reasoning_gym/basic_arithmetic-v0", 4, tok, **kwargs)
+    task = env.get_attr("task", [0])[0]
+    assert task.metadata["levels"] == 5 and env.level == 0
+    task.reward = lambda completions, references, prompts=None: np.ones(len(completions), dtype=np.float32)
+    env.reset()
+    _run_batches(env, tok, 1)  # 4 successes fill the window: level 1 from the next batch on
+    assert env.level == 1 and env.changes == [(4, 1)]
+    assert (env.venv.batch.row_index // 16 == 1).all()  # the batch loaded after the change is level 1
+    saved = env.env_method("get_state", indices=[0])[0]
+    assert saved["curriculum"]["level"] == 1
+    task.reward = lambda completions, references, prompts=None: np.zeros(len(completions), dtype=np.float32)
+    after = _run_batches(env, tok, 3)
+    assert env.level == 0  # four failures lower it again
+
+    resumed = make_curriculum_vec("reasoning_gym/basic_arithmetic-v0", 4, tok, **{**kwargs, "seed": 99})
+    resumed.get_attr("task", [0])[0].reward = task.reward
+    resumed.reset()
+    resumed.env_method("set_state", saved, indices=[0])
+    assert resumed.level == 1
+    again = _run_batches(resumed, tok, 3)
+    for (ids_a, rew_a, lvl_a), (ids_b, rew_b, lvl_b) in zip(after, again):
+        np.testing.assert_array_equal(ids_a, ids_b)
+        np.testing.assert_array_equal(rew_a, rew_b)
+        assert lvl_a == lvl_b
+    assert resumed.state_dict() == env.state_dict()
+
+
+# -- TextArena -------------------------------------------------------------------------------------------
+_OFFLINE_PROBE = r"""
+import json, socket, sys
+def refuse(*args, **kwargs):
+    raise OSError("network disabled by the test")
+socket.socket.connect = refuse
+socket.create_connection = refuse
+socket.getaddrinfo = refuse
+from lm_envs.ecosystem.textarena import textarena_task
+results = {}
+for game in sys.argv[1:]:
+    try:
+        task = textarena_task(game, size=1) if not game.endswith("!raw") else None
+        if task is None:
+            import textarena as ta
+            env = ta.make(game[:-4] + "-raw"); env.reset(num_players=1, seed=0); env.step("[a]")
+        else:
+            assert task.questions[0]
+            task.respond(["[1]"], [task.references[0]], [1], histories=[[]])
+        results[game] = "ok"
+    except BaseException as err:
+        results[game] = repr(err)[:200]
+print(json.dumps(results))
+"""
+
+
+def test_shipped_textarena_games_run_with_no_network(tmp_path):
+    """Every shipped game imports and plays a move with sockets refused and an empty NLTK data path;
+    an excluded one (Wordle needs NLTK's word list) fails the same probe, so the probe can fail."""
+    env = {**os.environ, "NLTK_DATA": str(tmp_path), "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", _OFFLINE_PROBE, *GAMES, "Wordle-v0!raw"], capture_output=True,
+                         text=True, env=env, cwd=tmp_path, timeout=120)
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {game: results[game] for game in GAMES} == {game: "ok" for game in GAMES}
+    assert results["Wordle-v0!raw"] != "ok" and "Wordle-v0" in EXCLUDED
+
+
+def test_checkers_pass_on_a_textarena_env(tok):
+    env = gym.make("textarena/GuessTheNumber-v0", tokenizer=tok, max_turns=3, max_turn_tokens=2, max_new_tokens=6,
+                   max_injected_tokens=768)
+    gym_check_env(env.unwrapped, skip_render_check=True)
+    sb3_check_env(env.unwrapped, warn=True)
+
+
+def test_textarena_turns_carry_the_games_rewards(tok):
+    env = gym.make("textarena/GuessTheNumber-v0", tokenizer=tok, size=4)
+    env.reset(seed=0)
+    seven = _word(tok, "7")
+    actions = [seven, tok.eos_token_id] * 16
+    for t, action in enumerate(actions):
+        _, reward, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            break
+    assert info["turn_ends"] == [2 * k + 1 for k in range(info["turns"])]
+    assert reward == pytest.approx(sum(info["turn_rewards"])) and info["score"] == pytest.approx(reward)
+
+
+# -- per-turn rewards -------------------------------------------------------------------------------------
+def _two_turn_task():
+    def respond(attempts, references, turns, histories=()):
+        # Turn 1 earns 0.5 and the env asks again; turn 2 earns 1.0 and ends the episode.
+        return [Reply(text="again", reward=0.5) if t == 1 else Reply(text=None, reward=1.0) for t in turns]
+
+    return Task(questions=["a b", "c d"], references=[0, 1], name="two-turns", chat_template=False,
+                reward=lambda c, r, p=None: np.full(len(c), 9.0, dtype=np.float32), respond=respond)
+
+
+def test_env_records_turn_rewards_and_the_last_action_of_each_turn(tok):
+    env = lm_envs.TokenEnv(_two_turn_task(), tok, max_new_tokens=8, max_turns=2, max_injected_tokens=8)
+    env.reset(seed=0)
+    seven = _word(tok, "7")
+    for action in (seven, tok.eos_token_id, seven, seven, tok.eos_token_id):
+        _, reward, terminated, truncated, info = env.step(action)
+    assert terminated and not truncated
+    assert info["turn_rewards"] == [0.5, 1.0] and info["turn_ends"] == [1, 4]
+    assert reward == 1.5 and info["score"] == 1.5  # the sum; the task's whole-completion reward (9) is unused
+    state = env.batch.get_state()
+    assert state["turn_rewards"][0].tolist() == [0.5, 1.0]
+
+
+def test_per_turn_rewards_in_ppos_gae_hand_computed():
+    """Two turns: actions 0-1 (reward 0.5 on action 1) and 2-4 (reward 1.0 on action 4), no KL."""
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    values = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5]])
+    infos = [{"turn_rewards": [0.5, 1.0], "turn_ends": [1, 4]}]
+
+    def shaped(uses_value_head):
+        buffer = SimpleNamespace(env_rewards=torch.tensor([1.5]), terminated=torch.tensor([True]), kl=None,
+                                 mask=mask, log_probs=torch.zeros(1, 5), infos=infos)
+        agent = SimpleNamespace(kl_controller=SimpleNamespace(value=0.0), _uses_reference=False, reward_scale=1.0,
+                                missing_eos_penalty=None, reward_clip=None, kl_in_reward=True,
+                                uses_value_head=uses_value_head)
+        OnPolicyLMAlgorithm.shape_rewards(agent, buffer)
+        return buffer.token_rewards
+
+    ppo_rewards = shaped(True)
+    assert ppo_rewards.tolist() == [[0.0, 0.5, 0.0, 0.0, 1.0]]
+    advantages, returns = ppo_math.gae(ppo_rewards, values, mask, gamma=1.0, lam=0.5)
+    # δ = r_t + V_{t+1} − V_t = [0.1, 0.6, 0.1, 0.1, 0.5]; A_t = δ_t + 0.5·A_{t+1}
+    expected = [0.1 + 0.5 * 0.7375, 0.6 + 0.5 * 0.275, 0.1 + 0.5 * 0.35, 0.1 + 0.5 * 0.5, 0.5]
+    torch.testing.assert_close(advantages, torch.tensor([expected]))
+    torch.testing.assert_close(returns, torch.tensor([expected]) + values)
+    # Sequence-level agents (no critic): the sum of the turns' rewards on the final token.
+    assert shaped(False).tolist() == [[0.0, 0.0, 0.0, 0.0, 1.5]]
+    # A wrapper's extra term (env reward 1.7 = 1.5 + 0.2) stays on the final token.
+    rewards = ppo_math.token_rewards(torch.tensor([1.7]), torch.zeros(1, 5), 0.0, mask,
+                                     ppo_math.place_turn_rewards([[0.5, 1.0]], [[1, 4]], (1, 5)))
+    torch.testing.assert_close(rewards, torch.tensor([[0.0, 0.5, 0.0, 0.0, 1.2]]))
+
+
+# -- OpenEnv ------------------------------------------------------------------------------------------------
+def _port_open(url):
+    host, port = url.rsplit(":", 1)
+    with socket.socket() as probe:
+        return probe.connect_ex((host.removeprefix("http://"), int(port))) == 0
+
+
+@pytest.mark.server
+def test_openenv_serves_an_lm_envs_id(tok):
+    from openenv.core.generic_client import GenericEnvClient
+
+    from lm_envs.ecosystem.openenv import serve
+
+    server = serve("reasoning_gym/basic_arithmetic-v0", split="test", test_size=8, **EASY)
+    try:
+        with GenericEnvClient(base_url=server.url).sync() as client:
+            first = client.reset(seed=0)
+            assert "Give only the final answer." in first.observation["prompt"] and not first.done
+            index = first.observation["index"]
+            task = lm_envs.ecosystem.reasoning_gym.reasoning_gym_task("basic_arithmetic", split="test",
+                                                                       test_size=8, **EASY)
+            right = client.step({"text": task.references[index]["answer"]})
+            assert right.done and right.reward == 1.0
+            client.reset(index=index)
+            assert client.step({"text": "no idea"}).reward == 0.0
+    finally:
+        server.stop()
+    assert not _port_open(server.url)
+
+
+@pytest.mark.server
+def test_openenv_env_trains_as_an_lm_envs_env(tok):
+    """Our TextArena id served by OpenEnv, consumed back through OpenEnv's client as a token env:
+    the same game, its per-turn rewards through the wire."""
+    from lm_envs.ecosystem.openenv import openenv_task, serve
+
+    server = serve("textarena/GuessTheNumber-v0", split="train", max_turns=8)
+    try:
+        task = openenv_task(server.url, size=2, seed=0, name="openenv-guess", chat_template=False)
+        direct = gym.make("textarena/GuessTheNumber-v0", tokenizer=tok, chat_template=False).unwrapped.task
+        assert task.questions[0] == direct.prompt_template.format(question=direct.questions[0])
+        env = lm_envs.TokenEnv(task, tok, max_new_tokens=16, max_turns=8, max_turn_tokens=2,
+                               max_injected_tokens=512)
+        env.reset(options={"index": 0})
+        seven = _word(tok, "7")
+        for action in [seven, tok.eos_token_id] * 8:
+            _, reward, terminated, truncated, info = env.step(action)
+            if terminated or truncated:
+                break
+        assert len(info["turn_rewards"]) == info["turns"] and reward == pytest.approx(sum(info["turn_rewards"]))
+        # The same moves on the game directly give the same rewards.
+        moves = ["7"] * info["turns"]
+        row = lm_envs.PromptSampler(len(direct), 0).next_index()  # the row the server deals for seed 0
+        replies = direct.respond([moves[-1]], [direct.references[row]], [len(moves)], histories=[moves[:-1]])
+        assert replies[0].reward == pytest.approx(info["turn_rewards"][-1])
+    finally:
+        server.stop()
+    assert not _port_open(server.url)
