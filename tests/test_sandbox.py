@@ -96,6 +96,15 @@ def test_every_program_gets_the_seccomp_filter(sb):
     assert "RLIMIT_CORE 1" in prot["core_dumps"] and "runner" in prot["memory_between_jobs"], prot
 
 
+def test_a_job_that_never_starts_leaves_the_next_one_intact():
+    """A Python job whose program never starts (its prelude does not compile) leaves its content
+    unread in the monitor's pipe: the monitor is replaced, and the next job runs its own code."""
+    with Sandbox(workers=1) as box:
+        bad = box.run_python("print('never')", FAST, prelude="def (:")
+        assert bad.returncode == 1 and "prelude does not compile" in bad.stderr, bad
+        assert [r.stdout for r in box.map_python([f"print({i})" for i in range(3)], FAST)] == ["0\n", "1\n", "2\n"]
+
+
 def test_job_dir_is_fresh_and_private(sb):
     first = sb.run_python("open('left.txt', 'w').write('x')\nimport os\nprint(os.listdir('/tmp'))", FAST)
     assert first.ok and first.stdout.strip() == "['left.txt']", first

@@ -1,8 +1,9 @@
 """Run untrusted, model-written programs inside a bubblewrap jail, through a warm fork server.
 
 Modules: `protocol` (the JSON wire format), `jail` (the bubblewrap command line and whether it
-can run here), `server` (the fork server, run as its own script inside the jail; it imports
-neither this package nor `rewards`), `client` (`Sandbox`, job builders, result types).
+can run here), `syscall_filter` (the per-program seccomp filter, compiled on the host),
+`server` (the fork server, run as its own script inside the jail; it imports neither this
+package nor `rewards`), `client` (`Sandbox`, job builders, result types).
 See `server`'s docstring for the process tree and `jail`'s for what the jail exposes.
 Imports: standard library and `rewards.errors`.
 """

@@ -621,6 +621,7 @@ class _Step:
                     pass
             os._exit(127)
         _RUNNING[0] = pid
+        _BODY_TAKEN[0] = self.body is not None
         for _, w in pipes:
             os.close(w)
         try:
@@ -758,6 +759,7 @@ class _Step:
 
 
 _RUNNING: list[int | None] = [None]  # the monitor's current program, for its SIGTERM handler
+_BODY_TAKEN = [False]  # a Python job's program process was started (and so read the job's body)
 
 
 def _killpg(pid: int) -> None:
@@ -974,11 +976,13 @@ def _monitor(head_fd: int, body_fd: int, out_fd: int, base: str, jailed: bool) -
         if head is None:
             return
         if setup_error is None and head["kinds"] == ["python"]:
+            _BODY_TAKEN[0] = False
             result = _run_python_job(head, body_fd, base, jailed)
-            if not _write_all(out_fd, _frame(result)):
-                return
-            if result["error"] or any(r.get("error") for r in result["results"]):
-                os._exit(2)  # its body may be left in the pipe: the server starts a fresh monitor
+            # Its body may be left in the pipe: then this monitor retires (the server requeues
+            # what it sent after this job and starts a fresh monitor).
+            retire = not _BODY_TAKEN[0] or result["error"] or any(r.get("error") for r in result["results"])
+            if not _write_all(out_fd, _frame({**result, "retire": True} if retire else result)) or retire:
+                os._exit(2)
             continue
         pid = _clone_into_job_namespaces(0)  # a plain fork, minus Python's at-fork work (we are single-threaded)
         if pid == 0:
@@ -1211,19 +1215,24 @@ class _Server:
 
     def _monitor_output(self, fd: int) -> None:
         mon = self.monitors[fd]
+        eof = False
         while True:
             try:
                 data = os.read(fd, 1 << 20)
             except BlockingIOError:
                 break
             if not data:
-                self._monitor_died(fd)
-                return
+                eof = True
+                break
             mon["buf"] += data
-        for msg in _unframe(mon["buf"]):
+        for msg in _unframe(mon["buf"]):  # results it wrote just before exiting count too
             if mon["jobs"]:
                 mon["jobs"].popleft()
+            if msg.pop("retire", False):  # it exits next: what it holds was not started
+                mon["retiring"] = True
             self.send({"op": "result", **msg})
+        if eof:
+            self._monitor_died(fd)
 
     def _monitor_died(self, fd: int) -> None:
         mon = self.monitors.pop(fd)
@@ -1236,11 +1245,11 @@ class _Server:
             os.close(w)
         _, status = os.waitpid(mon["pid"], 0)
         self._kill_strays()
-        if mon["jobs"]:  # the one it was running fails; those queued behind it go elsewhere
+        if mon["jobs"] and not mon.get("retiring"):  # the one it was running fails
             job = mon["jobs"].popleft()
             self.send({"op": "result", "id": job["id"], "results": [],
                        "error": f"sandbox monitor died (wait status {status})"})
-            self.queue.extendleft(reversed(mon["jobs"]))
+        self.queue.extendleft(reversed(mon["jobs"]))  # those queued behind it go elsewhere
         if self.running:
             self._spawn_monitor(mon["slot"])
 
