@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
+from helpers import REPO, build_tiny_tokenizer
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import lm_envs
 from agents import ppo_math
 from agents.core import OnPolicyLMAlgorithm
-from helpers import REPO, build_tiny_tokenizer
 from lm_envs import Reply, Task
 from lm_envs.ecosystem import MissingExtra, require
 from lm_envs.ecosystem.reasoning_gym import TASK_NAMES, make_curriculum_vec
@@ -187,7 +187,7 @@ def test_textarena_turns_carry_the_games_rewards(tok):
     env.reset(seed=0)
     seven = _word(tok, "7")
     actions = [seven, tok.eos_token_id] * 16
-    for t, action in enumerate(actions):
+    for action in actions:
         _, reward, terminated, truncated, info = env.step(action)
         if terminated or truncated:
             break

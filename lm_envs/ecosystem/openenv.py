@@ -24,18 +24,18 @@ May import `lm_envs.tasks` and `lm_envs.registration`; never `policies` or `agen
 """
 from __future__ import annotations
 
-import inspect
 import socket
 import threading
 import time
 import uuid
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 from lm_envs.ecosystem import require
-from lm_envs.episodes import EpisodeConfig
+from lm_envs.episodes import EpisodeConfig, _takes_keyword
 from lm_envs.sampler import PromptSampler
 from lm_envs.tasks import Reply, Task
 
@@ -97,7 +97,7 @@ def text_environment_class(env_id: str, **kwargs: Any) -> type:
 
     TextAction, TextObservation = _models()
     task, episode = _task_and_episode(env_id, kwargs)
-    takes_histories = task.respond is not None and "histories" in inspect.signature(task.respond).parameters
+    takes_histories = task.respond is not None and _takes_keyword(task.respond, "histories")
 
     class LMTextEnvironment(Environment):
         """``env_id`` as an OpenEnv environment: text in, text and rewards out."""
@@ -193,7 +193,7 @@ class OpenEnvServer:
         self._server.should_exit = True
         self._thread.join(timeout=10)
 
-    def __enter__(self) -> "OpenEnvServer":
+    def __enter__(self) -> OpenEnvServer:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -25,11 +25,13 @@ May import `lm_envs.tasks`, `lm_envs.registration` and SB3; never `policies` or 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import re
 from collections import deque
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvWrapper
@@ -104,8 +106,8 @@ EXTRACTORS: dict[str, tuple[Callable[[str], str | None], str]] = {
 class ReasoningGymReward(Reward):
     """A reasoning-gym task's own ``score_answer`` on the extracted answer (0 when none is found).
 
-    :param datasets: ``level -> ProceduralDataset`` (or a callable giving it) that scores items of
-        that level; references carry their level.
+    :param datasets: ``datasets(level) -> ProceduralDataset``: the dataset whose ``score_answer``
+        scores items of that level (references carry their level).
     :param extractor: a name in `EXTRACTORS`.
     :param name: the reward's name (``reasoning_gym/<task>``).
     """
@@ -155,8 +157,6 @@ def _level_configs(name: str, config: dict[str, Any], curriculum: bool) -> list[
     if name not in rg.factory.CURRICULA:
         raise ValueError(f"reasoning-gym has no curriculum for {name!r}; tasks with one: "
                          f"{sorted(rg.factory.CURRICULA)}")
-    import dataclasses
-
     levels = max(len(attr.levels) for attr in rg.factory.create_curriculum(name).attributes.values())
     configs = []
     for level in range(levels):
@@ -342,7 +342,7 @@ class _LevelSampler:
     """Draws rows of the current level: the vec env's own sampler (over all levels' rows) taken
     modulo the rows of a level, offset to the level. Its state is the wrapped sampler's."""
 
-    def __init__(self, inner: Any, curriculum: "ReasoningGymCurriculum", per_level: int) -> None:
+    def __init__(self, inner: Any, curriculum: ReasoningGymCurriculum, per_level: int) -> None:
         self.inner, self.curriculum, self.per_level = inner, curriculum, per_level
 
     def next_index(self) -> int:
@@ -367,8 +367,9 @@ class ReasoningGymCurriculum(VecEnvWrapper):
     curriculum and at most ``lower_below`` to the previous one, and the window starts again. New
     episodes are drawn at the current level: in lockstep, the batch loaded by the step that moved
     the level (no action taken yet) is moved to the same items of the new level, so the change
-    applies from the next batch on. Ended episodes report ``info["curriculum_level"]``. ``get_state``/``set_state`` (also through ``env_method``,
-    which is how checkpoints call them) add the level and the window under ``"curriculum"``.
+    applies from the next batch on. Ended episodes report ``info["curriculum_level"]``.
+    ``get_state``/``set_state`` (also through ``env_method``, which is how checkpoints call them)
+    add the level and the window under ``"curriculum"``.
 
     :param venv: a `lm_envs.TokenVecEnv` over ``reasoning_gym/<task>-v0`` with ``curriculum=True``
         (possibly wrapped).
