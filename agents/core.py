@@ -16,7 +16,10 @@ Under ``torchrun`` each rank runs this loop on its own rows; `agents.distributed
 and batch statistics across ranks, and rank 0 alone logs and writes (see that module).
 
 Built on SB3's `OnPolicyAlgorithm` (callbacks, logger, schedules, ``learn``); agents meet envs
-only through the `VecEnv` API and policies only through the policy API. Imports `agents.*`
+only through the `VecEnv` API and its contract (`agents.env_contract`) and policies only through
+the policy API. Why one file of this length: it is one concern, the iteration above, read top to
+bottom as CleanRL's ``ppo.py`` is; the maths it calls lives in `ppo_math`, the data in `buffer`,
+generation in `rollout` and persistence in `checkpoint`. Imports `agents.*`
 maths, buffer, rollout, checkpoint and memory modules, the policies, SB3 and torch.
 """
 from __future__ import annotations
@@ -38,6 +41,7 @@ from stable_baselines3.common.utils import FloatSchedule, LinearSchedule, set_ra
 
 from agents import checkpoint, distributed, memory, ppo_math
 from agents.buffer import TokenBatch, TokenRolloutBuffer
+from agents.env_contract import token_env
 from agents.rollout import collect_episodes, concat_episodes
 from policies.causal_lm import CausalLMPolicy
 from policies.pause import PauseLMPolicy
@@ -210,7 +214,7 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
             raise ValueError(f"micro_batch_size={micro_batch_size} must divide batch_size={batch_size}")
         if kl_estimator not in ("k1", "k3"):
             raise ValueError("kl_estimator must be 'k1' or 'k3'")
-        env_group = self._env_attr("completions_per_prompt", 1)
+        env_group = token_env(self.env).completions_per_prompt
         if group_size > 1 and (self.n_envs % group_size or env_group != group_size):
             raise ValueError(
                 f"{type(self).__name__} groups {group_size} completions per prompt, but the env has num_envs="
@@ -247,12 +251,6 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         if _init_setup_model:
             self._setup_model()
 
-    def _env_attr(self, name: str, default: Any) -> Any:
-        try:
-            return self.env.get_attr(name, [0])[0]
-        except AttributeError:
-            return default
-
     # -- set-up ------------------------------------------------------------------------------
     def _setup_model(self) -> None:
         self._setup_lr_schedule()
@@ -280,7 +278,7 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         set_random_seed(seed + rank, using_cuda=self.device.type == "cuda")
         self.action_space.seed(seed)
         if self.env is not None and not self._restoring:
-            slots = self.n_envs // self._env_attr("completions_per_prompt", 1)
+            slots = self.n_envs // token_env(self.env).completions_per_prompt
             self.env.seed(seed + rank * slots)
 
     def _setup_learn(self, total_timesteps, callback=None, reset_num_timesteps=True, tb_log_name="run",
@@ -367,11 +365,7 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
             self.num_timesteps += int(distributed.reduce_sum(torch.tensor(episodes.num_steps * env.num_envs,
                                                                           device=self.device)))
             if distributed.is_distributed():  # reward wrappers' running statistics: every rank's rewards
-                layer = env
-                while layer is not None:
-                    if getattr(type(layer), "sync_statistics", None) is not None:  # not forwarded by VecEnvWrapper
-                        layer.sync_statistics(distributed.all_gather_object)
-                    layer = getattr(layer, "venv", None)
+                token_env(env).sync_statistics(distributed.all_gather_object)
             if not episodes.complete:
                 return False  # a callback stopped us mid-batch: the partial batch is not trained on
             for info in episodes.infos:
@@ -684,7 +678,7 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         # Every rank's own state (RNGs, env sampler and batch), gathered to rank 0, which writes.
         ranks = distributed.all_gather_object(checkpoint.encode({
             "rng": checkpoint.rng_states({"shuffle": self.shuffle_generator}),
-            "env_state": self.env.env_method("get_state", indices=[0])[0] if self.env is not None else None,
+            "env_state": token_env(self.env).get_state() if self.env is not None else None,
             "last_obs": self._last_obs,
             "extra": self._extra_state(),
         }))
@@ -750,7 +744,7 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         agent.iteration, agent._total_timesteps = state["iteration"], state["total_timesteps"]
         agent._total_iterations = state["total_iterations"]
         if own["env_state"] is not None and not force_reset:
-            agent.env.env_method("set_state", own["env_state"], indices=[0])
+            token_env(agent.env).set_state(own["env_state"])
             agent._last_obs = own["last_obs"]
             agent._keep_last_obs = True
         checkpoint.set_rng_states(own["rng"], {"shuffle": agent.shuffle_generator})

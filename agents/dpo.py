@@ -19,6 +19,7 @@ import torch
 from agents import preference_math as pm
 from agents import sequences
 from agents.core import constructor_args
+from agents.env_contract import token_env
 from agents.rollout import Episodes
 from agents.rounds import ScoredRolloutAlgorithm
 from agents.sequences import Sequences
@@ -37,7 +38,7 @@ class _PreferenceBase(ScoredRolloutAlgorithm):
     needs_reference = True
 
     def _check_groups(self, env: Any) -> None:
-        k = int(env.get_attr("completions_per_prompt", [0])[0])
+        k = token_env(env).completions_per_prompt
         if k < 2:
             raise ValueError(f"{type(self).__name__} compares samples of one prompt: build the env with "
                              f"completions_per_prompt >= 2 (run_ppo: env.completions_per_prompt=4), got {k}")

@@ -1,6 +1,6 @@
 """Evaluating a policy on a token VecEnv: mean score, task metrics, samples; `before_after_table`.
 
-Talks to the env through the VecEnv API (``env_method``/``get_attr``) and to the policy through
+Talks to the env through the VecEnv API and its contract (`agents.env_contract`) and to the policy through
 ``act``. Task metrics come from the reward object when it has ``metrics()`` (accuracy, compile
 rate, toxicity...), looked up through the env's task. A policy with a ``pause_token_id``
 (`policies.PauseLMPolicy`) also gets pause metrics, counted on the generated token ids (decoded
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from agents.buffer import trim
+from agents.env_contract import token_env
 from agents.rollout import Episodes, collect_episodes
 
 
@@ -102,7 +103,7 @@ def evaluate_policy(policy: Any, env: Any, n_episodes: int, deterministic: bool 
     if reference_stats:
         summary["kl_mean"] = float(np.mean(kls[:n_episodes]))
         summary["perplexity_mean"] = float(np.mean(perplexities[:n_episodes]))
-    task = env.get_attr("task", [0])[0]
+    task = token_env(env).task
     reward = task.reward
     if "turns" in samples[0]:
         summary.update(turn_metrics(samples))

@@ -17,6 +17,7 @@ from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from agents import group_math, ppo_math
 from agents.buffer import TokenBatch, TokenRolloutBuffer
 from agents.core import LossContext, OnPolicyLMAlgorithm, constructor_args
+from agents.env_contract import token_env
 from policies.causal_lm import CausalLMPolicy
 
 
@@ -162,7 +163,4 @@ class GRPO(OnPolicyLMAlgorithm):
 
 
 def _env_group_size(env: Any) -> int:
-    try:
-        return int(env.get_attr("completions_per_prompt", [0])[0])
-    except AttributeError:
-        return 1
+    return token_env(env).completions_per_prompt

@@ -2,7 +2,8 @@
 
 `collect_episodes` drives any SB3 `VecEnv` in the token-MDP layout (`lm_envs.TokenVecEnv`,
 possibly wrapped) with a policy that has ``act(obs, state, episode_start, deterministic)``
-(`policies.CausalLMPolicy`). It talks to the env through the VecEnv API only. The result,
+(`policies.CausalLMPolicy`). It talks to the env through the VecEnv API and its contract
+(`agents.env_contract`). The result,
 `EpisodeBatch`-shaped tensors plus per-action rollout log-probs and values, is what
 `agents.buffer.TokenRolloutBuffer` stores.
 """
@@ -14,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from agents.env_contract import token_env
 
 
 @dataclass
@@ -66,14 +69,6 @@ def concat_episodes(batches: list[Episodes]) -> Episodes:
                     complete=all(b.complete for b in batches), prompt_width=batches[0].prompt_width)
 
 
-def _env_attr(env: Any, name: str, default: Any) -> Any:
-    """``env``'s attribute through the VecEnv API (``default`` when it has none)."""
-    try:
-        return env.get_attr(name, [0])[0]
-    except AttributeError:
-        return default
-
-
 def obs_to_torch(obs: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     return {key: torch.as_tensor(value, device=device) for key, value in obs.items()}
 
@@ -93,7 +88,8 @@ def collect_episodes(policy: Any, env: Any, last_obs: dict[str, np.ndarray] | No
         ``model.generate`` does).
     :return: the episodes and the obs to start the next batch from.
     """
-    if env.get_attr("autoreset", [0])[0]:
+    env = token_env(env)
+    if env.autoreset:
         raise ValueError("collect_episodes needs a lockstep TokenVecEnv (autoreset=False)")
     start = time.perf_counter()
     policy.set_training_mode(False)  # e.g. gradient checkpointing would switch the KV cache off
@@ -115,12 +111,12 @@ def collect_episodes(policy: Any, env: Any, last_obs: dict[str, np.ndarray] | No
     # A multi-turn env may hold rows that ended a turn until the batch has (sync_turns): they stay
     # in the policy's cache but take no action this step. Every step some row acts, so a batch
     # takes at most max_new_tokens steps per turn.
-    max_steps = max_new * max(1, _env_attr(env, "max_turns", 1))
+    max_steps = max_new * max(1, env.max_turns)
     while not finished.all() and step < max_steps:
-        acting_np = ~finished & ~_env_attr(env, "waiting_rows", np.zeros(n, dtype=bool))
+        acting_np = ~finished & ~env.waiting_rows
         acting = torch.as_tensor(acting_np, device=device)
         # Rows being scored in the background (overlap_scoring) never act again: out of the cache.
-        active = torch.as_tensor(~finished & ~_env_attr(env, "scoring_rows", np.zeros(n, dtype=bool)), device=device)
+        active = torch.as_tensor(~finished & ~env.scoring_rows, device=device)
         actions, step_log_probs, step_values, state = policy.act(
             obs_to_torch(obs, device), state, episode_start, deterministic, active=active if compact else None)
         acting_rows, positions = rows[acting], taken[acting]

@@ -38,12 +38,13 @@ from stable_baselines3.common.utils import update_learning_rate
 from agents import distributed
 from agents.buffer import TokenRolloutBuffer
 from agents.core import OnPolicyLMAlgorithm
+from agents.env_contract import token_env
 from agents.rollout import Episodes, collect_episodes, concat_episodes
 
 
 def env_tokenizer(env: Any) -> Any:
     """The tokenizer a token VecEnv encodes prompts with (through the VecEnv API)."""
-    return env.get_attr("batch", [0])[0].tokenizer
+    return token_env(env).tokenizer
 
 
 class ScoredRolloutAlgorithm(OnPolicyLMAlgorithm):

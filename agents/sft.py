@@ -20,6 +20,7 @@ import torch
 
 from agents import preference_math, sequences
 from agents.core import constructor_args
+from agents.env_contract import token_env
 from agents.rounds import ScoredRolloutAlgorithm
 from agents.sequences import Sequences
 
@@ -132,7 +133,7 @@ class SFT(ScoredRolloutAlgorithm):
     def rows(self) -> tuple[list[str], list[str]]:
         """The data set's ``(prompts, completions)``."""
         if self.dataset is None:
-            task = self.env.get_attr("task", [0])[0]
+            task = token_env(self.env).task
             pairs = [(q, reference_text(r)) for q, r in zip(task.questions, task.references)]
             if any(c is None for _, c in pairs):
                 raise ValueError(f"task {task.name!r} has references that are not completions; give SFT a "
@@ -151,7 +152,7 @@ class SFT(ScoredRolloutAlgorithm):
     def encoded(self) -> tuple[list, list]:
         if self._encoded is None:
             prompts, completions = self.rows()
-            task = self.env.get_attr("task", [0])[0]
+            task = token_env(self.env).task
             self._encoded = sequences.encode_pairs(task, self.tokenizer, prompts, completions,
                                                    self.policy.prompt_width, self.max_completion_tokens,
                                                    render=self.render_prompts)

@@ -57,6 +57,7 @@ from typing import Any
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
+from agents.env_contract import token_env
 from agents import distributed
 
 FORMAT_VERSION = 1
@@ -194,19 +195,8 @@ class TokenLogCallback(BaseCallback):
         return path
 
     # -- what the env and the policy say, through their public surfaces ---------------------------
-    def _env_attr(self, name: str) -> Any:
-        try:
-            return self.model.env.get_attr(name, [0])[0]
-        except (AttributeError, IndexError):
-            return None
-
     def _tokenizer(self) -> Any:
-        batch = self._env_attr("batch")
-        tokenizer = getattr(batch, "tokenizer", None)
-        if tokenizer is None:
-            raise ValueError("TokenLogCallback decodes tokens with the env's tokenizer (env.get_attr('batch')[0]"
-                             ".tokenizer), and this env has none: use an lm_envs token env")
-        return tokenizer
+        return token_env(self.model.env).tokenizer  # a clear error for an env without the contract
 
     def _pause_id(self) -> int | None:
         policy = self.model.policy
@@ -217,7 +207,7 @@ class TokenLogCallback(BaseCallback):
         return None
 
     def _code_weights(self) -> Any:
-        reward = getattr(self._env_attr("task"), "reward", None)
+        reward = getattr(token_env(self.model.env).task, "reward", None)
         weights = getattr(reward, "weights", None)
         return weights if all(hasattr(weights, k) for k in ("compile_fail", "compile_ok", "pass_weight")) else None
 

@@ -393,10 +393,11 @@ class VecRewardWrapper(VecEnvWrapper):
         self.venv.env_method("set_state", {**state, "reward_transforms": stack}, indices=[0])
 
     def sync_statistics(self, all_gather: Callable[[Any], list[Any]]) -> None:
-        """Make this wrapper's running statistics (`Normalize`) the same on every rank. A collective;
-        the agents call it once per iteration on every reward wrapper of the env."""
+        """Make this wrapper's running statistics (`Normalize`) the same on every rank, then the
+        wrapped env's. A collective; the agents call it once per iteration on the outermost env."""
         if hasattr(self.transform, "sync"):
             self.transform.sync(all_gather)
+        self.venv.sync_statistics(all_gather)
 
     def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
         if method_name in self._OWN_METHODS:

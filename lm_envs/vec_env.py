@@ -78,6 +78,11 @@ class TokenVecEnv(VecEnv):
     def task(self) -> Task:
         return self.batch.task
 
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer prompts are encoded with (part of the agents' env contract)."""
+        return self.batch.tokenizer
+
     # -- VecEnv API ------------------------------------------------------------------------
     def reset(self):
         for g, sampler in enumerate(self.samplers):
@@ -154,6 +159,10 @@ class TokenVecEnv(VecEnv):
 
     def close(self) -> None:
         self.batch.close()
+
+    def sync_statistics(self, all_gather) -> None:
+        """Running reward statistics equal on every rank: the env itself keeps none (reward
+        wrappers do, and call this in turn)."""
 
     # -- state, for checkpoints: samplers plus the batch in flight ---------------------------
     def get_state(self) -> dict[str, Any]:

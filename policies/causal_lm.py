@@ -3,7 +3,12 @@
 What lives here: the policy (LM + value head, optional LoRA via `peft`), KV-cache stepping for
 rollouts, one-pass teacher-forced evaluation of whole sequences, and the reference model for
 the KL term. Knows nothing of tasks, envs or agents; it reads observations in the layout of
-the token-level MDP (a left-padded prompt region of width ``P``, then generated tokens).
+the token-level MDP (a left-padded prompt region of width ``P``, then generated tokens). Why one
+file of this length: its single concern is that the rollout's incremental pass and the update's
+teacher-forced pass score every action with the same distribution (the first PPO ratio is 1, KL
+is 0 at init), so both passes, the logits route and the sampling distribution they share stay
+together; the head maths is in `policies.head_math`, the cache in `policies.kv_cache`, loading in
+`policies.loading`.
 
 Choices worth knowing:
 

@@ -58,3 +58,21 @@ def echo_task(n: int = 12, reward=None):
 
     return Task(questions=questions, references=list(range(n)), reward=reward or target_fraction,
                 name="echo", chat_template=False)
+
+
+def score_tracker():
+    """An SB3 callback that keeps each iteration's mean env reward (``.scores``), for learning tests."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Scores(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.scores: list[float] = []
+
+        def _on_step(self):
+            return True
+
+        def _on_rollout_end(self):
+            self.scores.append(float(self.model.buffer.env_rewards.mean()))
+
+    return Scores()

@@ -12,7 +12,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
 from agents import GRPO, PPO, REINFORCE, RLOO, REINFORCEPlusPlus
-from helpers import echo_task
+from helpers import echo_task, score_tracker
 from lm_envs import TokenVecEnv
 
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
@@ -36,18 +36,6 @@ def make(name, tiny_dir, tokenizer, lora=None, num_envs=8, env_seed=0, **kwargs)
     settings.update(kwargs)
     return cls("CausalLMPolicy", make_env(tokenizer, num_envs, env_seed, group), policy_kwargs=dict(model=str(tiny_dir), lora=lora),
                **settings)
-
-
-class Scores(BaseCallback):
-    def __init__(self):
-        super().__init__()
-        self.scores = []
-
-    def _on_step(self):
-        return True
-
-    def _on_rollout_end(self):
-        self.scores.append(float(self.locals["episodes"].env_rewards.mean()))
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
@@ -93,7 +81,7 @@ def test_each_agent_learns_the_synthetic_task(name, tiny_dir, tiny_lm):
     else:
         kwargs = dict(learning_rate=5e-3, batch_size=8, num_iterations=2, beta=0.0)
     agent = cls("CausalLMPolicy", env, seed=0, policy_kwargs=dict(model=str(tiny_dir)), **kwargs)
-    track = Scores()
+    track = score_tracker()
     agent.learn(total_iterations=25, callback=track)
     assert np.mean(track.scores[:3]) < 0.1
     assert np.mean(track.scores[-3:]) > 0.5, track.scores

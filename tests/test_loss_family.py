@@ -10,7 +10,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
 from agents import GRPO, REINFORCEPlusPlus, group_math, ppo_math
-from helpers import echo_task
+from helpers import echo_task, score_tracker
 from lm_envs import TokenVecEnv
 from lm_envs.reward_wrappers import OverlongTerm, VecRewardWrapper, from_config
 
@@ -206,23 +206,11 @@ def test_truncated_importance_sampling_scales_the_advantages(tiny_dir, tiny_lm):
 
 
 # -- each new piece learns and resumes ------------------------------------------------------------------
-class Scores(BaseCallback):
-    def __init__(self):
-        super().__init__()
-        self.scores = []
-
-    def _on_step(self):
-        return True
-
-    def _on_rollout_end(self):
-        self.scores.append(float(self.model.buffer.env_rewards.mean()))
-
-
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_each_new_piece_learns_the_binary_task(recipe, tiny_dir, tiny_lm):
     """reward = 1 if the completion says 7 (less the overlong penalty where it applies)."""
     agent = make(recipe, tiny_dir, tiny_lm[1], num_envs=16)
-    track = Scores()
+    track = score_tracker()
     agent.learn(total_iterations=16, callback=track)
     start, end = np.mean(track.scores[:3]), np.mean(track.scores[-3:])
     assert end > start + 0.3, track.scores

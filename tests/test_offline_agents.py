@@ -7,11 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from stable_baselines3.common.callbacks import BaseCallback
 
 from agents import DPO, KTO, SFT, STaR, sequences
 from agents.rounds import ScoredRolloutAlgorithm
-from helpers import echo_task
+from helpers import echo_task, score_tracker
 from lm_envs import Task, TokenVecEnv
 from lm_envs.hints import gold_answer, hinted_vec_env
 from lm_envs.tasks.turns import Reply
@@ -302,18 +301,6 @@ def test_every_round_agent_is_a_scored_rollout_algorithm():
     assert all(issubclass(cls, ScoredRolloutAlgorithm) for cls in (SFT, STaR, DPO, KTO))
 
 
-class RoundScores(BaseCallback):
-    def __init__(self):
-        super().__init__()
-        self.scores = []
-
-    def _on_step(self):
-        return True
-
-    def _on_rollout_end(self):
-        self.scores.append(float(self.model.episodes.env_rewards.mean()))
-
-
 @pytest.mark.parametrize("cls, kwargs", [
     (STaR, dict(threshold=0.5, filter_on="reward", from_base=False)),
     (DPO, dict(beta=0.3, pair_strategy="all")),
@@ -326,7 +313,7 @@ def test_each_round_agent_learns_the_synthetic_task(cls, kwargs, tiny_dir, tiny_
     env = make_env(tiny_lm[1], num_envs=16, task=echo_task(reward=digit_fraction))
     agent = cls("CausalLMPolicy", env, seed=0, batch_size=8, n_epochs=2, learning_rate=3e-3,
                 policy_kwargs=dict(model=str(tiny_dir)), **kwargs)
-    track = RoundScores()
+    track = score_tracker()
     agent.learn(total_iterations=15, callback=track)
     start, end = np.mean(track.scores[:3]), np.mean(track.scores[-3:])
     assert start < 0.25 and end > start + 0.2 and end > 0.45, track.scores
