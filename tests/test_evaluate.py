@@ -180,3 +180,21 @@ def test_held_out_kl_is_the_exact_kl_over_the_vocabulary(tiny_dir, tiny_lm):
     assert not torch.allclose(sampled, exact, atol=1e-3)  # the old estimate is a different number
     summary, _ = evaluate_policy(policy, env, 8, deterministic=True, reference_stats=True)
     assert summary["kl_mean"] > 0
+
+
+def test_summarize_seeds_reports_mean_and_spread(tmp_path):
+    """The 3-seed headline table: mean ± sample std before and after, and each seed's after value."""
+    import summarize_seeds
+
+    for seed, (before, after) in enumerate([(0.2, 0.1), (0.3, 0.2), (0.25, 0.12)]):
+        run = tmp_path / f"seed{seed}"
+        run.mkdir()
+        (run / "eval_before.json").write_text(json.dumps({"toxicity_mean": before, "kl_mean": 0.0}))
+        (run / "eval_after.json").write_text(json.dumps({"toxicity_mean": after, "kl_mean": 1.0 + seed}))
+    text = summarize_seeds.main([str(tmp_path / f"seed{s}") for s in range(3)])
+    row = next(line for line in text.splitlines() if line.startswith("| toxicity_mean"))
+    assert "0.25 ± 0.05" in row and "0.14 ± 0.053" in row and "-44.0%" in row and "0.1, 0.2, 0.12" in row
+    kl = next(line for line in text.splitlines() if line.startswith("| kl_mean"))
+    assert "2 ± 1" in kl and kl.split("|")[4].strip() == ""  # no relative change from 0
+    with pytest.raises(SystemExit, match="no eval_before.json"):
+        summarize_seeds.main([str(tmp_path)])
