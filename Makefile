@@ -24,14 +24,16 @@ setup: $(STAMP)
 # Code rewards run model-written programs in a bubblewrap jail (Debian's bubblewrap) on the
 # system interpreter (/usr/bin/python3, the only one the jail mounts); Java code rewards need
 # org.javatuples on the classpath (Debian's libjavatuples-java); the per-program seccomp filter is
-# compiled with libseccomp (Debian's libseccomp2, through PyPI's pyseccomp).
-SYSTEM_PACKAGES := bubblewrap python3 libjavatuples-java libseccomp2
+# compiled with libseccomp (Debian's libseccomp2, through PyPI's pyseccomp). The run report's browser
+# tests (tests/test_report.py) load it in Debian's headless chromium through its chromedriver.
+SYSTEM_PACKAGES := bubblewrap python3 libjavatuples-java libseccomp2 chromium chromium-driver
 system-deps:
-	@(test -f /usr/share/java/javatuples.jar && command -v bwrap >/dev/null && test -x /usr/bin/python3) || \
+	@(test -f /usr/share/java/javatuples.jar && command -v bwrap >/dev/null && test -x /usr/bin/python3 && \
+	  test -x /usr/bin/chromium && test -x /usr/bin/chromedriver) || \
 	  (command -v apt-get >/dev/null && \
 	   (apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null 2>&1 || \
 	    (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null 2>&1))) || \
-	  echo "warning: could not install $(SYSTEM_PACKAGES); code rewards will refuse to start and their tests will fail"
+	  echo "warning: could not install $(SYSTEM_PACKAGES); code rewards will refuse to start and their tests, and the report's browser tests, will fail"
 
 run: setup
 	LM_ENVS_DATA_DIR=$${LM_ENVS_DATA_DIR:-$(DATA_DIR)} $(PY) experiments/run_ppo.py $(ARGS)

@@ -35,9 +35,10 @@ setup(
     extras_require={
         # TRL is the numerical-parity peer of the GRPO loss test, which reaches its private
         # `GRPOTrainer._compute_loss`: pinned exactly. Never a runtime dependency.
-        # The docs site (`make docs`; `make test` builds it in strict mode).
+        # The docs site (`make docs`; `make test` builds it in strict mode). Selenium drives Debian's
+        # chromium (`make system-deps`) in the run report's browser tests.
         "test": ["pytest>=8", "pytest-timeout>=2.3", "trl==1.16.0", "mkdocs>=1.6", "mkdocs-material>=9.5",
-                 "mkdocstrings[python]>=1.0"],
+                 "mkdocstrings[python]>=1.0", "selenium>=4.15"],
         # Benchmark-only: the peer we compare against. Never a runtime dependency.
         "bench": ["trl>=1.16"],
         # Environments from other libraries (lm_envs.ecosystem, docs/ecosystem_envs.md): the ids

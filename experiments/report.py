@@ -306,13 +306,16 @@ SCRIPT = r"""
     box.appendChild(head);
     const body = document.createElement("div");
     body.className = "tokens";
-    // Turns: runs of actions between injections. When each injection opens a new turn (as many
-    // action runs as turns), each run gets a turn label with its reward when the env gave one.
-    const kinds = ep.kinds;
+    // Turns: the env's turn_ends (each turn's last action) when it gives them; else runs of actions
+    // between injections, when each injection opens a new turn (as many runs as turns). Each turn
+    // gets a label with its reward when the episode has one.
+    const kinds = ep.kinds, ends = Array.isArray(info.turn_ends) ? info.turn_ends : null;
     let runs = 0;
     for (let i = 0; i < kinds.length; i++)
       if ((kinds[i] === "a" || kinds[i] === "z") && (i === 0 || !"az".includes(kinds[i - 1]))) runs++;
-    const turns = info.turns || 1, labelTurns = turns > 1 && runs === turns;
+    const turns = info.turns || 1, labelTurns = ends ? ends.length > 1 : turns > 1 && runs === turns;
+    const startsTurn = (i, a) => ends ? (a === 0 || ends.includes(a - 1))
+                                      : (i === 0 || !"az".includes(kinds[i - 1]));
     const turnReward = t => {
       if (Array.isArray(info.turn_rewards) && info.turn_rewards[t] !== undefined) return info.turn_rewards[t];
       if (t === 0 && info.first_score !== undefined) return info.first_score;
@@ -322,7 +325,7 @@ SCRIPT = r"""
     let action = 0, run = -1, promptBlock = null;
     for (let i = 0; i < kinds.length; i++) {
       const k = kinds[i], isAction = k === "a" || k === "z";
-      if (isAction && (i === 0 || !"az".includes(kinds[i - 1]))) {
+      if (isAction && startsTurn(i, action)) {
         run++;
         if (labelTurns) {
           const label = document.createElement("span");

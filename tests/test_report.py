@@ -259,7 +259,7 @@ def colours(driver, selector="#episodes .tok.action"):
 
 
 @pytest.mark.browser
-def test_report_in_headless_chromium(multi_turn_run, browser):
+def test_report_in_headless_chromium(multi_turn_run, browser, tmp_path_factory):
     from PIL import Image
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.support.ui import Select
@@ -303,6 +303,19 @@ def test_report_in_headless_chromium(multi_turn_run, browser):
     # An iteration filter shows that iteration's episodes only.
     Select(browser.find_element("id", "iteration")).select_by_value("2")
     assert len([e for e in find("#episodes .episode") if e.is_displayed()]) == 3
+    # Per-turn rewards (a game's, info["turn_rewards"]) label the turns that info["turn_ends"] mark,
+    # even where the env injected a tool result within a turn.
+    game = tmp_path_factory.mktemp("game")
+    record = {"v": 1, "iteration": 1, "timesteps": 6, "row": 0, "ids": list(range(9)), "tokens": list("PPabTcXde"),
+              "kinds": "ppaaeaeaa", "values": {"logprob": [-1.0, -0.5, -0.2, -2.0, -0.1]}, "prompt": "PP",
+              "completion": "abTcXde", "score": 1.5, "env_reward": 1.5, "terminated": True,
+              "info": {"turns": 2, "turn_rewards": [0.5, 1.0], "turn_ends": [2, 4]}}
+    (game / "tokens").mkdir()
+    (game / "tokens" / "iter_000001.jsonl").write_text(json.dumps(record) + "\n")
+    browser.get(report.write_report(game).resolve().as_uri())
+    assert [t.text for t in find("#episodes .turn")] == ["turn 1 · reward 0.5000", "turn 2 · reward 1.0000"]
+    assert len(find("#episodes .tok.injected")) == 2
+    browser.back()
     # The screenshot is not blank: many colours, and real variation across the image.
     image = np.asarray(Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("RGB")).astype(float)
     assert image.std() > 10 and len(np.unique(image.reshape(-1, 3), axis=0)) > 50
