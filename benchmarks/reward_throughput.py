@@ -23,6 +23,7 @@ processes still compete with generation for them, which only the wall difference
 Imports: standard library, numpy, `rewards`; the overlapped case also `lm_envs`, `policies`,
 `agents` (inside its function).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,13 +47,18 @@ CPP_BODIES = {
     "HumanEval_23_strlen": "    return string.size();\n}\n",
     "HumanEval_53_add": "    return x + y;\n}\n",
     "HumanEval_45_triangle_area": "    return a * h / 2.0;\n}\n",
-    "HumanEval_55_fib": "    long a = 0, b = 1;\n    for (long i = 0; i < n; i++) { long t = a + b; a = b; b = t; }\n    return a;\n}\n",
+    "HumanEval_55_fib": (
+        "    long a = 0, b = 1;\n    for (long i = 0; i < n; i++) { long t = a + b; a = b; b = t; }\n    return a;\n}\n"
+    ),
 }
 JAVA_BODIES = {
     "HumanEval_23_strlen": "        return string.length();\n    }\n",
     "HumanEval_53_add": "        return x + y;\n    }\n",
     "HumanEval_45_triangle_area": "        return a * h / 2.0f;\n    }\n",
-    "HumanEval_55_fib": "        long a = 0, b = 1;\n        for (long i = 0; i < n; i++) { long t = a + b; a = b; b = t; }\n        return a;\n    }\n",
+    "HumanEval_55_fib": (
+        "        long a = 0, b = 1;\n        for (long i = 0; i < n; i++) { long t = a + b; a = b; b = t; }\n"
+        "        return a;\n    }\n"
+    ),
 }
 
 
@@ -78,8 +84,12 @@ def baseline(records: list[dict]) -> tuple[float, int, float]:
         ok = 0
         c0, t0 = os.times(), time.perf_counter()
         for p in paths:
-            ok += subprocess.run([BASELINE_PYTHON, "-I", p], stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL).returncode == 0
+            ok += (
+                subprocess.run(
+                    [BASELINE_PYTHON, "-I", p], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                ).returncode
+                == 0
+            )
         secs, c1 = time.perf_counter() - t0, os.times()
         return secs, ok, (c1.children_user + c1.children_system) - (c0.children_user + c0.children_system)
     finally:
@@ -164,17 +174,28 @@ def main() -> None:
         runs.append(baseline(records))
     cpu_ms = 1000 * (cpu + host) / (len(records) * args.repeats)
     mbpp_rate = len(records) / best
-    rows.append(("mbpp (sandbox)", f"{len(records)} canonical", mbpp_rate,
-                 f"mean score {float(scores.mean()):.3f}, workers={mbpp.sandbox.workers}, "
-                 f"{cpu_ms:.1f} CPU ms/completion"))
+    rows.append(
+        (
+            "mbpp (sandbox)",
+            f"{len(records)} canonical",
+            mbpp_rate,
+            f"mean score {float(scores.mean()):.3f}, workers={mbpp.sandbox.workers}, {cpu_ms:.1f} CPU ms/completion",
+        )
+    )
     jail = mbpp.sandbox.protections.get("jail", "?")
     mbpp.close()
 
     base_secs, base_ok, _ = min(runs)
     base_cpu_ms = 1000 * sum(r[2] for r in runs) / (len(records) * len(runs))
     base_rate = len(records) / base_secs
-    rows.append((f"baseline {BASELINE_PYTHON} -I", f"{len(records)} canonical", base_rate,
-                 f"{base_ok}/{len(records)} exit 0, sequential, no limits, {base_cpu_ms:.1f} CPU ms/completion"))
+    rows.append(
+        (
+            f"baseline {BASELINE_PYTHON} -I",
+            f"{len(records)} canonical",
+            base_rate,
+            f"{base_ok}/{len(records)} exit 0, sequential, no limits, {base_cpu_ms:.1f} CPU ms/completion",
+        )
+    )
 
     for lang, cls_name in (("cpp", "HumanEvalCppReward"), ("java", "HumanEvalJavaReward")):
         tool = "g++" if lang == "cpp" else "javac"
@@ -186,9 +207,15 @@ def main() -> None:
 
         reward = getattr(code, cls_name)()
         reward(batch[0][:1], batch[1][:1])  # warm: PCH build, server start
-        secs, scores = timed(lambda: reward(*batch), 1)
-        rows.append((f"humaneval-{lang}", f"{len(batch[0])} reference bodies", len(batch[0]) / secs,
-                     f"mean score {float(scores.mean()):.3f}, workers={reward.sandbox.workers}"))
+        secs, scores = timed(lambda reward=reward, batch=batch: reward(*batch), 1)
+        rows.append(
+            (
+                f"humaneval-{lang}",
+                f"{len(batch[0])} reference bodies",
+                len(batch[0]) / secs,
+                f"mean score {float(scores.mean()):.3f}, workers={reward.sandbox.workers}",
+            )
+        )
         reward.close()
 
     try:
@@ -201,7 +228,7 @@ def main() -> None:
             try:
                 reward = rewards.make(name)
                 comps, refs = text_batch(name, args.data_dir, args.batch)
-                secs, _ = timed(lambda: reward(comps, refs), args.repeats)
+                secs, _ = timed(lambda reward=reward, comps=comps, refs=refs: reward(comps, refs), args.repeats)
                 rows.append((name, f"{len(comps)} items", len(comps) / secs, ""))
             except Exception as e:  # noqa: BLE001
                 print(f"note: skipping {name}: {type(e).__name__}: {e}")
@@ -226,17 +253,29 @@ def overlapped_rollout(args) -> None:
     from policies import CausalLMPolicy, load_lm
 
     model, tokenizer = load_lm("smollm2-135m-instruct")
-    envs = {overlap: make_vec(args.rollout_env, args.rollout_batch, tokenizer, split="test",
-                              max_new_tokens=args.rollout_tokens, max_prompt_tokens=1024, truncate_prompt="left",
-                              vocab_size=model.config.vocab_size, seed=0, overlap_scoring=overlap,
-                              data_dir=args.data_dir)
-            for overlap in (False, True)}
-    policy = CausalLMPolicy(envs[False].observation_space, envs[False].action_space, lambda _: 0.0, model=model,
-                            reference=False)
+    envs = {
+        overlap: make_vec(
+            args.rollout_env,
+            args.rollout_batch,
+            tokenizer,
+            split="test",
+            max_new_tokens=args.rollout_tokens,
+            max_prompt_tokens=1024,
+            truncate_prompt="left",
+            vocab_size=model.config.vocab_size,
+            seed=0,
+            overlap_scoring=overlap,
+            data_dir=args.data_dir,
+        )
+        for overlap in (False, True)
+    }
+    policy = CausalLMPolicy(
+        envs[False].observation_space, envs[False].action_space, lambda _: 0.0, model=model, reference=False
+    )
     runs: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
     completions = {}
     for repeat in range(args.rollout_repeats + 1):  # the first round warms up (server start, caches)
-        for overlap in ((False, True) if repeat % 2 == 0 else (True, False)):
+        for overlap in (False, True) if repeat % 2 == 0 else (True, False):
             env = envs[overlap]
             env.seed(0)
             torch.manual_seed(repeat)
@@ -250,16 +289,21 @@ def overlapped_rollout(args) -> None:
     same = all(c[False] == c[True] for c in completions.values())
     for overlap, name in ((False, "scored as rows end (exposed)"), (True, "overlapped")):
         for wall, reward_s, wait_s in runs[overlap]:
-            print(f"{args.rollout_env} rollout, {name:<29} wall {wall:6.2f} s, reward {reward_s:5.2f} s, "
-                  f"waited {wait_s:5.2f} s")
+            print(
+                f"{args.rollout_env} rollout, {name:<29} wall {wall:6.2f} s, reward {reward_s:5.2f} s, "
+                f"waited {wait_s:5.2f} s"
+            )
     wall_off = statistics.median(r[0] for r in runs[False])
     wall_on = statistics.median(r[0] for r in runs[True])
     reward_s = statistics.median(r[1] for r in runs[False])
     waited = statistics.median(r[2] for r in runs[True])
     reward_on = statistics.median(r[1] for r in runs[True])
-    print(f"overlapped {args.rollout_env} rollout: {args.rollout_batch} rows x <= {args.rollout_tokens} tokens, medians of "
-          f"{args.rollout_repeats}: wall {wall_off:.2f} s -> {wall_on:.2f} s, reward time {reward_s:.2f} s, "
-          f"generation waited {waited:.2f} s for scores; same completions on both sides: {same}")
+    print(
+        f"overlapped {args.rollout_env} rollout: {args.rollout_batch} rows x <= {args.rollout_tokens} tokens, "
+        "medians of "
+        f"{args.rollout_repeats}: wall {wall_off:.2f} s -> {wall_on:.2f} s, reward time {reward_s:.2f} s, "
+        f"generation waited {waited:.2f} s for scores; same completions on both sides: {same}"
+    )
     print(f"overlap_hidden_fraction={1 - waited / max(reward_on, 1e-9):.3f}")
     print(f"overlap_saved_fraction={(wall_off - wall_on) / max(reward_s, 1e-9):.3f}")
     for env in envs.values():

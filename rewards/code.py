@@ -26,6 +26,7 @@ Also here: `strip_code_fences`, `build_cpp_pch`, and the record loaders of `rewa
 Imports: standard library, numpy, `rewards.base`, `rewards.errors`, `rewards.data`,
 `rewards.pyplan`, `rewards.multipl_e`, `rewards.sandbox`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -112,7 +113,6 @@ def _truncate_at(text: str, stops: Sequence[str]) -> str:
     return text[:cut]
 
 
-
 def _infra_error(results: Sequence[RunResult]) -> str | None:
     if not results:
         return "the sandbox returned no result"
@@ -127,8 +127,11 @@ def _failure_text(result: RunResult, max_lines: int = 12) -> str:
     if result.timed_out:
         return "The program timed out."
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    return ("The program does not compile or run:\n" + "\n".join(lines[-max_lines:])) if lines else \
-        "The program does not compile or run."
+    return (
+        ("The program does not compile or run:\n" + "\n".join(lines[-max_lines:]))
+        if lines
+        else "The program does not compile or run."
+    )
 
 
 def _record_key(reference: Any) -> str:
@@ -159,10 +162,18 @@ class CodeReward(Reward):
     name = "code"
     CANARY: tuple[str, Mapping[str, Any]] | None = None
 
-    def __init__(self, weights: CodeWeights | Sequence[float] | Mapping[str, float] = CodeWeights(),
-                 workers: int | None = None, sandbox: Sandbox | None = None, limits: Limits | None = None,
-                 max_completion_chars: int = 100_000, *, retries: int = 2, canary: bool = True,
-                 allow_unsandboxed: bool = False) -> None:
+    def __init__(
+        self,
+        weights: CodeWeights | Sequence[float] | Mapping[str, float] = CodeWeights(),
+        workers: int | None = None,
+        sandbox: Sandbox | None = None,
+        limits: Limits | None = None,
+        max_completion_chars: int = 100_000,
+        *,
+        retries: int = 2,
+        canary: bool = True,
+        allow_unsandboxed: bool = False,
+    ) -> None:
         if isinstance(weights, Mapping):
             weights = CodeWeights(**weights)
         self.weights = CodeWeights(*weights)
@@ -270,12 +281,24 @@ class CodeReward(Reward):
             cause = cause or "the sandbox server died and was restarted"
         if faults:
             self.faults += faults
-            log.warning("%s: %d sandbox fault(s) while %s (last: %s)%s", self.name, faults, what, cause,
-                        "; gave up" if todo else "; recovered by retrying")
+            log.warning(
+                "%s: %d sandbox fault(s) while %s (last: %s)%s",
+                self.name,
+                faults,
+                what,
+                cause,
+                "; gave up" if todo else "; recovered by retrying",
+            )
         return out, faults, cause
 
-    def evaluate(self, completions: Sequence[str], references: Sequence[Any], prompts: Sequence[str] | None = None,
-                 *, raise_errors: bool = True) -> list[CodeResult]:
+    def evaluate(
+        self,
+        completions: Sequence[str],
+        references: Sequence[Any],
+        prompts: Sequence[str] | None = None,
+        *,
+        raise_errors: bool = True,
+    ) -> list[CodeResult]:
         """Per-completion outcomes (what `score` turns into numbers). Raises `SandboxError` when
         a host fault survives the retries and `MalformedRecordError` for an unusable record,
         unless `raise_errors=False` (they are then each item's `CodeResult.error`)."""
@@ -317,15 +340,22 @@ class CodeReward(Reward):
         while len(self._recent) > 4096:
             self._recent.popitem(last=False)
         if raise_errors:
-            failed = [(i, r.error) for i, r in enumerate(out) if r is not None and r.error
-                      and not any(i == j for j, _ in malformed)]
+            failed = [
+                (i, r.error)
+                for i, r in enumerate(out)
+                if r is not None and r.error and not any(i == j for j, _ in malformed)
+            ]
             if failed:
-                raise SandboxError(f"{self.name}: {len(failed)} of {len(out)} completions could not be judged "
-                                   f"(host fault after {self.retries} retries): {failed[0][1]}")
+                raise SandboxError(
+                    f"{self.name}: {len(failed)} of {len(out)} completions could not be judged "
+                    f"(host fault after {self.retries} retries): {failed[0][1]}"
+                )
             if malformed:
                 i, e = malformed[0]
-                raise MalformedRecordError(f"{self.name}: reference {i} is malformed: {e}"
-                                           + (f" (and {len(malformed) - 1} more)" if len(malformed) > 1 else ""))
+                raise MalformedRecordError(
+                    f"{self.name}: reference {i} is malformed: {e}"
+                    + (f" (and {len(malformed) - 1} more)" if len(malformed) > 1 else "")
+                )
         return out  # type: ignore[return-value]
 
     def check_canary(self) -> None:
@@ -340,8 +370,10 @@ class CodeReward(Reward):
                 return
             self.faults += 1
             self._plans.pop(_record_key(record), None)
-        raise SandboxError(f"{self.name}: the canary (a known-correct program) did not score full marks "
-                           f"({res}); the sandbox or a toolchain does not work here")
+        raise SandboxError(
+            f"{self.name}: the canary (a known-correct program) did not score full marks "
+            f"({res}); the sandbox or a toolchain does not work here"
+        )
 
     def to_score(self, r: CodeResult) -> float:
         w = self.weights
@@ -398,7 +430,8 @@ class _PythonCodeReward(CodeReward):
         verdicts = pyplan.judge(plan, outputs, self.name)
         failed = [plan.units[plan.tests[i]].strip() for i, ok in enumerate(verdicts) if not ok]
         feedback = ("The program timed out.\n" if res.timed_out else "") + (
-            f"This test failed:\n{failed[0]}" if failed else "")
+            f"This test failed:\n{failed[0]}" if failed else ""
+        )
         return CodeResult(True, sum(verdicts), len(verdicts), res.timed_out, feedback=feedback.strip())
 
 
@@ -407,12 +440,21 @@ class MBPPReward(_PythonCodeReward):
     `test_setup_code`). `challenge_tests=True` adds `challenge_test_list`."""
 
     name = "mbpp"
-    CANARY = ("def add_lists(xs, ys):\n    return [x + y for x, y in zip(xs, ys)]\n",
-              {"task_id": "canary", "text": "Add two lists elementwise.",
-               "code": "def add_lists(xs, ys):\n    return [x + y for x, y in zip(xs, ys)]\n",
-               "test_list": ["assert add_lists([1, 2], [3, 4]) == [4, 6]", "assert add_lists([], []) == []",
-                             "assert add_lists((1.5,), (2,)) == [3.5]"],
-               "test_setup_code": "", "challenge_test_list": []})
+    CANARY = (
+        "def add_lists(xs, ys):\n    return [x + y for x, y in zip(xs, ys)]\n",
+        {
+            "task_id": "canary",
+            "text": "Add two lists elementwise.",
+            "code": "def add_lists(xs, ys):\n    return [x + y for x, y in zip(xs, ys)]\n",
+            "test_list": [
+                "assert add_lists([1, 2], [3, 4]) == [4, 6]",
+                "assert add_lists([], []) == []",
+                "assert add_lists((1.5,), (2,)) == [3.5]",
+            ],
+            "test_setup_code": "",
+            "challenge_test_list": [],
+        },
+    )
 
     def __init__(self, *args: Any, challenge_tests: bool = False, **kwargs: Any) -> None:
         self.challenge_tests = challenge_tests
@@ -428,11 +470,16 @@ class HumanEvalReward(_PythonCodeReward):
     asserts something about a candidate call is one test."""
 
     name = "humaneval"
-    CANARY = ("    return [(a, b) for a, b in zip(xs, xs[1:])]\n",
-              {"task_id": "canary/0", "entry_point": "pairs",
-               "prompt": "def pairs(xs: list):\n    \"\"\"Adjacent pairs of xs.\"\"\"\n",
-               "test": "def check(candidate):\n    assert candidate([1, 2, 3]) == [(1, 2), (2, 3)]\n"
-                       "    assert candidate([]) == []\n"})
+    CANARY = (
+        "    return [(a, b) for a, b in zip(xs, xs[1:])]\n",
+        {
+            "task_id": "canary/0",
+            "entry_point": "pairs",
+            "prompt": 'def pairs(xs: list):\n    """Adjacent pairs of xs."""\n',
+            "test": "def check(candidate):\n    assert candidate([1, 2, 3]) == [(1, 2), (2, 3)]\n"
+            "    assert candidate([]) == []\n",
+        },
+    )
 
     def make_plan(self, reference: Any) -> pyplan.PyPlan:
         return pyplan.humaneval_plan(reference)
@@ -497,8 +544,10 @@ class _CompiledCodeReward(CodeReward):
     def _finish_plan(self, plan: multipl_e.Plan, steps: list[RunResult]) -> multipl_e.Plan:
         if not all(r.ok for r in steps) or len(steps) < 2:
             bad = next((r for r in steps if not r.ok), steps[-1])
-            raise MalformedRecordError(f"{plan.record}: its harness or expected values do not build/run "
-                                       f"(exit {bad.returncode}): {(bad.stderr or bad.stdout)[-800:]}")
+            raise MalformedRecordError(
+                f"{plan.record}: its harness or expected values do not build/run "
+                f"(exit {bad.returncode}): {(bad.stderr or bad.stdout)[-800:]}"
+            )
         expected = multipl_e.parse_outputs(steps[-1].channel, len(plan.checks))
         if any(e is multipl_e.MISSING for e in expected):
             raise MalformedRecordError(f"{plan.record}: an expected value could not be evaluated")
@@ -514,12 +563,23 @@ class _CompiledCodeReward(CodeReward):
         verdicts = [multipl_e.same(e, a) for e, a in zip(plan.expected or [], actual)]
         failed = [plan.checks[i] for i, ok in enumerate(verdicts) if not ok]
         feedback = ("The program timed out.\n" if run.timed_out else "") + (
-            f"This test failed: {plan.name}({failed[0][0]}) should be {failed[0][1]}" if failed else "")
+            f"This test failed: {plan.name}({failed[0][0]}) should be {failed[0][1]}" if failed else ""
+        )
         return CodeResult(True, sum(verdicts), total, run.timed_out, feedback=feedback.strip())
 
-_JVM_FLAGS = ("-Xmx256m", "-Xss8m", "-XX:CompressedClassSpaceSize=64m", "-XX:MaxMetaspaceSize=192m",
-              "-XX:ReservedCodeCacheSize=48m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-              "-XX:CICompilerCount=1", "-XX:-UsePerfData", "-Xshare:auto")
+
+_JVM_FLAGS = (
+    "-Xmx256m",
+    "-Xss8m",
+    "-XX:CompressedClassSpaceSize=64m",
+    "-XX:MaxMetaspaceSize=192m",
+    "-XX:ReservedCodeCacheSize=48m",
+    "-XX:+UseSerialGC",
+    "-XX:TieredStopAtLevel=1",
+    "-XX:CICompilerCount=1",
+    "-XX:-UsePerfData",
+    "-Xshare:auto",
+)
 
 
 def _cache_dir() -> Path:
@@ -542,10 +602,17 @@ def build_cpp_pch(cache_dir: str | os.PathLike | None = None, compiler: str = "g
     if gxx is None:
         return None
     try:
-        probe = subprocess.run([gxx, *CPP_FLAGS, "-x", "c++", "-E", "-H", "-o", os.devnull, "-"],
-                               input=b"#include <bits/stdc++.h>\n", capture_output=True, timeout=60)
-        header = next(line.split(" ", 1)[1] for line in probe.stderr.decode().splitlines()
-                      if line.startswith(". ") and line.endswith("bits/stdc++.h"))
+        probe = subprocess.run(
+            [gxx, *CPP_FLAGS, "-x", "c++", "-E", "-H", "-o", os.devnull, "-"],
+            input=b"#include <bits/stdc++.h>\n",
+            capture_output=True,
+            timeout=60,
+        )
+        header = next(
+            line.split(" ", 1)[1]
+            for line in probe.stderr.decode().splitlines()
+            if line.startswith(". ") and line.endswith("bits/stdc++.h")
+        )
         version = subprocess.run([gxx, "--version"], capture_output=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError, StopIteration, IndexError):
         return None
@@ -559,8 +626,12 @@ def build_cpp_pch(cache_dir: str | os.PathLike | None = None, compiler: str = "g
         tmp = Path(tempfile.mkdtemp(prefix="cpp-pch-tmp-", dir=root))
         (tmp / "bits").mkdir()
         os.symlink(header, tmp / "bits" / "stdc++.h")  # a PCH that gcc rejects falls back to this
-        subprocess.run([gxx, *CPP_FLAGS, "-x", "c++-header", header, "-o", str(tmp / "bits" / "stdc++.h.gch")],
-                       check=True, capture_output=True, timeout=600)
+        subprocess.run(
+            [gxx, *CPP_FLAGS, "-x", "c++-header", header, "-o", str(tmp / "bits" / "stdc++.h.gch")],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
         for p in (tmp, tmp / "bits", tmp / "bits" / "stdc++.h.gch"):
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
         try:
@@ -578,14 +649,19 @@ class HumanEvalCppReward(_CompiledCodeReward):
     cached precompiled <bits/stdc++.h> (built on first use, see `build_cpp_pch`)."""
 
     name = "humaneval-cpp"
-    CANARY = ("    for (auto& x : xs) x += y;\n    return xs;\n",
-              {"name": "canary_add_all", "stop_tokens": ["\n}"],
-               "prompt": "#include<assert.h>\n#include<bits/stdc++.h>\n// Add y to every element.\n"
-                         "std::vector<long> add_all(std::vector<long> xs, long y) {\n",
-               "tests": "}\nint main() {\n    auto candidate = add_all;\n"
-                        "    assert(candidate((std::vector<long>({(long)1, (long)2})), (3)) == "
-                        "(std::vector<long>({(long)4, (long)5})));\n"
-                        "    assert(candidate((std::vector<long>()), (1)) == (std::vector<long>()));\n}\n"})
+    CANARY = (
+        "    for (auto& x : xs) x += y;\n    return xs;\n",
+        {
+            "name": "canary_add_all",
+            "stop_tokens": ["\n}"],
+            "prompt": "#include<assert.h>\n#include<bits/stdc++.h>\n// Add y to every element.\n"
+            "std::vector<long> add_all(std::vector<long> xs, long y) {\n",
+            "tests": "}\nint main() {\n    auto candidate = add_all;\n"
+            "    assert(candidate((std::vector<long>({(long)1, (long)2})), (3)) == "
+            "(std::vector<long>({(long)4, (long)5})));\n"
+            "    assert(candidate((std::vector<long>()), (1)) == (std::vector<long>()));\n}\n",
+        },
+    )
 
     def __init__(self, *args: Any, pch: bool = True, compiler: str = "g++", **kwargs: Any) -> None:
         self.compiler = compiler
@@ -598,8 +674,11 @@ class HumanEvalCppReward(_CompiledCodeReward):
         # server can share its directory read-only with every compile.
         if self.pch and self.pch_dir is None:
             self.pch_dir = build_cpp_pch(compiler=self.compiler)
-        return Sandbox(workers=self.workers, shared_dirs=[str(self.pch_dir)] if self.pch_dir else (),
-                       allow_unsandboxed=self.allow_unsandboxed)
+        return Sandbox(
+            workers=self.workers,
+            shared_dirs=[str(self.pch_dir)] if self.pch_dir else (),
+            allow_unsandboxed=self.allow_unsandboxed,
+        )
 
     def parse_record(self, reference: Any) -> multipl_e.Plan:
         return multipl_e.cpp_plan(reference)
@@ -613,14 +692,20 @@ class HumanEvalCppReward(_CompiledCodeReward):
 
     def plan_job(self, plan: multipl_e.Plan) -> Job:
         files = {"harness.cpp": plan.harness, "stub.cpp": plan.stub, "checker.cpp": plan.checker}
-        steps = [self._gxx("-fsyntax-only", "harness.cpp", "stub.cpp"), self._gxx("-o", "checker", "checker.cpp"),
-                 ["./checker"]]
+        steps = [
+            self._gxx("-fsyntax-only", "harness.cpp", "stub.cpp"),
+            self._gxx("-o", "checker", "checker.cpp"),
+            ["./checker"],
+        ]
         return command_job(steps, files, [self.compile_limits(), self.compile_limits(), self.limits])
 
     def job(self, code: str, plan: multipl_e.Plan) -> Job:
         files = {"main.cpp": plan.candidate_prefix + code + plan.candidate_suffix, "harness.cpp": plan.harness}
-        return command_job([self._gxx("-o", "prog", "main.cpp", "harness.cpp"), ["./prog"]], files,
-                           [self.compile_limits(), self.limits])
+        return command_job(
+            [self._gxx("-o", "prog", "main.cpp", "harness.cpp"), ["./prog"]],
+            files,
+            [self.compile_limits(), self.limits],
+        )
 
 
 class HumanEvalJavaReward(_CompiledCodeReward):
@@ -628,16 +713,21 @@ class HumanEvalJavaReward(_CompiledCodeReward):
     `java` with javatuples on the classpath; each `assert` of `main` is one test."""
 
     name = "humaneval-java"
-    CANARY = ("        return Pair.with(Collections.min(xs), Collections.max(xs));\n",
-              {"name": "canary_min_max", "stop_tokens": ["\n    }\n"],
-               "prompt": "import java.util.*;\nimport org.javatuples.*;\nclass Problem {\n"
-                         "    // The smallest and the largest element.\n"
-                         "    public static Pair<Long, Long> minMax(ArrayList<Long> xs) {\n",
-               "tests": "    }\n    public static void main(String[] args) {\n"
-                        "    assert(minMax((new ArrayList<Long>(Arrays.asList((long)3l, (long)1l, (long)2l))))"
-                        ".equals((Pair.with(1l, 3l))));\n"
-                        "    assert(minMax((new ArrayList<Long>(Arrays.asList((long)-5l))))"
-                        ".equals((Pair.with(-5l, -5l))));\n    }\n\n}\n"})
+    CANARY = (
+        "        return Pair.with(Collections.min(xs), Collections.max(xs));\n",
+        {
+            "name": "canary_min_max",
+            "stop_tokens": ["\n    }\n"],
+            "prompt": "import java.util.*;\nimport org.javatuples.*;\nclass Problem {\n"
+            "    // The smallest and the largest element.\n"
+            "    public static Pair<Long, Long> minMax(ArrayList<Long> xs) {\n",
+            "tests": "    }\n    public static void main(String[] args) {\n"
+            "    assert(minMax((new ArrayList<Long>(Arrays.asList((long)3l, (long)1l, (long)2l))))"
+            ".equals((Pair.with(1l, 3l))));\n"
+            "    assert(minMax((new ArrayList<Long>(Arrays.asList((long)-5l))))"
+            ".equals((Pair.with(-5l, -5l))));\n    }\n\n}\n",
+        },
+    )
 
     def __init__(self, *args: Any, classpath: Sequence[str] = (JAVATUPLES_JAR,), **kwargs: Any) -> None:
         self.classpath = list(classpath)
@@ -650,8 +740,13 @@ class HumanEvalJavaReward(_CompiledCodeReward):
         return Limits(wall_s=60.0, cpu_s=60.0, memory_mb=2048, max_procs=128, file_mb=64)
 
     def make_sandbox(self) -> Sandbox:
-        dirs = sorted({os.path.dirname(os.path.realpath(p)) for p in self.classpath
-                       if not os.path.realpath(p).startswith("/usr/") and os.path.isdir(os.path.dirname(p))})
+        dirs = sorted(
+            {
+                os.path.dirname(os.path.realpath(p))
+                for p in self.classpath
+                if not os.path.realpath(p).startswith("/usr/") and os.path.isdir(os.path.dirname(p))
+            }
+        )
         return Sandbox(workers=self.workers, shared_dirs=dirs, allow_unsandboxed=self.allow_unsandboxed)
 
     def parse_record(self, reference: Any) -> multipl_e.Plan:
@@ -661,34 +756,67 @@ class HumanEvalJavaReward(_CompiledCodeReward):
         parts = []
         for p in self.classpath:
             real = os.path.realpath(p)
-            inside = None if real.startswith("/usr/") or not os.path.isdir(os.path.dirname(real)) else \
-                self.sandbox.shared_path(os.path.dirname(real))
+            inside = (
+                None
+                if real.startswith("/usr/") or not os.path.isdir(os.path.dirname(real))
+                else self.sandbox.shared_path(os.path.dirname(real))
+            )
             parts.append(os.path.join(inside, os.path.basename(real)) if inside else real)
         return ":".join(["."] + parts)
 
     def _javac(self, *files: str) -> list[str]:
-        return ["javac", *(f"-J{f}" for f in _JVM_FLAGS), "-encoding", "UTF-8", "-nowarn", "-d", ".",
-                "-cp", self._cp(), *files]
+        return [
+            "javac",
+            *(f"-J{f}" for f in _JVM_FLAGS),
+            "-encoding",
+            "UTF-8",
+            "-nowarn",
+            "-d",
+            ".",
+            "-cp",
+            self._cp(),
+            *files,
+        ]
 
     def _java(self, cls: str) -> list[str]:
         return ["java", *_JVM_FLAGS, "-cp", self._cp(), cls]
 
     def plan_job(self, plan: multipl_e.Plan) -> Job:
-        files = {"LmsbHarness.java": plan.harness, f"{plan.class_name}.java": plan.stub,
-                 "LmsbExpected.java": plan.checker}
-        steps = [self._javac("LmsbHarness.java", f"{plan.class_name}.java", "LmsbExpected.java"),
-                 self._java("LmsbExpected")]
+        files = {
+            "LmsbHarness.java": plan.harness,
+            f"{plan.class_name}.java": plan.stub,
+            "LmsbExpected.java": plan.checker,
+        }
+        steps = [
+            self._javac("LmsbHarness.java", f"{plan.class_name}.java", "LmsbExpected.java"),
+            self._java("LmsbExpected"),
+        ]
         return command_job(steps, files, [self.compile_limits(), self.limits])
 
     def job(self, code: str, plan: multipl_e.Plan) -> Job:
-        files = {f"{plan.class_name}.java": plan.candidate_prefix + code + plan.candidate_suffix,
-                 "LmsbHarness.java": plan.harness}
+        files = {
+            f"{plan.class_name}.java": plan.candidate_prefix + code + plan.candidate_suffix,
+            "LmsbHarness.java": plan.harness,
+        }
         steps = [self._javac(f"{plan.class_name}.java", "LmsbHarness.java"), self._java("LmsbHarness")]
         return command_job(steps, files, [self.compile_limits(), self.limits])
 
 
 __all__ = [
-    "CodeWeights", "CodeResult", "CodeReward", "MBPPReward", "HumanEvalReward", "HumanEvalCppReward",
-    "HumanEvalJavaReward", "strip_code_fences", "build_cpp_pch", "load_mbpp", "load_humaneval",
-    "load_humaneval_x", "default_data_dir", "DATA_DIR_ENV", "SandboxError", "MalformedRecordError",
+    "CodeWeights",
+    "CodeResult",
+    "CodeReward",
+    "MBPPReward",
+    "HumanEvalReward",
+    "HumanEvalCppReward",
+    "HumanEvalJavaReward",
+    "strip_code_fences",
+    "build_cpp_pch",
+    "load_mbpp",
+    "load_humaneval",
+    "load_humaneval_x",
+    "default_data_dir",
+    "DATA_DIR_ENV",
+    "SandboxError",
+    "MalformedRecordError",
 ]

@@ -28,6 +28,7 @@ test's `==` / `.equals` for these types.
 Asserts of another shape are dropped from the record's tests (`Plan.dropped`); a record with
 none left is a `MalformedRecordError`. Imports: standard library and `rewards.errors`.
 """
+
 from __future__ import annotations
 
 import json
@@ -236,8 +237,10 @@ def cpp_plan(record: Mapping[str, Any]) -> Plan:
     sig = sigs[-1]
     header = prompt[: sig.start()]
     if re.search(r"^\s*union\s+\w+", header, re.MULTILINE):
-        raise MalformedRecordError(f"{rid}: its values are C++ unions (MultiPL-E Union_* types), which carry no "
-                                   "discriminant to serialise; not supported")
+        raise MalformedRecordError(
+            f"{rid}: its values are C++ unions (MultiPL-E Union_* types), which carry no "
+            "discriminant to serialise; not supported"
+        )
     at_main = tests.find("int main")
     suffix = tests[:at_main] if at_main >= 0 else "\n}\n"
     calls = "".join(f"    lmsb_emit({k}, [&]() {{ return {func}({args}); }});\n" for k, (args, _) in enumerate(checks))
@@ -346,10 +349,14 @@ def java_plan(record: Mapping[str, Any]) -> Plan:
     calls = "".join(f"        lmsbEmit({k}, () -> {cls}.{name}({args}));\n" for k, (args, _) in enumerate(checks))
     expects = "".join(f"        lmsbEmit({k}, () -> ({exp}));\n" for k, (_, exp) in enumerate(checks))
     tail = "        Runtime.getRuntime().halt(0);\n    }\n}\n"
-    harness = (f"{imports}final class LmsbHarness {{\n{JAVA_SERIALIZER}\n    public static void main(String[] args) {{\n"
-               f"{calls}{tail}")
-    checker = (f"{imports}final class LmsbExpected {{\n{JAVA_SERIALIZER}\n    public static void main(String[] args) {{\n"
-               f"{expects}{tail}")
+    harness = (
+        f"{imports}final class LmsbHarness {{\n{JAVA_SERIALIZER}\n    public static void main(String[] args) {{\n"
+        f"{calls}{tail}"
+    )
+    checker = (
+        f"{imports}final class LmsbExpected {{\n{JAVA_SERIALIZER}\n    public static void main(String[] args) {{\n"
+        f"{expects}{tail}"
+    )
     stub = prompt + "        throw new RuntimeException();\n" + suffix
     return Plan("java", rid, name, checks, prompt, suffix, harness, checker, stub, class_name=cls, dropped=dropped)
 
@@ -405,13 +412,28 @@ def same(expected: Any, actual: Any) -> bool:
     if isinstance(expected, (int, float)) and isinstance(actual, (int, float)):
         return expected == actual
     if isinstance(expected, list):
-        return isinstance(actual, list) and len(expected) == len(actual) and all(
-            same(e, a) for e, a in zip(expected, actual))
+        return (
+            isinstance(actual, list)
+            and len(expected) == len(actual)
+            and all(same(e, a) for e, a in zip(expected, actual))
+        )
     if isinstance(expected, dict):
-        return isinstance(actual, dict) and expected.keys() == actual.keys() and all(
-            same(expected[k], actual[k]) for k in expected)
+        return (
+            isinstance(actual, dict)
+            and expected.keys() == actual.keys()
+            and all(same(expected[k], actual[k]) for k in expected)
+        )
     return type(expected) is type(actual) and expected == actual
 
 
-__all__ = ["Plan", "cpp_plan", "java_plan", "split_assert", "parse_outputs", "same", "MISSING",
-           "CPP_SERIALIZER", "JAVA_SERIALIZER"]
+__all__ = [
+    "Plan",
+    "cpp_plan",
+    "java_plan",
+    "split_assert",
+    "parse_outputs",
+    "same",
+    "MISSING",
+    "CPP_SERIALIZER",
+    "JAVA_SERIALIZER",
+]

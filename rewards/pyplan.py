@@ -38,6 +38,7 @@ and fails. A record with no supported test left, or with test code that does not
 is a `MalformedRecordError`.
 Imports: standard library and `rewards.errors`.
 """
+
 from __future__ import annotations
 
 import ast
@@ -57,7 +58,7 @@ SEED = 20240601  # the `random` seed both host passes run under
 # The encoder, as source: executed here (for arguments) and in the jail's harness (for results).
 # Everything it uses is bound when it is built, before any candidate code runs; base-class
 # methods (int.__int__, list.copy, dict.items...) read the real storage of a subclass instance.
-ENCODER_SOURCE = r'''
+ENCODER_SOURCE = r"""
 def _lmsb_make_encoder(ref_of=None, max_depth=200):
     _type, _issubclass, _repr, _len = type, issubclass, repr, len
     _int, _float, _str, _list, _tuple, _dict = int, float, str, list, tuple, dict
@@ -65,8 +66,9 @@ def _lmsb_make_encoder(ref_of=None, max_depth=200):
     _complex, _complex_real, _complex_imag = complex, complex.real.__get__, complex.imag.__get__
     _builtin_types = {t: t.__name__ for t in (int, float, str, list, tuple, dict, set, frozenset, bytes, bool, complex,
                                               type(None), object)}
-    _int_v, _float_v, _str_v, _list_copy, _tuple_iter = int.__int__, float.__float__, str.__str__, list.copy, tuple.__iter__
-    _dict_items, _set_iter, _fset_iter, _bytes_hex, _ba_hex = dict.items, set.__iter__, frozenset.__iter__, bytes.hex, bytearray.hex
+    _int_v, _float_v, _str_v = int.__int__, float.__float__, str.__str__
+    _list_copy, _tuple_iter, _dict_items = list.copy, tuple.__iter__, dict.items
+    _set_iter, _fset_iter, _bytes_hex, _ba_hex = set.__iter__, frozenset.__iter__, bytes.hex, bytearray.hex
     _inf = float("inf")
 
     def enc(v, depth=0):
@@ -108,14 +110,17 @@ def _lmsb_make_encoder(ref_of=None, max_depth=200):
         return {"$o": "object"}
 
     return enc
-'''
+"""
 
 # The jail half: a sandbox prelude (compiled once per worker). `_lmsb_main(source, calls)`.
-HARNESS = ENCODER_SOURCE + r'''
+HARNESS = (
+    ENCODER_SOURCE
+    + r"""
 def _lmsb_main(_src, _calls, _setup="", _fd=3):
     import json as _json
     import os as _os
-    _write, _exit, _dumps, _compile, _exec, _BaseException = _os.write, _os._exit, _json.dumps, compile, exec, BaseException
+    _write, _exit, _dumps = _os.write, _os._exit, _json.dumps
+    _compile, _exec, _BaseException = compile, exec, BaseException
     _loads, _type, _isinstance, _dict, _list, _tuple = _json.loads, type, isinstance, dict, list, tuple
     _set, _frozenset, _bytes_fromhex, _float, _len = set, frozenset, bytes.fromhex, float, len
     _enc = _lmsb_make_encoder()
@@ -207,7 +212,8 @@ def _lmsb_main(_src, _calls, _setup="", _fd=3):
         except _BaseException:
             pass
     _exit(0)
-'''
+"""
+)
 
 _ns: dict[str, Any] = {}
 exec(ENCODER_SOURCE, _ns)  # noqa: S102 - our own source, above
@@ -216,13 +222,30 @@ _plain_encode = make_encoder()
 
 # Exceptions a replayed call may raise on the host (test code sometimes expects one); any other
 # name the jail reports becomes `CandidateError`.
-_EXCEPTIONS = {e.__name__: e for e in (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError,
-                                        AttributeError, RecursionError, OverflowError, NotImplementedError,
-                                        ArithmeticError, LookupError, RuntimeError, AssertionError)}
+_EXCEPTIONS = {
+    e.__name__: e
+    for e in (
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+        ZeroDivisionError,
+        AttributeError,
+        RecursionError,
+        OverflowError,
+        NotImplementedError,
+        ArithmeticError,
+        LookupError,
+        RuntimeError,
+        AssertionError,
+    )
+}
 
 
-_TYPES = {t.__name__: t for t in (int, float, str, list, tuple, dict, set, frozenset, bytes, bool, complex,
-                                  type(None), object)}
+_TYPES = {
+    t.__name__: t
+    for t in (int, float, str, list, tuple, dict, set, frozenset, bytes, bool, complex, type(None), object)
+}
 
 
 class CandidateError(Exception):
@@ -313,7 +336,7 @@ def _decode(x: Any, depth: int, budget: DecodeBudget) -> tuple[Any, int]:
         items, size = _decode_all(x, depth, budget)
         return items, size
     if isinstance(x, dict) and len(x) == 1:
-        (tag, v), = x.items()
+        ((tag, v),) = x.items()
         if tag in ("$t", "$s", "$fs") and isinstance(v, list):
             items, size = _decode_all(v, depth, budget)
             if tag == "$s":
@@ -422,8 +445,10 @@ def _absorb(self: Any, *a: Any) -> Pending:
     return Pending()
 
 
-for _name in ("add radd sub rsub mul rmul truediv rtruediv floordiv rfloordiv mod rmod pow rpow neg pos abs "
-              "and rand or ror xor rxor lshift rlshift rshift rrshift invert round eq ne lt le gt ge").split():
+for _name in (
+    "add radd sub rsub mul rmul truediv rtruediv floordiv rfloordiv mod rmod pow rpow neg pos abs "
+    "and rand or ror xor rxor lshift rlshift rshift rrshift invert round eq ne lt le gt ge"
+).split():
     setattr(Pending, f"__{_name}__", _absorb)
 
 
@@ -470,9 +495,18 @@ class _Neutralise(ast.NodeTransformer):
     """`assert c, m` -> `_lmsb_probe(lambda: c)`: evaluate, ignore the outcome."""
 
     def visit_Assert(self, node: ast.Assert) -> ast.AST:
-        call = ast.Call(ast.Name("_lmsb_probe", ast.Load()), [ast.Lambda(ast.arguments(
-            posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[]),
-            self.visit(node.test))], [])
+        call = ast.Call(
+            ast.Name("_lmsb_probe", ast.Load()),
+            [
+                ast.Lambda(
+                    ast.arguments(
+                        posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[]
+                    ),
+                    self.visit(node.test),
+                )
+            ],
+            [],
+        )
         return ast.copy_location(ast.Expr(call), node)
 
 
@@ -533,17 +567,25 @@ def _contains_opaque(x: Any) -> bool:
     return False
 
 
-def build_plan(source_prefix: str, setup: str, units: Sequence[str], names: Sequence[str], record: str,
-               aliases: Mapping[str, str] | None = None, jail_setup: str = "",
-               jail_globals: Sequence[str] = ()) -> PyPlan:
+def build_plan(
+    source_prefix: str,
+    setup: str,
+    units: Sequence[str],
+    names: Sequence[str],
+    record: str,
+    aliases: Mapping[str, str] | None = None,
+    jail_setup: str = "",
+    jail_globals: Sequence[str] = (),
+) -> PyPlan:
     """Run the record's tests with recorders (pass 1) and return the plan."""
     trees = [_parse(u, "a test", record) for u in units]
     _parse(setup, "the test setup code", record)
     has_assert = [any(isinstance(n, ast.Assert) for n in ast.walk(t)) for t in trees]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        probes = [compile(ast.fix_missing_locations(_Neutralise().visit(t)), f"<{record} test>", "exec")
-                  for t in trees]  # (rewrites the trees in place)
+        probes = [
+            compile(ast.fix_missing_locations(_Neutralise().visit(t)), f"<{record} test>", "exec") for t in trees
+        ]  # (rewrites the trees in place)
     calls: list[tuple[int, str, Any]] = []
     pending_refs: dict[int, int] = {}  # id(Pending) -> call index
     keep: list[Pending] = []
@@ -570,6 +612,7 @@ def build_plan(source_prefix: str, setup: str, units: Sequence[str], names: Sequ
             keep.append(p)
             pending_refs[id(p)] = k
             return p
+
         return record_call
 
     with _seeded():
@@ -603,10 +646,21 @@ def build_plan(source_prefix: str, setup: str, units: Sequence[str], names: Sequ
             kept.append((u, name, _renumber(enc, kept_index)))
     plan_tests = [i for i in tests if i not in dropped]
     if not plan_tests:
-        raise MalformedRecordError(f"{record}: no supported test (asserts calling {', '.join(names) or 'nothing'} "
-                                   f"with plain-data arguments)")
-    return PyPlan(source_prefix, setup, tuple(names), list(units), plan_tests, kept, sorted(dropped & set(tests)),
-                  dict(aliases or {}), jail_setup, tuple(jail_globals))
+        raise MalformedRecordError(
+            f"{record}: no supported test (asserts calling {', '.join(names) or 'nothing'} with plain-data arguments)"
+        )
+    return PyPlan(
+        source_prefix,
+        setup,
+        tuple(names),
+        list(units),
+        plan_tests,
+        kept,
+        sorted(dropped & set(tests)),
+        dict(aliases or {}),
+        jail_setup,
+        tuple(jail_globals),
+    )
 
 
 def _refs(enc: Any) -> set[int]:
@@ -639,13 +693,22 @@ def _matches(recorded: Any, actual: Any) -> bool:
     if isinstance(recorded, dict) and set(recorded) == {"$ref"}:
         return True  # the jail passed its own earlier result here
     if isinstance(recorded, list):
-        return isinstance(actual, list) and len(recorded) == len(actual) and all(
-            _matches(r, a) for r, a in zip(recorded, actual))
+        return (
+            isinstance(actual, list)
+            and len(recorded) == len(actual)
+            and all(_matches(r, a) for r, a in zip(recorded, actual))
+        )
     if isinstance(recorded, dict):
-        return isinstance(actual, dict) and recorded.keys() == actual.keys() and all(
-            _matches(recorded[k], actual[k]) for k in recorded)
-    return type(recorded) is type(actual) and recorded == actual or (
-        isinstance(recorded, float) and isinstance(actual, float) and recorded != recorded and actual != actual)
+        return (
+            isinstance(actual, dict)
+            and recorded.keys() == actual.keys()
+            and all(_matches(recorded[k], actual[k]) for k in recorded)
+        )
+    return (
+        type(recorded) is type(actual)
+        and recorded == actual
+        or (isinstance(recorded, float) and isinstance(actual, float) and recorded != recorded and actual != actual)
+    )
 
 
 def parse_channel(channel: str, max_lines: int | None = None) -> tuple[bool | None, dict[int, tuple[str, Any]]]:
@@ -720,6 +783,7 @@ def judge(plan: PyPlan, outputs: Mapping[int, tuple[str, Any]], record: str) -> 
                 return decode(value, budget=budget)
             except (ValueError, TypeError, RecursionError):
                 raise CandidateError("undecodable output, or past the judge's bounds") from None
+
         return replay
 
     with warnings.catch_warnings():
@@ -766,8 +830,11 @@ def _mbpp_plan(record: Mapping[str, Any], challenge_tests: bool) -> PyPlan:
     defined = set()
     if isinstance(reference, str):  # the reference solution's top-level names (`sum` may be one)
         try:
-            defined = {n.name for n in ast.parse(reference).body
-                       if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+            defined = {
+                n.name
+                for n in ast.parse(reference).body
+                if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            }
         except (SyntaxError, ValueError):
             pass
     bound = (_bound_names(_parse(setup, "the test setup code", rid)) | set(dir(builtins))) - defined
@@ -776,15 +843,21 @@ def _mbpp_plan(record: Mapping[str, Any], challenge_tests: bool) -> PyPlan:
         tree = _parse(t, "a test", rid)
         bound_here = _bound_names(tree)
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id not in bound
-                    and node.func.id not in bound_here and node.func.id not in names):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id not in bound
+                and node.func.id not in bound_here
+                and node.func.id not in names
+            ):
                 names.append(node.func.id)
     # Tests may use modules the reference solution imports (`sys.getsizeof`, MBPP 596).
     imports = ""
     if isinstance(reference, str):
         try:
-            imports = "".join(ast.unparse(n) + "\n" for n in ast.parse(reference).body
-                              if isinstance(n, (ast.Import, ast.ImportFrom)))
+            imports = "".join(
+                ast.unparse(n) + "\n" for n in ast.parse(reference).body if isinstance(n, (ast.Import, ast.ImportFrom))
+            )
         except (SyntaxError, ValueError):
             pass
     # A setup that builds inputs from the solution's own classes (MBPP 367, 927: `Node` trees)
@@ -816,5 +889,17 @@ def humaneval_plan(record: Mapping[str, Any]) -> PyPlan:
     return build_plan(prompt, setup, units, ("candidate", entry), rid, {"candidate": entry})
 
 
-__all__ = ["PyPlan", "HARNESS", "ENCODER_SOURCE", "build_plan", "mbpp_plan", "humaneval_plan", "judge",
-           "parse_channel", "decode", "DecodeBudget", "Opaque", "CandidateError"]
+__all__ = [
+    "PyPlan",
+    "HARNESS",
+    "ENCODER_SOURCE",
+    "build_plan",
+    "mbpp_plan",
+    "humaneval_plan",
+    "judge",
+    "parse_channel",
+    "decode",
+    "DecodeBudget",
+    "Opaque",
+    "CandidateError",
+]

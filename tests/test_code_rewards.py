@@ -4,6 +4,7 @@ weights say, and infrastructure failures are errors, never scores.
 The attacks (forged verdicts, always-equal objects, reading the answer key...) are in
 `test_hostile.py`; the jail itself in `test_sandbox.py`.
 """
+
 from __future__ import annotations
 
 import os
@@ -73,8 +74,10 @@ def test_every_mbpp_reference_solution_gets_full_marks(mbpp_reward, mbpp):
     results = mbpp_reward.evaluate([r["code"] for r in recs], recs, raise_errors=False)
     bad = [(r["task_id"], res) for r, res in zip(recs, results) if not res.all_passed or res.error]
     assert bad == []
-    wrong = "class Node:\n    def __init__(self, d):\n        self.data, self.left, self.right = d, None, None\n" \
-            "def is_tree_balanced(root):\n    return True\n"
+    wrong = (
+        "class Node:\n    def __init__(self, d):\n        self.data, self.left, self.right = d, None, None\n"
+        "def is_tree_balanced(root):\n    return True\n"
+    )
     assert mbpp_reward([wrong], [mbpp[367]])[0] == pytest.approx(0.2 + 0.8 / 3)  # 1 of 3: only the True case
 
 
@@ -169,12 +172,12 @@ def test_cpp_types_round_trip():
     recs = {r["name"]: r for r in load_humaneval_x("cpp")}
     bodies = {
         "HumanEval_8_sum_product": "    long s = 0, p = 1;\n    for (long x : numbers) { s += x; p *= x; }\n"
-                                   "    return std::make_tuple(s, p);\n}\n",
-        "HumanEval_90_next_smallest": "    std::set<long> s(lst.begin(), lst.end());\n    if (s.size() < 2) return std::nullopt;\n"
-                                      "    return *std::next(s.begin());\n}\n",
+        "    return std::make_tuple(s, p);\n}\n",
+        "HumanEval_90_next_smallest": "    std::set<long> s(lst.begin(), lst.end());\n"
+        "    if (s.size() < 2) return std::nullopt;\n    return *std::next(s.begin());\n}\n",
         "HumanEval_45_triangle_area": "    return a * h / 2.0;\n}\n",
-        "HumanEval_29_filter_by_prefix": "    std::vector<std::string> out;\n    for (auto& s : strings) if (s.rfind(prefix, 0) == 0)"
-                                         " out.push_back(s);\n    return out;\n}\n",
+        "HumanEval_29_filter_by_prefix": "    std::vector<std::string> out;\n"
+        "    for (auto& s : strings) if (s.rfind(prefix, 0) == 0) out.push_back(s);\n    return out;\n}\n",
     }
     reward = HumanEvalCppReward(workers=2)
     try:
@@ -182,8 +185,9 @@ def test_cpp_types_round_trip():
         assert len(names) == len(bodies)
         scores = reward([bodies[n] for n in names], [recs[n] for n in names])
         assert scores.tolist() == [1.0] * len(names)
-        wrong = reward(["    return std::make_tuple(s0, 1);\n}\n".replace("s0", "0L")],
-                       [recs["HumanEval_8_sum_product"]])
+        wrong = reward(
+            ["    return std::make_tuple(s0, 1);\n}\n".replace("s0", "0L")], [recs["HumanEval_8_sum_product"]]
+        )
         assert wrong[0] < 1.0
     finally:
         reward.close()
@@ -210,9 +214,14 @@ def test_java_reward(java_strlen):
 def test_malformed_record_is_a_per_record_error(humaneval_reward, mbpp_reward):
     he = {r["task_id"]: r for r in load_humaneval()}
     good = he["HumanEval/0"]
-    broken = {**he["HumanEval/2"], "task_id": "HumanEval/broken", "test": "def check(candidate):\n    assert candidate(1 ==\n"}
-    results = humaneval_reward.evaluate([good["canonical_solution"], he["HumanEval/2"]["canonical_solution"]],
-                                        [good, broken], raise_errors=False)
+    broken = {
+        **he["HumanEval/2"],
+        "task_id": "HumanEval/broken",
+        "test": "def check(candidate):\n    assert candidate(1 ==\n",
+    }
+    results = humaneval_reward.evaluate(
+        [good["canonical_solution"], he["HumanEval/2"]["canonical_solution"]], [good, broken], raise_errors=False
+    )
     assert results[0].all_passed and results[0].error is None  # the other item is scored
     assert "HumanEval/broken" in results[1].error and "does not parse" in results[1].error
     with pytest.raises(rewards.MalformedRecordError, match="HumanEval/broken"):

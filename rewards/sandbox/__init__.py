@@ -7,6 +7,7 @@ package nor `rewards`), `client` (`Sandbox`, job builders, result types).
 See `server`'s docstring for the process tree and `jail`'s for what the jail exposes.
 Imports: standard library and `rewards.errors`.
 """
+
 from rewards.errors import SandboxError
 from rewards.sandbox.client import (
     CHANNEL_BYTES,
@@ -23,5 +24,18 @@ from rewards.sandbox.client import (
     run_python,
 )
 
-__all__ = ["CHANNEL_BYTES", "RESULT_FD", "Job", "Limits", "RunResult", "Sandbox", "SandboxError", "command_job",
-           "default_sandbox", "map_python", "python_job", "run_command", "run_python"]
+__all__ = [
+    "CHANNEL_BYTES",
+    "RESULT_FD",
+    "Job",
+    "Limits",
+    "RunResult",
+    "Sandbox",
+    "SandboxError",
+    "command_job",
+    "default_sandbox",
+    "map_python",
+    "python_job",
+    "run_command",
+    "run_python",
+]

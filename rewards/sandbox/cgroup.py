@@ -17,6 +17,7 @@ None and `RLIMIT_AS` per process is the only memory cap; `Sandbox.protections` s
 
 Imports: standard library only.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,7 +58,9 @@ def unusable_reason(path: str) -> str | None:
     except OSError:
         return f"{path} is not a cgroup v2 directory"
     if "memory" not in enabled:
-        return f"the memory controller is not delegated to {path} (cgroup.subtree_control: {' '.join(enabled) or 'empty'})"
+        return (
+            f"the memory controller is not delegated to {path} (cgroup.subtree_control: {' '.join(enabled) or 'empty'})"
+        )
     if not os.access(path, os.W_OK):
         return f"{path} is not writable by this user"
     return None

@@ -15,6 +15,7 @@ jail cannot run, `Sandbox()` raises `rewards.SandboxError` saying why, unless
 Imports: standard library, `rewards.errors`, and this package's `protocol`, `jail`, `cgroup` and
 `syscall_filter`.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -34,7 +35,6 @@ from rewards.errors import SandboxError
 from rewards.sandbox import cgroup as cgroups
 from rewards.sandbox import jail, protocol, syscall_filter
 from rewards.sandbox.protocol import CHANNEL_BYTES, RESULT_FD  # noqa: F401  (re-exported)
-
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,17 @@ class RunResult:
         return self.returncode == 0 and not self.timed_out and self.error is None
 
 
-_FIELD_TYPES = {"returncode": (int, type(None)), "stdout": (str,), "stderr": (str,), "timed_out": (bool,),
-                "killed_by_signal": (int, type(None)), "duration_s": (float, int), "channel": (str,),
-                "truncated": (bool,), "error": (str, type(None))}
+_FIELD_TYPES = {
+    "returncode": (int, type(None)),
+    "stdout": (str,),
+    "stderr": (str,),
+    "timed_out": (bool,),
+    "killed_by_signal": (int, type(None)),
+    "duration_s": (float, int),
+    "channel": (str,),
+    "truncated": (bool,),
+    "error": (str, type(None)),
+}
 
 
 def _result_from_dict(d: Any) -> RunResult:
@@ -89,8 +97,6 @@ def _result_from_dict(d: Any) -> RunResult:
 
 def _error_result(msg: str) -> RunResult:
     return RunResult(None, "", "", False, None, 0.0, error=msg)
-
-
 
 
 def _limits_dict(limits: Limits) -> dict[str, Any]:
@@ -146,9 +152,16 @@ class Sandbox:
         the server and its monitors).
     """
 
-    def __init__(self, workers: int | None = None, *, shared_dirs: Sequence[str] = (),
-                 python: str | None = None, allow_unsandboxed: bool = False, cgroup: str | None = "auto",
-                 memory_mb: int | None = None) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        shared_dirs: Sequence[str] = (),
+        python: str | None = None,
+        allow_unsandboxed: bool = False,
+        cgroup: str | None = "auto",
+        memory_mb: int | None = None,
+    ) -> None:
         self.workers = int(workers) if workers else _default_workers()
         self.memory_mb = int(memory_mb) if memory_mb else 512 * self.workers + 256
         self._cgroup_parent, self.cgroup_reason = cgroups.find(cgroup)
@@ -158,9 +171,11 @@ class Sandbox:
         reason = jail.unavailable_reason(self.python)
         self.jailed = reason is None
         if reason is not None and not allow_unsandboxed:
-            raise SandboxError(f"cannot start the sandbox jail: {reason}. Code rewards refuse to run "
-                               "model-written code without it; pass allow_unsandboxed=True to accept "
-                               "running it unjailed (rlimits and a Python audit hook only).")
+            raise SandboxError(
+                f"cannot start the sandbox jail: {reason}. Code rewards refuse to run "
+                "model-written code without it; pass allow_unsandboxed=True to accept "
+                "running it unjailed (rlimits and a Python audit hook only)."
+            )
         if not self.jailed and not os.access(self.python, os.X_OK):
             self.python = sys.executable
         self.jail_reason = reason
@@ -168,9 +183,11 @@ class Sandbox:
             self._seccomp: str | None = protocol.b64(syscall_filter.compile_filter())
         except syscall_filter.FilterUnavailable as e:
             if not allow_unsandboxed:
-                raise SandboxError(f"cannot build the sandbox's seccomp filter: {e}. Code rewards refuse to run "
-                                   "model-written code without it; pass allow_unsandboxed=True to accept running "
-                                   "programs without the filter.") from None
+                raise SandboxError(
+                    f"cannot build the sandbox's seccomp filter: {e}. Code rewards refuse to run "
+                    "model-written code without it; pass allow_unsandboxed=True to accept running "
+                    "programs without the filter."
+                ) from None
             self._seccomp = None
         self._stage: dict[str, str] = {}  # shared dir -> its world-readable staging copy
         self._spawner: tuple[int, Any, threading.Thread] | None = None
@@ -216,8 +233,14 @@ class Sandbox:
         return fut.result()
 
     def _spawn_now(self) -> None:
-        cfg = json.dumps({"workers": self.workers, "jailed": self.jailed, "seccomp": self._seccomp,
-                          "seccomp_text": syscall_filter.describe() if self._seccomp else ""})
+        cfg = json.dumps(
+            {
+                "workers": self.workers,
+                "jailed": self.jailed,
+                "seccomp": self._seccomp,
+                "seccomp_text": syscall_filter.describe() if self._seccomp else "",
+            }
+        )
         fds: list[int] = []
         kw: dict[str, Any] = {}
         try:
@@ -244,13 +267,22 @@ class Sandbox:
                     self.cgroup_reason = f"could not create a cgroup in the delegated one: {e}"
                     import logging
 
-                    logging.getLogger(__name__).warning("sandbox: %s; memory is capped by RLIMIT_AS per process only",
-                                                        self.cgroup_reason)
+                    logging.getLogger(__name__).warning(
+                        "sandbox: %s; memory is capped by RLIMIT_AS per process only", self.cgroup_reason
+                    )
             # env={} keeps host secrets out; cwd="/" keeps the repo out of the server's sys.path.
             try:
-                proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        env={"PATH": "/usr/bin:/bin"}, close_fds=True, pass_fds=fds,
-                                        start_new_session=True, cwd="/", **kw)
+                proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    env={"PATH": "/usr/bin:/bin"},
+                    close_fds=True,
+                    pass_fds=fds,
+                    start_new_session=True,
+                    cwd="/",
+                    **kw,
+                )
             except BaseException:
                 cgroups.remove(group)
                 raise
@@ -282,8 +314,11 @@ class Sandbox:
         protections = hello.get("protections")
         if isinstance(protections, dict):
             group = self._cgroups.get(proc.pid)
-            memory = (f"cgroup v2 memory.max {self.memory_mb} MiB for the whole server, swap 0 ({group}); "
-                      if group else f"no cgroup cap ({self.cgroup_reason}); ")
+            memory = (
+                f"cgroup v2 memory.max {self.memory_mb} MiB for the whole server, swap 0 ({group}); "
+                if group
+                else f"no cgroup cap ({self.cgroup_reason}); "
+            )
             protections["memory"] = memory + str(protections.get("memory", ""))
         self._hello = hello
         self._proc = proc
@@ -311,7 +346,7 @@ class Sandbox:
             atexit.register(shutil.rmtree, root, True)  # also when close() is never called
             dst = os.path.join(root, "d")
             shutil.copytree(src, dst, copy_function=link_or_copy)
-            for base, subdirs, files in os.walk(dst):
+            for base, _subdirs, files in os.walk(dst):
                 os.chmod(base, 0o755)
                 for f in files:
                     os.chmod(os.path.join(base, f), 0o644)
@@ -336,8 +371,11 @@ class Sandbox:
                     with self._pending_lock:
                         item = self._pending.pop(msg.get("id"), None) if isinstance(msg.get("id"), int) else None
                     if item is not None:
-                        res = ([_result_from_dict(r) for r in results] if isinstance(results, list)
-                               else [_error_result("sandbox protocol: results is not a list")])
+                        res = (
+                            [_result_from_dict(r) for r in results]
+                            if isinstance(results, list)
+                            else [_error_result("sandbox protocol: results is not a list")]
+                        )
                         if error is not None:
                             res.append(_error_result(str(error)))
                         item[1].set_result(res)
@@ -444,9 +482,13 @@ class Sandbox:
         self._ensure()
         msgs, futs = [], []
         for job in jobs:
-            msg = {"op": "run", "id": next(self._ids), "steps": list(job.steps),
-                   "limits": [_limits_dict(lim) for lim in job.limits],
-                   "files": {k: protocol.b64(v) for k, v in job.files.items()}}
+            msg = {
+                "op": "run",
+                "id": next(self._ids),
+                "steps": list(job.steps),
+                "limits": [_limits_dict(lim) for lim in job.limits],
+                "files": {k: protocol.b64(v) for k, v in job.files.items()},
+            }
             msgs.append(msg)
             futs.append(Future())
         with self._write_lock:
@@ -466,13 +508,22 @@ class Sandbox:
                         fut.set_result([_error_result(f"sandbox server could not start: {e}")])
         return futs
 
-    def submit_python(self, source: str, limits: Limits | None = None,
-                      files: Mapping[str, str | bytes] | None = None, prelude: str | None = None) -> Future:
+    def submit_python(
+        self,
+        source: str,
+        limits: Limits | None = None,
+        files: Mapping[str, str | bytes] | None = None,
+        prelude: str | None = None,
+    ) -> Future:
         """Start one Python program; the future resolves to a one-element list of RunResult."""
         return self.submit([python_job(source, limits, files, prelude)])[0]
 
-    def submit_commands(self, commands: Sequence[Sequence[str]], files: Mapping[str, str | bytes] | None = None,
-                        limits: Limits | Sequence[Limits] | None = None) -> Future:
+    def submit_commands(
+        self,
+        commands: Sequence[Sequence[str]],
+        files: Mapping[str, str | bytes] | None = None,
+        limits: Limits | Sequence[Limits] | None = None,
+    ) -> Future:
         """Start a command chain (same fresh dir; stops at the first failing step)."""
         return self.submit([command_job(commands, files, limits)])[0]
 
@@ -481,30 +532,48 @@ class Sandbox:
         res = fut.result()
         return res[-1] if res else _error_result("sandbox returned no result")
 
-    def run_python(self, source: str, limits: Limits | None = None,
-                   files: Mapping[str, str | bytes] | None = None, prelude: str | None = None) -> RunResult:
+    def run_python(
+        self,
+        source: str,
+        limits: Limits | None = None,
+        files: Mapping[str, str | bytes] | None = None,
+        prelude: str | None = None,
+    ) -> RunResult:
         """Run one Python program (exec'd in a fresh `__main__` of a forked, jailed child)."""
         return self._one(self.submit_python(source, limits, files, prelude))
 
-    def map_python(self, sources: Sequence[str], limits: Limits | None = None,
-                   files: Mapping[str, str | bytes] | None = None, prelude: str | None = None) -> list[RunResult]:
+    def map_python(
+        self,
+        sources: Sequence[str],
+        limits: Limits | None = None,
+        files: Mapping[str, str | bytes] | None = None,
+        prelude: str | None = None,
+    ) -> list[RunResult]:
         """Run many Python programs, up to `workers` at once; results in input order."""
         futs = self.submit([python_job(s, limits, files, prelude) for s in sources])
         return [self._one(f) for f in futs]
 
-    def run_command(self, argv: Sequence[str], files: Mapping[str, str | bytes] | None = None,
-                    limits: Limits | None = None) -> RunResult:
+    def run_command(
+        self, argv: Sequence[str], files: Mapping[str, str | bytes] | None = None, limits: Limits | None = None
+    ) -> RunResult:
         """Run one command in a fresh dir holding `files` (relative path -> content)."""
         return self._one(self.submit_commands([argv], files, limits))
 
-    def run_commands(self, commands: Sequence[Sequence[str]], files: Mapping[str, str | bytes] | None = None,
-                     limits: Limits | Sequence[Limits] | None = None) -> list[RunResult]:
+    def run_commands(
+        self,
+        commands: Sequence[Sequence[str]],
+        files: Mapping[str, str | bytes] | None = None,
+        limits: Limits | Sequence[Limits] | None = None,
+    ) -> list[RunResult]:
         """Run commands one after another in one fresh dir, stopping after the first failure
         (e.g. compile, then run). Returns the results of the steps that ran."""
         return self.submit_commands(commands, files, limits).result()
 
-    def map_commands(self, jobs: Sequence[tuple[Sequence[Sequence[str]], Mapping[str, str | bytes]]],
-                     limits: Limits | Sequence[Limits] | None = None) -> list[list[RunResult]]:
+    def map_commands(
+        self,
+        jobs: Sequence[tuple[Sequence[Sequence[str]], Mapping[str, str | bytes]]],
+        limits: Limits | Sequence[Limits] | None = None,
+    ) -> list[list[RunResult]]:
         """Many `run_commands` jobs in parallel: each job is (commands, files)."""
         futs = self.submit([command_job(cmds, files, limits) for cmds, files in jobs])
         return [f.result() for f in futs]
@@ -519,8 +588,12 @@ class Job:
     files: Mapping[str, bytes]
 
 
-def python_job(source: str, limits: Limits | None = None, files: Mapping[str, str | bytes] | None = None,
-               prelude: str | None = None) -> Job:
+def python_job(
+    source: str,
+    limits: Limits | None = None,
+    files: Mapping[str, str | bytes] | None = None,
+    prelude: str | None = None,
+) -> Job:
     """A Python program. `prelude`: trusted code run first in the same namespace (e.g. a test
     harness); each worker compiles a given prelude once and later programs reuse the code
     object, so a large shared harness costs nothing per program."""
@@ -530,8 +603,11 @@ def python_job(source: str, limits: Limits | None = None, files: Mapping[str, st
     return Job((step,), (limits or Limits(),), _as_bytes(files))
 
 
-def command_job(commands: Sequence[Sequence[str]], files: Mapping[str, str | bytes] | None = None,
-                limits: Limits | Sequence[Limits] | None = None) -> Job:
+def command_job(
+    commands: Sequence[Sequence[str]],
+    files: Mapping[str, str | bytes] | None = None,
+    limits: Limits | Sequence[Limits] | None = None,
+) -> Job:
     """A chain of commands (e.g. compile, then run), stopping after the first that fails;
     `limits` is one Limits for all steps or one per step."""
     steps = tuple({"kind": "exec", "argv": [str(a) for a in argv]} for argv in commands)
@@ -570,8 +646,8 @@ def map_python(sources: Sequence[str], limits: Limits | None = None) -> list[Run
     return default_sandbox().map_python(sources, limits)
 
 
-def run_command(argv: Sequence[str], files: Mapping[str, str | bytes] | None = None,
-                limits: Limits | None = None) -> RunResult:
+def run_command(
+    argv: Sequence[str], files: Mapping[str, str | bytes] | None = None, limits: Limits | None = None
+) -> RunResult:
     """Run one command in the shared default Sandbox."""
     return default_sandbox().run_command(argv, files, limits)
-

@@ -17,6 +17,7 @@ One long-lived jail per `Sandbox` (per worker pool). What it gives every process
 Where the jail cannot run, `unavailable_reason()` says why; `rewards.sandbox.Sandbox` then
 refuses to start unless `allow_unsandboxed=True`. Imports: standard library only.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,8 +32,11 @@ INSIDE_SERVER_DIR = "/lmsb"
 INSIDE_SHARED = "/lmsb-shared"
 TMP_SIZE = 1 << 30  # the jail's /tmp (all job dirs of the pool)
 _ETC = ("/etc/ld.so.cache", "/etc/alternatives", *sorted(glob.glob("/etc/java-*")))
-_MASKED = ("/usr/lib/python3/dist-packages", *sorted(glob.glob("/usr/local/lib/python3*")),
-           *sorted(glob.glob("/usr/lib/python3*/site-packages")))
+_MASKED = (
+    "/usr/lib/python3/dist-packages",
+    *sorted(glob.glob("/usr/local/lib/python3*")),
+    *sorted(glob.glob("/usr/lib/python3*/site-packages")),
+)
 
 
 def bwrap() -> str | None:
@@ -55,11 +59,31 @@ def jail_uid() -> tuple[int, int] | None:
 def argv(python: str, server_fd: int, shared_fds: Sequence[int] = ()) -> list[str]:
     """bwrap command line that runs the fork server; `server_fd` and `shared_fds` are open
     O_PATH directory fds (passed with pass_fds) bind-mounted read-only inside."""
-    args = [bwrap() or "bwrap", "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-net",
-            "--unshare-uts", "--unshare-cgroup-try", "--hostname", "lmsb", "--cap-drop", "ALL",
-            "--die-with-parent", "--new-session", "--clearenv",
-            "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8",
-            "--ro-bind", "/usr", "/usr"]
+    args = [
+        bwrap() or "bwrap",
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-net",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--hostname",
+        "lmsb",
+        "--cap-drop",
+        "ALL",
+        "--die-with-parent",
+        "--new-session",
+        "--clearenv",
+        "--setenv",
+        "PATH",
+        "/usr/local/bin:/usr/bin:/bin",
+        "--setenv",
+        "LANG",
+        "C.UTF-8",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+    ]
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         path = "/" + name
         if os.path.islink(path):
@@ -71,13 +95,24 @@ def argv(python: str, server_fd: int, shared_fds: Sequence[int] = ()) -> list[st
     for path in _MASKED:
         if os.path.isdir(path):
             args += ["--tmpfs", path, "--remount-ro", path]
-    args += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
-             "--size", str(TMP_SIZE), "--tmpfs", "/tmp",
-             "--ro-bind-fd", str(server_fd), INSIDE_SERVER_DIR]
+    args += [
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--remount-ro",
+        "/dev",
+        "--size",
+        str(TMP_SIZE),
+        "--tmpfs",
+        "/tmp",
+        "--ro-bind-fd",
+        str(server_fd),
+        INSIDE_SERVER_DIR,
+    ]
     for i, fd in enumerate(shared_fds):
         args += ["--ro-bind-fd", str(fd), f"{INSIDE_SHARED}/{i}"]
-    args += ["--remount-ro", "/", "--chdir", "/tmp", "--", python, "-I", "-S", "-B",
-             f"{INSIDE_SERVER_DIR}/server.py"]
+    args += ["--remount-ro", "/", "--chdir", "/tmp", "--", python, "-I", "-S", "-B", f"{INSIDE_SERVER_DIR}/server.py"]
     return args
 
 
@@ -96,7 +131,7 @@ def world_readable(path: str) -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def unavailable_reason(python: str | None = None) -> str | None:
     """None if the jail starts here (probed once per process), else why it does not."""
     exe = bwrap()
@@ -114,14 +149,24 @@ def unavailable_reason(python: str | None = None) -> str | None:
         ids = jail_uid()
         kw = {"user": ids[0], "group": ids[1], "extra_groups": []} if ids else {}
         try:
-            out = subprocess.run(cmd, pass_fds=[fd], capture_output=True, text=True, timeout=30, cwd="/",
-                                 env={"PATH": "/usr/bin:/bin"}, **kw)
+            out = subprocess.run(
+                cmd,
+                pass_fds=[fd],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                cwd="/",
+                env={"PATH": "/usr/bin:/bin"},
+                **kw,
+            )
         except (OSError, subprocess.SubprocessError) as e:
             return f"bubblewrap could not be started: {e}"
         if out.returncode != 0 or out.stdout.strip() != "ok":
-            return (f"bubblewrap failed (exit {out.returncode}): {out.stderr.strip()[-500:]} "
-                    "(user namespaces may be disabled: see sysctl kernel.unprivileged_userns_clone / "
-                    "user.max_user_namespaces, or an AppArmor userns restriction)")
+            return (
+                f"bubblewrap failed (exit {out.returncode}): {out.stderr.strip()[-500:]} "
+                "(user namespaces may be disabled: see sysctl kernel.unprivileged_userns_clone / "
+                "user.max_user_namespaces, or an AppArmor userns restriction)"
+            )
     finally:
         os.close(fd)
     return None

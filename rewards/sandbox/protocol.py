@@ -8,6 +8,7 @@ everything that comes back from it is treated as data a hostile program may have
 This module is loaded by the server as a plain script module (`import protocol`, from the
 directory the jail mounts), so it imports the standard library only, nothing of ours.
 """
+
 from __future__ import annotations
 
 import base64
@@ -21,8 +22,16 @@ MAX_FRAME = 256 << 20  # a frame announcing more than this is a protocol violati
 
 # Limits as plain data (the host's `Limits` dataclass has the same fields and defaults).
 LIMIT_DEFAULTS = {
-    "wall_s": 5.0, "cpu_s": 5.0, "memory_mb": 512, "output_bytes": 64_000, "max_procs": 32,
-    "file_mb": 16, "open_files": 256, "allow_subprocess": False, "disk_mb": 256, "channel_bytes": CHANNEL_BYTES,
+    "wall_s": 5.0,
+    "cpu_s": 5.0,
+    "memory_mb": 512,
+    "output_bytes": 64_000,
+    "max_procs": 32,
+    "file_mb": 16,
+    "open_files": 256,
+    "allow_subprocess": False,
+    "disk_mb": 256,
+    "channel_bytes": CHANNEL_BYTES,
 }
 
 

@@ -38,6 +38,7 @@ Besides stdout/stderr every program gets a result channel on fd 3 (`RESULT_FD`).
 Without a jail (`allow_unsandboxed=True` on the host) the same server runs as a plain process:
 no namespaces, only rlimits, the output caps and a Python audit hook (not a boundary).
 """
+
 from __future__ import annotations
 
 import _signal
@@ -48,7 +49,6 @@ import itertools
 import json
 import os
 import resource
-import select
 import selectors
 import signal
 import stat
@@ -131,8 +131,7 @@ class _CapHeader(ctypes.Structure):
 
 
 class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
 def _drop_privileges() -> None:
@@ -167,8 +166,11 @@ def _monitor_namespaces() -> None:
     # /proc/self files are writable only while we are dumpable.
     _prctl(_PR_SET_DUMPABLE, 1)
     try:
-        for name, text in (("self/setgroups", "deny"), ("self/uid_map", f"65534 {uid} 1"),
-                           ("self/gid_map", f"65534 {gid} 1")):
+        for name, text in (
+            ("self/setgroups", "deny"),
+            ("self/uid_map", f"65534 {uid} 1"),
+            ("self/gid_map", f"65534 {gid} 1"),
+        ):
             fd = os.open(name, os.O_WRONLY, dir_fd=_PROC_FD[0])
             try:
                 os.write(fd, text.encode())
@@ -190,8 +192,14 @@ def _clone_into_job_namespaces(flags: int) -> int:
     is single-threaded, and the child either execs or runs Python that needs nothing fork()
     would have reset."""
     libc = _c()
-    pid = libc.syscall(ctypes.c_long(_SYS_CLONE), ctypes.c_ulong(flags | int(signal.SIGCHLD)),
-                       ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    pid = libc.syscall(
+        ctypes.c_long(_SYS_CLONE),
+        ctypes.c_ulong(flags | int(signal.SIGCHLD)),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+    )
     if pid < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"clone(pid, ipc[, mount]): {os.strerror(err)}")
@@ -245,15 +253,28 @@ def _check_filter() -> str | None:
             prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
             _install_filter(prctl)
             libc = _c()
-            ok = libc.syscall(ctypes.c_long(_SYS_KEYCTL), ctypes.c_long(_KEYCTL_GET_KEYRING_ID),
-                              ctypes.c_long(_KEY_SPEC_SESSION_KEYRING), ctypes.c_long(0)) == -1
+            ok = (
+                libc.syscall(
+                    ctypes.c_long(_SYS_KEYCTL),
+                    ctypes.c_long(_KEYCTL_GET_KEYRING_ID),
+                    ctypes.c_long(_KEY_SPEC_SESSION_KEYRING),
+                    ctypes.c_long(0),
+                )
+                == -1
+            )
             code = 0 if ok and ctypes.get_errno() == errno.ENOSYS else 4
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
-    return None if code == 0 else (f"the seccomp filter could not be installed in a program (exit {code}: "
-                                   "3 = prctl(PR_SET_SECCOMP) failed, 4 = keyctl was not refused)")
+    return (
+        None
+        if code == 0
+        else (
+            f"the seccomp filter could not be installed in a program (exit {code}: "
+            "3 = prctl(PR_SET_SECCOMP) failed, 4 = keyctl was not refused)"
+        )
+    )
 
 
 def _join_fresh_session_keyring() -> str:
@@ -267,18 +288,29 @@ def _join_fresh_session_keyring() -> str:
 
 def _protections(jailed: bool, memory: str) -> dict[str, Any]:
     if not jailed:
-        return {"jail": "none (allow_unsandboxed=True)", "network": "none", "filesystem": "none",
-                "per_job": "none", "capabilities": "unchanged", "memory": memory,
-                "python_guard": "audit hook (not a security boundary)"}
-    return {"jail": "bubblewrap: user, pid, ipc, net, uts namespaces; --cap-drop ALL; die-with-parent",
-            "network": "none (empty network namespace)",
-            "filesystem": "read-only minimal root; each job its own size-capped tmpfs /tmp",
-            "per_job": ("own size-capped tmpfs /tmp; per program pid and ipc namespaces (pid 1: the program); "
-                        "per worker a nested user and mount namespace, no further user namespaces; Python: "
-                        "no /proc; commands: own mount namespace and a /proc of their own pid namespace"),
-            "capabilities": "none (bounding set emptied); no_new_privs", "memory": memory,
-            "process_limit": "RLIMIT_NPROC per job (one job at a time per worker user namespace)",
-            "python_guard": "audit hook (defence in depth, not a boundary)"}
+        return {
+            "jail": "none (allow_unsandboxed=True)",
+            "network": "none",
+            "filesystem": "none",
+            "per_job": "none",
+            "capabilities": "unchanged",
+            "memory": memory,
+            "python_guard": "audit hook (not a security boundary)",
+        }
+    return {
+        "jail": "bubblewrap: user, pid, ipc, net, uts namespaces; --cap-drop ALL; die-with-parent",
+        "network": "none (empty network namespace)",
+        "filesystem": "read-only minimal root; each job its own size-capped tmpfs /tmp",
+        "per_job": (
+            "own size-capped tmpfs /tmp; per program pid and ipc namespaces (pid 1: the program); "
+            "per worker a nested user and mount namespace, no further user namespaces; Python: "
+            "no /proc; commands: own mount namespace and a /proc of their own pid namespace"
+        ),
+        "capabilities": "none (bounding set emptied); no_new_privs",
+        "memory": memory,
+        "process_limit": "RLIMIT_NPROC per job (one job at a time per worker user namespace)",
+        "python_guard": "audit hook (defence in depth, not a boundary)",
+    }
 
 
 def _list_fds() -> list[int]:
@@ -361,12 +393,27 @@ def _user_tasks(uid: int) -> int:
 
 
 _DEV_WRITABLE = ("/dev/null", "/dev/stdout", "/dev/stderr", "/dev/tty")
-_SPAWN_EVENTS = frozenset({"os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
-                           "subprocess.Popen", "pty.spawn"})
-_PATH_EVENTS = {"os.remove": (0,), "os.rename": (0, 1), "os.rmdir": (0,), "os.mkdir": (0,),
-                "os.chmod": (0,), "os.chown": (0,), "os.link": (0, 1), "os.symlink": (1,),
-                "os.truncate": (0,), "os.utime": (0,), "shutil.rmtree": (0,), "os.setxattr": (0,),
-                "os.removexattr": (0,), "os.chflags": (0,), "os.lchflags": (0,), "os.lchmod": (0,)}
+_SPAWN_EVENTS = frozenset(
+    {"os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "subprocess.Popen", "pty.spawn"}
+)
+_PATH_EVENTS = {
+    "os.remove": (0,),
+    "os.rename": (0, 1),
+    "os.rmdir": (0,),
+    "os.mkdir": (0,),
+    "os.chmod": (0,),
+    "os.chown": (0,),
+    "os.link": (0, 1),
+    "os.symlink": (1,),
+    "os.truncate": (0,),
+    "os.utime": (0,),
+    "shutil.rmtree": (0,),
+    "os.setxattr": (0,),
+    "os.removexattr": (0,),
+    "os.chflags": (0,),
+    "os.lchflags": (0,),
+    "os.lchmod": (0,),
+}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
@@ -389,8 +436,10 @@ def _audit_hook(root: str, allow_subprocess: bool):
     def hook(event: str, args: tuple) -> None:
         if event == "open":
             path, mode, flags = args
-            if ((isinstance(mode, str) and any(c in mode for c in "wax+"))
-                    or (isinstance(flags, int) and flags & _WRITE_FLAGS)) and outside(path):
+            if (
+                (isinstance(mode, str) and any(c in mode for c in "wax+"))
+                or (isinstance(flags, int) and flags & _WRITE_FLAGS)
+            ) and outside(path):
                 raise PermissionError(f"sandbox: writing outside the working directory: {path!r}")
         elif event in _PATH_EVENTS:
             for i in _PATH_EVENTS[event]:
@@ -465,8 +514,9 @@ def _child_prctl() -> Any:
 
 
 _PRCTL: Any = None
-_SIGKILL, _SIGTERM, _SIGPIPE, _SIG_DFL = (int(x) for x in (signal.SIGKILL, signal.SIGTERM, signal.SIGPIPE,
-                                                          signal.SIG_DFL))
+_SIGKILL, _SIGTERM, _SIGPIPE, _SIG_DFL = (
+    int(x) for x in (signal.SIGKILL, signal.SIGTERM, signal.SIGPIPE, signal.SIG_DFL)
+)
 
 
 def _enter_jail(plan: dict[str, Any], monitor: int) -> None:
@@ -518,10 +568,14 @@ def _rlimits(limits: Mapping[str, Any], nproc: int) -> list[tuple[int, tuple[int
     """(resource, (soft, hard)) for a program, never above our own hard limits."""
     resource = _resource()
     cpu = max(1, int(-(-float(limits["cpu_s"]) // 1)))
-    wanted = [(resource.RLIMIT_CPU, cpu, cpu + 1), (resource.RLIMIT_AS, int(limits["memory_mb"]) << 20, None),
-              (resource.RLIMIT_FSIZE, int(limits["file_mb"]) << 20, None),
-              (resource.RLIMIT_NOFILE, int(limits["open_files"]), None), (resource.RLIMIT_CORE, _CORE_LIMIT, None),
-              (resource.RLIMIT_NPROC, nproc, None)]
+    wanted = [
+        (resource.RLIMIT_CPU, cpu, cpu + 1),
+        (resource.RLIMIT_AS, int(limits["memory_mb"]) << 20, None),
+        (resource.RLIMIT_FSIZE, int(limits["file_mb"]) << 20, None),
+        (resource.RLIMIT_NOFILE, int(limits["open_files"]), None),
+        (resource.RLIMIT_CORE, _CORE_LIMIT, None),
+        (resource.RLIMIT_NPROC, nproc, None),
+    ]
     out = []
     for res, soft, hard in wanted:
         hard = soft if hard is None else hard
@@ -551,13 +605,27 @@ class _Step:
     With `body` (a Python job's (pipe fd, job id)), the program process itself reads the job
     (its source and files) from that pipe after the fork: the caller only ever saw the header."""
 
-    def __init__(self, step: Mapping[str, Any], limits: Mapping[str, Any], jobdir: str, jailed: bool,
-                 nproc: int, env: Mapping[str, str], body: tuple[int, int] | None = None) -> None:
-        self.step, self.limits, self.jobdir, self.jailed, self.nproc, self.env = step, limits, jobdir, jailed, nproc, env
+    def __init__(
+        self,
+        step: Mapping[str, Any],
+        limits: Mapping[str, Any],
+        jobdir: str,
+        jailed: bool,
+        nproc: int,
+        env: Mapping[str, str],
+        body: tuple[int, int] | None = None,
+    ) -> None:
+        self.step, self.limits, self.jobdir, self.jailed, self.nproc, self.env = (
+            step,
+            limits,
+            jobdir,
+            jailed,
+            nproc,
+            env,
+        )
         self.cwd = _JAIL_TMP if jailed else jobdir  # where the program sees its dir
         self.cpu_limit = max(1, int(-(-float(limits["cpu_s"]) // 1)))
         self.body = body
-
 
     def run(self) -> dict[str, Any]:
         step, limits = self.step, self.limits
@@ -566,21 +634,36 @@ class _Step:
             argv = list(step["argv"])
             exe = argv[0] if "/" in argv[0] else _which(argv[0], self.env.get("PATH", ""))
             if exe is None:  # a missing toolchain is a host fault, never the program's score
-                return dict(returncode=127, stdout="", stderr=f"sandbox: command not found: {argv[0]}\n",
-                            timed_out=False, killed_by_signal=None, duration_s=0.0,
-                            error=f"command not found in the sandbox: {argv[0]}")
+                return dict(
+                    returncode=127,
+                    stdout="",
+                    stderr=f"sandbox: command not found: {argv[0]}\n",
+                    timed_out=False,
+                    killed_by_signal=None,
+                    duration_s=0.0,
+                    error=f"command not found in the sandbox: {argv[0]}",
+                )
         prelude = None
         if exe is None and step.get("prelude"):
             try:
                 prelude = _compiled_prelude(step["prelude"])
             except Exception as e:  # noqa: BLE001 - a broken prelude is the caller's bug: report it
-                return dict(returncode=1, stdout="", stderr=f"sandbox: prelude does not compile: {e!r}\n",
-                            timed_out=False, killed_by_signal=None, duration_s=0.0)
-        plan = {"rlimits": _rlimits(limits, self.nproc), "jailed": self.jailed, "jobdir": self.jobdir,
-
-                "cwd": self.cwd,
-                "exec": None if exe is None else (exe, argv, dict(self.env)),
-                "python": self._python_plan(step, prelude) if exe is None else None}
+                return dict(
+                    returncode=1,
+                    stdout="",
+                    stderr=f"sandbox: prelude does not compile: {e!r}\n",
+                    timed_out=False,
+                    killed_by_signal=None,
+                    duration_s=0.0,
+                )
+        plan = {
+            "rlimits": _rlimits(limits, self.nproc),
+            "jailed": self.jailed,
+            "jobdir": self.jobdir,
+            "cwd": self.cwd,
+            "exec": None if exe is None else (exe, argv, dict(self.env)),
+            "python": self._python_plan(step, prelude) if exe is None else None,
+        }
         pipes: list[tuple[int, int]] = []
         try:
             for _ in range(3 if self.body is None else 4):  # stdout, stderr, result channel (, set-up done)
@@ -664,8 +747,13 @@ class _Step:
         if source is not None:
             linecache.cache["<sandbox>"] = (len(source), None, source.splitlines(True), "<sandbox>")  # tracebacks
         os.environ["HOME"] = os.environ["TMPDIR"] = self.cwd  # the child inherits it
-        return {"path": [self.cwd] + [p for p in sys.path if p and p != _HERE], "main": main, "source": source,
-                "prelude": prelude, "hook": _audit_hook(self.cwd, bool(self.limits.get("allow_subprocess")))}
+        return {
+            "path": [self.cwd] + [p for p in sys.path if p and p != _HERE],
+            "main": main,
+            "source": source,
+            "prelude": prelude,
+            "hook": _audit_hook(self.cwd, bool(self.limits.get("allow_subprocess"))),
+        }
 
     def _watch(self, pid: int, fds: list[int], t0: float) -> dict[str, Any]:
         limits = self.limits
@@ -733,8 +821,11 @@ class _Step:
                 read(fd)
         _killpg(pid)  # the child is unreaped (alive or zombie), so its pid/pgid cannot be reused
         _, status, usage = os.wait4(pid, 0)
-        if (os.WIFSIGNALED(status) and os.WTERMSIG(status) == _SIGKILL
-                and usage.ru_utime + usage.ru_stime >= self.cpu_limit - 0.05):
+        if (
+            os.WIFSIGNALED(status)
+            and os.WTERMSIG(status) == _SIGKILL
+            and usage.ru_utime + usage.ru_stime >= self.cpu_limit - 0.05
+        ):
             # pid 1 of a namespace ignores SIGXCPU: the CPU limit ends it with the hard limit's SIGKILL.
             timed_out = True
         _kill_descendants()
@@ -752,10 +843,18 @@ class _Step:
         sig = -rc if rc < 0 else None
         timed_out = timed_out or sig == signal.SIGXCPU
         dec = lambda b: bytes(b).decode("utf-8", errors="replace")  # noqa: E731
-        return dict(returncode=rc, stdout=dec(bufs[fds[0]]), stderr=dec(bufs[fds[1]]), timed_out=timed_out,
-                    killed_by_signal=sig, duration_s=duration, channel=dec(bufs[fds[2]]),
-                    truncated=state["truncated"] or state["flooded"],
-                    error=None, flooded=state["flooded"])
+        return dict(
+            returncode=rc,
+            stdout=dec(bufs[fds[0]]),
+            stderr=dec(bufs[fds[1]]),
+            timed_out=timed_out,
+            killed_by_signal=sig,
+            duration_s=duration,
+            channel=dec(bufs[fds[2]]),
+            truncated=state["truncated"] or state["flooded"],
+            error=None,
+            flooded=state["flooded"],
+        )
 
 
 _RUNNING: list[int | None] = [None]  # the monitor's current program, for its SIGTERM handler
@@ -871,8 +970,9 @@ _JOB_SEQ = itertools.count()
 _JOBDIR: list[str | None] = [None]  # the monitor's current job dir, for its SIGTERM handler
 
 
-def _run_job(job: Mapping[str, Any], base: str, jailed: bool, nproc: int,
-             body: tuple[int, int] | None = None) -> dict[str, Any]:
+def _run_job(
+    job: Mapping[str, Any], base: str, jailed: bool, nproc: int, body: tuple[int, int] | None = None
+) -> dict[str, Any]:
     """Run a job's steps in one fresh dir, then leave nothing behind. With `body`, `job` is a
     header: its one program reads the job's content itself (`_Step`)."""
     results: list[dict[str, Any]] = []
@@ -1003,12 +1103,18 @@ def _run_python_job(head: Mapping[str, Any], body_fd: int, base: str, jailed: bo
     """A one-step Python job, from its header: the program process reads the rest."""
     limits = head["limits"][0]
     step = {"kind": "python", "prelude": head.get("prelude")}
-    return _run_job({"id": head["id"], "steps": [step], "limits": [limits]}, base, jailed,
-                    _nproc(jailed, int(limits["max_procs"])), body=(body_fd, head["id"]))
+    return _run_job(
+        {"id": head["id"], "steps": [step], "limits": [limits]},
+        base,
+        jailed,
+        _nproc(jailed, int(limits["max_procs"])),
+        body=(body_fd, head["id"]),
+    )
 
 
-def _runner(head: Mapping[str, Any], body_fd: int, out_fd: int, base: str, jailed: bool,
-            setup_error: str | None) -> int:
+def _runner(
+    head: Mapping[str, Any], body_fd: int, out_fd: int, base: str, jailed: bool, setup_error: str | None
+) -> int:
     """One job, in a fresh fork of the monitor: read the job from the body pipe (exactly one
     frame), run its steps, write the result. Returns the exit status (0: the result was written)."""
 
@@ -1056,8 +1162,14 @@ def _warm_up() -> None:
         return io.TextIOWrapper(buf, encoding="utf-8", errors="backslashreplace")
 
     _STREAMS[:] = [stream(0, "r"), stream(1, "w"), stream(2, "w")]
-    for res in (resource.RLIMIT_CPU, resource.RLIMIT_AS, resource.RLIMIT_FSIZE, resource.RLIMIT_NOFILE,
-                resource.RLIMIT_CORE, resource.RLIMIT_NPROC):
+    for res in (
+        resource.RLIMIT_CPU,
+        resource.RLIMIT_AS,
+        resource.RLIMIT_FSIZE,
+        resource.RLIMIT_NOFILE,
+        resource.RLIMIT_CORE,
+        resource.RLIMIT_NPROC,
+    ):
         resource.getrlimit(res)
     main = types.ModuleType("__main__")
     exec(compile("x = [i * 2 for i in range(3)]\n", "<sandbox>", "exec"), main.__dict__)
@@ -1090,8 +1202,9 @@ class _Server:
     """The fork server: reads jobs from the host and hands them to its monitors (one per worker
     slot, forked once at start), relaying results back; restarts a monitor that dies."""
 
-    def __init__(self, workers: int, jailed: bool, seccomp: str | None = None, seccomp_text: str = "",
-                 path: Sequence[str] = ()) -> None:
+    def __init__(
+        self, workers: int, jailed: bool, seccomp: str | None = None, seccomp_text: str = "", path: Sequence[str] = ()
+    ) -> None:
         # fds 0/1 carry the protocol; move them so programs can never see them.
         self.proto_in, self.proto_out = os.dup(0), os.dup(1)
         null = os.open(os.devnull, os.O_RDWR)
@@ -1123,12 +1236,15 @@ class _Server:
             self.protections["syscalls"] = seccomp_text or "seccomp filter per program"
         self.protections["memory_between_jobs"] = (
             "each job is read by its own runner, forked from a monitor that never reads a job; monitors are fresh "
-            "interpreters (exec), never forks of this server, which holds the queue")
+            "interpreters (exec), never forks of this server, which holds the queue"
+        )
         self.protections["core_dumps"] = (
             "Python programs are not dumpable; RLIMIT_CORE 1 (a piped core_pattern refuses the dump), "
-            "pinned by the seccomp filter" if resource.getrlimit(resource.RLIMIT_CORE)[1] in (resource.RLIM_INFINITY, 1) or
-            resource.getrlimit(resource.RLIMIT_CORE)[1] > 1 else
-            "RLIMIT_CORE 0 (the host's hard limit is 0: a piped core_pattern still gets dumps of exec'd programs)")
+            "pinned by the seccomp filter"
+            if resource.getrlimit(resource.RLIMIT_CORE)[1] in (resource.RLIM_INFINITY, 1)
+            or resource.getrlimit(resource.RLIMIT_CORE)[1] > 1
+            else "RLIMIT_CORE 0 (the host's hard limit is 0: a piped core_pattern still gets dumps of exec'd programs)"
+        )
         self.monitor_cfg = {"jailed": jailed, "base": self.base, "seccomp": seccomp, "path": list(path)}
 
     def send(self, obj: Any) -> None:
@@ -1163,8 +1279,11 @@ class _Server:
             cfg = json.dumps({**self.monitor_cfg, "head": head_r, "body": body_r, "res": res_w})
             for fd in (head_r, body_r, res_w):
                 os.set_inheritable(fd, True)
-            pid = os.posix_spawn(sys.executable, [sys.executable, "-I", "-S", "-B", os.path.join(_HERE, "server.py"),
-                                                  "--monitor", cfg], dict(os.environ))
+            pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-I", "-S", "-B", os.path.join(_HERE, "server.py"), "--monitor", cfg],
+                dict(os.environ),
+            )
         except BaseException:
             for fd in fds:
                 os.close(fd)
@@ -1173,8 +1292,15 @@ class _Server:
             os.close(fd)
         for fd in (res_r, head_w, body_w):
             os.set_blocking(fd, False)
-        self.monitors[res_r] = {"pid": pid, "req": head_w, "body": body_w, "slot": slot, "jobs": deque(),
-                                "buf": bytearray(), "out": {head_w: bytearray(), body_w: bytearray()}}
+        self.monitors[res_r] = {
+            "pid": pid,
+            "req": head_w,
+            "body": body_w,
+            "slot": slot,
+            "jobs": deque(),
+            "buf": bytearray(),
+            "out": {head_w: bytearray(), body_w: bytearray()},
+        }
         self.writers[head_w] = self.writers[body_w] = res_r
         self.sel.register(res_r, selectors.EVENT_READ)
 
@@ -1247,8 +1373,14 @@ class _Server:
         self._kill_strays()
         if mon["jobs"] and not mon.get("retiring"):  # the one it was running fails
             job = mon["jobs"].popleft()
-            self.send({"op": "result", "id": job["id"], "results": [],
-                       "error": f"sandbox monitor died (wait status {status})"})
+            self.send(
+                {
+                    "op": "result",
+                    "id": job["id"],
+                    "results": [],
+                    "error": f"sandbox monitor died (wait status {status})",
+                }
+            )
         self.queue.extendleft(reversed(mon["jobs"]))  # those queued behind it go elsewhere
         if self.running:
             self._spawn_monitor(mon["slot"])
@@ -1268,13 +1400,19 @@ class _Server:
         self.running = True
         for slot in range(self.workers):
             self._spawn_monitor(slot)
-        self.send({"op": "hello", "pid": os.getpid(), "protections": self.protections,
-                   "monitors": [m["pid"] for m in self.monitors.values()]})
+        self.send(
+            {
+                "op": "hello",
+                "pid": os.getpid(),
+                "protections": self.protections,
+                "monitors": [m["pid"] for m in self.monitors.values()],
+            }
+        )
         os.set_blocking(self.proto_in, False)
         os.set_blocking(self.proto_out, False)
         self.sel.register(self.proto_in, selectors.EVENT_READ)
         while self.running:
-            for key, events in self.sel.select(1.0):
+            for key, _events in self.sel.select(1.0):
                 fd = key.fd
                 if fd == self.proto_in:
                     try:
@@ -1316,8 +1454,13 @@ def _serve_main(argv: Sequence[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *a: os._exit(1))  # monitors get SIGTERM from PDEATHSIG
     _set_name(b"lmsb-server")
-    server = _Server(int(cfg.get("workers", 2)), bool(cfg.get("jailed")), cfg.get("seccomp"),
-                     str(cfg.get("seccomp_text", "")), cfg.get("path", []))
+    server = _Server(
+        int(cfg.get("workers", 2)),
+        bool(cfg.get("jailed")),
+        cfg.get("seccomp"),
+        str(cfg.get("seccomp_text", "")),
+        cfg.get("path", []),
+    )
     try:
         server.serve()
     finally:

@@ -34,6 +34,7 @@ filter checks the architecture first.
 Imports: standard library; `pyseccomp` (PyPI) and `libseccomp.so.2` (Debian's libseccomp2) in
 `compile_filter` only.
 """
+
 from __future__ import annotations
 
 import errno
@@ -43,24 +44,77 @@ import tempfile
 
 # (errno, system calls, why a program is refused them)
 REFUSED: tuple[tuple[int, tuple[str, ...], str], ...] = (
-    (errno.ENOSYS, ("add_key", "request_key", "keyctl"),
-     "kernel keyrings are not namespaced: they would reach the trainer's keys and outlive the job"),
-    (errno.ENOSYS, ("io_uring_setup", "io_uring_enter", "io_uring_register"),
-     "io_uring requests are not seen by seccomp"),
+    (
+        errno.ENOSYS,
+        ("add_key", "request_key", "keyctl"),
+        "kernel keyrings are not namespaced: they would reach the trainer's keys and outlive the job",
+    ),
+    (
+        errno.ENOSYS,
+        ("io_uring_setup", "io_uring_enter", "io_uring_register"),
+        "io_uring requests are not seen by seccomp",
+    ),
     (errno.ENOSYS, ("bpf", "userfaultfd", "perf_event_open"), "kernel attack surface no program needs"),
     (errno.ENOSYS, ("clone3",), "its flags cannot be checked; glibc falls back to clone"),
-    (errno.EPERM, ("bind", "connect", "listen", "accept", "accept4"),
-     "no socket may name or reach another endpoint: socketpair only"),
-    (errno.EPERM, ("ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp"),
-     "no access to other processes' memory or files"),
-    (errno.EPERM, ("mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen", "fsconfig",
-                   "fsmount", "fspick", "mount_setattr", "unshare", "setns"),
-     "no new mounts or namespaces"),
-    (errno.EPERM, ("init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load", "reboot",
-                   "swapon", "swapoff", "settimeofday", "clock_settime", "clock_adjtime", "syslog", "acct",
-                   "quotactl", "quotactl_fd", "open_by_handle_at", "name_to_handle_at", "fanotify_init",
-                   "lookup_dcookie", "iopl", "ioperm", "vhangup", "uselib", "modify_ldt"),
-     "system administration"),
+    (
+        errno.EPERM,
+        ("bind", "connect", "listen", "accept", "accept4"),
+        "no socket may name or reach another endpoint: socketpair only",
+    ),
+    (
+        errno.EPERM,
+        ("ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp"),
+        "no access to other processes' memory or files",
+    ),
+    (
+        errno.EPERM,
+        (
+            "mount",
+            "umount2",
+            "pivot_root",
+            "chroot",
+            "move_mount",
+            "open_tree",
+            "fsopen",
+            "fsconfig",
+            "fsmount",
+            "fspick",
+            "mount_setattr",
+            "unshare",
+            "setns",
+        ),
+        "no new mounts or namespaces",
+    ),
+    (
+        errno.EPERM,
+        (
+            "init_module",
+            "finit_module",
+            "delete_module",
+            "kexec_load",
+            "kexec_file_load",
+            "reboot",
+            "swapon",
+            "swapoff",
+            "settimeofday",
+            "clock_settime",
+            "clock_adjtime",
+            "syslog",
+            "acct",
+            "quotactl",
+            "quotactl_fd",
+            "open_by_handle_at",
+            "name_to_handle_at",
+            "fanotify_init",
+            "lookup_dcookie",
+            "iopl",
+            "ioperm",
+            "vhangup",
+            "uselib",
+            "modify_ldt",
+        ),
+        "system administration",
+    ),
 )
 NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
 RLIMIT_CORE = 4  # <sys/resource.h>, every Linux architecture but alpha/mips/sparc
@@ -80,7 +134,8 @@ def compile_filter() -> bytes:
     except (ImportError, OSError, AttributeError, TypeError) as e:  # the module loads libseccomp on import
         raise FilterUnavailable(
             f"the seccomp filter for sandboxed programs needs libseccomp and its Python bindings ({e}); "
-            "install them with `apt-get install libseccomp2` and `pip install pyseccomp`") from None
+            "install them with `apt-get install libseccomp2` and `pip install pyseccomp`"
+        ) from None
     f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
     for err, names, _why in REFUSED:
         for name in names:
@@ -90,13 +145,18 @@ def compile_filter() -> bytes:
                 continue
     f.add_rule(seccomp.ERRNO(errno.EAFNOSUPPORT), "socket", seccomp.Arg(0, seccomp.NE, socket.AF_UNIX))
     for option in PASSCRED_OPTIONS:  # with these, sending a datagram binds the socket to an abstract name
-        f.add_rule(seccomp.ERRNO(errno.EPERM), "setsockopt", seccomp.Arg(1, seccomp.EQ, socket.SOL_SOCKET),
-                   seccomp.Arg(2, seccomp.EQ, option))
+        f.add_rule(
+            seccomp.ERRNO(errno.EPERM),
+            "setsockopt",
+            seccomp.Arg(1, seccomp.EQ, socket.SOL_SOCKET),
+            seccomp.Arg(2, seccomp.EQ, option),
+        )
     for flag in NAMESPACE_FLAGS:  # clone(2) with any namespace flag (one rule per flag: rules are OR-ed)
         f.add_rule(seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
     f.add_rule(seccomp.ERRNO(errno.EPERM), "setrlimit", seccomp.Arg(0, seccomp.EQ, RLIMIT_CORE))
-    f.add_rule(seccomp.ERRNO(errno.EPERM), "prlimit64", seccomp.Arg(1, seccomp.EQ, RLIMIT_CORE),
-               seccomp.Arg(2, seccomp.NE, 0))
+    f.add_rule(
+        seccomp.ERRNO(errno.EPERM), "prlimit64", seccomp.Arg(1, seccomp.EQ, RLIMIT_CORE), seccomp.Arg(2, seccomp.NE, 0)
+    )
     with tempfile.TemporaryFile() as out:
         f.export_bpf(out)
         out.seek(0)
@@ -109,9 +169,12 @@ def compile_filter() -> bytes:
 def describe() -> str:
     """The filter in words, for `Sandbox.protections`."""
     parts = [f"{', '.join(names)}: {errno.errorcode[err]}" for err, names, _ in REFUSED]
-    return ("seccomp filter per program (libseccomp; default allow): " + "; ".join(parts)
-            + "; socket() but AF_UNIX: EAFNOSUPPORT; SO_PASSCRED/SO_PASSPIDFD: EPERM; clone with a namespace flag: EPERM; "
-            "setting RLIMIT_CORE: EPERM; other syscall ABIs (i386, x32): killed")
+    return (
+        "seccomp filter per program (libseccomp; default allow): "
+        + "; ".join(parts)
+        + "; socket() but AF_UNIX: EAFNOSUPPORT; SO_PASSCRED/SO_PASSPIDFD: EPERM; clone with a namespace flag: EPERM; "
+        "setting RLIMIT_CORE: EPERM; other syscall ABIs (i386, x32): killed"
+    )
 
 
 __all__ = ["REFUSED", "compile_filter", "describe", "FilterUnavailable"]
