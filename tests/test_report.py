@@ -205,14 +205,15 @@ def test_select_iterations_keeps_the_first_and_the_last():
 
 
 def test_run_ppo_writes_the_report_at_the_end(tiny_dir, tmp_path, capsys):
-    """Every run writes report.html (the shipped default, report: true) from its own token logs,
-    and says what the report cost as a share of the run."""
+    """Every run writes report.html from its own token logs (the shipped defaults, which tiny_test
+    turns off: report: true, report_episodes: null), and says what they cost as a share of the run."""
     import re
 
     import run_ppo
 
-    run_ppo.main(["experiment=tiny_test", "report=true", f"policy.model={tiny_dir}", "policy.lora.r=2",
-                  "policy.lora.target_modules=[q_proj,v_proj]", f"output_dir={tmp_path}", "progress_bar=false"])
+    run_ppo.main(["experiment=tiny_test", "report=true", "report_episodes=null", f"policy.model={tiny_dir}",
+                  "policy.lora.r=2", "policy.lora.target_modules=[q_proj,v_proj]", f"output_dir={tmp_path}",
+                  "progress_bar=false"])
     page = (tmp_path / "report.html").read_text()
     data = json.loads(page.split('id="token-data">')[1].split("</script>")[0])
     assert {(e["iteration"], e["row"]) for e in data["episodes"]} == {(1, 0), (1, 1), (2, 0), (2, 1)}  # log_samples=2
