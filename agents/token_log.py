@@ -32,7 +32,7 @@ game observation: attention 1, policy 0, after the prompt). ``values[name]`` has
 - ``update_logprob``: the learner's log π of the same token with the rollout's weights: the
   agent's recomputed old log-probs (``buffer.log_probs`` beside ``buffer.rollout_log_probs``)
   when it recomputed them, or ``buffer.update_log_probs`` when it keeps them, else one no-grad
-  teacher-forced pass over the logged rows (``recompute=True``);
+  teacher-forced pass over the logged rows (``recompute=True``, within ``recompute_budget``);
 - ``logprob_diff``: ``logprob − update_logprob``, where sampler and learner disagree;
 - ``is_weight``: the rollout-mismatch correction weight (``buffer.is_weights``), when applied;
 - ``entropy``: the entropy of the policy's sampling distribution at that step (``buffer.entropy``
@@ -115,18 +115,28 @@ class TokenLogCallback(BaseCallback):
     :param recompute: when the buffer has no learner log-probs or entropies, get them from one
         no-grad teacher-forced pass over the logged rows, with the rollout's weights (skipped for
         FSDP-sharded policies, whose forward pass needs every rank).
+    :param recompute_budget: the share of training time those passes may take: an iteration's
+        pass runs only while the passes so far cost at most this share of the time since
+        ``learn`` started (a pass is about ``episodes / batch rows`` of a reference pass; at 2 of 16
+        rows and PPO's 2 epochs it would be about 2% of an iteration if it ran every time), so
+        some iterations' episodes lack ``update_logprob``, ``logprob_diff`` and ``entropy``.
     :param verbose: SB3's verbosity.
     """
 
     def __init__(self, directory: str | os.PathLike, episodes: int | None = None, recompute: bool = True,
-                 verbose: int = 0) -> None:
+                 recompute_budget: float = 0.01, verbose: int = 0) -> None:
         super().__init__(verbose)
         self.directory, self.episodes, self.recompute = Path(directory), episodes, recompute
+        self.recompute_budget = recompute_budget
+        self._clock, self._pass_seconds = time.perf_counter(), 0.0
         self._pending: dict[str, Any] | None = None
         self.seconds = 0.0  # wall time spent logging, teacher-forced passes included
 
     def _on_step(self) -> bool:
         return True
+
+    def _on_training_start(self) -> None:
+        self._clock, self._pass_seconds = time.perf_counter(), 0.0
 
     def _count(self) -> int:
         return int(self.episodes if self.episodes is not None else getattr(self.model, "log_samples", 2))
@@ -164,6 +174,9 @@ class TokenLogCallback(BaseCallback):
             wanted.append("update_log_probs")
         if not (self.recompute and wanted and hasattr(policy, "evaluate_actions")) or getattr(policy, "sharded", False):
             return {}
+        start = time.perf_counter()
+        if self._pass_seconds > self.recompute_budget * (start - self._clock):
+            return {}  # over its budget so far: this iteration's episodes go without
         index = torch.as_tensor(rows, device=buffer.mask.device)
         ids, attn, pol = buffer.trimmed_rows(index)
         policy.set_training_mode(False)
@@ -173,7 +186,8 @@ class TokenLogCallback(BaseCallback):
         for name, flat in (("update_log_probs", out.log_prob), ("entropy", out.entropy)):
             if name in wanted and flat is not None:
                 result[name] = torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device).masked_scatter(
-                    mask, flat.detach())
+                    mask, flat.detach()).cpu()  # on a GPU: waits for the pass, so its time is counted
+        self._pass_seconds += time.perf_counter() - start
         return result
 
     def flush(self) -> Path | None:

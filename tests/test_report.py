@@ -24,6 +24,7 @@ import report  # noqa: E402
 from agents import GRPO, PPO, evaluate_policy  # noqa: E402
 from agents.checkpoint import write_json  # noqa: E402
 from agents.token_log import TokenLogCallback, code_verdict, episode_records, read_token_logs  # noqa: E402
+from lm_envs import TokenVecEnv  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
@@ -36,7 +37,7 @@ def tiny_multi_turn_run(tiny_dir, tiny_lm, out: Path, agent_class=PPO, iteration
                         tensorboard_log=str(out / "tb"), policy_kwargs=dict(model=str(tiny_dir)), **kwargs)
     for tag in ("before", "after"):
         if tag == "after":
-            callback = TokenLogCallback(out / "tokens", episodes=3)
+            callback = TokenLogCallback(out / "tokens", episodes=3, recompute_budget=1.0)  # every iteration
             agent.learn(total_iterations=iterations, callback=callback, tb_log_name="ppo")
         summary, samples = evaluate_policy(agent.policy, multi_turn_env(tiny_lm[1], num_envs=4, seed=1, tools=False), 4)
         write_json(out / f"eval_{tag}.json", summary)
@@ -125,7 +126,6 @@ def test_code_verdicts_are_read_off_the_score_bands():
 def test_code_tasks_log_verdicts_and_pause_tokens_are_marked(tiny_dir, tiny_lm, tmp_path):
     """A task whose reward has code weights gets each episode's verdict; a pause token chosen by
     the policy is kind ``z`` (an action: it has values)."""
-    from lm_envs import TokenVecEnv
     from rewards.code import CodeWeights
 
     scores = (0.0, 0.6, 1.0)  # by data row
@@ -163,6 +163,18 @@ def test_token_log_keeps_cuda_s_device_rule(tiny_dir, tiny_lm, tmp_path):
     with CudaDeviceRule():
         agent.learn(total_iterations=1, callback=TokenLogCallback(tmp_path, episodes=2))
     assert len(read_token_logs(tmp_path)) == 2
+
+
+def test_the_teacher_forced_pass_keeps_to_its_budget(tiny_dir, tiny_lm, tmp_path):
+    """With no budget left after the first pass, later iterations log the buffer's quantities only."""
+    env = TokenVecEnv(echo_task(), tiny_lm[1], num_envs=4, max_new_tokens=4, max_prompt_tokens=16, seed=0)
+    agent = PPO("CausalLMPolicy", env, batch_size=4, seed=0, policy_kwargs=dict(model=str(tiny_dir)))
+    callback = TokenLogCallback(tmp_path, episodes=1, recompute_budget=0.0)
+    agent.learn(total_iterations=3, callback=callback)
+    records = read_token_logs(tmp_path)
+    assert ["entropy" in r["values"] for r in records] == [True, False, False]
+    assert all({"logprob", "advantage", "value"} <= set(r["values"]) for r in records)
+    assert 0 < callback.seconds
 
 
 def test_newer_token_log_format_is_a_clear_error(tmp_path):
