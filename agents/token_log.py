@@ -45,6 +45,7 @@ them, ...). For code tasks ``info["verdict"]`` is ``compile_error``, ``failing_t
 (`code_verdict`), with ``first_verdict`` likewise for a feedback task's first attempt.
 Numbers are rounded to 4 decimals.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,17 +58,32 @@ from typing import Any
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
-from agents.env_contract import token_env
 from agents import distributed
+from agents.env_contract import token_env
 
 FORMAT_VERSION = 1
 # Per-action buffer fields: (name in the log, attribute of the buffer).
-BUFFER_FIELDS = (("ref_logprob", "ref_log_probs"), ("kl", "kl"), ("value", "values"),
-                 ("token_reward", "token_rewards"), ("advantage", "advantages"), ("return", "returns"),
-                 ("is_weight", "is_weights"), ("entropy", "entropy"))
+BUFFER_FIELDS = (
+    ("ref_logprob", "ref_log_probs"),
+    ("kl", "kl"),
+    ("value", "values"),
+    ("token_reward", "token_rewards"),
+    ("advantage", "advantages"),
+    ("return", "returns"),
+    ("is_weight", "is_weights"),
+    ("entropy", "entropy"),
+)
 # Episode info keys that are not plain per-episode data, or are stored at the top level.
-_SKIP_INFO = {"terminal_observation", "prompt", "completion", "score", "TimeLimit.truncated", "reward_time",
-              "reward_wait", "waiting"}
+_SKIP_INFO = {
+    "terminal_observation",
+    "prompt",
+    "completion",
+    "score",
+    "TimeLimit.truncated",
+    "reward_time",
+    "reward_wait",
+    "waiting",
+}
 
 
 def code_verdict(score: float, weights: Any) -> str | None:
@@ -123,8 +139,14 @@ class TokenLogCallback(BaseCallback):
     :param verbose: SB3's verbosity.
     """
 
-    def __init__(self, directory: str | os.PathLike, episodes: int | None = None, recompute: bool = True,
-                 recompute_budget: float = 0.01, verbose: int = 0) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        episodes: int | None = None,
+        recompute: bool = True,
+        recompute_budget: float = 0.01,
+        verbose: int = 0,
+    ) -> None:
         super().__init__(verbose)
         self.directory, self.episodes, self.recompute = Path(directory), episodes, recompute
         self.recompute_budget = recompute_budget
@@ -154,9 +176,13 @@ class TokenLogCallback(BaseCallback):
         if not rows:
             return
         recomputed = self._teacher_forced(buffer, rows)
-        self._pending = {"buffer": buffer, "rows": rows, "recomputed": recomputed,
-                         "iteration": int(getattr(self.model, "iteration", 0)) + 1,
-                         "timesteps": int(self.model.num_timesteps)}
+        self._pending = {
+            "buffer": buffer,
+            "rows": rows,
+            "recomputed": recomputed,
+            "iteration": int(getattr(self.model, "iteration", 0)) + 1,
+            "timesteps": int(self.model.num_timesteps),
+        }
 
     # The update has run (its quantities, if any, are in the buffer): write what was taken.
     def _on_rollout_start(self) -> None:
@@ -185,8 +211,11 @@ class TokenLogCallback(BaseCallback):
         result = {}
         for name, flat in (("update_log_probs", out.log_prob), ("entropy", out.entropy)):
             if name in wanted and flat is not None:
-                result[name] = torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device).masked_scatter(
-                    mask, flat.detach()).cpu()  # on a GPU: waits for the pass, so its time is counted
+                result[name] = (
+                    torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device)
+                    .masked_scatter(mask, flat.detach())
+                    .cpu()
+                )  # on a GPU: waits for the pass, so its time is counted
         self._pass_seconds += time.perf_counter() - start
         return result
 
@@ -196,9 +225,16 @@ class TokenLogCallback(BaseCallback):
         if pending is None:
             return None
         start = time.perf_counter()
-        records = episode_records(pending["buffer"], pending["rows"], self._tokenizer(), pending["recomputed"],
-                                  self._pause_id(), self._code_weights(), self._prompt_width(),
-                                  getattr(self.model.policy, "value_head", None) is not None)
+        records = episode_records(
+            pending["buffer"],
+            pending["rows"],
+            self._tokenizer(),
+            pending["recomputed"],
+            self._pause_id(),
+            self._code_weights(),
+            self._prompt_width(),
+            getattr(self.model.policy, "value_head", None) is not None,
+        )
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"iter_{pending['iteration']:06d}.jsonl"
         with open(path, "w", encoding="utf-8") as handle:
@@ -233,9 +269,16 @@ class TokenLogCallback(BaseCallback):
             return None
 
 
-def episode_records(buffer: Any, rows: list[int], tokenizer: Any, recomputed: dict[str, torch.Tensor] | None = None,
-                    pause_id: int | None = None, code_weights: Any = None,
-                    prompt_width: int | None = None, with_values: bool = True) -> list[dict[str, Any]]:
+def episode_records(
+    buffer: Any,
+    rows: list[int],
+    tokenizer: Any,
+    recomputed: dict[str, torch.Tensor] | None = None,
+    pause_id: int | None = None,
+    code_weights: Any = None,
+    prompt_width: int | None = None,
+    with_values: bool = True,
+) -> list[dict[str, Any]]:
     """The log records (format: the module docstring) of ``rows`` of ``buffer``.
 
     :param buffer: a `agents.buffer.TokenRolloutBuffer` (fields it lacks are left out).
@@ -294,15 +337,24 @@ def episode_records(buffer: Any, rows: list[int], tokenizer: Any, recomputed: di
                 extra["verdict"] = verdict
             if "first_score" in info and (first := code_verdict(float(info["first_score"]), code_weights)):
                 extra["first_verdict"] = first
-        records.append({
-            "v": FORMAT_VERSION, "row": int(row), "ids": ids,
-            "tokens": tokenizer.batch_decode([[t] for t in ids], skip_special_tokens=False,
-                                             clean_up_tokenization_spaces=False),
-            "kinds": "".join(kinds), "values": values,
-            "prompt": str(info.get("prompt", "")), "completion": str(info.get("completion", "")),
-            "score": _plain(info.get("score")), "env_reward": round(float(buffer.env_rewards[row]), 4),
-            "terminated": bool(buffer.terminated[row]), "info": extra,
-        })
+        records.append(
+            {
+                "v": FORMAT_VERSION,
+                "row": int(row),
+                "ids": ids,
+                "tokens": tokenizer.batch_decode(
+                    [[t] for t in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False
+                ),
+                "kinds": "".join(kinds),
+                "values": values,
+                "prompt": str(info.get("prompt", "")),
+                "completion": str(info.get("completion", "")),
+                "score": _plain(info.get("score")),
+                "env_reward": round(float(buffer.env_rewards[row]), 4),
+                "terminated": bool(buffer.terminated[row]),
+                "info": extra,
+            }
+        )
     return records
 
 
@@ -316,7 +368,9 @@ def read_token_logs(directory: str | os.PathLike) -> list[dict[str, Any]]:
                 continue
             record = json.loads(line)
             if record.get("v", 1) > FORMAT_VERSION:
-                raise ValueError(f"{path} holds token-log format v{record['v']}; this reader knows up to "
-                                 f"v{FORMAT_VERSION}: update lm-stable-baselines")
+                raise ValueError(
+                    f"{path} holds token-log format v{record['v']}; this reader knows up to "
+                    f"v{FORMAT_VERSION}: update lm-stable-baselines"
+                )
             records.append(record)
     return records

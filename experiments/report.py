@@ -18,6 +18,7 @@ every run (``report: true``). It shows:
 The report reads files only: it never runs a model. A long run's inspector holds at most
 ``--max-iterations`` logged iterations (the first, the last and evenly spaced ones between).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import plot  # the tensorboard reader and curve panels of experiments/plot.py (this script's folder)
+
 from agents import evaluation
 from agents.token_log import read_token_logs
 
@@ -48,10 +50,17 @@ PANELS = {
 }
 # How the inspector names each logged quantity, in menu order (agents.token_log's names).
 QUANTITIES = {
-    "advantage": "advantage", "kl": "per-token KL", "logprob": "policy log-prob (rollout)",
-    "ref_logprob": "reference log-prob", "logprob_diff": "rollout − update log-prob",
-    "update_logprob": "policy log-prob (update)", "value": "value", "entropy": "entropy",
-    "token_reward": "per-token reward", "return": "return", "is_weight": "rollout correction weight",
+    "advantage": "advantage",
+    "kl": "per-token KL",
+    "logprob": "policy log-prob (rollout)",
+    "ref_logprob": "reference log-prob",
+    "logprob_diff": "rollout − update log-prob",
+    "update_logprob": "policy log-prob (update)",
+    "value": "value",
+    "entropy": "entropy",
+    "token_reward": "per-token reward",
+    "return": "return",
+    "is_weight": "rollout correction weight",
 }
 
 
@@ -82,7 +91,7 @@ def curve_figure(series: dict[str, list[tuple[int, float]]]) -> str | None:
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
     for ax, (title, tags) in zip(axes.flat, panels):
         plot.plot_panel(ax, series, tags, title)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -95,8 +104,12 @@ def environment() -> dict[str, str]:
     """Where the report was written (at the end of a run: where the run ran)."""
     import torch
 
-    info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": str(os.cpu_count()),
-            "torch": torch.__version__}
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": str(os.cpu_count()),
+        "torch": torch.__version__,
+    }
     for name in ("transformers", "peft", "stable_baselines3", "numpy"):
         module = sys.modules.get(name)
         if module is None:
@@ -108,10 +121,15 @@ def environment() -> dict[str, str]:
     info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     repo = Path(__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         if commit:
             info["commit"] = commit + (" (with local changes)" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -137,8 +155,9 @@ def markdown_table(text: str) -> str:
 
 
 def _sample(sample: dict) -> str:
-    return (f'<div class="text">{html.escape(sample["completion"])}</div>'
-            f'<span class="score">{sample["score"]:.3f}</span>')
+    return (
+        f'<div class="text">{html.escape(sample["completion"])}</div><span class="score">{sample["score"]:.3f}</span>'
+    )
 
 
 def samples_section(run_dir: Path, n: int = 8) -> str:
@@ -154,8 +173,9 @@ def samples_section(run_dir: Path, n: int = 8) -> str:
         rows.append([f'<div class="text">{html.escape(b["prompt"])}</div>', _sample(b), _sample(a)])
         if len(rows) == n:
             break
-    return (f"<h3>Held-out samples (the first {len(rows)} in evaluation order, not picked)</h3>"
-            + _table(rows, ["prompt", "before (score)", "after (score)"], "samples"))
+    return f"<h3>Held-out samples (the first {len(rows)} in evaluation order, not picked)</h3>" + _table(
+        rows, ["prompt", "before (score)", "after (score)"], "samples"
+    )
 
 
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, max_iterations: int = 24) -> Path:
@@ -174,46 +194,66 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     sections = []
 
     overview = [[html.escape(k), html.escape(str(v))] for k, v in run.items()]
-    sections.append('<section id="run"><h2>Run</h2>'
-                    + (_table(overview, cls="kv") if overview else "<p>No run.json (the run did not finish).</p>")
-                    + "<h3>Environment</h3>" + _table([[html.escape(k), html.escape(v)]
-                                                       for k, v in environment().items()], cls="kv")
-                    + ("<details><summary>Config (config.yaml)</summary><pre>" + html.escape(config)
-                       + "</pre></details>" if config else "")
-                    + "</section>")
+    sections.append(
+        '<section id="run"><h2>Run</h2>'
+        + (_table(overview, cls="kv") if overview else "<p>No run.json (the run did not finish).</p>")
+        + "<h3>Environment</h3>"
+        + _table([[html.escape(k), html.escape(v)] for k, v in environment().items()], cls="kv")
+        + (
+            "<details><summary>Config (config.yaml)</summary><pre>" + html.escape(config) + "</pre></details>"
+            if config
+            else ""
+        )
+        + "</section>"
+    )
 
     series = plot.read_scalars(run_dir) if (run_dir / "tb").exists() else {}
     figure = curve_figure(series) if series else None
-    sections.append('<section id="curves"><h2>Learning curves</h2>'
-                    + (f'<img alt="learning curves" src="{figure}">' if figure
-                       else f"<p>No tensorboard scalars under {html.escape(str(run_dir / 'tb'))}.</p>")
-                    + "</section>")
+    sections.append(
+        '<section id="curves"><h2>Learning curves</h2>'
+        + (
+            f'<img alt="learning curves" src="{figure}">'
+            if figure
+            else f"<p>No tensorboard scalars under {html.escape(str(run_dir / 'tb'))}.</p>"
+        )
+        + "</section>"
+    )
 
     before, after = _read_json(run_dir / "eval_before.json"), _read_json(run_dir / "eval_after.json")
     evals = ""
     if before and after:
         evals = markdown_table(evaluation.before_after_table(before, after))
     elif before or after:
-        evals = markdown_table(evaluation.before_after_table(before or after, before or after)) + \
-            f"<p>Only eval_{'before' if before else 'after'}.json exists.</p>"
-    sections.append('<section id="evaluation"><h2>Held-out evaluation, before → after</h2>'
-                    + (evals or "<p>No eval_before.json / eval_after.json.</p>") + samples_section(run_dir)
-                    + "</section>")
+        evals = (
+            markdown_table(evaluation.before_after_table(before or after, before or after))
+            + f"<p>Only eval_{'before' if before else 'after'}.json exists.</p>"
+        )
+    sections.append(
+        '<section id="evaluation"><h2>Held-out evaluation, before → after</h2>'
+        + (evals or "<p>No eval_before.json / eval_after.json.</p>")
+        + samples_section(run_dir)
+        + "</section>"
+    )
 
     records = select_iterations(read_token_logs(run_dir / "tokens"), max_iterations)
     logged = [q for q in QUANTITIES if any(q in r["values"] for r in records)]
     data = {"episodes": records, "quantities": [[q, QUANTITIES[q]] for q in logged]}
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
-    sections.append('<section id="inspector"><h2>Token inspector</h2>'
-                    + INSPECTOR_HTML + f'<script type="application/json" id="token-data">{payload}</script>'
-                    + "</section>")
+    sections.append(
+        '<section id="inspector"><h2>Token inspector</h2>'
+        + INSPECTOR_HTML
+        + f'<script type="application/json" id="token-data">{payload}</script>'
+        + "</section>"
+    )
 
     title = f"Run report: {run_dir.resolve().name}"
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
-            f"<body><h1>{html.escape(title)}</h1>"
-            f'<nav><a href="#run">run</a> · <a href="#curves">curves</a> · <a href="#evaluation">evaluation</a> · '
-            f'<a href="#inspector">token inspector</a></nav>{"".join(sections)}<script>{SCRIPT}</script></body></html>')
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
+        f"<body><h1>{html.escape(title)}</h1>"
+        f'<nav><a href="#run">run</a> · <a href="#curves">curves</a> · <a href="#evaluation">evaluation</a> · '
+        f'<a href="#inspector">token inspector</a></nav>{"".join(sections)}<script>{SCRIPT}</script></body></html>'
+    )
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, out)
@@ -424,8 +464,12 @@ def main(argv: list[str]) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a run's output_dir")
     parser.add_argument("--out", type=Path, default=None, help="where to write the page (default RUN_DIR/report.html)")
-    parser.add_argument("--max-iterations", type=int, default=24,
-                        help="at most this many logged iterations in the token inspector (default 24)")
+    parser.add_argument(
+        "--max-iterations",
+        type=int,
+        default=24,
+        help="at most this many logged iterations in the token inspector (default 24)",
+    )
     args = parser.parse_args(argv)
     try:
         path = write_report(args.run_dir, args.out, args.max_iterations)

@@ -5,6 +5,7 @@ loaded in Debian's headless Chromium (``-m browser`` selects those tests), whose
 every logged episode and token, mark injected tokens, recolour on a new quantity and give every
 value on hover; its screenshot must not be blank.
 """
+
 import io
 import json
 import shutil
@@ -33,8 +34,16 @@ def tiny_multi_turn_run(tiny_dir, tiny_lm, out: Path, agent_class=PPO, iteration
     """A run directory as run_ppo.py writes one (tensorboard, evals, samples, token logs), from an
     agent on the tiny multi-turn env, whose episodes hold env replies between turns."""
     env = multi_turn_env(tiny_lm[1], num_envs=4, tools=False, group=group)
-    agent = agent_class("CausalLMPolicy", env, learning_rate=1e-3, batch_size=4, seed=0,
-                        tensorboard_log=str(out / "tb"), policy_kwargs=dict(model=str(tiny_dir)), **kwargs)
+    agent = agent_class(
+        "CausalLMPolicy",
+        env,
+        learning_rate=1e-3,
+        batch_size=4,
+        seed=0,
+        tensorboard_log=str(out / "tb"),
+        policy_kwargs=dict(model=str(tiny_dir)),
+        **kwargs,
+    )
     for tag in ("before", "after"):
         if tag == "after":
             callback = TokenLogCallback(out / "tokens", episodes=3, recompute_budget=1.0)  # every iteration
@@ -68,8 +77,18 @@ def test_token_log_holds_the_buffer_s_per_token_quantities(multi_turn_run):
     for record in (r for r in records if r["iteration"] == 2):
         row, kinds = record["row"], record["kinds"]
         assert len(record["ids"]) == len(record["tokens"]) == len(kinds)
-        assert set(record["values"]) == {"logprob", "ref_logprob", "kl", "value", "token_reward", "advantage",
-                                         "return", "update_logprob", "logprob_diff", "entropy"}
+        assert set(record["values"]) == {
+            "logprob",
+            "ref_logprob",
+            "kl",
+            "value",
+            "token_reward",
+            "advantage",
+            "return",
+            "update_logprob",
+            "logprob_diff",
+            "entropy",
+        }
         mask = buffer.mask[row]
         for name, attr in (("logprob", "log_probs"), ("kl", "kl"), ("advantage", "advantages"), ("value", "values")):
             expected = getattr(buffer, attr)[row][mask].tolist()
@@ -83,8 +102,10 @@ def test_token_log_holds_the_buffer_s_per_token_quantities(multi_turn_run):
         assert kinds.strip("p").count("p") == 0  # the prompt comes first, and only there
         # On the CPU in fp32, sampler and learner agree; entropies are those of a real distribution.
         assert max(abs(d) for d in record["values"]["logprob_diff"]) < 1e-3
-        assert all(0 <= e <= np.log(len(agent.env.get_attr("batch", [0])[0].tokenizer)) + 1e-3
-                   for e in record["values"]["entropy"])
+        assert all(
+            0 <= e <= np.log(len(agent.env.get_attr("batch", [0])[0].tokenizer)) + 1e-3
+            for e in record["values"]["entropy"]
+        )
     injected = [r for r in records if "e" in r["kinds"]]
     assert injected and all(r["info"]["turns"] >= 2 for r in injected)
     assert {r["info"]["turns"] for r in records} >= {3}
@@ -94,12 +115,22 @@ def test_a_run_without_a_quantity_logs_none_of_it(tiny_dir, tiny_lm, tmp_path):
     """GRPO has no value head and, without a KL term, no reference: neither appears, nor is offered."""
     tiny_multi_turn_run(tiny_dir, tiny_lm, tmp_path, GRPO, iterations=1, group=2, beta=0.0)
     records = read_token_logs(tmp_path / "tokens")
-    assert records and all(set(r["values"]) == {"logprob", "token_reward", "advantage", "return", "update_logprob",
-                                                "logprob_diff", "entropy"} for r in records)
+    assert records and all(
+        set(r["values"])
+        == {"logprob", "token_reward", "advantage", "return", "update_logprob", "logprob_diff", "entropy"}
+        for r in records
+    )
     page = report.write_report(tmp_path).read_text()
     offered = json.loads(page.split('id="token-data">')[1].split("</script>")[0])["quantities"]
-    assert [key for key, _ in offered] == ["advantage", "logprob", "logprob_diff", "update_logprob", "entropy",
-                                          "token_reward", "return"]
+    assert [key for key, _ in offered] == [
+        "advantage",
+        "logprob",
+        "logprob_diff",
+        "update_logprob",
+        "entropy",
+        "token_reward",
+        "return",
+    ]
 
 
 def test_rollout_only_buffers_log_what_they_have(multi_turn_run, tiny_lm):
@@ -108,8 +139,17 @@ def test_rollout_only_buffers_log_what_they_have(multi_turn_run, tiny_lm):
 
     _, agent = multi_turn_run
     full = agent.buffer
-    rollout_only = TokenRolloutBuffer(full.input_ids, full.attention_mask, full.policy_mask, full.mask, full.log_probs,
-                                      full.values, full.env_rewards, full.terminated, full.infos)
+    rollout_only = TokenRolloutBuffer(
+        full.input_ids,
+        full.attention_mask,
+        full.policy_mask,
+        full.mask,
+        full.log_probs,
+        full.values,
+        full.env_rewards,
+        full.terminated,
+        full.infos,
+    )
     records = episode_records(rollout_only, [0, 1], tiny_lm[1], with_values=False)
     assert [set(r["values"]) for r in records] == [{"logprob"}, {"logprob"}]
 
@@ -118,8 +158,12 @@ def test_code_verdicts_are_read_off_the_score_bands():
     from rewards.code import CodeWeights
 
     weights = CodeWeights()  # 0 if it does not compile, else 0.2 + 0.8 x the fraction of tests passed
-    assert [code_verdict(s, weights) for s in (0.0, 0.2, 0.6, 1.0)] == ["compile_error", "failing_test",
-                                                                         "failing_test", "passed"]
+    assert [code_verdict(s, weights) for s in (0.0, 0.2, 0.6, 1.0)] == [
+        "compile_error",
+        "failing_test",
+        "failing_test",
+        "passed",
+    ]
     assert code_verdict(0.5, CodeWeights(0.5, 0.5, 0.5)) is None  # overlapping bands cannot tell
 
 
@@ -136,8 +180,9 @@ def test_code_tasks_log_verdicts_and_pause_tokens_are_marked(tiny_dir, tiny_lm, 
         def __call__(self, completions, references, prompts=None):
             return np.array([scores[r % 3] for r in references], dtype=np.float32)
 
-    env = TokenVecEnv(echo_task(reward=CodeLikeReward()), tiny_lm[1], num_envs=4, max_new_tokens=4,
-                      max_prompt_tokens=16, seed=0)
+    env = TokenVecEnv(
+        echo_task(reward=CodeLikeReward()), tiny_lm[1], num_envs=4, max_new_tokens=4, max_prompt_tokens=16, seed=0
+    )
     agent = PPO("CausalLMPolicy", env, batch_size=4, seed=0, policy_kwargs=dict(model=str(tiny_dir)))
     agent.learn(total_iterations=1, callback=TokenLogCallback(tmp_path, episodes=4))
     records = read_token_logs(tmp_path)
@@ -147,8 +192,9 @@ def test_code_tasks_log_verdicts_and_pause_tokens_are_marked(tiny_dir, tiny_lm, 
     first = records[0]
     pause_id = first["ids"][first["kinds"].index("a")]  # any token the policy chose stands in for a pause
     again = episode_records(agent.buffer, [0], tiny_lm[1], pause_id=pause_id, prompt_width=16)[0]
-    assert again["kinds"] == "".join("z" if k == "a" and t == pause_id else k for k, t in zip(first["kinds"],
-                                                                                            first["ids"]))
+    assert again["kinds"] == "".join(
+        "z" if k == "a" and t == pause_id else k for k, t in zip(first["kinds"], first["ids"])
+    )
     assert "z" in again["kinds"] and len(again["values"]["logprob"]) == len(again["kinds"].strip("p"))
 
 
@@ -158,8 +204,9 @@ def test_token_log_keeps_cuda_s_device_rule(tiny_dir, tiny_lm, tmp_path):
     from device_rule import CudaDeviceRule
 
     env = multi_turn_env(tiny_lm[1], num_envs=4, tools=False)
-    agent = PPO("CausalLMPolicy", env, batch_size=4, seed=0, kl_coef=0.05, device="cpu",
-                policy_kwargs=dict(model=str(tiny_dir)))
+    agent = PPO(
+        "CausalLMPolicy", env, batch_size=4, seed=0, kl_coef=0.05, device="cpu", policy_kwargs=dict(model=str(tiny_dir))
+    )
     with CudaDeviceRule():
         agent.learn(total_iterations=1, callback=TokenLogCallback(tmp_path, episodes=2))
     assert len(read_token_logs(tmp_path)) == 2
@@ -189,11 +236,19 @@ def test_report_is_one_offline_file_with_every_section(multi_turn_run):
     page = report.write_report(out).read_text()
     assert page.startswith("<!DOCTYPE html>") and (out / "report.html").exists()
     # Self-contained: nothing is fetched (no external script, style, image or font).
-    for pattern in ("src=\"http", "href=\"http", "@import", "url(http", "<link"):
+    for pattern in ('src="http', 'href="http', "@import", "url(http", "<link"):
         assert pattern not in page, pattern
     assert page.count('src="data:image/png;base64,') == 1
-    for section in ('id="run"', 'id="curves"', 'id="evaluation"', 'id="inspector"', "score_mean", "before (score)",
-                    "iterations_done", "torch"):
+    for section in (
+        'id="run"',
+        'id="curves"',
+        'id="evaluation"',
+        'id="inspector"',
+        "score_mean",
+        "before (score)",
+        "iterations_done",
+        "torch",
+    ):
         assert section in page, section
     data = json.loads(page.split('id="token-data">')[1].split("</script>")[0])
     assert len(data["episodes"]) == 6 and "value" in dict(data["quantities"])
@@ -223,16 +278,26 @@ def test_run_ppo_writes_the_report_at_the_end(tiny_dir, tmp_path, capsys):
 
     import run_ppo
 
-    run_ppo.main(["experiment=tiny_test", "report=true", "report_episodes=null", f"policy.model={tiny_dir}",
-                  "policy.lora.r=2", "policy.lora.target_modules=[q_proj,v_proj]", f"output_dir={tmp_path}",
-                  "progress_bar=false"])
+    run_ppo.main(
+        [
+            "experiment=tiny_test",
+            "report=true",
+            "report_episodes=null",
+            f"policy.model={tiny_dir}",
+            "policy.lora.r=2",
+            "policy.lora.target_modules=[q_proj,v_proj]",
+            f"output_dir={tmp_path}",
+            "progress_bar=false",
+        ]
+    )
     page = (tmp_path / "report.html").read_text()
     data = json.loads(page.split('id="token-data">')[1].split("</script>")[0])
     assert {(e["iteration"], e["row"]) for e in data["episodes"]} == {(1, 0), (1, 1), (2, 0), (2, 1)}  # log_samples=2
     assert "toxicity_mean" in page and "lm_envs/Toxicity-v0" in page
     printed = capsys.readouterr().err
-    assert re.search(r"report: \S+report\.html \(\d+\.\ds to write, \d+\.\ds of token logging: \d+\.\d% of the run\)",
-                     printed), printed[-2000:]
+    assert re.search(
+        r"report: \S+report\.html \(\d+\.\ds to write, \d+\.\ds of token logging: \d+\.\d% of the run\)", printed
+    ), printed[-2000:]
 
 
 # -- in a real browser ----------------------------------------------------------------------------
@@ -241,8 +306,10 @@ def browser():
     """Debian's chromium, headless, driven by Selenium through Debian's chromedriver (never a downloaded build)."""
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not Path(path).exists()]
     if missing:
-        pytest.fail(f"{' and '.join(missing)} missing: the browser tests need Debian's chromium and chromium-driver; "
-                    "install them with `make system-deps` (apt-get install chromium chromium-driver)")
+        pytest.fail(
+            f"{' and '.join(missing)} missing: the browser tests need Debian's chromium and chromium-driver; "
+            "install them with `make system-deps` (apt-get install chromium chromium-driver)"
+        )
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -253,9 +320,17 @@ def browser():
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--no-sandbox", "--headless", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
-                 "--window-size=1280,900"):
+    for flag in (
+        "--no-sandbox",
+        "--headless",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,900",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
@@ -267,8 +342,9 @@ def browser():
 
 def colours(driver, selector="#episodes .tok.action"):
     """The computed background colour of every token ``selector`` finds (one round trip)."""
-    return driver.execute_script("return [...document.querySelectorAll(arguments[0])].map("
-                                 "e => getComputedStyle(e).backgroundColor)", selector)
+    return driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(e => getComputedStyle(e).backgroundColor)", selector
+    )
 
 
 @pytest.mark.browser
@@ -302,7 +378,9 @@ def test_report_in_headless_chromium(multi_turn_run, browser, tmp_path_factory):
     assert len(by_logprob) == len(by_advantage) and by_logprob != by_advantage
     # Injected tokens are never coloured: they are no action.
     injected = set(colours(browser, "#episodes .tok.injected"))
-    assert {tuple(int(float(c)) for c in v[v.index("(") + 1:-1].split(",")[:3]) for v in injected} == {(251, 239, 255)}
+    assert {tuple(int(float(c)) for c in v[v.index("(") + 1 : -1].split(",")[:3]) for v in injected} == {
+        (251, 239, 255)
+    }
     # A hover shows every value of that token.
     first_action = find("#episodes .tok.action")[0]
     ActionChains(browser).move_to_element(first_action).perform()
@@ -319,10 +397,22 @@ def test_report_in_headless_chromium(multi_turn_run, browser, tmp_path_factory):
     # Per-turn rewards (a game's, info["turn_rewards"]) label the turns that info["turn_ends"] mark,
     # even where the env injected a tool result within a turn.
     game = tmp_path_factory.mktemp("game")
-    record = {"v": 1, "iteration": 1, "timesteps": 6, "row": 0, "ids": list(range(9)), "tokens": list("PPabTcXde"),
-              "kinds": "ppaaeaeaa", "values": {"logprob": [-1.0, -0.5, -0.2, -2.0, -0.1]}, "prompt": "PP",
-              "completion": "abTcXde", "score": 1.5, "env_reward": 1.5, "terminated": True,
-              "info": {"turns": 2, "turn_rewards": [0.5, 1.0], "turn_ends": [2, 4]}}
+    record = {
+        "v": 1,
+        "iteration": 1,
+        "timesteps": 6,
+        "row": 0,
+        "ids": list(range(9)),
+        "tokens": list("PPabTcXde"),
+        "kinds": "ppaaeaeaa",
+        "values": {"logprob": [-1.0, -0.5, -0.2, -2.0, -0.1]},
+        "prompt": "PP",
+        "completion": "abTcXde",
+        "score": 1.5,
+        "env_reward": 1.5,
+        "terminated": True,
+        "info": {"turns": 2, "turn_rewards": [0.5, 1.0], "turn_ends": [2, 4]},
+    }
     (game / "tokens").mkdir()
     (game / "tokens" / "iter_000001.jsonl").write_text(json.dumps(record) + "\n")
     browser.get(report.write_report(game).resolve().as_uri())
