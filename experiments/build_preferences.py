@@ -78,11 +78,8 @@ def main(argv: list[str]) -> dict[str, Any]:
     argv = list(argv)
     if not any(a.startswith("env.completions_per_prompt=") for a in argv):
         argv.append(f"env.completions_per_prompt={DEFAULTS['completions_per_prompt']}")
-    cfg = compose(argv)
-    prefs = {**DEFAULTS, **(OmegaConf.to_container(cfg.prefs, resolve=True) if "prefs" in cfg else {})}
-    unknown = sorted(set(prefs) - set(DEFAULTS))
-    if unknown:
-        raise SystemExit(f"unknown prefs keys {unknown}; known: {sorted(DEFAULTS)}")
+    cfg = compose(argv, extra_nodes={"prefs": DEFAULTS})
+    prefs = OmegaConf.to_container(cfg.prefs, resolve=True)  # DEFAULTS, with overrides checked by compose
     if prefs["format"] not in ("pairs", "unpaired"):
         raise SystemExit(f"prefs.format must be pairs or unpaired, got {prefs['format']!r}")
     import datasets

@@ -103,7 +103,12 @@ def compose_script(argv: Sequence[str], base: str, description: str | None = Non
     return cfg
 
 
-def compose(argv: Sequence[str], base: str = "ppo.yaml") -> DictConfig:
+def compose(argv: Sequence[str], base: str = "ppo.yaml", extra_nodes: dict | None = None) -> DictConfig:
+    """The composed config (the layers in the module docstring).
+
+    :param extra_nodes: top-level nodes a script adds to the base with their defaults (e.g.
+        ``build_preferences.py``'s ``prefs``), so overrides of their keys are checked like the rest.
+    """
     _maybe_help(argv, base, None, groups=True)
     chosen: dict[str, list[str]] = {group: [] for group in GROUPS}
     overrides = []
@@ -128,7 +133,7 @@ def compose(argv: Sequence[str], base: str = "ppo.yaml") -> DictConfig:
     if chosen["agent"]:
         agent_name = chosen["agent"][0]
 
-    cfg = OmegaConf.load(CONFIG_DIR / base)
+    cfg = OmegaConf.merge(OmegaConf.load(CONFIG_DIR / base), extra_nodes or {})
     default_tuning = cfg.pop("per_agent", None)
     group = _load("agent", agent_name)
     cfg.agent = group.agent  # replaces the node: no key of another agent survives
