@@ -1,4 +1,5 @@
 """lm-stable-baselines: Stable-Baselines3-style RL for language models."""
+
 from setuptools import find_packages, setup
 
 setup(
@@ -37,8 +38,15 @@ setup(
         # `GRPOTrainer._compute_loss`: pinned exactly. Never a runtime dependency.
         # The docs site (`make docs`; `make test` builds it in strict mode). Selenium drives Debian's
         # chromium (`make system-deps`) in the run report's browser tests.
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "trl==1.16.0", "mkdocs>=1.6", "mkdocs-material>=9.5",
-                 "mkdocstrings[python]>=1.0", "selenium>=4.15"],
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "trl==1.16.0",
+            "mkdocs>=1.6",
+            "mkdocs-material>=9.5",
+            "mkdocstrings[python]>=1.0",
+            "selenium>=4.15",
+        ],
         # Benchmark-only: the peer we compare against. Never a runtime dependency.
         "bench": ["trl>=1.16"],
         # Environments from other libraries (lm_envs.ecosystem, docs/ecosystem_envs.md): the ids

@@ -10,6 +10,7 @@ token `VecEnv` (`rollout`); the token buffer (`buffer`); checkpoints (`checkpoin
 evaluation (`evaluation`) and SB3 callbacks (`callbacks`). Agents meet envs only through SB3's
 `VecEnv` API and policies only through the policy API.
 """
+
 from agents.buffer import TokenRolloutBuffer
 from agents.callbacks import CheckpointEveryIterations, EvalEveryIterations
 from agents.checkpoint import latest_checkpoint
@@ -26,9 +27,36 @@ from agents.star import STaR
 from agents.token_log import TokenLogCallback
 
 # Names for configs (``run_ppo.py agent=NAME``) and for checkpoints' ``agent_class``.
-AGENTS = {"ppo": PPO, "grpo": GRPO, "rloo": RLOO, "reinforce": REINFORCE, "reinforce_pp": REINFORCEPlusPlus,
-          "sft": SFT, "star": STaR, "dpo": DPO, "kto": KTO}
+AGENTS = {
+    "ppo": PPO,
+    "grpo": GRPO,
+    "rloo": RLOO,
+    "reinforce": REINFORCE,
+    "reinforce_pp": REINFORCEPlusPlus,
+    "sft": SFT,
+    "star": STaR,
+    "dpo": DPO,
+    "kto": KTO,
+}
 
-__all__ = ["AGENTS", "DPO", "GRPO", "KTO", "PPO", "REINFORCE", "RLOO", "REINFORCEPlusPlus", "SFT", "STaR", "CheckpointEveryIterations",
-           "EvalEveryIterations", "Episodes", "OnPolicyLMAlgorithm", "TokenRolloutBuffer", "collect_episodes",
-           "evaluate_policy", "latest_checkpoint", "TokenLogCallback"]
+__all__ = [
+    "AGENTS",
+    "DPO",
+    "GRPO",
+    "KTO",
+    "PPO",
+    "REINFORCE",
+    "RLOO",
+    "REINFORCEPlusPlus",
+    "SFT",
+    "STaR",
+    "CheckpointEveryIterations",
+    "EvalEveryIterations",
+    "Episodes",
+    "OnPolicyLMAlgorithm",
+    "TokenRolloutBuffer",
+    "collect_episodes",
+    "evaluate_policy",
+    "latest_checkpoint",
+    "TokenLogCallback",
+]

@@ -19,6 +19,7 @@ Names, one per quantity (see the agents docs):
 * ``log_probs`` ``(B, T)``: the old log-probs the update's ratio divides by: the rollout's, or
   the learner's recomputed ones, with the rollout's kept as ``rollout_log_probs``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ class TokenBatch:
 
     def split(self, size: int) -> Iterator["TokenBatch"]:
         for start in range(0, self.mask.shape[0], size):
-            yield TokenBatch(*(getattr(self, f)[start:start + size] for f in self.__dataclass_fields__))
+            yield TokenBatch(*(getattr(self, f)[start : start + size] for f in self.__dataclass_fields__))
 
     def unflatten(self, flat: torch.Tensor | None) -> torch.Tensor | None:
         """Scatter per-action values (row-major over ``policy_mask``) into ``(B, T)``."""
@@ -82,9 +83,18 @@ class TokenRolloutBuffer:
     @classmethod
     def from_episodes(cls, episodes: Episodes, group_size: int = 1) -> "TokenRolloutBuffer":
         mask = episodes.action_mask
-        return cls(episodes.input_ids, episodes.attention_mask, episodes.policy_mask, mask,
-                   episodes.log_probs * mask, episodes.values * mask, episodes.env_rewards.float(),
-                   episodes.terminated, episodes.infos, group_size)
+        return cls(
+            episodes.input_ids,
+            episodes.attention_mask,
+            episodes.policy_mask,
+            mask,
+            episodes.log_probs * mask,
+            episodes.values * mask,
+            episodes.env_rewards.float(),
+            episodes.terminated,
+            episodes.infos,
+            group_size,
+        )
 
     @property
     def num_rows(self) -> int:
@@ -130,8 +140,17 @@ class TokenRolloutBuffer:
         ref = self.ref_log_probs if self.ref_log_probs is not None else self.log_probs
         for rows in order.split(batch_size):
             ids, attn, pol = self.trimmed_rows(rows)
-            yield TokenBatch(ids, attn, pol, self.mask[rows], self.log_probs[rows], ref[rows], self.values[rows],
-                             self.advantages[rows], self.returns[rows])
+            yield TokenBatch(
+                ids,
+                attn,
+                pol,
+                self.mask[rows],
+                self.log_probs[rows],
+                ref[rows],
+                self.values[rows],
+                self.advantages[rows],
+                self.returns[rows],
+            )
 
 
 def trim(input_ids: torch.Tensor, attention_mask: torch.Tensor, policy_mask: torch.Tensor):

@@ -5,6 +5,7 @@ has not been generated, so a checkpoint written there resumes bit-for-bit. Every
 ``torchrun`` run reaches it once per iteration, so decisions taken there are collective-safe;
 rank 0 alone evaluates and writes.
 """
+
 from __future__ import annotations
 
 import os
@@ -68,8 +69,10 @@ class StopAfterSeconds(BaseCallback):
     def _on_rollout_start(self) -> None:
         self.fired = bool(distributed.broadcast_object(time.monotonic() >= self.deadline))
         if self.fired and self.verbose and distributed.is_main_process():
-            print(f"time limit of {self.seconds:.0f}s reached; stopping (a safety stop: the iteration budget "
-                  "was not reached)")
+            print(
+                f"time limit of {self.seconds:.0f}s reached; stopping (a safety stop: the iteration budget "
+                "was not reached)"
+            )
 
     def _on_step(self) -> bool:
         return not self.fired
@@ -78,8 +81,14 @@ class StopAfterSeconds(BaseCallback):
 class EvalEveryIterations(BaseCallback):
     """Evaluate on a held-out env every ``every`` iterations; log ``eval/*`` and call ``on_result``."""
 
-    def __init__(self, eval_env: Any, every: int, n_episodes: int,
-                 on_result: Callable[[int, dict], None] | None = None, verbose: int = 0) -> None:
+    def __init__(
+        self,
+        eval_env: Any,
+        every: int,
+        n_episodes: int,
+        on_result: Callable[[int, dict], None] | None = None,
+        verbose: int = 0,
+    ) -> None:
         super().__init__(verbose)
         self.eval_env, self.every, self.n_episodes, self.on_result = eval_env, every, n_episodes, on_result
 
@@ -97,4 +106,3 @@ class EvalEveryIterations(BaseCallback):
                     self.logger.record(f"eval/{key}", value)
                 if self.on_result:
                     self.on_result(iteration, summary)
-

@@ -21,6 +21,7 @@ Guarantees:
   staging → ``NAME``). A kill between the two renames leaves ``.NAME.old``, which
   `resolve_checkpoint` finds; the next save sweeps stale staging dirs.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,8 +72,7 @@ def rng_states(generators: dict[str, torch.Generator] | None = None) -> dict[str
     """Python, numpy, torch CPU and (when present) every CUDA device's RNG state."""
     import random
 
-    states = {"python": random.getstate(), "numpy": encode(np.random.get_state()),
-              "torch": torch.get_rng_state()}
+    states = {"python": random.getstate(), "numpy": encode(np.random.get_state()), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     for name, generator in (generators or {}).items():
@@ -143,8 +143,9 @@ def sweep_staging(path: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def write_checkpoint(path: str | os.PathLike, meta: dict[str, Any], state: dict[str, Any],
-                     write_policy: Callable[[Path], None]) -> None:
+def write_checkpoint(
+    path: str | os.PathLike, meta: dict[str, Any], state: dict[str, Any], write_policy: Callable[[Path], None]
+) -> None:
     """Write ``meta.json``, ``policy/`` (by ``write_policy``) and ``agent.pt`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,8 +186,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[Path, dict[str, Any], dict
     path = resolve_checkpoint(path)
     meta = json.loads((path / "meta.json").read_text())
     if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint {path} has format {meta.get('format')}; this version reads format "
-                         f"{CHECKPOINT_FORMAT}")
+        raise ValueError(
+            f"checkpoint {path} has format {meta.get('format')}; this version reads format {CHECKPOINT_FORMAT}"
+        )
     state = decode(torch.load(path / "agent.pt", map_location="cpu", weights_only=True))
     return path, meta, state
 

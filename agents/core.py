@@ -22,6 +22,7 @@ bottom as CleanRL's ``ppo.py`` is; the maths it calls lives in `ppo_math`, the d
 generation in `rollout` and persistence in `checkpoint`. Imports `agents.*`
 maths, buffer, rollout, checkpoint and memory modules, the policies, SB3 and torch.
 """
+
 from __future__ import annotations
 
 import functools
@@ -47,8 +48,17 @@ from policies.causal_lm import CausalLMPolicy
 from policies.pause import PauseLMPolicy
 
 # Constructor arguments that are not hyperparameters (never saved in a checkpoint).
-_NOT_HPARAMS = {"self", "policy", "env", "tensorboard_log", "policy_kwargs", "verbose", "device",
-                "_init_setup_model", "__class__"}
+_NOT_HPARAMS = {
+    "self",
+    "policy",
+    "env",
+    "tensorboard_log",
+    "policy_kwargs",
+    "verbose",
+    "device",
+    "_init_setup_model",
+    "__class__",
+}
 
 
 def make_schedule(spec: float | dict | Callable[[float], float]) -> Callable[[float], float]:
@@ -62,7 +72,9 @@ def make_schedule(spec: float | dict | Callable[[float], float]) -> Callable[[fl
             return FloatSchedule(float(spec["value"]))
         if kind == "linear":
             return LinearSchedule(float(spec["start"]), float(spec["end"]), float(spec.get("end_fraction", 1.0)))
-        raise ValueError(f"unknown schedule {kind!r}: use {{schedule: linear, start, end}} or {{schedule: constant, value}}")
+        raise ValueError(
+            f"unknown schedule {kind!r}: use {{schedule: linear, start, end}} or {{schedule: constant, value}}"
+        )
     return FloatSchedule(spec)
 
 
@@ -202,10 +214,24 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         if not self._uses_reference:
             policy_kwargs.setdefault("reference", False)  # no KL: no reference copy to keep
         super().__init__(
-            policy, env, learning_rate=make_schedule(learning_rate), n_steps=1, gamma=gamma, gae_lambda=gae_lambda,
-            ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm, use_sde=False, sde_sample_freq=-1,
-            tensorboard_log=tensorboard_log, monitor_wrapper=False, policy_kwargs=policy_kwargs,
-            verbose=verbose, seed=seed, device=distributed.local_device(device), _init_setup_model=False,
+            policy,
+            env,
+            learning_rate=make_schedule(learning_rate),
+            n_steps=1,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            use_sde=False,
+            sde_sample_freq=-1,
+            tensorboard_log=tensorboard_log,
+            monitor_wrapper=False,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=distributed.local_device(device),
+            _init_setup_model=False,
         )
         micro_batch_size = micro_batch_size or batch_size
         if batch_size > self.n_envs or self.n_envs % batch_size:
@@ -220,20 +246,28 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
                 f"{type(self).__name__} groups {group_size} completions per prompt, but the env has num_envs="
                 f"{self.n_envs} and completions_per_prompt={env_group}: build the env with "
                 f"completions_per_prompt={group_size} and num_envs a multiple of it "
-                f"(run_ppo: env.completions_per_prompt={group_size})")
+                f"(run_ppo: env.completions_per_prompt={group_size})"
+            )
         if dynamic_sampling and group_size < 2:
-            raise ValueError("dynamic_sampling drops groups whose rewards all agree: it needs groups "
-                             "(completions_per_prompt >= 2, a group agent such as GRPO or RLOO)")
+            raise ValueError(
+                "dynamic_sampling drops groups whose rewards all agree: it needs groups "
+                "(completions_per_prompt >= 2, a group agent such as GRPO or RLOO)"
+            )
         if max_extra_rollouts < 0 or dynamic_sampling_tolerance < 0:
             raise ValueError("max_extra_rollouts and dynamic_sampling_tolerance must be >= 0")
         if rollout_is_mode is not None and rollout_is_mode not in ppo_math.ROLLOUT_IS_MODES:
-            raise ValueError(f"rollout_is_mode must be one of {ppo_math.ROLLOUT_IS_MODES} or None, got {rollout_is_mode!r}")
+            raise ValueError(
+                f"rollout_is_mode must be one of {ppo_math.ROLLOUT_IS_MODES} or None, got {rollout_is_mode!r}"
+            )
         if rollout_is_cap <= 0:
             raise ValueError(f"rollout_is_cap must be positive, got {rollout_is_cap}")
         self.dynamic_sampling, self.dynamic_sampling_tolerance = dynamic_sampling, dynamic_sampling_tolerance
         self.max_extra_rollouts = max_extra_rollouts
-        self.recompute_log_probs, self.rollout_is_mode, self.rollout_is_cap = (recompute_log_probs, rollout_is_mode,
-                                                                              rollout_is_cap)
+        self.recompute_log_probs, self.rollout_is_mode, self.rollout_is_cap = (
+            recompute_log_probs,
+            rollout_is_mode,
+            rollout_is_cap,
+        )
         self._sampling_stats: dict[str, float] = {}
         self.n_epochs, self.batch_size, self.micro_batch_size = n_epochs, batch_size, micro_batch_size
         self.clip_range, self.clip_range_high, self.target_kl = clip_range, clip_range_high, target_kl
@@ -255,17 +289,22 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
     def _setup_model(self) -> None:
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
-        self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule,
-                                        device=str(self.device), **self.policy_kwargs)
+        self.policy = self.policy_class(
+            self.observation_space, self.action_space, self.lr_schedule, device=str(self.device), **self.policy_kwargs
+        )
         distributed.broadcast_parameters(self.policy)  # every rank starts from rank 0's weights
         if getattr(self.policy, "fsdp", False):
             self.policy.shard()  # FSDP2 over the ranks (a no-op in one process)
         self.clip_range = make_schedule(self.clip_range)
-        self.kl_controller = (ppo_math.AdaptiveKLController(self.kl_coef, self.kl_target, self.kl_horizon)
-                              if self.adaptive_kl else ppo_math.FixedKLController(self.kl_coef))
+        self.kl_controller = (
+            ppo_math.AdaptiveKLController(self.kl_coef, self.kl_target, self.kl_horizon)
+            if self.adaptive_kl
+            else ppo_math.FixedKLController(self.kl_coef)
+        )
         # Minibatch order comes from the agent's own generator, so resume can restore it.
-        self.shuffle_generator = torch.Generator().manual_seed((0 if self.seed is None else self.seed)
-                                                               + distributed.rank())
+        self.shuffle_generator = torch.Generator().manual_seed(
+            (0 if self.seed is None else self.seed) + distributed.rank()
+        )
 
     def set_random_seed(self, seed: int | None = None) -> None:
         """SB3's seeding, except that an agent rebuilt by `load` leaves the env's restored state
@@ -281,8 +320,9 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
             slots = self.n_envs // token_env(self.env).completions_per_prompt
             self.env.seed(seed + rank * slots)
 
-    def _setup_learn(self, total_timesteps, callback=None, reset_num_timesteps=True, tb_log_name="run",
-                     progress_bar=False):
+    def _setup_learn(
+        self, total_timesteps, callback=None, reset_num_timesteps=True, tb_log_name="run", progress_bar=False
+    ):
         if self._keep_last_obs:  # just loaded: continue the restored batch and prompt order
             if reset_num_timesteps:
                 self.num_timesteps, self._episode_num, self.ep_info_buffer = 0, 0, None
@@ -298,9 +338,16 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
             self.verbose = verbose
 
     # -- the loop ----------------------------------------------------------------------------
-    def learn(self, total_timesteps: int | None = None, callback=None, log_interval: int = 1,
-              tb_log_name: str | None = None, reset_num_timesteps: bool = True, progress_bar: bool = False,
-              total_iterations: int | None = None):
+    def learn(
+        self,
+        total_timesteps: int | None = None,
+        callback=None,
+        log_interval: int = 1,
+        tb_log_name: str | None = None,
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+        total_iterations: int | None = None,
+    ):
         """Train until ``total_timesteps`` env steps × rows (SB3's unit; a batch of B rows that
         runs T steps counts B·T), or until ``self.iteration`` reaches ``total_iterations``.
 
@@ -314,18 +361,28 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         if total_iterations is not None:
             self._total_iterations = int(total_iterations)
         total_timesteps, callback = self._setup_learn(
-            sys.maxsize // 2 if total_timesteps is None else total_timesteps, callback, reset_num_timesteps,
-            tb_log_name or self.tb_name, progress_bar=progress_bar and total_iterations is None)
+            sys.maxsize // 2 if total_timesteps is None else total_timesteps,
+            callback,
+            reset_num_timesteps,
+            tb_log_name or self.tb_name,
+            progress_bar=progress_bar and total_iterations is None,
+        )
         bar = None
         if progress_bar and total_iterations is not None and distributed.is_main_process():
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=total_iterations, initial=min(self.iteration, total_iterations), unit="iter",
-                       desc=type(self).__name__, dynamic_ncols=True)
+            bar = tqdm(
+                total=total_iterations,
+                initial=min(self.iteration, total_iterations),
+                unit="iter",
+                desc=type(self).__name__,
+                dynamic_ncols=True,
+            )
         callback.on_training_start(locals(), globals())
         try:
-            while self.num_timesteps < total_timesteps and (total_iterations is None
-                                                            or self.iteration < total_iterations):
+            while self.num_timesteps < total_timesteps and (
+                total_iterations is None or self.iteration < total_iterations
+            ):
                 if not self.collect_rollouts(self.env, callback, None, n_rollout_steps=1):
                     break
                 self._update_progress(total_timesteps)
@@ -362,8 +419,9 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
             with self.policy.gathered():  # FSDP: full weights for generation, which takes each rank its own steps
                 episodes, self._last_obs = collect_episodes(self.policy, env, self._last_obs, callback=callback)
             # Env steps × rows of every rank (ranks' batches may run different numbers of steps).
-            self.num_timesteps += int(distributed.reduce_sum(torch.tensor(episodes.num_steps * env.num_envs,
-                                                                          device=self.device)))
+            self.num_timesteps += int(
+                distributed.reduce_sum(torch.tensor(episodes.num_steps * env.num_envs, device=self.device))
+            )
             if distributed.is_distributed():  # reward wrappers' running statistics: every rank's rewards
                 token_env(env).sync_statistics(distributed.all_gather_object)
             if not episodes.complete:
@@ -380,9 +438,11 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
                 break
             extra += 1
         episodes = concat_episodes(batches)
-        self._timings = {"rollout": episodes.seconds,
-                         "reward": float(sum(info.get("reward_time", 0.0) for info in episodes.infos)),
-                         "reward_wait": float(sum(info.get("reward_wait", 0.0) for info in episodes.infos))}
+        self._timings = {
+            "rollout": episodes.seconds,
+            "reward": float(sum(info.get("reward_time", 0.0) for info in episodes.infos)),
+            "reward_wait": float(sum(info.get("reward_wait", 0.0) for info in episodes.infos)),
+        }
         if self.dynamic_sampling:
             episodes = self._fill_batch(episodes, self._informative_groups(batches), env.num_envs, extra)
         self.buffer = self.process_episodes(episodes)
@@ -403,10 +463,13 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         keep = set(informative)
         tied = [g for g in range(total) if g not in keep]
         groups = informative[:wanted]
-        filled = tied[:wanted - len(groups)]
+        filled = tied[: wanted - len(groups)]
         order = sorted(groups + filled)
-        self._sampling_stats = {"dapo/kept_fraction": len(informative) / total, "dapo/extra_rollouts": float(extra),
-                                "dapo/filled_groups": float(len(filled))}
+        self._sampling_stats = {
+            "dapo/kept_fraction": len(informative) / total,
+            "dapo/extra_rollouts": float(extra),
+            "dapo/filled_groups": float(len(filled)),
+        }
         return episodes.select([g * self.group_size + i for g in order for i in range(self.group_size)])
 
     def process_episodes(self, episodes) -> TokenRolloutBuffer:
@@ -421,9 +484,9 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         self.shape_rewards(buffer)
         self.compute_advantages(buffer)
         if buffer.rollout_log_probs is not None and self.rollout_is_mode is not None:
-            buffer.is_weights = ppo_math.rollout_importance_weights(buffer.log_probs, buffer.rollout_log_probs,
-                                                                    buffer.mask, self.rollout_is_mode,
-                                                                    self.rollout_is_cap)
+            buffer.is_weights = ppo_math.rollout_importance_weights(
+                buffer.log_probs, buffer.rollout_log_probs, buffer.mask, self.rollout_is_mode, self.rollout_is_cap
+            )
             buffer.advantages = buffer.advantages * buffer.is_weights  # = weighting the policy loss: w ≥ 0, no grad
         return buffer
 
@@ -459,25 +522,35 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
     def shape_rewards(self, buffer: TokenRolloutBuffer) -> None:
         buffer.kl_coef = float(self.kl_controller.value) if self._uses_reference else 0.0
         buffer.sequence_rewards = ppo_math.shape_sequence_rewards(
-            buffer.env_rewards, buffer.terminated, self.reward_scale, self.missing_eos_penalty, self.reward_clip)
+            buffer.env_rewards, buffer.terminated, self.reward_scale, self.missing_eos_penalty, self.reward_clip
+        )
         in_reward = self.kl_in_reward and buffer.kl is not None
         # Per-turn rewards (info["turn_rewards"], multi-turn games) land on each turn's last action
         # for agents with a critic (PPO's GAE); sequence-level agents keep their sum at the end.
         turn_rewards = None
         if self.uses_value_head and any("turn_rewards" in info for info in buffer.infos):
             turn_rewards = ppo_math.place_turn_rewards(
-                [info.get("turn_rewards") for info in buffer.infos], [info.get("turn_ends") for info in buffer.infos],
-                tuple(buffer.mask.shape), self.reward_scale, buffer.mask.device)
+                [info.get("turn_rewards") for info in buffer.infos],
+                [info.get("turn_ends") for info in buffer.infos],
+                tuple(buffer.mask.shape),
+                self.reward_scale,
+                buffer.mask.device,
+            )
         buffer.token_rewards = ppo_math.token_rewards(
-            buffer.sequence_rewards, buffer.kl if in_reward else torch.zeros_like(buffer.log_probs),
-            buffer.kl_coef if in_reward else 0.0, buffer.mask, turn_rewards)
+            buffer.sequence_rewards,
+            buffer.kl if in_reward else torch.zeros_like(buffer.log_probs),
+            buffer.kl_coef if in_reward else 0.0,
+            buffer.mask,
+            turn_rewards,
+        )
 
     def compute_advantages(self, buffer: TokenRolloutBuffer) -> None:
         """Set ``buffer.advantages`` and ``buffer.returns`` (``(B, T)``, zero off the mask)."""
         raise NotImplementedError
 
-    def loss(self, micro: TokenBatch, log_probs: torch.Tensor, values: torch.Tensor | None,
-             context: LossContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, micro: TokenBatch, log_probs: torch.Tensor, values: torch.Tensor | None, context: LossContext
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The micro-batch's contribution to the minibatch loss (what ``backward`` sees, already
         normalised for accumulation), and per-micro-batch statistics (token means)."""
         raise NotImplementedError
@@ -499,17 +572,29 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
                 policy.optimizer.zero_grad(set_to_none=True)
                 micros = list(minibatch.split(self.micro_batch_size))
                 # Normalisers count every rank's tokens and micro-batches; gradients are then summed.
-                context = LossContext(distributed.reduce_sum(minibatch.mask.sum()).clamp(min=1),
-                                      len(micros) * distributed.world_size(), buffer.mask.shape[1], clip_range)
+                context = LossContext(
+                    distributed.reduce_sum(minibatch.mask.sum()).clamp(min=1),
+                    len(micros) * distributed.world_size(),
+                    buffer.mask.shape[1],
+                    clip_range,
+                )
                 minibatch_stats: dict[str, float] = {}
                 ratio_dev = 0.0
                 diff = torch.zeros(3, dtype=torch.float64, device=self.device)  # Σ|Δ log π|, tokens, max
                 for micro in micros:
-                    out = policy.evaluate_actions(micro.input_ids, micro.attention_mask, micro.policy_mask,
-                                                  with_entropy=True, with_values=self.uses_value_head,
-                                                  entropy_grad=self.ent_coef != 0)
-                    log_probs, values, entropy = (micro.unflatten(out.log_prob), micro.unflatten(out.values),
-                                                  micro.unflatten(out.entropy))
+                    out = policy.evaluate_actions(
+                        micro.input_ids,
+                        micro.attention_mask,
+                        micro.policy_mask,
+                        with_entropy=True,
+                        with_values=self.uses_value_head,
+                        entropy_grad=self.ent_coef != 0,
+                    )
+                    log_probs, values, entropy = (
+                        micro.unflatten(out.log_prob),
+                        micro.unflatten(out.values),
+                        micro.unflatten(out.entropy),
+                    )
                     weight = micro.mask.sum() / context.minibatch_tokens  # this micro-batch's share of tokens
                     loss, micro_stats = self.loss(micro, log_probs, values, context)
                     if first_minibatch is None:  # before any step: the update's log-probs against the old ones
@@ -525,14 +610,18 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
                         minibatch_stats[key] = minibatch_stats.get(key, 0.0) + float(value.detach()) * float(weight)
                 if distributed.is_distributed():  # the same numbers on every rank, e.g. for target_kl
                     keys = sorted(minibatch_stats)
-                    summed = distributed.reduce_sum(torch.tensor([minibatch_stats[k] for k in keys],
-                                                                 dtype=torch.float64, device=self.device))
+                    summed = distributed.reduce_sum(
+                        torch.tensor([minibatch_stats[k] for k in keys], dtype=torch.float64, device=self.device)
+                    )
                     minibatch_stats = dict(zip(keys, summed.tolist()))
                     ratio_dev = float(distributed.reduce_max(torch.tensor(ratio_dev, device=self.device)))
                 if first_minibatch is None:
-                    first_minibatch = {"ratio_max_dev": ratio_dev, "approx_kl": minibatch_stats.get("approx_kl", 0.0),
-                                       "logprob_diff": float(diff[0] / diff[1].clamp(min=1)),
-                                       "logprob_diff_max": float(diff[2])}
+                    first_minibatch = {
+                        "ratio_max_dev": ratio_dev,
+                        "approx_kl": minibatch_stats.get("approx_kl", 0.0),
+                        "logprob_diff": float(diff[0] / diff[1].clamp(min=1)),
+                        "logprob_diff_max": float(diff[2]),
+                    }
                 if self.target_kl is not None and minibatch_stats.get("approx_kl", 0.0) > 1.5 * self.target_kl:
                     # As SB3: checked before the optimizer step, so the overshooting step is never taken.
                     policy.optimizer.zero_grad(set_to_none=True)
@@ -554,7 +643,9 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         # The KL controller moves after the update, on the batch's mean per-sequence KL.
         if buffer.kl is not None:
             kl_sum = buffer.sequence_kl.sum()
-            total = distributed.reduce_sum(torch.stack([kl_sum, torch.tensor(float(buffer.num_rows), device=kl_sum.device)]))
+            total = distributed.reduce_sum(
+                torch.stack([kl_sum, torch.tensor(float(buffer.num_rows), device=kl_sum.device)])
+            )
             self.kl_controller.update(float(total[0] / total[1]), int(total[1]))
         self._timings["update"] = time.perf_counter() - start
         self._train_stats = {k: float(np.mean(v)) for k, v in stats.items() if v}
@@ -629,8 +720,10 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
             log.record("rollout/ep_len_mean", float(np.mean([ep["l"] for ep in self.ep_info_buffer])))
         samples = [info for info in buffer.infos if "completion" in info][: self.log_samples]
         if samples:
-            text = "\n\n".join(f"**prompt:** {s['prompt']}\n\n**completion:** {s['completion']}\n\n"
-                               f"**score:** {s['score']:.3f}" for s in samples)
+            text = "\n\n".join(
+                f"**prompt:** {s['prompt']}\n\n**completion:** {s['completion']}\n\n**score:** {s['score']:.3f}"
+                for s in samples
+            )
             log.record("samples/text", text, exclude=("stdout", "log", "json", "csv"))
         log.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
         log.dump(step=self.num_timesteps)
@@ -638,10 +731,13 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         if self.verbose >= 1:
             kl_value = values.get("objective/kl")
             kl_text = f"kl {kl_value:7.4f} | " if kl_value is not None else ""
-            print(f"iter {self.iteration:4d} | steps {self.num_timesteps:7d} | score {scores:7.4f} | {kl_text}"
-                  f"beta {values['objective/kl_coef']:.4f} | len {values['tokens/response_len_mean']:5.1f} | "
-                  f"rollout {values['time/rollout']:5.1f}s update {values['time/update']:5.1f}s", file=sys.stderr,
-                  flush=True)
+            print(
+                f"iter {self.iteration:4d} | steps {self.num_timesteps:7d} | score {scores:7.4f} | {kl_text}"
+                f"beta {values['objective/kl_coef']:.4f} | len {values['tokens/response_len_mean']:5.1f} | "
+                f"rollout {values['time/rollout']:5.1f}s update {values['time/update']:5.1f}s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     # -- saving, loading, resuming -------------------------------------------------------------
     def finalize(self, directory) -> None:
@@ -676,18 +772,27 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         # FSDP: the full weights and optimizer state, gathered to rank 0 (collectives).
         trainable, optimizer_state = self.policy.trainable_state(), self.policy.optimizer_state()
         # Every rank's own state (RNGs, env sampler and batch), gathered to rank 0, which writes.
-        ranks = distributed.all_gather_object(checkpoint.encode({
-            "rng": checkpoint.rng_states({"shuffle": self.shuffle_generator}),
-            "env_state": token_env(self.env).get_state() if self.env is not None else None,
-            "last_obs": self._last_obs,
-            "extra": self._extra_state(),
-        }))
+        ranks = distributed.all_gather_object(
+            checkpoint.encode(
+                {
+                    "rng": checkpoint.rng_states({"shuffle": self.shuffle_generator}),
+                    "env_state": token_env(self.env).get_state() if self.env is not None else None,
+                    "last_obs": self._last_obs,
+                    "extra": self._extra_state(),
+                }
+            )
+        )
         if not distributed.is_main_process():
             return
-        meta = {"model": self.policy.model_spec, "uses_lora": self.policy.uses_lora,
-                "policy_class": type(self.policy).__name__, "agent_class": type(self).__name__,
-                "num_timesteps": self.num_timesteps, "iteration": self.iteration,
-                "world_size": distributed.world_size()}
+        meta = {
+            "model": self.policy.model_spec,
+            "uses_lora": self.policy.uses_lora,
+            "policy_class": type(self.policy).__name__,
+            "agent_class": type(self).__name__,
+            "num_timesteps": self.num_timesteps,
+            "iteration": self.iteration,
+            "world_size": distributed.world_size(),
+        }
         state = {
             "hparams": hparams,
             "callable_hparams": callables,
@@ -701,12 +806,27 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
             "total_timesteps": self._total_timesteps,
             "ranks": ranks,
         }
-        checkpoint.write_checkpoint(path, meta, state, self.policy.save_trainable if trainable is None
-                                    else functools.partial(self.policy.save_trainable, state=trainable))
+        checkpoint.write_checkpoint(
+            path,
+            meta,
+            state,
+            self.policy.save_trainable
+            if trainable is None
+            else functools.partial(self.policy.save_trainable, state=trainable),
+        )
 
     @classmethod
-    def load(cls, path, env: GymEnv | None = None, device: str = "auto", custom_objects=None,
-             print_system_info: bool = False, force_reset: bool = False, model: Any = None, **kwargs):
+    def load(
+        cls,
+        path,
+        env: GymEnv | None = None,
+        device: str = "auto",
+        custom_objects=None,
+        print_system_info: bool = False,
+        force_reset: bool = False,
+        model: Any = None,
+        **kwargs,
+    ):
         """Rebuild an agent from `save`: the starting model, then the trained weights and state.
         A following ``learn()`` continues the saved batch and prompt order.
 
@@ -715,24 +835,31 @@ class OnPolicyLMAlgorithm(OnPolicyAlgorithm):
         """
         path, meta, state = checkpoint.read_checkpoint(path)
         if meta.get("world_size", 1) != distributed.world_size():
-            raise ValueError(f"{path} was written by {meta.get('world_size', 1)} ranks and this run has "
-                             f"{distributed.world_size()}: resume with the same world size (each rank's prompts, "
-                             "batch and RNGs are its own)")
+            raise ValueError(
+                f"{path} was written by {meta.get('world_size', 1)} ranks and this run has "
+                f"{distributed.world_size()}: resume with the same world size (each rank's prompts, "
+                "batch and RNGs are its own)"
+            )
         if env is None:
             raise ValueError(f"{cls.__name__}.load needs env=...: the token env is not pickled into checkpoints")
         if meta.get("agent_class", cls.__name__) != cls.__name__:
-            raise ValueError(f"{path} holds a {meta['agent_class']} checkpoint; load it with {meta['agent_class']}.load")
+            raise ValueError(
+                f"{path} holds a {meta['agent_class']} checkpoint; load it with {meta['agent_class']}.load"
+            )
         missing = [k for k in state["callable_hparams"] if k not in kwargs]
         if missing:
-            raise ValueError(f"{path} was saved with Python callables for {missing}; pass them again, e.g. "
-                             f"{cls.__name__}.load(path, env, {missing[0]}=...)")
+            raise ValueError(
+                f"{path} was saved with Python callables for {missing}; pass them again, e.g. "
+                f"{cls.__name__}.load(path, env, {missing[0]}=...)"
+            )
         policy_kwargs = {k: _unplain(v) for k, v in state["policy_kwargs"].items()}
         policy_kwargs["model"] = model if model is not None else meta["model"]
         hparams = {**state["hparams"], **kwargs}
         cls._restoring = True
         try:
-            agent = cls(meta.get("policy_class", "CausalLMPolicy"), env, policy_kwargs=policy_kwargs,
-                        device=device, **hparams)
+            agent = cls(
+                meta.get("policy_class", "CausalLMPolicy"), env, policy_kwargs=policy_kwargs, device=device, **hparams
+            )
         finally:
             cls._restoring = False
         agent.policy.load_trainable(path / "policy")
@@ -763,4 +890,3 @@ def agent_parameters(agent_class: type) -> set[str]:
         if not any(p.kind == p.VAR_KEYWORD for p in params):
             break
     return names - {"self", "policy", "env", "_init_setup_model"}
-

@@ -15,6 +15,7 @@ its own batch; the core then makes every rank use the same numbers:
 Without an initialised process group every helper is the identity, so one process pays nothing.
 Imports only torch and the standard library.
 """
+
 from __future__ import annotations
 
 import os
@@ -62,8 +63,13 @@ def init_from_env() -> dict[str, Any] | None:
     if not torch.cuda.is_available():
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         torch.set_num_threads(max(1, cores // local_world))
-    return {"backend": dist.get_backend(), "world_size": dist.get_world_size(), "rank": dist.get_rank(),
-            "local_rank": local_rank, "threads": torch.get_num_threads()}
+    return {
+        "backend": dist.get_backend(),
+        "world_size": dist.get_world_size(),
+        "rank": dist.get_rank(),
+        "local_rank": local_rank,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def local_device(device: str | torch.device) -> torch.device:
@@ -104,7 +110,7 @@ def all_reduce_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     offset = 0
     for grad in grads:
-        grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
         offset += grad.numel()
 
 

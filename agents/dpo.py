@@ -10,6 +10,7 @@ starting model (LoRA: the adapter switched off; full fine-tuning: a frozen copy)
 are computed once per round. A round that builds no pair is logged and skipped. The maths is
 in `agents.preference_math`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -29,8 +30,10 @@ from agents.star import FILTER_ON, episode_groups, episode_values
 @torch.no_grad()
 def reference_sequence_log_probs(policy: Any, rows: Sequences, chunk: int = 16) -> torch.Tensor:
     """Σ_t log π_ref of every row's completion, in no-grad chunks."""
-    parts = [pm.sequence_log_probs(sequences.log_probs(policy, rows, idx, reference=True), rows.mask[idx])
-             for idx in torch.arange(len(rows), device=rows.mask.device).split(chunk)]
+    parts = [
+        pm.sequence_log_probs(sequences.log_probs(policy, rows, idx, reference=True), rows.mask[idx])
+        for idx in torch.arange(len(rows), device=rows.mask.device).split(chunk)
+    ]
     return torch.cat(parts) if parts else torch.zeros(0, device=rows.mask.device)
 
 
@@ -40,8 +43,10 @@ class _PreferenceBase(ScoredRolloutAlgorithm):
     def _check_groups(self, env: Any) -> None:
         k = token_env(env).completions_per_prompt
         if k < 2:
-            raise ValueError(f"{type(self).__name__} compares samples of one prompt: build the env with "
-                             f"completions_per_prompt >= 2 (run_ppo: env.completions_per_prompt=4), got {k}")
+            raise ValueError(
+                f"{type(self).__name__} compares samples of one prompt: build the env with "
+                f"completions_per_prompt >= 2 (run_ppo: env.completions_per_prompt=4), got {k}"
+            )
 
 
 class DPO(_PreferenceBase):
@@ -71,13 +76,30 @@ class DPO(_PreferenceBase):
 
     tb_name = "DPO"
 
-    def __init__(self, policy, env, beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
-                 pair_strategy: str = "best_vs_worst", margin: float = 0.0, pair_on: str = "reward",
-                 rollout_batches: int = 1, n_epochs: int = 1, batch_size: int = 4,
-                 micro_batch_size: int | None = None, learning_rate: float | dict = 5e-5, max_grad_norm: float = 1.0,
-                 log_samples: int = 2, tensorboard_log: str | None = None, policy_kwargs: dict | None = None,
-                 verbose: int = 0, seed: int | None = None, device: torch.device | str = "auto",
-                 _init_setup_model: bool = True) -> None:
+    def __init__(
+        self,
+        policy,
+        env,
+        beta: float = 0.1,
+        loss_type: str = "sigmoid",
+        label_smoothing: float = 0.0,
+        pair_strategy: str = "best_vs_worst",
+        margin: float = 0.0,
+        pair_on: str = "reward",
+        rollout_batches: int = 1,
+        n_epochs: int = 1,
+        batch_size: int = 4,
+        micro_batch_size: int | None = None,
+        learning_rate: float | dict = 5e-5,
+        max_grad_norm: float = 1.0,
+        log_samples: int = 2,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: torch.device | str = "auto",
+        _init_setup_model: bool = True,
+    ) -> None:
         hparams = constructor_args(locals())
         if loss_type not in pm.DPO_LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {pm.DPO_LOSS_TYPES}, got {loss_type!r}")
@@ -96,24 +118,41 @@ class DPO(_PreferenceBase):
         self.rows: Sequences | None = None
         self.pairs = torch.zeros(0, 2, dtype=torch.long)
         self.ref_logps: torch.Tensor | None = None
-        super().__init__(policy, env, learning_rate, n_epochs, batch_size, micro_batch_size, max_grad_norm,
-                         hparams, rollout_batches=rollout_batches, log_samples=log_samples,
-                         tensorboard_log=tensorboard_log, policy_kwargs=policy_kwargs, verbose=verbose, seed=seed,
-                         device=device, _init_setup_model=_init_setup_model)
+        super().__init__(
+            policy,
+            env,
+            learning_rate,
+            n_epochs,
+            batch_size,
+            micro_batch_size,
+            max_grad_norm,
+            hparams,
+            rollout_batches=rollout_batches,
+            log_samples=log_samples,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=_init_setup_model,
+        )
 
     def make_targets(self, episodes: Episodes) -> None:
         rows = sequences.from_episodes(episodes)
         groups = episode_groups(episodes)
-        pairs = pm.preference_pairs(episode_values(episodes, self.pair_on), groups, self.pair_strategy,
-                                    self.margin, sequences.as_keys(rows))
+        pairs = pm.preference_pairs(
+            episode_values(episodes, self.pair_on), groups, self.pair_strategy, self.margin, sequences.as_keys(rows)
+        )
         used = sorted({i for pair in pairs for i in pair})
         # Only the rows in a pair are kept; pairs index into them.
         position = {row: n for n, row in enumerate(used)}
         self.pairs = torch.as_tensor([(position[c], position[r]) for c, r in pairs], dtype=torch.long).reshape(-1, 2)
         self.rows = rows.select(used) if used else None
         self.ref_logps = reference_sequence_log_probs(self.policy, self.rows) if used else None
-        self._round_stats = {"dpo/pairs": float(len(pairs)),
-                             "dpo/prompts_with_pair": len({groups[c] for c, _ in pairs}) / max(1, len(set(groups)))}
+        self._round_stats = {
+            "dpo/pairs": float(len(pairs)),
+            "dpo/prompts_with_pair": len({groups[c] for c, _ in pairs}) / max(1, len(set(groups))),
+        }
 
     def num_targets(self) -> int:
         return len(self.pairs)
@@ -125,15 +164,27 @@ class DPO(_PreferenceBase):
         lengths = self.rows.lengths[both]
         ref = self.ref_logps[both]
         n = len(pairs)
-        losses, stats = pm.dpo_loss(logps[:n], logps[n:], ref[:n], ref[n:], self.beta, self.loss_type,
-                                    lengths[:n], lengths[n:], self.label_smoothing)
+        losses, stats = pm.dpo_loss(
+            logps[:n],
+            logps[n:],
+            ref[:n],
+            ref[n:],
+            self.beta,
+            self.loss_type,
+            lengths[:n],
+            lengths[n:],
+            self.label_smoothing,
+        )
         loss = losses.mean()
         return loss * weight, {
-            "policy_loss": float(loss.detach()), "rewards/chosen": float(stats["chosen_rewards"].mean()),
+            "policy_loss": float(loss.detach()),
+            "rewards/chosen": float(stats["chosen_rewards"].mean()),
             "rewards/rejected": float(stats["rejected_rewards"].mean()),
             "rewards/accuracies": float(stats["accuracies"].mean()),
             "rewards/margins": float((stats["chosen_rewards"] - stats["rejected_rewards"]).mean()),
-            "logps/chosen": float(logps[:n].detach().mean()), "logps/rejected": float(logps[n:].detach().mean())}
+            "logps/chosen": float(logps[:n].detach().mean()),
+            "logps/rejected": float(logps[n:].detach().mean()),
+        }
 
 
 class KTO(_PreferenceBase):
@@ -155,12 +206,29 @@ class KTO(_PreferenceBase):
 
     tb_name = "KTO"
 
-    def __init__(self, policy, env, beta: float = 0.1, desirable_threshold: float = 1.0, label_on: str = "reward",
-                 desirable_weight: float = 1.0, undesirable_weight: float = 1.0, rollout_batches: int = 1,
-                 n_epochs: int = 1, batch_size: int = 8, micro_batch_size: int | None = None,
-                 learning_rate: float | dict = 5e-5, max_grad_norm: float = 1.0, log_samples: int = 2,
-                 tensorboard_log: str | None = None, policy_kwargs: dict | None = None, verbose: int = 0,
-                 seed: int | None = None, device: torch.device | str = "auto", _init_setup_model: bool = True) -> None:
+    def __init__(
+        self,
+        policy,
+        env,
+        beta: float = 0.1,
+        desirable_threshold: float = 1.0,
+        label_on: str = "reward",
+        desirable_weight: float = 1.0,
+        undesirable_weight: float = 1.0,
+        rollout_batches: int = 1,
+        n_epochs: int = 1,
+        batch_size: int = 8,
+        micro_batch_size: int | None = None,
+        learning_rate: float | dict = 5e-5,
+        max_grad_norm: float = 1.0,
+        log_samples: int = 2,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: torch.device | str = "auto",
+        _init_setup_model: bool = True,
+    ) -> None:
         hparams = constructor_args(locals())
         if label_on not in FILTER_ON:
             raise ValueError(f"label_on must be one of {FILTER_ON}, got {label_on!r}")
@@ -171,21 +239,40 @@ class KTO(_PreferenceBase):
         self.desirable_weight, self.undesirable_weight = desirable_weight, undesirable_weight
         self.rows: Sequences | None = None
         self.mismatched: Sequences | None = None
-        super().__init__(policy, env, learning_rate, n_epochs, batch_size, micro_batch_size, max_grad_norm,
-                         hparams, rollout_batches=rollout_batches, log_samples=log_samples,
-                         tensorboard_log=tensorboard_log, policy_kwargs=policy_kwargs, verbose=verbose, seed=seed,
-                         device=device, _init_setup_model=_init_setup_model)
+        super().__init__(
+            policy,
+            env,
+            learning_rate,
+            n_epochs,
+            batch_size,
+            micro_batch_size,
+            max_grad_norm,
+            hparams,
+            rollout_batches=rollout_batches,
+            log_samples=log_samples,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=_init_setup_model,
+        )
 
     def make_targets(self, episodes: Episodes) -> None:
         rows = sequences.from_episodes(episodes)
         groups = episode_groups(episodes)
-        self.labels = torch.as_tensor(pm.kto_labels(episode_values(episodes, self.label_on),
-                                                    self.desirable_threshold), device=rows.mask.device)
+        self.labels = torch.as_tensor(
+            pm.kto_labels(episode_values(episodes, self.label_on), self.desirable_threshold), device=rows.mask.device
+        )
         partners = pm.mismatched_partners(groups)
         self.rows = rows
-        self.mismatched = Sequences.from_ids([rows.prompt_ids(i) for i in range(len(rows))],
-                                             [rows.completion_ids(j) for j in partners], self.pad_id, self.device,
-                                             [rows.completion_policy_mask(j) for j in partners])
+        self.mismatched = Sequences.from_ids(
+            [rows.prompt_ids(i) for i in range(len(rows))],
+            [rows.completion_ids(j) for j in partners],
+            self.pad_id,
+            self.device,
+            [rows.completion_policy_mask(j) for j in partners],
+        )
         self.ref_logps = reference_sequence_log_probs(self.policy, rows)
         self.ref_kl_logps = reference_sequence_log_probs(self.policy, self.mismatched)
         self._round_stats = {"kto/desirable_fraction": float(self.labels.float().mean())}
@@ -195,13 +282,15 @@ class KTO(_PreferenceBase):
 
     def target_loss(self, targets: torch.Tensor, weight: float):
         with torch.no_grad():
-            kl_logps = pm.sequence_log_probs(sequences.log_probs(self.policy, self.mismatched, targets),
-                                             self.mismatched.mask[targets])
+            kl_logps = pm.sequence_log_probs(
+                sequences.log_probs(self.policy, self.mismatched, targets), self.mismatched.mask[targets]
+            )
         z = pm.kto_reference_point(kl_logps, self.ref_kl_logps[targets])
         logps = pm.sequence_log_probs(sequences.log_probs(self.policy, self.rows, targets), self.rows.mask[targets])
         labels = self.labels[targets]
-        losses, stats = pm.kto_loss(logps, self.ref_logps[targets], labels, z, self.beta, self.desirable_weight,
-                                    self.undesirable_weight)
+        losses, stats = pm.kto_loss(
+            logps, self.ref_logps[targets], labels, z, self.beta, self.desirable_weight, self.undesirable_weight
+        )
         loss = losses.mean()
         out = {"policy_loss": float(loss.detach()), "kto/kl": float(z)}
         # Means over an empty class are left out (never NaN in the logs).

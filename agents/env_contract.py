@@ -8,6 +8,7 @@ wrapper satisfies it too. A wrapper that keeps state of its own (`lm_envs.VecRew
 defines ``get_state``/``set_state``/``sync_statistics`` and calls the wrapped env's in turn.
 Imports only numpy and the standard library.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Protocol, runtime_checkable
@@ -61,10 +62,23 @@ def token_env(env: Any) -> TokenVecEnvLike:
     if isinstance(env, TokenVecEnvLike):
         return env
     missing = [name for name in _MEMBERS if not hasattr(env, name)]
-    raise TypeError(f"the agents need a token VecEnv (lm_envs.TokenVecEnv, lm_envs.make_vec(...), or an SB3 "
-                    f"VecEnvWrapper around one); {type(env).__name__} lacks {missing} "
-                    "(see agents.env_contract.TokenVecEnvLike)")
+    raise TypeError(
+        f"the agents need a token VecEnv (lm_envs.TokenVecEnv, lm_envs.make_vec(...), or an SB3 "
+        f"VecEnvWrapper around one); {type(env).__name__} lacks {missing} "
+        "(see agents.env_contract.TokenVecEnvLike)"
+    )
 
 
-_MEMBERS = ("num_envs", "completions_per_prompt", "autoreset", "max_turns", "task", "tokenizer", "waiting_rows",
-            "scoring_rows", "get_state", "set_state", "sync_statistics")
+_MEMBERS = (
+    "num_envs",
+    "completions_per_prompt",
+    "autoreset",
+    "max_turns",
+    "task",
+    "tokenizer",
+    "waiting_rows",
+    "scoring_rows",
+    "get_state",
+    "set_state",
+    "sync_statistics",
+)

@@ -6,6 +6,7 @@ rate, toxicity...), looked up through the env's task. A policy with a ``pause_to
 (`policies.PauseLMPolicy`) also gets pause metrics, counted on the generated token ids (decoded
 completions no longer hold the special pause token).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,12 +21,14 @@ from agents.rollout import Episodes, collect_episodes
 
 def distinct_n(texts: list[str], n: int = 2) -> float:
     """Distinct-n: unique word n-grams over all n-grams of all texts (diversity; 1 = no repeats)."""
-    grams = [tuple(words[i:i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
+    grams = [tuple(words[i : i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
 @torch.no_grad()
-def reference_statistics(policy: Any, episodes: Episodes, positions_per_pass: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def reference_statistics(
+    policy: Any, episodes: Episodes, positions_per_pass: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
     """Per episode: KL(policy ‖ reference) summed over its generated tokens, exact over the
     vocabulary at each one (`CausalLMPolicy.reference_kl`: never negative, greedy decoding
     included), and the reference model's perplexity of the completion. Rows go through in chunks
@@ -34,8 +37,9 @@ def reference_statistics(policy: Any, episodes: Episodes, positions_per_pass: in
     chunk = max(1, positions_per_pass // max(1, mask.shape[1]))
     kl, ref = torch.zeros_like(episodes.log_probs), torch.zeros_like(episodes.log_probs)
     for rows in torch.arange(mask.shape[0], device=mask.device).split(chunk):
-        ids, attention, policy_mask = trim(episodes.input_ids[rows], episodes.attention_mask[rows],
-                                           episodes.policy_mask[rows])
+        ids, attention, policy_mask = trim(
+            episodes.input_ids[rows], episodes.attention_mask[rows], episodes.policy_mask[rows]
+        )
         token_kl, ref_log_prob = policy.reference_kl(ids, attention, policy_mask)
         kl[rows] = torch.zeros_like(kl[rows]).masked_scatter(mask[rows], token_kl.to(kl.dtype))
         ref[rows] = torch.zeros_like(ref[rows]).masked_scatter(mask[rows], ref_log_prob.to(ref.dtype))
@@ -43,8 +47,14 @@ def reference_statistics(policy: Any, episodes: Episodes, positions_per_pass: in
     return (kl * mask).sum(-1).cpu().numpy(), perplexity.cpu().numpy()
 
 
-def evaluate_policy(policy: Any, env: Any, n_episodes: int, deterministic: bool = True,
-                    seed: int | None = 0, reference_stats: bool = False) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def evaluate_policy(
+    policy: Any,
+    env: Any,
+    n_episodes: int,
+    deterministic: bool = True,
+    seed: int | None = 0,
+    reference_stats: bool = False,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Run whole batches until ``n_episodes`` episodes finished; return (summary, samples).
 
     Seeding the env makes the held-out prompts the same every time it is called. ``score_mean``
@@ -90,14 +100,23 @@ def evaluate_policy(policy: Any, env: Any, n_episodes: int, deterministic: bool 
             lengths.append(int(episodes.lengths[row]))
             for name, value in info.get("reward_components", {}).items():
                 components.setdefault(name, []).append(float(value))
-            samples.append({**{k: info.get(k) for k in ("index", "prompt", "completion", "reference", "score")},
-                            "reward": returned[-1], "length": lengths[-1]})
+            samples.append(
+                {
+                    **{k: info.get(k) for k in ("index", "prompt", "completion", "reference", "score")},
+                    "reward": returned[-1],
+                    "length": lengths[-1],
+                }
+            )
             samples[-1].update({k: info[k] for k in _TURN_KEYS if k in info})
             if pause_id is not None:
                 pauses.append(int(counts[row]))
                 samples[-1]["pauses"] = pauses[-1]
-    summary = {"episodes": len(scores), "score_mean": float(np.mean(scores)),
-               "reward_mean": float(np.mean(returned)), "response_len_mean": float(np.mean(lengths))}
+    summary = {
+        "episodes": len(scores),
+        "score_mean": float(np.mean(scores)),
+        "reward_mean": float(np.mean(returned)),
+        "response_len_mean": float(np.mean(lengths)),
+    }
     summary.update({f"rewards/{name}/mean": float(np.mean(v)) for name, v in components.items() if name != "score"})
     summary["distinct_2"] = distinct_n([s["completion"] for s in samples], 2)
     if reference_stats:
@@ -110,8 +129,9 @@ def evaluate_policy(policy: Any, env: Any, n_episodes: int, deterministic: bool 
     # A task that replies between turns scores attempts itself; the completion is the whole
     # conversation, which the reward's own metrics would misread.
     if hasattr(reward, "metrics") and getattr(task, "respond", None) is None:
-        metrics = reward.metrics([s["completion"] for s in samples], [s["reference"] for s in samples],
-                                 np.asarray(scores, dtype=np.float32))
+        metrics = reward.metrics(
+            [s["completion"] for s in samples], [s["reference"] for s in samples], np.asarray(scores, dtype=np.float32)
+        )
         summary.update({k: float(v) for k, v in metrics.items()})
     if pause_id is not None:
         summary.update(pause_metrics(pauses, lengths, scores, samples, reward))
@@ -125,9 +145,11 @@ def turn_metrics(samples: list[dict[str, Any]]) -> dict[str, float]:
     """Multi-turn episodes: ``turns_mean``, ``tool_calls_mean`` and ``tool_use_rate`` (episodes with
     at least one tool call); with replies that score attempts, ``first_turn_score_mean``,
     ``first_turn_pass`` (pass@1 at the first turn: full marks) and ``final_pass`` (at the last)."""
-    out = {"turns_mean": float(np.mean([s["turns"] for s in samples])),
-           "tool_calls_mean": float(np.mean([s["tool_calls"] for s in samples])),
-           "tool_use_rate": float(np.mean([s["tool_calls"] > 0 for s in samples]))}
+    out = {
+        "turns_mean": float(np.mean([s["turns"] for s in samples])),
+        "tool_calls_mean": float(np.mean([s["tool_calls"] for s in samples])),
+        "tool_use_rate": float(np.mean([s["tool_calls"] > 0 for s in samples])),
+    }
     first = [s.get("first_score") for s in samples]
     if all(f is not None for f in first):
         out["first_turn_score_mean"] = float(np.mean(first))
@@ -136,8 +158,9 @@ def turn_metrics(samples: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def pause_metrics(pauses: list[int], lengths: list[int], scores: list[float], samples: list[dict[str, Any]],
-                  reward: Any) -> dict[str, float]:
+def pause_metrics(
+    pauses: list[int], lengths: list[int], scores: list[float], samples: list[dict[str, Any]], reward: Any
+) -> dict[str, float]:
     """Pauses per reply (all, correct, incorrect) and the percentage of generated tokens that are pauses.
 
     A reply is correct when the reward says so (``is_correct``), else when its task score is > 0.
@@ -152,14 +175,28 @@ def pause_metrics(pauses: list[int], lengths: list[int], scores: list[float], sa
     def mean(values: np.ndarray) -> float:
         return float(values.mean()) if values.size else float("nan")
 
-    return {"pauses_mean": mean(counts), "pauses_mean_correct": mean(counts[correct]),
-            "pauses_mean_incorrect": mean(counts[~correct]),
-            "pause_token_pct": float(100.0 * counts.sum() / max(1, int(np.sum(lengths))))}
+    return {
+        "pauses_mean": mean(counts),
+        "pauses_mean_correct": mean(counts[correct]),
+        "pauses_mean_incorrect": mean(counts[~correct]),
+        "pause_token_pct": float(100.0 * counts.sum() / max(1, int(np.sum(lengths)))),
+    }
 
 
 # What a before/after table shows first, when a summary has it; then every rewards/* component.
-TABLE_KEYS = ["score_mean", "toxicity_mean", "toxicity_frac_above_0.5", "accuracy", "compile_rate", "pass@1",
-              "test_pass_rate", "kl_mean", "perplexity_mean", "distinct_2", "response_len_mean"]
+TABLE_KEYS = [
+    "score_mean",
+    "toxicity_mean",
+    "toxicity_frac_above_0.5",
+    "accuracy",
+    "compile_rate",
+    "pass@1",
+    "test_pass_rate",
+    "kl_mean",
+    "perplexity_mean",
+    "distinct_2",
+    "response_len_mean",
+]
 
 
 def before_after_table(before: dict[str, Any], after: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ Sequence quantities are ``(B,)`` with groups of ``k`` consecutive rows (one prom
 completions); per-token quantities are ``(B, T)`` with a boolean ``mask``. Pure functions, no
 model or env; imports only torch and `agents.ppo_math`.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -27,15 +28,21 @@ def batch_std(values: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tenso
     """Unbiased standard deviation of all values (of every process, with ``reduce``)."""
     if reduce is None:
         return values.std() if values.numel() > 1 else torch.zeros((), device=values.device)
-    total = reduce(torch.stack([values.sum(), (values * values).sum(),
-                                torch.tensor(float(values.numel()), device=values.device)]))
+    total = reduce(
+        torch.stack([values.sum(), (values * values).sum(), torch.tensor(float(values.numel()), device=values.device)])
+    )
     n = total[2]
     mean = total[0] / n
     return ((total[1] - n * mean * mean).clamp(min=0) / (n - 1).clamp(min=1)).sqrt()
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str = "group",
-                     eps: float = 1e-4, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor,
+    group_size: int,
+    scale_rewards: str = "group",
+    eps: float = 1e-4,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """GRPO: (r − mean_group(r)) / (std + ε), std over the group (``group``), the whole batch
     (``batch``, across processes with ``reduce``) or none (``none``: Dr. GRPO). std is unbiased,
     ε = 1e-4, as TRL's."""
@@ -44,7 +51,9 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str 
     grouped = _groups(rewards, group_size)
     advantages = (grouped - grouped.mean(1, keepdim=True)).reshape(-1)
     if scale_rewards == "group":
-        std = grouped.std(1, keepdim=True).expand_as(grouped).reshape(-1) if group_size > 1 else torch.zeros_like(rewards)
+        std = (
+            grouped.std(1, keepdim=True).expand_as(grouped).reshape(-1) if group_size > 1 else torch.zeros_like(rewards)
+        )
         advantages = advantages / (std + eps)
     elif scale_rewards == "batch":
         advantages = advantages / (batch_std(rewards, reduce) + eps)
@@ -65,9 +74,14 @@ def broadcast_to_tokens(sequence_values: torch.Tensor, mask: torch.Tensor) -> to
     return sequence_values[:, None].to(torch.float32) * mask
 
 
-def grpo_loss(per_token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str, max_completion_length: int,
-              num_items_in_batch: torch.Tensor | float | None = None,
-              gradient_accumulation_steps: int = 1) -> torch.Tensor:
+def grpo_loss(
+    per_token_loss: torch.Tensor,
+    mask: torch.Tensor,
+    loss_type: str,
+    max_completion_length: int,
+    num_items_in_batch: torch.Tensor | float | None = None,
+    gradient_accumulation_steps: int = 1,
+) -> torch.Tensor:
     """Aggregate a micro-batch's per-token loss the way TRL's ``GRPOTrainer`` does:
 
     * ``grpo``: mean over sequences of each sequence's token mean, ÷ accumulation steps;
@@ -92,8 +106,9 @@ def grpo_loss(per_token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str, 
     return loss / gradient_accumulation_steps
 
 
-def batch_mean_baseline(returns: torch.Tensor, mask: torch.Tensor,
-                        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+def batch_mean_baseline(
+    returns: torch.Tensor, mask: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
     """REINFORCE with a batch baseline: G_t − mean(G) over the batch's valid tokens."""
     return (returns - masked_mean(returns, mask, reduce)) * mask
 
@@ -106,11 +121,17 @@ class RunningMeanBaseline:
             raise ValueError("baseline_momentum must be in [0, 1)")
         self.momentum, self.value, self.initialised = float(momentum), 0.0, False
 
-    def __call__(self, returns: torch.Tensor, sequence_rewards: torch.Tensor, mask: torch.Tensor,
-                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        returns: torch.Tensor,
+        sequence_rewards: torch.Tensor,
+        mask: torch.Tensor,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Advantages against the baseline *before* this batch updates it, then update."""
-        batch_mean = float(masked_mean(sequence_rewards.float(), torch.ones_like(sequence_rewards, dtype=torch.bool),
-                                       reduce))
+        batch_mean = float(
+            masked_mean(sequence_rewards.float(), torch.ones_like(sequence_rewards, dtype=torch.bool), reduce)
+        )
         if not self.initialised:
             self.value, self.initialised = batch_mean, True
         advantages = (returns - self.value) * mask

@@ -7,6 +7,7 @@ clipped surrogate with TRL's token normalisations (``loss_type``). No value head
 With ``beta > 0`` the KL to the reference is k3 in the loss (TRL's choice), or −β·KL in the
 reward with ``kl_in_reward=True``; with ``beta = 0`` no reference pass runs at all.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -103,29 +104,56 @@ class GRPO(OnPolicyLMAlgorithm):
         if scale_rewards not in group_math.SCALE_REWARDS:
             raise ValueError(f"scale_rewards must be one of {group_math.SCALE_REWARDS}, got {scale_rewards!r}")
         if importance_sampling_level not in ppo_math.IMPORTANCE_SAMPLING_LEVELS:
-            raise ValueError(f"importance_sampling_level must be one of {ppo_math.IMPORTANCE_SAMPLING_LEVELS}, "
-                             f"got {importance_sampling_level!r}")
+            raise ValueError(
+                f"importance_sampling_level must be one of {ppo_math.IMPORTANCE_SAMPLING_LEVELS}, "
+                f"got {importance_sampling_level!r}"
+            )
         if delta is not None and delta <= 1:
-            raise ValueError(f"delta caps the ratio from above and must be > 1 (TRL recommends > 1 + epsilon_high), "
-                             f"got {delta}")
+            raise ValueError(
+                f"delta caps the ratio from above and must be > 1 (TRL recommends > 1 + epsilon_high), got {delta}"
+            )
         self.loss_type, self.scale_rewards, self.beta = loss_type, scale_rewards, beta
         self.kl_bias_correction, self.delta = kl_bias_correction, delta
         self.importance_sampling_level = importance_sampling_level
         group = _env_group_size(env)
         if group < 2:
-            raise ValueError(f"{type(self).__name__} needs groups: build the env with completions_per_prompt >= 2 "
-                             f"(run_ppo: env.completions_per_prompt=4), got {group}")
+            raise ValueError(
+                f"{type(self).__name__} needs groups: build the env with completions_per_prompt >= 2 "
+                f"(run_ppo: env.completions_per_prompt=4), got {group}"
+            )
         super().__init__(
-            policy, env, learning_rate=learning_rate, n_epochs=num_iterations,
-            batch_size=batch_size or env.num_envs, micro_batch_size=micro_batch_size, clip_range=epsilon,
-            clip_range_high=epsilon_high, max_grad_norm=max_grad_norm, kl_coef=beta, kl_in_reward=kl_in_reward,
-            hparams=hparams, kl_estimator=kl_estimator, ent_coef=ent_coef, missing_eos_penalty=missing_eos_penalty,
-            reward_scale=reward_scale, reward_clip=reward_clip, group_size=group, dynamic_sampling=dynamic_sampling,
-            dynamic_sampling_tolerance=dynamic_sampling_tolerance, max_extra_rollouts=max_extra_rollouts,
-            recompute_log_probs=recompute_log_probs, rollout_is_mode=rollout_is_mode, rollout_is_cap=rollout_is_cap,
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_epochs=num_iterations,
+            batch_size=batch_size or env.num_envs,
+            micro_batch_size=micro_batch_size,
+            clip_range=epsilon,
+            clip_range_high=epsilon_high,
+            max_grad_norm=max_grad_norm,
+            kl_coef=beta,
+            kl_in_reward=kl_in_reward,
+            hparams=hparams,
+            kl_estimator=kl_estimator,
+            ent_coef=ent_coef,
+            missing_eos_penalty=missing_eos_penalty,
+            reward_scale=reward_scale,
+            reward_clip=reward_clip,
+            group_size=group,
+            dynamic_sampling=dynamic_sampling,
+            dynamic_sampling_tolerance=dynamic_sampling_tolerance,
+            max_extra_rollouts=max_extra_rollouts,
+            recompute_log_probs=recompute_log_probs,
+            rollout_is_mode=rollout_is_mode,
+            rollout_is_cap=rollout_is_cap,
             log_samples=log_samples,
-            tensorboard_log=tensorboard_log, policy_kwargs=policy_kwargs, verbose=verbose, seed=seed, device=device,
-            _init_setup_model=_init_setup_model)
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=_init_setup_model,
+        )
 
     def sequence_reward_for_baseline(self, buffer: TokenRolloutBuffer) -> torch.Tensor:
         """Σ_t token_rewards: the sequence reward, minus β·ΣKL when the KL is in the reward."""
@@ -133,33 +161,54 @@ class GRPO(OnPolicyLMAlgorithm):
 
     def compute_advantages(self, buffer: TokenRolloutBuffer) -> None:
         """A_i = (r_i − mean_group r) / (std + 1e-4) (``scale_rewards``), on every token of row i."""
-        advantages = group_math.group_advantages(self.sequence_reward_for_baseline(buffer), self.group_size,
-                                                 self.scale_rewards, reduce=self._reduce)
+        advantages = group_math.group_advantages(
+            self.sequence_reward_for_baseline(buffer), self.group_size, self.scale_rewards, reduce=self._reduce
+        )
         buffer.advantages = group_math.broadcast_to_tokens(advantages, buffer.mask)
         buffer.returns = buffer.advantages
 
-    def loss(self, micro: TokenBatch, log_probs: torch.Tensor, values: torch.Tensor | None,
-             context: LossContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        per_token, stats = ppo_math.clipped_surrogate(log_probs, micro.old_log_probs, micro.advantages,
-                                                        micro.mask, context.clip_range, self.clip_range_high,
-                                                        self.delta, self.importance_sampling_level)
+    def loss(
+        self, micro: TokenBatch, log_probs: torch.Tensor, values: torch.Tensor | None, context: LossContext
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        per_token, stats = ppo_math.clipped_surrogate(
+            log_probs,
+            micro.old_log_probs,
+            micro.advantages,
+            micro.mask,
+            context.clip_range,
+            self.clip_range_high,
+            self.delta,
+            self.importance_sampling_level,
+        )
         policy_per_token = per_token
         if self.beta and not self.kl_in_reward:
             kl = ppo_math.k3(log_probs, micro.ref_log_probs)
             if self.kl_bias_correction:  # × the importance weight (per sequence under GSPO), as TRL
-                kl = kl * ppo_math.importance_log_weights(log_probs, micro.old_log_probs, micro.mask,
-                                                          self.importance_sampling_level).exp()
+                kl = (
+                    kl
+                    * ppo_math.importance_log_weights(
+                        log_probs, micro.old_log_probs, micro.mask, self.importance_sampling_level
+                    ).exp()
+                )
             per_token = per_token + self.beta * kl
             stats["kl"] = ppo_math.masked_mean(kl, micro.mask)
-        loss = group_math.grpo_loss(per_token, micro.mask, self.loss_type, context.max_completion_length,
-                                    context.minibatch_tokens, context.num_micro_batches)
+        loss = group_math.grpo_loss(
+            per_token,
+            micro.mask,
+            self.loss_type,
+            context.max_completion_length,
+            context.minibatch_tokens,
+            context.num_micro_batches,
+        )
         stats["policy_loss"] = ppo_math.masked_mean(policy_per_token, micro.mask)
         return loss, stats
 
     def _extra_log_values(self, buffer: TokenRolloutBuffer) -> dict[str, float]:
         grouped = (buffer.token_rewards * buffer.mask).sum(-1).view(-1, self.group_size)
-        return {"objective/group_std": float(grouped.std(1).mean()),
-                "objective/frac_zero_std_groups": float((grouped.std(1) == 0).float().mean())}
+        return {
+            "objective/group_std": float(grouped.std(1).mean()),
+            "objective/frac_zero_std_groups": float((grouped.std(1) == 0).float().mean()),
+        }
 
 
 def _env_group_size(env: Any) -> int:

@@ -17,6 +17,7 @@ when `learn` starts on a CPU; ``LM_KEEP_FREED_MEMORY=0`` opts out. Off glibc it 
 
 Imports only the standard library.
 """
+
 from __future__ import annotations
 
 import ctypes

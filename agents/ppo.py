@@ -5,6 +5,7 @@ reference (one no-grad teacher-forced pass) for the per-token KL; per-token rewa
 sequence reward on the final token minus β·KL on every token); then, here, GAE over tokens and
 advantage whitening, and ``n_epochs`` of shuffled minibatches of clipped policy and value losses.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -104,40 +105,69 @@ class PPO(OnPolicyLMAlgorithm):
         self.clip_range_vf, self.whiten_advantages = clip_range_vf, whiten_advantages
         self.calibrate_value_head, self.value_shift = calibrate_value_head, 0.0
         super().__init__(
-            policy, env, learning_rate=learning_rate, n_epochs=n_epochs, batch_size=batch_size,
-            micro_batch_size=micro_batch_size, clip_range=clip_range, max_grad_norm=max_grad_norm,
-            kl_coef=kl_coef, kl_in_reward=True, hparams=hparams, kl_estimator=kl_estimator, adaptive_kl=adaptive_kl,
-            kl_target=kl_target, kl_horizon=kl_horizon, ent_coef=ent_coef, gamma=gamma, gae_lambda=gae_lambda,
-            vf_coef=vf_coef, missing_eos_penalty=missing_eos_penalty, reward_scale=reward_scale,
-            reward_clip=reward_clip, target_kl=target_kl, recompute_log_probs=recompute_log_probs,
-            rollout_is_mode=rollout_is_mode, rollout_is_cap=rollout_is_cap, log_samples=log_samples,
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_epochs=n_epochs,
+            batch_size=batch_size,
+            micro_batch_size=micro_batch_size,
+            clip_range=clip_range,
+            max_grad_norm=max_grad_norm,
+            kl_coef=kl_coef,
+            kl_in_reward=True,
+            hparams=hparams,
+            kl_estimator=kl_estimator,
+            adaptive_kl=adaptive_kl,
+            kl_target=kl_target,
+            kl_horizon=kl_horizon,
+            ent_coef=ent_coef,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            vf_coef=vf_coef,
+            missing_eos_penalty=missing_eos_penalty,
+            reward_scale=reward_scale,
+            reward_clip=reward_clip,
+            target_kl=target_kl,
+            recompute_log_probs=recompute_log_probs,
+            rollout_is_mode=rollout_is_mode,
+            rollout_is_cap=rollout_is_cap,
+            log_samples=log_samples,
             tensorboard_log=tensorboard_log,
-            policy_kwargs=policy_kwargs, verbose=verbose, seed=seed, device=device,
-            _init_setup_model=_init_setup_model)
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=_init_setup_model,
+        )
 
     def compute_advantages(self, buffer: TokenRolloutBuffer) -> None:
         """GAE over tokens (no bootstrap past the end), then whitening over the batch's tokens."""
         if self.calibrate_value_head and self._n_updates == 0:
-            shift = ppo_math.value_calibration_shift(buffer.values, buffer.token_rewards, buffer.mask, self.gamma,
-                                                     self._reduce)
+            shift = ppo_math.value_calibration_shift(
+                buffer.values, buffer.token_rewards, buffer.mask, self.gamma, self._reduce
+            )
             buffer.values = (buffer.values + shift) * buffer.mask
             self.policy.shift_values(shift)
             self.value_shift = shift
-        buffer.advantages, buffer.returns = ppo_math.gae(buffer.token_rewards, buffer.values, buffer.mask,
-                                                         self.gamma, self.gae_lambda)
+        buffer.advantages, buffer.returns = ppo_math.gae(
+            buffer.token_rewards, buffer.values, buffer.mask, self.gamma, self.gae_lambda
+        )
         if self.whiten_advantages:
             buffer.advantages = ppo_math.masked_whiten(buffer.advantages, buffer.mask, reduce=self._reduce)
 
-    def loss(self, micro: TokenBatch, log_probs: torch.Tensor, values: torch.Tensor | None,
-             context: LossContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, micro: TokenBatch, log_probs: torch.Tensor, values: torch.Tensor | None, context: LossContext
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Clipped surrogate + vf_coef · clipped value loss, token means (weighted by token share)."""
-        pg_loss, stats = ppo_math.clipped_policy_loss(log_probs, micro.old_log_probs, micro.advantages, micro.mask,
-                                                      context.clip_range)
-        vf_loss = ppo_math.clipped_value_loss(values, micro.old_values, micro.returns, micro.mask,
-                                              self.clip_range_vf)
+        pg_loss, stats = ppo_math.clipped_policy_loss(
+            log_probs, micro.old_log_probs, micro.advantages, micro.mask, context.clip_range
+        )
+        vf_loss = ppo_math.clipped_value_loss(values, micro.old_values, micro.returns, micro.mask, self.clip_range_vf)
         weight = micro.mask.sum() / context.minibatch_tokens
         return (pg_loss + self.vf_coef * vf_loss) * weight, {"policy_loss": pg_loss, "value_loss": vf_loss, **stats}
 
     def _extra_log_values(self, buffer: TokenRolloutBuffer) -> dict[str, float]:
-        return {"loss/value": self._train_stats.get("value_loss"),
-                "val/var_explained": ppo_math.explained_variance(buffer.values, buffer.returns, buffer.mask)}
+        return {
+            "loss/value": self._train_stats.get("value_loss"),
+            "val/var_explained": ppo_math.explained_variance(buffer.values, buffer.returns, buffer.mask),
+        }

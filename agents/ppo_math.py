@@ -3,6 +3,7 @@
 Every function takes ``(B, T)`` tensors and a boolean ``mask`` of valid actions (row ``b``'s
 actions are ``t < length[b]``). Pure functions, no model or env; imports only torch.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -22,8 +23,9 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, reduce: Reduce | None 
     return total[0] / total[1].clamp(min=1)
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
-                  reduce: Reduce | None = None) -> torch.Tensor:
+def masked_whiten(
+    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8, reduce: Reduce | None = None
+) -> torch.Tensor:
     """Normalise to unit variance (and zero mean) over the masked entries of the whole batch
     (of every process, with ``reduce``)."""
     mean = masked_mean(values, mask, reduce)
@@ -53,8 +55,13 @@ def k3(log_probs: torch.Tensor, ref_log_probs: torch.Tensor) -> torch.Tensor:
     return delta.exp() - delta - 1
 
 
-def shape_sequence_rewards(env_rewards: torch.Tensor, terminated: torch.Tensor, reward_scale: float = 1.0,
-                           missing_eos_penalty: float | None = None, reward_clip: float | None = None) -> torch.Tensor:
+def shape_sequence_rewards(
+    env_rewards: torch.Tensor,
+    terminated: torch.Tensor,
+    reward_scale: float = 1.0,
+    missing_eos_penalty: float | None = None,
+    reward_clip: float | None = None,
+) -> torch.Tensor:
     """clip(scale · env_reward − penalty · [no EOS], ±clip): the sequence reward the agent optimises."""
     rewards = env_rewards.float() * reward_scale
     if missing_eos_penalty:
@@ -64,8 +71,13 @@ def shape_sequence_rewards(env_rewards: torch.Tensor, terminated: torch.Tensor, 
     return rewards
 
 
-def token_rewards(sequence_rewards: torch.Tensor, kl: torch.Tensor, kl_coef: float, mask: torch.Tensor,
-                  turn_rewards: torch.Tensor | None = None) -> torch.Tensor:
+def token_rewards(
+    sequence_rewards: torch.Tensor,
+    kl: torch.Tensor,
+    kl_coef: float,
+    mask: torch.Tensor,
+    turn_rewards: torch.Tensor | None = None,
+) -> torch.Tensor:
     """−β·KL on every token, plus the sequence reward on each row's final real token.
 
     With ``turn_rewards`` ``(B, T)`` (each turn's reward already on its turn's last action, zero
@@ -86,8 +98,13 @@ def token_rewards(sequence_rewards: torch.Tensor, kl: torch.Tensor, kl_coef: flo
     return rewards
 
 
-def place_turn_rewards(turn_rewards: list[list[float] | None], turn_ends: list[list[int] | None],
-                       shape: tuple[int, int], scale: float = 1.0, device: torch.device | str = "cpu") -> torch.Tensor:
+def place_turn_rewards(
+    turn_rewards: list[list[float] | None],
+    turn_ends: list[list[int] | None],
+    shape: tuple[int, int],
+    scale: float = 1.0,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """``(B, T)`` zeros with ``scale · turn_rewards[b][k]`` at action index ``turn_ends[b][k]`` (rows
     with ``None`` stay zero): each turn's reward on its turn's last action."""
     placed = torch.zeros(shape, device=device)
@@ -108,15 +125,17 @@ def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0)
     return gae(rewards, torch.zeros_like(rewards), mask, gamma, 1.0)[1]
 
 
-def value_calibration_shift(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor,
-                            gamma: float = 1.0, reduce: Reduce | None = None) -> float:
+def value_calibration_shift(
+    values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, reduce: Reduce | None = None
+) -> float:
     """mean(G_t − V_t) over valid tokens: the bias shift that centres the value head on the
     Monte-Carlo returns (0 for a head that is already centred, so applying it is idempotent)."""
     return float(masked_mean(returns_to_go(rewards, mask, gamma) - values, mask, reduce))
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
-        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over tokens; returns ``(advantages, returns)``.
 
     Each row ends at its last real token with no bootstrap: EOS and the token budget are both
@@ -139,8 +158,9 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 
 
-def importance_log_weights(log_probs: torch.Tensor, old_log_probs: torch.Tensor, mask: torch.Tensor,
-                           level: str = "token") -> torch.Tensor:
+def importance_log_weights(
+    log_probs: torch.Tensor, old_log_probs: torch.Tensor, mask: torch.Tensor, level: str = "token"
+) -> torch.Tensor:
     """log ρ: per token log π − log π_old (``token``), or GSPO's per-sequence mean of it over the
     row's valid tokens, ``(B, 1)`` (``sequence``: TRL's ``importance_sampling_level``)."""
     log_ratio = log_probs - old_log_probs
@@ -152,10 +172,16 @@ def importance_log_weights(log_probs: torch.Tensor, old_log_probs: torch.Tensor,
     raise ValueError(f"importance_sampling_level must be one of {IMPORTANCE_SAMPLING_LEVELS}, got {level!r}")
 
 
-def clipped_surrogate(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
-                      mask: torch.Tensor, clip_range: float, clip_range_high: float | None = None,
-                      delta: float | None = None,
-                      level: str = "token") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def clipped_surrogate(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+    clip_range_high: float | None = None,
+    delta: float | None = None,
+    level: str = "token",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-token −min(ρ·A, clip(ρ, 1−ε, 1+ε_high)·A), ρ = π/π_old per token or per sequence
     (``level``, GSPO), ε_high = ε unless given (DAPO's clip-higher); with ``delta`` the unclipped
     term's ρ is also capped at δ (TRL's two-sided clipping). Returns the ratio statistics used for
@@ -179,8 +205,13 @@ def clipped_surrogate(log_probs: torch.Tensor, old_log_probs: torch.Tensor, adva
 ROLLOUT_IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
 
-def rollout_importance_weights(log_probs: torch.Tensor, rollout_log_probs: torch.Tensor, mask: torch.Tensor,
-                               mode: str = "token_truncate", cap: float = 2.0) -> torch.Tensor:
+def rollout_importance_weights(
+    log_probs: torch.Tensor,
+    rollout_log_probs: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str = "token_truncate",
+    cap: float = 2.0,
+) -> torch.Tensor:
     """Correction weights for sampling from a slightly different distribution than the learner's
     (bf16 kernels, an inference engine): w = exp(log π_learner − log π_rollout), per token or per
     sequence (Σ over its tokens), then ``truncate``: min(w, C) (TIS), or ``mask``: 0 where w > C
@@ -198,16 +229,26 @@ def rollout_importance_weights(log_probs: torch.Tensor, rollout_log_probs: torch
         return weights.expand_as(mask) * mask
 
 
-def clipped_policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
-                        mask: torch.Tensor, clip_range: float,
-                        clip_range_high: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def clipped_policy_loss(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+    clip_range_high: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's clipped surrogate (to minimise), a token mean, with the ratio statistics used for logging."""
     per_token, stats = clipped_surrogate(log_probs, old_log_probs, advantages, mask, clip_range, clip_range_high)
     return masked_mean(per_token, mask), stats
 
 
-def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-                       clip_range_vf: float | None) -> torch.Tensor:
+def clipped_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range_vf: float | None,
+) -> torch.Tensor:
     """½·max((V − R)², (V_clipped − R)²), V_clipped kept within ``clip_range_vf`` of the old value."""
     loss = (values - returns) ** 2
     if clip_range_vf is not None:
@@ -248,8 +289,10 @@ class AdaptiveKLController(FixedKLController):
 
     def __init__(self, init_kl_coef: float, target: float, horizon: int) -> None:
         if init_kl_coef <= 0:
-            raise ValueError(f"adaptive KL needs an initial kl_coef > 0 (got {init_kl_coef}): the update is "
-                             "multiplicative, so β = 0 could never move")
+            raise ValueError(
+                f"adaptive KL needs an initial kl_coef > 0 (got {init_kl_coef}): the update is "
+                "multiplicative, so β = 0 could never move"
+            )
         super().__init__(init_kl_coef)
         self.target, self.horizon = float(target), int(horizon)
 

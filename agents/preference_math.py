@@ -9,6 +9,7 @@ torch, numpy and `agents.ppo_math`.
 Names follow TRL 1.16 (``DPOTrainer``, ``KTOTrainer``) so that their logs read the same:
 the implicit reward of a completion is ``β·(log π − log π_ref)`` summed over its tokens.
 """
+
 from __future__ import annotations
 
 from typing import Any, Hashable, Sequence
@@ -35,10 +36,17 @@ def nll_loss(log_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 # -- DPO -----------------------------------------------------------------------------------------
-def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
-             ref_rejected_logps: torch.Tensor, beta: float, loss_type: str = "sigmoid",
-             chosen_lengths: torch.Tensor | None = None, rejected_lengths: torch.Tensor | None = None,
-             label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def dpo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+    loss_type: str = "sigmoid",
+    chosen_lengths: torch.Tensor | None = None,
+    rejected_lengths: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-pair DPO losses (not reduced) with h = (log π_c − log π_ref,c) − (log π_r − log π_ref,r)
     and label smoothing ε (the chance a pair's label is flipped):
 
@@ -64,20 +72,25 @@ def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chose
     if loss_type == "sigmoid":
         losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
     elif loss_type == "robust":
-        losses = (-(1 - label_smoothing) * F.logsigmoid(beta * h)
-                  + label_smoothing * F.logsigmoid(-beta * h)) / (1 - 2 * label_smoothing)
+        losses = (-(1 - label_smoothing) * F.logsigmoid(beta * h) + label_smoothing * F.logsigmoid(-beta * h)) / (
+            1 - 2 * label_smoothing
+        )
     elif loss_type == "hinge":
         losses = torch.relu(1 - beta * (chosen_logratios - rejected_logratios))
     else:
         if chosen_lengths is None or rejected_lengths is None:
             raise ValueError("loss_type='ipo' needs the completion lengths (it averages log-ratios per token)")
-        delta = (chosen_logratios / chosen_lengths.clamp(min=1).to(chosen_logratios.dtype)
-                 - rejected_logratios / rejected_lengths.clamp(min=1).to(rejected_logratios.dtype))
+        delta = chosen_logratios / chosen_lengths.clamp(min=1).to(
+            chosen_logratios.dtype
+        ) - rejected_logratios / rejected_lengths.clamp(min=1).to(rejected_logratios.dtype)
         losses = (delta - 1 / (2 * beta)) ** 2
     chosen_rewards = beta * chosen_logratios.detach()
     rejected_rewards = beta * rejected_logratios.detach()
-    return losses, {"chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards,
-                    "accuracies": (chosen_rewards > rejected_rewards).float()}
+    return losses, {
+        "chosen_rewards": chosen_rewards,
+        "rejected_rewards": rejected_rewards,
+        "accuracies": (chosen_rewards > rejected_rewards).float(),
+    }
 
 
 # -- KTO -----------------------------------------------------------------------------------------
@@ -87,9 +100,15 @@ def kto_reference_point(kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> t
     return (kl_logps - ref_kl_logps).mean().detach().clamp(min=0)
 
 
-def kto_loss(logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Tensor,
-             reference_point: torch.Tensor | float, beta: float, desirable_weight: float = 1.0,
-             undesirable_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def kto_loss(
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    desirable: torch.Tensor,
+    reference_point: torch.Tensor | float,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-sample KTO losses (Ethayarajh et al., 2024, Eq. 7; not reduced), r = log π − log π_ref:
     desirable: λ_D·(1 − σ(β·(r − z_ref))); undesirable: λ_U·(1 − σ(β·(z_ref − r))).
 
@@ -99,8 +118,11 @@ def kto_loss(logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Tens
         raise ValueError(f"beta must be positive, got {beta}")
     logratios = logps - ref_logps
     desirable = desirable.bool()
-    losses = torch.where(desirable, desirable_weight * (1 - torch.sigmoid(beta * (logratios - reference_point))),
-                         undesirable_weight * (1 - torch.sigmoid(beta * (reference_point - logratios))))
+    losses = torch.where(
+        desirable,
+        desirable_weight * (1 - torch.sigmoid(beta * (logratios - reference_point))),
+        undesirable_weight * (1 - torch.sigmoid(beta * (reference_point - logratios))),
+    )
     return losses, {"rewards": beta * logratios.detach()}
 
 
@@ -112,9 +134,13 @@ def _group_members(groups: Sequence[Hashable]) -> dict[Hashable, list[int]]:
     return members
 
 
-def keep_above_threshold(rewards: Sequence[float], groups: Sequence[Hashable], threshold: float,
-                         max_per_group: int | None = None,
-                         keys: Sequence[Hashable] | None = None) -> list[int]:
+def keep_above_threshold(
+    rewards: Sequence[float],
+    groups: Sequence[Hashable],
+    threshold: float,
+    max_per_group: int | None = None,
+    keys: Sequence[Hashable] | None = None,
+) -> list[int]:
     """STaR's filter: the samples with reward ≥ ``threshold``, at most ``max_per_group`` per group
     (the first ones, in sample order), skipping a sample whose ``key`` (e.g. its completion text)
     already appears among the kept samples of its group. Returns sorted sample indices."""
@@ -141,8 +167,13 @@ def groups_without(kept: Sequence[int], groups: Sequence[Hashable]) -> list[Hash
     return [g for g in _group_members(groups) if g not in have]
 
 
-def preference_pairs(rewards: Sequence[float], groups: Sequence[Hashable], strategy: str = "best_vs_worst",
-                     margin: float = 0.0, keys: Sequence[Hashable] | None = None) -> list[tuple[int, int]]:
+def preference_pairs(
+    rewards: Sequence[float],
+    groups: Sequence[Hashable],
+    strategy: str = "best_vs_worst",
+    margin: float = 0.0,
+    keys: Sequence[Hashable] | None = None,
+) -> list[tuple[int, int]]:
     """``(chosen, rejected)`` sample indices within each group, where r_chosen − r_rejected > ``margin``:
 
     * ``best_vs_worst``: one pair per group, its highest- against its lowest-reward sample (the
@@ -168,8 +199,9 @@ def preference_pairs(rewards: Sequence[float], groups: Sequence[Hashable], strat
             if rewards[best] - rewards[worst] > margin and distinct(best, worst):
                 pairs.append((best, worst))
         else:
-            pairs.extend((i, j) for i in members for j in members
-                         if rewards[i] - rewards[j] > margin and distinct(i, j))
+            pairs.extend(
+                (i, j) for i in members for j in members if rewards[i] - rewards[j] > margin and distinct(i, j)
+            )
     return pairs
 
 

@@ -7,6 +7,7 @@ no baseline, and advantages whitened over all tokens of the batch. The loss is t
 surrogate, a token mean (with ``num_iterations = 1`` its gradient is plain REINFORCE's).
 No value head is built.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -83,19 +84,42 @@ class REINFORCE(OnPolicyLMAlgorithm):
         if baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
         if baseline == "group" and _env_group_size(env) < 2:
-            raise ValueError("baseline='group' subtracts each prompt's mean score: build the env with "
-                             "completions_per_prompt >= 2 (run_ppo: env.completions_per_prompt=4)")
+            raise ValueError(
+                "baseline='group' subtracts each prompt's mean score: build the env with "
+                "completions_per_prompt >= 2 (run_ppo: env.completions_per_prompt=4)"
+            )
         self.baseline, self.whiten_advantages = baseline, whiten_advantages
         self.running_baseline = group_math.RunningMeanBaseline(baseline_momentum)
         super().__init__(
-            policy, env, learning_rate=learning_rate, n_epochs=num_iterations, batch_size=batch_size or env.num_envs,
-            micro_batch_size=micro_batch_size, clip_range=epsilon, max_grad_norm=max_grad_norm, kl_coef=beta,
-            kl_in_reward=True, hparams=hparams, kl_estimator=kl_estimator, ent_coef=ent_coef, gamma=gamma,
-            missing_eos_penalty=missing_eos_penalty, reward_scale=reward_scale, reward_clip=reward_clip,
-            group_size=_env_group_size(env) if baseline == "group" else 1, recompute_log_probs=recompute_log_probs,
-            rollout_is_mode=rollout_is_mode, rollout_is_cap=rollout_is_cap, log_samples=log_samples,
-            tensorboard_log=tensorboard_log, policy_kwargs=policy_kwargs, verbose=verbose, seed=seed, device=device,
-            _init_setup_model=_init_setup_model)
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_epochs=num_iterations,
+            batch_size=batch_size or env.num_envs,
+            micro_batch_size=micro_batch_size,
+            clip_range=epsilon,
+            max_grad_norm=max_grad_norm,
+            kl_coef=beta,
+            kl_in_reward=True,
+            hparams=hparams,
+            kl_estimator=kl_estimator,
+            ent_coef=ent_coef,
+            gamma=gamma,
+            missing_eos_penalty=missing_eos_penalty,
+            reward_scale=reward_scale,
+            reward_clip=reward_clip,
+            group_size=_env_group_size(env) if baseline == "group" else 1,
+            recompute_log_probs=recompute_log_probs,
+            rollout_is_mode=rollout_is_mode,
+            rollout_is_cap=rollout_is_cap,
+            log_samples=log_samples,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=_init_setup_model,
+        )
 
     def shape_rewards(self, buffer: TokenRolloutBuffer) -> None:
         """The core's shaping; with ``baseline="group"`` the sequence reward then loses its group's
@@ -113,19 +137,22 @@ class REINFORCE(OnPolicyLMAlgorithm):
         if self.baseline == "batch":
             advantages = group_math.batch_mean_baseline(returns, buffer.mask, self._reduce)
         elif self.baseline == "running":
-            advantages = self.running_baseline(returns, (buffer.token_rewards * buffer.mask).sum(-1), buffer.mask,
-                                               self._reduce)
+            advantages = self.running_baseline(
+                returns, (buffer.token_rewards * buffer.mask).sum(-1), buffer.mask, self._reduce
+            )
         else:
             advantages = returns
         if self.whiten_advantages:
             advantages = ppo_math.masked_whiten(advantages, buffer.mask, reduce=self._reduce)
         buffer.advantages, buffer.returns = advantages, returns
 
-    def loss(self, micro: TokenBatch, log_probs: torch.Tensor, values: torch.Tensor | None,
-             context: LossContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, micro: TokenBatch, log_probs: torch.Tensor, values: torch.Tensor | None, context: LossContext
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Clipped surrogate, a token mean over the minibatch."""
-        pg_loss, stats = ppo_math.clipped_policy_loss(log_probs, micro.old_log_probs, micro.advantages, micro.mask,
-                                                      context.clip_range)
+        pg_loss, stats = ppo_math.clipped_policy_loss(
+            log_probs, micro.old_log_probs, micro.advantages, micro.mask, context.clip_range
+        )
         return pg_loss * (micro.mask.sum() / context.minibatch_tokens), {"policy_loss": pg_loss, **stats}
 
     def _extra_state(self) -> dict[str, Any]:
@@ -144,6 +171,7 @@ class REINFORCEPlusPlus(REINFORCE):
 
     tb_name = "REINFORCEPlusPlus"
 
-    def __init__(self, policy, env, beta: float = 0.01, baseline: str = "none", whiten_advantages: bool = True,
-                 **kwargs) -> None:
+    def __init__(
+        self, policy, env, beta: float = 0.01, baseline: str = "none", whiten_advantages: bool = True, **kwargs
+    ) -> None:
         super().__init__(policy, env, beta=beta, baseline=baseline, whiten_advantages=whiten_advantages, **kwargs)

@@ -6,6 +6,7 @@ reward (``beta``), before the baseline. The loss is GRPO's clipped surrogate and
 normalisation (`agents.grpo.GRPO`, ``loss_type``); it differs from TRL's, which clips a
 sequence-level ratio. No value head is built.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -66,15 +67,39 @@ class RLOO(GRPO):
         hparams = constructor_args(locals())
         self.normalize_advantages = normalize_advantages
         super().__init__(
-            policy, env, learning_rate=learning_rate, num_iterations=num_iterations, batch_size=batch_size,
-            micro_batch_size=micro_batch_size, epsilon=epsilon, epsilon_high=epsilon_high, beta=beta,
-            kl_in_reward=True, kl_bias_correction=False, kl_estimator="k1", scale_rewards="none", loss_type=loss_type, ent_coef=ent_coef,
-            max_grad_norm=max_grad_norm, missing_eos_penalty=missing_eos_penalty, reward_scale=reward_scale,
-            reward_clip=reward_clip, dynamic_sampling=dynamic_sampling,
-            dynamic_sampling_tolerance=dynamic_sampling_tolerance, max_extra_rollouts=max_extra_rollouts,
-            recompute_log_probs=recompute_log_probs, rollout_is_mode=rollout_is_mode, rollout_is_cap=rollout_is_cap,
-            log_samples=log_samples, tensorboard_log=tensorboard_log,
-            policy_kwargs=policy_kwargs, verbose=verbose, seed=seed, device=device, _init_setup_model=False)
+            policy,
+            env,
+            learning_rate=learning_rate,
+            num_iterations=num_iterations,
+            batch_size=batch_size,
+            micro_batch_size=micro_batch_size,
+            epsilon=epsilon,
+            epsilon_high=epsilon_high,
+            beta=beta,
+            kl_in_reward=True,
+            kl_bias_correction=False,
+            kl_estimator="k1",
+            scale_rewards="none",
+            loss_type=loss_type,
+            ent_coef=ent_coef,
+            max_grad_norm=max_grad_norm,
+            missing_eos_penalty=missing_eos_penalty,
+            reward_scale=reward_scale,
+            reward_clip=reward_clip,
+            dynamic_sampling=dynamic_sampling,
+            dynamic_sampling_tolerance=dynamic_sampling_tolerance,
+            max_extra_rollouts=max_extra_rollouts,
+            recompute_log_probs=recompute_log_probs,
+            rollout_is_mode=rollout_is_mode,
+            rollout_is_cap=rollout_is_cap,
+            log_samples=log_samples,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=False,
+        )
         self._hparams = hparams
         if _init_setup_model:
             self._setup_model()

@@ -7,6 +7,7 @@ possibly wrapped) with a policy that has ``act(obs, state, episode_start, determ
 `EpisodeBatch`-shaped tensors plus per-action rollout log-probs and values, is what
 `agents.buffer.TokenRolloutBuffer` stores.
 """
+
 from __future__ import annotations
 
 import time
@@ -50,23 +51,40 @@ class Episodes:
     def select(self, rows: list[int]) -> "Episodes":
         """These rows, in this order (a batch's step count and seconds are kept)."""
         index = torch.as_tensor(rows, dtype=torch.long, device=self.input_ids.device)
-        return Episodes(**{name: getattr(self, name)[index] for name in _ROW_TENSORS},
-                        infos=[self.infos[r] for r in rows], num_steps=self.num_steps, seconds=self.seconds,
-                        complete=self.complete, prompt_width=self.prompt_width)
+        return Episodes(
+            **{name: getattr(self, name)[index] for name in _ROW_TENSORS},
+            infos=[self.infos[r] for r in rows],
+            num_steps=self.num_steps,
+            seconds=self.seconds,
+            complete=self.complete,
+            prompt_width=self.prompt_width,
+        )
 
 
-_ROW_TENSORS = ("input_ids", "attention_mask", "policy_mask", "action_mask", "log_probs", "values", "env_rewards",
-                "terminated")
+_ROW_TENSORS = (
+    "input_ids",
+    "attention_mask",
+    "policy_mask",
+    "action_mask",
+    "log_probs",
+    "values",
+    "env_rewards",
+    "terminated",
+)
 
 
 def concat_episodes(batches: list[Episodes]) -> Episodes:
     """Several lockstep batches of one env (so the same widths) as one."""
     if len(batches) == 1:
         return batches[0]
-    return Episodes(**{name: torch.cat([getattr(b, name) for b in batches]) for name in _ROW_TENSORS},
-                    infos=[info for b in batches for info in b.infos],
-                    num_steps=sum(b.num_steps for b in batches), seconds=sum(b.seconds for b in batches),
-                    complete=all(b.complete for b in batches), prompt_width=batches[0].prompt_width)
+    return Episodes(
+        **{name: torch.cat([getattr(b, name) for b in batches]) for name in _ROW_TENSORS},
+        infos=[info for b in batches for info in b.infos],
+        num_steps=sum(b.num_steps for b in batches),
+        seconds=sum(b.seconds for b in batches),
+        complete=all(b.complete for b in batches),
+        prompt_width=batches[0].prompt_width,
+    )
 
 
 def obs_to_torch(obs: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
@@ -74,9 +92,14 @@ def obs_to_torch(obs: dict[str, np.ndarray], device: torch.device) -> dict[str, 
 
 
 @torch.no_grad()
-def collect_episodes(policy: Any, env: Any, last_obs: dict[str, np.ndarray] | None = None,
-                     deterministic: bool = False, callback: Any = None,
-                     compact: bool = True) -> tuple[Episodes, dict[str, np.ndarray]]:
+def collect_episodes(
+    policy: Any,
+    env: Any,
+    last_obs: dict[str, np.ndarray] | None = None,
+    deterministic: bool = False,
+    callback: Any = None,
+    compact: bool = True,
+) -> tuple[Episodes, dict[str, np.ndarray]]:
     """Run the policy until every row of the current batch has finished.
 
     :param last_obs: the obs the env returned last (``None``: call ``env.reset()``). In lockstep
@@ -118,7 +141,8 @@ def collect_episodes(policy: Any, env: Any, last_obs: dict[str, np.ndarray] | No
         # Rows being scored in the background (overlap_scoring) never act again: out of the cache.
         active = torch.as_tensor(~finished & ~env.scoring_rows, device=device)
         actions, step_log_probs, step_values, state = policy.act(
-            obs_to_torch(obs, device), state, episode_start, deterministic, active=active if compact else None)
+            obs_to_torch(obs, device), state, episode_start, deterministic, active=active if compact else None
+        )
         acting_rows, positions = rows[acting], taken[acting]
         log_probs[acting_rows, positions] = step_log_probs[acting]
         values[acting_rows, positions] = step_values[acting]

@@ -22,6 +22,7 @@ One round is one ``iteration`` of the core (so budgets, schedules, callbacks, ch
 which ``run_ppo.py policy.model=DIR`` starts from. Imports the core, `agents.sequences`,
 `agents.rollout`, torch and SB3.
 """
+
 from __future__ import annotations
 
 import copy
@@ -61,17 +62,35 @@ class ScoredRolloutAlgorithm(OnPolicyLMAlgorithm):
 
     needs_reference = False
 
-    def __init__(self, policy, env, learning_rate, n_epochs: int, batch_size: int, micro_batch_size: int | None,
-                 max_grad_norm: float, hparams: dict[str, Any], rollout_batches: int = 1, from_base: bool = False,
-                 log_samples: int = 2, tensorboard_log=None, policy_kwargs=None, verbose: int = 0, seed=None,
-                 device="auto", _init_setup_model: bool = True) -> None:
+    def __init__(
+        self,
+        policy,
+        env,
+        learning_rate,
+        n_epochs: int,
+        batch_size: int,
+        micro_batch_size: int | None,
+        max_grad_norm: float,
+        hparams: dict[str, Any],
+        rollout_batches: int = 1,
+        from_base: bool = False,
+        log_samples: int = 2,
+        tensorboard_log=None,
+        policy_kwargs=None,
+        verbose: int = 0,
+        seed=None,
+        device="auto",
+        _init_setup_model: bool = True,
+    ) -> None:
         if batch_size < 1 or (micro_batch_size is not None and micro_batch_size < 1):
             raise ValueError("batch_size and micro_batch_size must be positive")
         if rollout_batches < 1:
             raise ValueError(f"rollout_batches must be at least 1, got {rollout_batches}")
         if distributed.is_distributed():  # its update sums no gradients across ranks: refuse, never diverge
-            raise RuntimeError(f"{type(self).__name__} runs in one process; launch it without torchrun "
-                               "(the online agents PPO, GRPO, RLOO and REINFORCE run data parallel)")
+            raise RuntimeError(
+                f"{type(self).__name__} runs in one process; launch it without torchrun "
+                "(the online agents PPO, GRPO, RLOO and REINFORCE run data parallel)"
+            )
         policy_kwargs = dict(policy_kwargs or {})
         policy_kwargs.setdefault("reference", self.needs_reference)
         self.rollout_batches, self.from_base = rollout_batches, from_base
@@ -79,11 +98,26 @@ class ScoredRolloutAlgorithm(OnPolicyLMAlgorithm):
         self._round_stats: dict[str, float] = {}
         self.episodes: Episodes | None = None
         # The core checks its batch sizes against the env's rows; ours count training targets.
-        super().__init__(policy, env, learning_rate=learning_rate, n_epochs=n_epochs, batch_size=env.num_envs,
-                         micro_batch_size=None, clip_range=0.2, max_grad_norm=max_grad_norm, kl_coef=0.0,
-                         kl_in_reward=False, hparams=hparams, log_samples=log_samples,
-                         tensorboard_log=tensorboard_log, policy_kwargs=policy_kwargs, verbose=verbose, seed=seed,
-                         device=device, _init_setup_model=False)
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_epochs=n_epochs,
+            batch_size=env.num_envs,
+            micro_batch_size=None,
+            clip_range=0.2,
+            max_grad_norm=max_grad_norm,
+            kl_coef=0.0,
+            kl_in_reward=False,
+            hparams=hparams,
+            log_samples=log_samples,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=False,
+        )
         self.batch_size = batch_size
         self.micro_batch_size = micro_batch_size or batch_size
         if self.batch_size % self.micro_batch_size:
@@ -96,8 +130,9 @@ class ScoredRolloutAlgorithm(OnPolicyLMAlgorithm):
         if self.needs_reference and not self.policy.uses_lora and self.policy.reference_model is None:
             raise ValueError(f"{type(self).__name__} needs a reference model: build the policy with reference=True")
         if self.from_base:  # the starting trainable weights, to restart from every round
-            self._base_state = {name: p.detach().clone() for name, p in self.policy.named_parameters()
-                                if p.requires_grad}
+            self._base_state = {
+                name: p.detach().clone() for name, p in self.policy.named_parameters() if p.requires_grad
+            }
 
     @property
     def tokenizer(self) -> Any:
@@ -139,9 +174,11 @@ class ScoredRolloutAlgorithm(OnPolicyLMAlgorithm):
             batches.append(episodes)
             self.ep_info_buffer.extend([info["episode"] for info in episodes.infos if "episode" in info])
         episodes = concat_episodes(batches)
-        self._timings = {"rollout": episodes.seconds,
-                         "reward": float(sum(info.get("reward_time", 0.0) for info in episodes.infos)),
-                         "reward_wait": float(sum(info.get("reward_wait", 0.0) for info in episodes.infos))}
+        self._timings = {
+            "rollout": episodes.seconds,
+            "reward": float(sum(info.get("reward_time", 0.0) for info in episodes.infos)),
+            "reward_wait": float(sum(info.get("reward_wait", 0.0) for info in episodes.infos)),
+        }
         self.episodes = episodes
         self.buffer = TokenRolloutBuffer.from_episodes(episodes)  # what the core's logging reads
         start = time.perf_counter()
@@ -219,10 +256,14 @@ class ScoredRolloutAlgorithm(OnPolicyLMAlgorithm):
         if self.buffer is not None:
             return super()._log_iteration()
         # No rollouts this round (SFT): the round's own values.
-        values = {**self._extra_log_values(None), "loss/policy": self._train_stats.get("policy_loss"),
-                  "train/learning_rate": self.policy.optimizer.param_groups[0]["lr"],
-                  "train/n_updates": self._n_updates, "train/grad_norm": self._train_stats.get("grad_norm"),
-                  "time/update": self._timings.get("update", 0.0)}
+        values = {
+            **self._extra_log_values(None),
+            "loss/policy": self._train_stats.get("policy_loss"),
+            "train/learning_rate": self.policy.optimizer.param_groups[0]["lr"],
+            "train/n_updates": self._n_updates,
+            "train/grad_norm": self._train_stats.get("grad_norm"),
+            "time/update": self._timings.get("update", 0.0),
+        }
         values = {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
         for key, value in values.items():
             self.logger.record(key, value)
@@ -230,8 +271,12 @@ class ScoredRolloutAlgorithm(OnPolicyLMAlgorithm):
         self.last_iteration_stats = self._last_values = values
         if self.verbose >= 1:
             loss = values.get("loss/policy", float("nan"))
-            print(f"iter {self.iteration:4d} | examples {self.num_timesteps:7d} | loss {loss:7.4f} | "
-                  f"update {values['time/update']:5.1f}s", file=sys.stderr, flush=True)
+            print(
+                f"iter {self.iteration:4d} | examples {self.num_timesteps:7d} | loss {loss:7.4f} | "
+                f"update {values['time/update']:5.1f}s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     # -- the trained model as a plain model directory ---------------------------------------------
     def finalize(self, directory: str | os.PathLike) -> None:

@@ -8,6 +8,7 @@ rollouts (`from_episodes`: a finished episode split back into its prompt and its
 from text (`encode_pairs`). Data only: the agent runs the model (`log_probs`). Imports torch,
 numpy and `agents.buffer.trim`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,9 +35,14 @@ class Sequences:
     prompt_width: int
 
     @classmethod
-    def from_ids(cls, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int,
-                 device: torch.device | str = "cpu",
-                 policy_masks: Sequence[Sequence[int]] | None = None) -> "Sequences":
+    def from_ids(
+        cls,
+        prompts: Sequence[Sequence[int]],
+        completions: Sequence[Sequence[int]],
+        pad_id: int,
+        device: torch.device | str = "cpu",
+        policy_masks: Sequence[Sequence[int]] | None = None,
+    ) -> "Sequences":
         """Rows from token ids.
 
         :param policy_masks: per completion, 1 for each token the policy chose and 0 for each the
@@ -61,11 +67,11 @@ class Sequences:
         policy = torch.zeros_like(ids)
         mask = torch.zeros(n, width_t, dtype=torch.bool)
         for row, (prompt, completion, chosen) in enumerate(zip(prompts, completions, policy_masks)):
-            ids[row, width_p - len(prompt):width_p] = torch.as_tensor(list(prompt))
-            ids[row, width_p:width_p + len(completion)] = torch.as_tensor(list(completion))
-            attention[row, width_p - len(prompt):width_p + len(completion)] = 1
-            policy[row, width_p:width_p + len(completion)] = torch.as_tensor(list(chosen))
-            mask[row, :sum(chosen)] = True
+            ids[row, width_p - len(prompt) : width_p] = torch.as_tensor(list(prompt))
+            ids[row, width_p : width_p + len(completion)] = torch.as_tensor(list(completion))
+            attention[row, width_p - len(prompt) : width_p + len(completion)] = 1
+            policy[row, width_p : width_p + len(completion)] = torch.as_tensor(list(chosen))
+            mask[row, : sum(chosen)] = True
         return cls(ids.to(device), attention.to(device), policy.to(device), mask.to(device), width_p)
 
     def __len__(self) -> int:
@@ -92,25 +98,36 @@ class Sequences:
 
     def select(self, rows: torch.Tensor | Sequence[int]) -> "Sequences":
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.mask.device)
-        return Sequences(self.input_ids[rows], self.attention_mask[rows], self.policy_mask[rows], self.mask[rows],
-                         self.prompt_width)
+        return Sequences(
+            self.input_ids[rows], self.attention_mask[rows], self.policy_mask[rows], self.mask[rows], self.prompt_width
+        )
 
 
 def from_episodes(episodes: Any) -> Sequences:
     """The rows of a finished `agents.rollout.Episodes` batch, in the env's own layout, split at
     the env's prompt width (``episodes.prompt_width``)."""
     if episodes.prompt_width is None:
-        raise ValueError("these episodes do not say where their prompts end (Episodes.prompt_width): collect them "
-                         "with agents.rollout.collect_episodes")
-    return Sequences(episodes.input_ids, episodes.attention_mask, episodes.policy_mask, episodes.action_mask.bool(),
-                     int(episodes.prompt_width))
+        raise ValueError(
+            "these episodes do not say where their prompts end (Episodes.prompt_width): collect them "
+            "with agents.rollout.collect_episodes"
+        )
+    return Sequences(
+        episodes.input_ids,
+        episodes.attention_mask,
+        episodes.policy_mask,
+        episodes.action_mask.bool(),
+        int(episodes.prompt_width),
+    )
 
 
 def rows_of(parts: Sequence[Sequences]) -> tuple[list, list, list]:
     """``(prompts, completions, policy_masks)`` of every row of ``parts``, as token-id lists."""
     rows = [(part, r) for part in parts for r in range(len(part))]
-    return ([part.prompt_ids(r) for part, r in rows], [part.completion_ids(r) for part, r in rows],
-            [part.completion_policy_mask(r) for part, r in rows])
+    return (
+        [part.prompt_ids(r) for part, r in rows],
+        [part.completion_ids(r) for part, r in rows],
+        [part.completion_policy_mask(r) for part, r in rows],
+    )
 
 
 def concat(parts: Sequence[Sequences], pad_id: int) -> Sequences:
@@ -120,8 +137,9 @@ def concat(parts: Sequence[Sequences], pad_id: int) -> Sequences:
     return Sequences.from_ids(prompts, completions, pad_id, device, masks)
 
 
-def log_probs(policy: Any, sequences: Sequences, rows: torch.Tensor | Sequence[int] | None = None,
-              reference: bool = False) -> torch.Tensor:
+def log_probs(
+    policy: Any, sequences: Sequences, rows: torch.Tensor | Sequence[int] | None = None, reference: bool = False
+) -> torch.Tensor:
     """Per-token log-probs ``(n, T)`` of the completions' policy tokens of ``rows`` (all rows by
     default), zero off the mask, under the policy (with grad when enabled) or its reference
     (adapter off, no grad). Scored with the full softmax, never the top-k/top-p nucleus the policy
@@ -129,14 +147,22 @@ def log_probs(policy: Any, sequences: Sequences, rows: torch.Tensor | Sequence[i
     outside it, and TRL's offline losses score the same way."""
     part = sequences if rows is None else sequences.select(rows)
     ids, attention, policy_mask = trim(part.input_ids, part.attention_mask, part.policy_mask)
-    out = policy.evaluate_actions(ids, attention, policy_mask, with_entropy=False, with_values=False,
-                                  reference=reference, truncate=False)
+    out = policy.evaluate_actions(
+        ids, attention, policy_mask, with_entropy=False, with_values=False, reference=reference, truncate=False
+    )
     dense = torch.zeros(part.mask.shape, dtype=out.log_prob.dtype, device=out.log_prob.device)
     return dense.masked_scatter(part.mask, out.log_prob)
 
 
-def encode_pairs(task: Any, tokenizer: Any, questions: Sequence[str], completions: Sequence[str],
-                 max_prompt_tokens: int, max_completion_tokens: int, render: bool = True) -> tuple[list, list]:
+def encode_pairs(
+    task: Any,
+    tokenizer: Any,
+    questions: Sequence[str],
+    completions: Sequence[str],
+    max_prompt_tokens: int,
+    max_completion_tokens: int,
+    render: bool = True,
+) -> tuple[list, list]:
     """Token ids of ``(prompt, completion)`` pairs, prompts rendered as the env renders them.
 
     With ``render``, each question goes through ``task``'s prompt template, system prompt and the
@@ -164,8 +190,9 @@ def encode_pairs(task: Any, tokenizer: Any, questions: Sequence[str], completion
 def as_keys(sequences: Sequences) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """One hashable key per row (its completion's token ids and which of them the policy chose),
     to spot duplicate completions."""
-    return [(tuple(sequences.completion_ids(r)), tuple(sequences.completion_policy_mask(r)))
-            for r in range(len(sequences))]
+    return [
+        (tuple(sequences.completion_ids(r)), tuple(sequences.completion_policy_mask(r))) for r in range(len(sequences))
+    ]
 
 
 def numpy_rows(values: torch.Tensor) -> np.ndarray:

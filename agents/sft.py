@@ -11,6 +11,7 @@ We chose our own loop over TRL's ``SFTTrainer``: TRL renders chat prompts with i
 collator, while the RL envs render them through `lm_envs.Task`; one renderer keeps SFT and RL
 prompts token-identical, and the checkpoints, resume and logs are the other agents'.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -103,17 +104,36 @@ class SFT(ScoredRolloutAlgorithm):
 
     tb_name = "SFT"
 
-    def __init__(self, policy, env, dataset: Any = None, prompt_column: str = "prompt",
-                 completion_column: str = "completion", render_prompts: bool = True,
-                 examples_per_round: int | None = None, n_epochs: int = 1, batch_size: int = 8,
-                 micro_batch_size: int | None = None, learning_rate: float | dict = 2e-4, max_grad_norm: float = 1.0,
-                 max_completion_tokens: int = 512, limit: int | None = None, log_samples: int = 2,
-                 tensorboard_log: str | None = None, policy_kwargs: dict | None = None, verbose: int = 0,
-                 seed: int | None = None, device: torch.device | str = "auto", _init_setup_model: bool = True) -> None:
+    def __init__(
+        self,
+        policy,
+        env,
+        dataset: Any = None,
+        prompt_column: str = "prompt",
+        completion_column: str = "completion",
+        render_prompts: bool = True,
+        examples_per_round: int | None = None,
+        n_epochs: int = 1,
+        batch_size: int = 8,
+        micro_batch_size: int | None = None,
+        learning_rate: float | dict = 2e-4,
+        max_grad_norm: float = 1.0,
+        max_completion_tokens: int = 512,
+        limit: int | None = None,
+        log_samples: int = 2,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: torch.device | str = "auto",
+        _init_setup_model: bool = True,
+    ) -> None:
         hparams = constructor_args(locals())
         if dataset == IN_MEMORY:
-            raise ValueError("this SFT checkpoint was trained on an in-memory data set: pass it again, "
-                             "SFT.load(path, env, dataset=...)")
+            raise ValueError(
+                "this SFT checkpoint was trained on an in-memory data set: pass it again, "
+                "SFT.load(path, env, dataset=...)"
+            )
         if dataset is not None and not isinstance(dataset, (str, Path)):
             hparams["dataset"] = IN_MEMORY
         elif isinstance(dataset, Path):
@@ -124,10 +144,23 @@ class SFT(ScoredRolloutAlgorithm):
         self._encoded: tuple[list, list] | None = None
         self._stream = {"epoch": 0, "position": 0}
         self.targets: Sequences | None = None
-        super().__init__(policy, env, learning_rate, n_epochs, batch_size, micro_batch_size, max_grad_norm,
-                         hparams, log_samples=log_samples, tensorboard_log=tensorboard_log,
-                         policy_kwargs=policy_kwargs, verbose=verbose, seed=seed, device=device,
-                         _init_setup_model=_init_setup_model)
+        super().__init__(
+            policy,
+            env,
+            learning_rate,
+            n_epochs,
+            batch_size,
+            micro_batch_size,
+            max_grad_norm,
+            hparams,
+            log_samples=log_samples,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=_init_setup_model,
+        )
 
     # -- data ---------------------------------------------------------------------------------------
     def rows(self) -> tuple[list[str], list[str]]:
@@ -136,8 +169,10 @@ class SFT(ScoredRolloutAlgorithm):
             task = token_env(self.env).task
             pairs = [(q, reference_text(r)) for q, r in zip(task.questions, task.references)]
             if any(c is None for _, c in pairs):
-                raise ValueError(f"task {task.name!r} has references that are not completions; give SFT a "
-                                 f"dataset= with {self.prompt_column!r}/{self.completion_column!r} columns")
+                raise ValueError(
+                    f"task {task.name!r} has references that are not completions; give SFT a "
+                    f"dataset= with {self.prompt_column!r}/{self.completion_column!r} columns"
+                )
         else:
             records = load_rows(self.dataset, (self.prompt_column, self.completion_column))
             missing = [c for c in (self.prompt_column, self.completion_column) if records and c not in records[0]]
@@ -153,9 +188,15 @@ class SFT(ScoredRolloutAlgorithm):
         if self._encoded is None:
             prompts, completions = self.rows()
             task = token_env(self.env).task
-            self._encoded = sequences.encode_pairs(task, self.tokenizer, prompts, completions,
-                                                   self.policy.prompt_width, self.max_completion_tokens,
-                                                   render=self.render_prompts)
+            self._encoded = sequences.encode_pairs(
+                task,
+                self.tokenizer,
+                prompts,
+                completions,
+                self.policy.prompt_width,
+                self.max_completion_tokens,
+                render=self.render_prompts,
+            )
         return self._encoded
 
     def _next_examples(self) -> list[int]:
@@ -167,11 +208,12 @@ class SFT(ScoredRolloutAlgorithm):
             epoch, position = self._stream["epoch"], self._stream["position"]
             generator = torch.Generator().manual_seed((self.seed or 0) + epoch)
             order = torch.randperm(total, generator=generator).tolist()
-            take = order[position:position + wanted - len(picked)]
+            take = order[position : position + wanted - len(picked)]
             picked += take
             position += len(take)
-            self._stream = {"epoch": epoch + 1, "position": 0} if position >= total else \
-                {"epoch": epoch, "position": position}
+            self._stream = (
+                {"epoch": epoch + 1, "position": 0} if position >= total else {"epoch": epoch, "position": position}
+            )
         return picked
 
     # -- one round ------------------------------------------------------------------------------------
@@ -181,13 +223,17 @@ class SFT(ScoredRolloutAlgorithm):
             return False
         prompts, completions = self.encoded()
         picked = self._next_examples()
-        self.targets = Sequences.from_ids([prompts[i] for i in picked], [completions[i] for i in picked],
-                                          self.pad_id, self.device)
+        self.targets = Sequences.from_ids(
+            [prompts[i] for i in picked], [completions[i] for i in picked], self.pad_id, self.device
+        )
         self.num_timesteps += len(picked)  # SFT's unit: examples
         self.buffer = None
         tokens = int(self.targets.lengths.sum())
-        self._round_stats = {"sft/examples": float(len(picked)), "sft/tokens_trained": float(tokens * self.n_epochs),
-                             "tokens/response_len_mean": tokens / len(picked)}
+        self._round_stats = {
+            "sft/examples": float(len(picked)),
+            "sft/tokens_trained": float(tokens * self.n_epochs),
+            "tokens/response_len_mean": tokens / len(picked),
+        }
         self._timings = {}
         callback.update_locals(locals())
         callback.on_rollout_end()
@@ -207,4 +253,3 @@ class SFT(ScoredRolloutAlgorithm):
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self._stream = dict(state["stream"])
-

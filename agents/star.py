@@ -10,6 +10,7 @@ more with the gold answer given as a hint (an env built by ``hint_env_fn``), kee
 rationales, and train on them under the prompt *without* the hint. A round that keeps nothing
 is logged and skipped.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -73,29 +74,63 @@ class STaR(ScoredRolloutAlgorithm):
 
     tb_name = "STaR"
 
-    def __init__(self, policy, env, threshold: float = 1.0, filter_on: str = "score",
-                 max_per_prompt: int | None = None, from_base: bool = True, rationalize: bool = False,
-                 hint_env_fn: Callable[[list[int], int], Any] | None = None, rollout_batches: int = 1,
-                 n_epochs: int = 1, batch_size: int = 8, micro_batch_size: int | None = None,
-                 learning_rate: float | dict = 1e-4, max_grad_norm: float = 1.0, log_samples: int = 2,
-                 tensorboard_log: str | None = None, policy_kwargs: dict | None = None, verbose: int = 0,
-                 seed: int | None = None, device: torch.device | str = "auto", _init_setup_model: bool = True) -> None:
+    def __init__(
+        self,
+        policy,
+        env,
+        threshold: float = 1.0,
+        filter_on: str = "score",
+        max_per_prompt: int | None = None,
+        from_base: bool = True,
+        rationalize: bool = False,
+        hint_env_fn: Callable[[list[int], int], Any] | None = None,
+        rollout_batches: int = 1,
+        n_epochs: int = 1,
+        batch_size: int = 8,
+        micro_batch_size: int | None = None,
+        learning_rate: float | dict = 1e-4,
+        max_grad_norm: float = 1.0,
+        log_samples: int = 2,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: torch.device | str = "auto",
+        _init_setup_model: bool = True,
+    ) -> None:
         hparams = constructor_args(locals())
         if filter_on not in FILTER_ON:
             raise ValueError(f"filter_on must be one of {FILTER_ON}, got {filter_on!r}")
         if max_per_prompt is not None and max_per_prompt < 1:
             raise ValueError(f"max_per_prompt must be at least 1 (or None), got {max_per_prompt}")
         if rationalize and hint_env_fn is None:
-            raise ValueError("rationalize=True needs hint_env_fn (e.g. lm_envs.hints.hinted_vec_env; run_ppo "
-                             "builds it from agent.hint_template)")
+            raise ValueError(
+                "rationalize=True needs hint_env_fn (e.g. lm_envs.hints.hinted_vec_env; run_ppo "
+                "builds it from agent.hint_template)"
+            )
         self.threshold, self.filter_on, self.max_per_prompt = threshold, filter_on, max_per_prompt
         self.rationalize, self.hint_env_fn = rationalize, hint_env_fn
         self.targets: Sequences | None = None
         self._kept_pool: dict[tuple, tuple] = {}  # (prompt, completion, policy mask) kept so far, in order
-        super().__init__(policy, env, learning_rate, n_epochs, batch_size, micro_batch_size, max_grad_norm,
-                         hparams, rollout_batches=rollout_batches, from_base=from_base, log_samples=log_samples,
-                         tensorboard_log=tensorboard_log, policy_kwargs=policy_kwargs, verbose=verbose, seed=seed,
-                         device=device, _init_setup_model=_init_setup_model)
+        super().__init__(
+            policy,
+            env,
+            learning_rate,
+            n_epochs,
+            batch_size,
+            micro_batch_size,
+            max_grad_norm,
+            hparams,
+            rollout_batches=rollout_batches,
+            from_base=from_base,
+            log_samples=log_samples,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=_init_setup_model,
+        )
 
     def rationalize_prompts(self, missing: list[int], rows: Sequences, groups: list[int]) -> list[tuple]:
         """Sample once per prompt in ``missing`` with the hint; return the kept rationales as
@@ -109,8 +144,13 @@ class STaR(ScoredRolloutAlgorithm):
         for row, position in enumerate(episode_groups(hinted)):  # hinted row j answers missing[j]
             group = missing[position]
             if values[row] >= self.threshold:  # the training prompt has no hint
-                kept.append((rows.prompt_ids(first_row[group]), hinted_rows.completion_ids(row),
-                             hinted_rows.completion_policy_mask(row)))
+                kept.append(
+                    (
+                        rows.prompt_ids(first_row[group]),
+                        hinted_rows.completion_ids(row),
+                        hinted_rows.completion_policy_mask(row),
+                    )
+                )
         return kept
 
     def make_targets(self, episodes: Episodes) -> None:
@@ -118,8 +158,9 @@ class STaR(ScoredRolloutAlgorithm):
         values = episode_values(episodes, self.filter_on)
         scores = episode_values(episodes, "score")
         groups = episode_groups(episodes)
-        kept = preference_math.keep_above_threshold(values, groups, self.threshold, self.max_per_prompt,
-                                                    sequences.as_keys(rows))
+        kept = preference_math.keep_above_threshold(
+            values, groups, self.threshold, self.max_per_prompt, sequences.as_keys(rows)
+        )
         samples = [(rows.prompt_ids(i), rows.completion_ids(i), rows.completion_policy_mask(i)) for i in kept]
         rationalized = 0
         if self.rationalize:
@@ -133,15 +174,27 @@ class STaR(ScoredRolloutAlgorithm):
         for sample in samples:
             self._kept_pool.setdefault(self._sample_key(sample), sample)
         train_on = list(self._kept_pool.values()) if self.from_base else samples
-        self.targets = (Sequences.from_ids([p for p, _, _ in train_on], [c for _, c, _ in train_on], self.pad_id,
-                                           self.device, [m for _, _, m in train_on]) if train_on else None)
+        self.targets = (
+            Sequences.from_ids(
+                [p for p, _, _ in train_on],
+                [c for _, c, _ in train_on],
+                self.pad_id,
+                self.device,
+                [m for _, _, m in train_on],
+            )
+            if train_on
+            else None
+        )
         tokens = int(self.targets.lengths.sum()) if self.targets is not None else 0
         n_groups = len(set(groups))
         self._round_stats = {
-            "star/samples": float(len(values)), "star/kept": float(len(kept)),
-            "star/kept_fraction": len(kept) / max(1, len(values)), "star/accuracy": float(np.mean(scores)),
+            "star/samples": float(len(values)),
+            "star/kept": float(len(kept)),
+            "star/kept_fraction": len(kept) / max(1, len(values)),
+            "star/accuracy": float(np.mean(scores)),
             "star/prompts_solved": len({groups[i] for i in kept}) / max(1, n_groups),
-            "star/rationalized": float(rationalized), "star/tokens_trained": float(tokens * self.n_epochs),
+            "star/rationalized": float(rationalized),
+            "star/tokens_trained": float(tokens * self.n_epochs),
             "star/train_set": float(len(train_on)),
         }
 

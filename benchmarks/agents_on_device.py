@@ -10,6 +10,7 @@ error, seconds, and the logged KL and first-minibatch ratio deviation where the 
     python benchmarks/agents_on_device.py --device cuda --dtype bfloat16 --model random:DIR   # the GPU check
     python benchmarks/agents_on_device.py --model random:DIR --max-new-tokens 4                 # the CPU wiring
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,17 @@ import numpy as np
 import torch
 
 GROUPED = {"grpo", "rloo", "star", "dpo", "kto"}
-KL_ON = {"ppo": {"kl_coef": 0.05, "adaptive_kl": True}, "grpo": {"beta": 0.05}, "rloo": {"beta": 0.05},
-         "reinforce": {"beta": 0.05}, "reinforce_pp": {"beta": 0.05}, "dpo": {"beta": 0.1}, "kto": {"beta": 0.1},
-         "star": {"threshold": 0.0}, "sft": {"examples_per_round": 8}}
+KL_ON = {
+    "ppo": {"kl_coef": 0.05, "adaptive_kl": True},
+    "grpo": {"beta": 0.05},
+    "rloo": {"beta": 0.05},
+    "reinforce": {"beta": 0.05},
+    "reinforce_pp": {"beta": 0.05},
+    "dpo": {"beta": 0.1},
+    "kto": {"beta": 0.1},
+    "star": {"threshold": 0.0},
+    "sft": {"examples_per_round": 8},
+}
 
 
 def varied(completions, references, prompts=None):
@@ -46,14 +55,31 @@ def run_one(name: str, args, lora: bool) -> str:
     torch.manual_seed(0)
     model, tokenizer = load_lm(args.model, dtype=args.dtype)
     group = 4 if name in GROUPED else 1
-    env = TokenVecEnv(task(), tokenizer, num_envs=args.rows, max_new_tokens=args.max_new_tokens, max_prompt_tokens=64,
-                      truncate_prompt="left", vocab_size=model.config.vocab_size, seed=0,
-                      completions_per_prompt=group)
+    env = TokenVecEnv(
+        task(),
+        tokenizer,
+        num_envs=args.rows,
+        max_new_tokens=args.max_new_tokens,
+        max_prompt_tokens=64,
+        truncate_prompt="left",
+        vocab_size=model.config.vocab_size,
+        seed=0,
+        completions_per_prompt=group,
+    )
     policy_kwargs = dict(model=model)
     if lora:
         policy_kwargs["lora"] = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}
-    agent = AGENTS[name]("CausalLMPolicy", env, learning_rate=1e-5, batch_size=4, micro_batch_size=2, seed=0,
-                         device=args.device, policy_kwargs=policy_kwargs, **KL_ON[name])
+    agent = AGENTS[name](
+        "CausalLMPolicy",
+        env,
+        learning_rate=1e-5,
+        batch_size=4,
+        micro_batch_size=2,
+        seed=0,
+        device=args.device,
+        policy_kwargs=policy_kwargs,
+        **KL_ON[name],
+    )
     start = time.perf_counter()
     agent.learn(total_iterations=1)
     if agent.device.type == "cuda":
@@ -61,8 +87,11 @@ def run_one(name: str, args, lora: bool) -> str:
     seconds = time.perf_counter() - start
     stats = agent.last_iteration_stats
     parts = [f"{seconds:.2f} s"]
-    for key, label in (("objective/kl", "kl"), ("policy/first_minibatch_ratio_max_dev", "ratio_dev"),
-                       ("loss/policy", "loss")):
+    for key, label in (
+        ("objective/kl", "kl"),
+        ("policy/first_minibatch_ratio_max_dev", "ratio_dev"),
+        ("loss/policy", "loss"),
+    ):
         if key in stats:
             parts.append(f"{label} {stats[key]:.2e}")
     return ", ".join(parts)

@@ -18,6 +18,7 @@ rank; see docs/distributed.md.
 
 Last line: ``ratio=<2-rank samples/s / 1-process samples/s>``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,11 +49,26 @@ def child(args) -> None:
     rows = args.rows // world
     torch.manual_seed(0)
     model, tokenizer = load_lm(args.model)
-    env = make_vec("lm_envs/GSM8K-v0", rows, tokenizer, split="test", data_dir=args.data_dir,
-                   max_new_tokens=args.max_new_tokens, vocab_size=model.config.vocab_size)
-    agent = PPO("CausalLMPolicy", env, learning_rate=1e-4, n_epochs=1, batch_size=rows, kl_coef=0.05, seed=0,
-                policy_kwargs=dict(model=model, lora={"r": 16, "lora_alpha": 32, "target_modules": "all-linear"}),
-                verbose=0)
+    env = make_vec(
+        "lm_envs/GSM8K-v0",
+        rows,
+        tokenizer,
+        split="test",
+        data_dir=args.data_dir,
+        max_new_tokens=args.max_new_tokens,
+        vocab_size=model.config.vocab_size,
+    )
+    agent = PPO(
+        "CausalLMPolicy",
+        env,
+        learning_rate=1e-4,
+        n_epochs=1,
+        batch_size=rows,
+        kl_coef=0.05,
+        seed=0,
+        policy_kwargs=dict(model=model, lora={"r": 16, "lora_alpha": 32, "target_modules": "all-linear"}),
+        verbose=0,
+    )
     seconds, tokens = [], []
     for i in range(1 + args.iterations):
         distributed.barrier()
@@ -63,26 +79,52 @@ def child(args) -> None:
             seconds.append(time.perf_counter() - start)
             tokens.append(int(distributed.reduce_sum(agent.buffer.lengths.sum())))
     if distributed.is_main_process():
-        Path(args.out).write_text(json.dumps({
-            "world": world, "threads": torch.get_num_threads(), "rows": args.rows, "seconds": seconds,
-            "tokens": tokens, "samples_per_s": args.rows * len(seconds) / sum(seconds),
-            "tokens_per_s": sum(tokens) / sum(seconds)}))
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "world": world,
+                    "threads": torch.get_num_threads(),
+                    "rows": args.rows,
+                    "seconds": seconds,
+                    "tokens": tokens,
+                    "samples_per_s": args.rows * len(seconds) / sum(seconds),
+                    "tokens_per_s": sum(tokens) / sum(seconds),
+                }
+            )
+        )
     distributed.barrier()  # leave together, as run_ppo.py does
     distributed.shutdown()
 
 
 def run_side(args, world: int, out: Path) -> dict:
-    common = [str(Path(__file__).resolve()), "--child", "--out", str(out), "--rows", str(args.rows),
-              "--iterations", str(args.iterations), "--max-new-tokens", str(args.max_new_tokens),
-              "--model", args.model] + (["--data-dir", args.data_dir] if args.data_dir else [])
+    common = [
+        str(Path(__file__).resolve()),
+        "--child",
+        "--out",
+        str(out),
+        "--rows",
+        str(args.rows),
+        "--iterations",
+        str(args.iterations),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--model",
+        args.model,
+    ] + (["--data-dir", args.data_dir] if args.data_dir else [])
     if world == 1:
         cmd = [sys.executable, *common]
     else:
         with socket.socket() as sock:  # a free port for the rendezvous
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}", f"--master_port={port}",
-               *common]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={world}",
+            f"--master_port={port}",
+            *common,
+        ]
     env = {**os.environ, "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"}
     env.pop("OMP_NUM_THREADS", None)  # torchrun would set 1; init_from_env sets cores / ranks
     subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
@@ -107,11 +149,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         one = run_side(args, 1, Path(tmp) / "one.json")
         two = run_side(args, 2, Path(tmp) / "two.json")
-    print(f"PPO + LoRA, {args.rows} GSM8K rows per iteration, <= {args.max_new_tokens} new tokens, "
-          f"{args.iterations} timed iterations per side")
+    print(
+        f"PPO + LoRA, {args.rows} GSM8K rows per iteration, <= {args.max_new_tokens} new tokens, "
+        f"{args.iterations} timed iterations per side"
+    )
     for name, side in (("1 process", one), ("2 ranks", two)):
-        print(f"{name:>9}: {side['threads']} threads each, iterations {', '.join(f'{s:.1f}' for s in side['seconds'])} s, "
-              f"{side['samples_per_s']:.3f} samples/s, {side['tokens_per_s']:.1f} tokens/s")
+        print(
+            f"{name:>9}: {side['threads']} threads each, iterations {', '.join(f'{s:.1f}' for s in side['seconds'])} s, "
+            f"{side['samples_per_s']:.3f} samples/s, {side['tokens_per_s']:.1f} tokens/s"
+        )
     print(f"tokens_ratio={two['tokens_per_s'] / one['tokens_per_s']:.3f}")
     print(f"ratio={two['samples_per_s'] / one['samples_per_s']:.3f}")
 

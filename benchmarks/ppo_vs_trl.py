@@ -26,6 +26,7 @@ cases>``.
     python benchmarks/ppo_vs_trl.py --side ours --case lora --json   # one side, one JSON line
     python benchmarks/ppo_vs_trl.py --device cuda --dtype bfloat16 --model random:DIR  # a GPU (gpu_check.sh)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,13 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 def lora_fields(args) -> dict:
-    return {"r": args.lora_r, "lora_alpha": 2 * args.lora_r, "lora_dropout": 0.0, "target_modules": LORA_TARGETS,
-            "bias": "none"}
+    return {
+        "r": args.lora_r,
+        "lora_alpha": 2 * args.lora_r,
+        "lora_dropout": 0.0,
+        "target_modules": LORA_TARGETS,
+        "bias": "none",
+    }
 
 
 def peak_rss_mb() -> float:
@@ -62,10 +68,18 @@ def run_ours(args) -> dict:
 
     torch.manual_seed(args.seed)
     model, tokenizer = load_lm(args.model, dtype=args.dtype)
-    env = make_vec("lm_envs/GSM8K-v0", args.prompts * args.generations, tokenizer, split="test", limit=args.prompts,
-                   data_dir=args.data_dir, completions_per_prompt=args.generations,
-                   max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
-                   vocab_size=model.config.vocab_size)
+    env = make_vec(
+        "lm_envs/GSM8K-v0",
+        args.prompts * args.generations,
+        tokenizer,
+        split="test",
+        limit=args.prompts,
+        data_dir=args.data_dir,
+        completions_per_prompt=args.generations,
+        max_new_tokens=args.max_new_tokens,
+        max_prompt_tokens=args.max_prompt_tokens,
+        vocab_size=model.config.vocab_size,
+    )
     if len(env.task) != args.prompts:
         raise RuntimeError(f"expected {args.prompts} GSM8K prompts, got {len(env.task)}")
     # Every batch holds each of the prompts once (× generations), like TRL's group of `prompts`:
@@ -75,25 +89,49 @@ def run_ours(args) -> dict:
         sampler.seed(None)
         sampler.position = g
     load_peak = peak_rss_mb()
-    policy_kwargs = dict(model=model, gradient_checkpointing=args.gradient_checkpointing, temperature=1.0,
-                         optimizer_kwargs={"weight_decay": 0.0})
+    policy_kwargs = dict(
+        model=model,
+        gradient_checkpointing=args.gradient_checkpointing,
+        temperature=1.0,
+        optimizer_kwargs={"weight_decay": 0.0},
+    )
     if args.case == "lora":
         policy_kwargs["lora"] = lora_fields(args)
     n = args.prompts * args.generations
     if args.case == "grpo":
-        agent = GRPO("CausalLMPolicy", env, learning_rate=args.lr, num_iterations=1, batch_size=n, beta=0.0,
-                     loss_type="dapo", max_grad_norm=1.0, policy_kwargs=policy_kwargs, device=args.device, verbose=0)
+        agent = GRPO(
+            "CausalLMPolicy",
+            env,
+            learning_rate=args.lr,
+            num_iterations=1,
+            batch_size=n,
+            beta=0.0,
+            loss_type="dapo",
+            max_grad_norm=1.0,
+            policy_kwargs=policy_kwargs,
+            device=args.device,
+            verbose=0,
+        )
     else:
-        agent = PPO("CausalLMPolicy", env, learning_rate=args.lr, n_epochs=1, batch_size=n, kl_coef=0.0,
-                    max_grad_norm=1.0, policy_kwargs=policy_kwargs, device=args.device, verbose=0)
+        agent = PPO(
+            "CausalLMPolicy",
+            env,
+            learning_rate=args.lr,
+            n_epochs=1,
+            batch_size=n,
+            kl_coef=0.0,
+            max_grad_norm=1.0,
+            policy_kwargs=policy_kwargs,
+            device=args.device,
+            verbose=0,
+        )
     assert agent.policy.reference_model is None, "kl_coef=0 should build no reference copy"
     trainable = sum(p.numel() for p in agent.policy.parameters() if p.requires_grad)
     steps = []
     for i in range(args.warmup + args.steps):
         start = time.perf_counter()
         # One learn() call is one iteration: one lockstep batch of whole episodes, then one update.
-        agent.learn(total_iterations=i + 1,
-                    reset_num_timesteps=False)
+        agent.learn(total_iterations=i + 1, reset_num_timesteps=False)
         _sync(args.device)
         seconds = time.perf_counter() - start
         stats = agent.last_iteration_stats
@@ -101,12 +139,21 @@ def run_ours(args) -> dict:
         # learn()'s own overhead: set-up, GAE/buffer outside the reference pass, logging.
         phases["other"] = seconds - phases["rollout"] - phases["reference"] - phases["update"]
         rows = agent.buffer.infos
-        steps.append({"seconds": seconds, "phases": phases,
-                      "tokens": int(agent.buffer.lengths.sum()),
-                      "prompts": sorted({int(info["index"]) for info in rows}),
-                      "score": float(agent.buffer.env_rewards.mean())})
-    return {"trainable_params": trainable, "load_peak_rss_mb": load_peak, "steps": steps,
-            "gradient_checkpointing_effective": _is_checkpointing(agent.policy.model)}
+        steps.append(
+            {
+                "seconds": seconds,
+                "phases": phases,
+                "tokens": int(agent.buffer.lengths.sum()),
+                "prompts": sorted({int(info["index"]) for info in rows}),
+                "score": float(agent.buffer.env_rewards.mean()),
+            }
+        )
+    return {
+        "trainable_params": trainable,
+        "load_peak_rss_mb": load_peak,
+        "steps": steps,
+        "gradient_checkpointing_effective": _is_checkpointing(agent.policy.model),
+    }
 
 
 def run_trl(args) -> dict:
@@ -143,13 +190,32 @@ def run_trl(args) -> dict:
     total_steps = args.warmup + args.steps
     output_dir = tempfile.mkdtemp(prefix="ppo_vs_trl_")
     config = trl.GRPOConfig(
-        output_dir=output_dir, use_cpu=args.device == "cpu", bf16=args.dtype == "bfloat16", fp16=False, seed=args.seed,
-        per_device_train_batch_size=n, num_generations=args.generations, gradient_accumulation_steps=1,
-        max_completion_length=args.max_new_tokens, beta=0.0, num_iterations=1, max_steps=total_steps,
+        output_dir=output_dir,
+        use_cpu=args.device == "cpu",
+        bf16=args.dtype == "bfloat16",
+        fp16=False,
+        seed=args.seed,
+        per_device_train_batch_size=n,
+        num_generations=args.generations,
+        gradient_accumulation_steps=1,
+        max_completion_length=args.max_new_tokens,
+        beta=0.0,
+        num_iterations=1,
+        max_steps=total_steps,
         loss_type="dapo",
-        learning_rate=args.lr, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0,
-        temperature=1.0, top_k=0, top_p=1.0, gradient_checkpointing=args.gradient_checkpointing,
-        logging_steps=1, report_to=[], save_strategy="no", disable_tqdm=True, log_completions=False,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        gradient_checkpointing=args.gradient_checkpointing,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        log_completions=False,
         dataloader_num_workers=0,
     )
     peft_config = peft.LoraConfig(task_type="CAUSAL_LM", **lora_fields(args)) if args.case == "lora" else None
@@ -179,13 +245,28 @@ def run_trl(args) -> dict:
             generate = current.get("transformers.generate", 0.0)
             reward_s = current.get("_calculate_rewards", 0.0)
             self.checkpointing = _is_checkpointing(kwargs["model"])  # while training: train mode is on
-            steps.append({"seconds": seconds, "phases": {
-                "generate": generate, "reward": reward_s, "prep_other": prepare - generate - reward_s,
-                "update": seconds - prepare}})
+            steps.append(
+                {
+                    "seconds": seconds,
+                    "phases": {
+                        "generate": generate,
+                        "reward": reward_s,
+                        "prep_other": prepare - generate - reward_s,
+                        "update": seconds - prepare,
+                    },
+                }
+            )
 
     timer = Timer()
-    trainer = trl.GRPOTrainer(model=model, reward_funcs=gsm8k, args=config, train_dataset=dataset,
-                              processing_class=tokenizer, peft_config=peft_config, callbacks=[timer])
+    trainer = trl.GRPOTrainer(
+        model=model,
+        reward_funcs=gsm8k,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[timer],
+    )
     if trainer.ref_model is not None:
         raise RuntimeError("beta=0 should build no reference model")
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
@@ -196,9 +277,14 @@ def run_trl(args) -> dict:
         step["tokens"] = round(float(entry.get("completions/mean_length", 0.0)) * n)
     if len(steps) != total_steps:
         raise RuntimeError(f"TRL ran {len(steps)} steps, expected {total_steps}")
-    return {"trainable_params": trainable, "load_peak_rss_mb": load_peak, "steps": steps,
-            "prompt_ids_match": prompt_ids_match, "reward_calls": reward_calls,
-            "gradient_checkpointing_effective": timer.checkpointing}
+    return {
+        "trainable_params": trainable,
+        "load_peak_rss_mb": load_peak,
+        "steps": steps,
+        "prompt_ids_match": prompt_ids_match,
+        "reward_calls": reward_calls,
+        "gradient_checkpointing_effective": timer.checkpointing,
+    }
 
 
 def _sync(device: str) -> None:
@@ -221,27 +307,65 @@ def child(args) -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     result = (run_ours if args.side == "ours" else run_trl)(args)
-    timed = result["steps"][args.warmup:]
+    timed = result["steps"][args.warmup :]
     seconds = sum(s["seconds"] for s in timed) / len(timed)
     phases = {k: sum(s["phases"][k] for s in timed) / len(timed) for k in timed[0]["phases"]}
-    result.update(side=args.side, case=args.case, seconds_per_step=seconds,
-                  samples_per_s=args.prompts * args.generations / seconds, phases=phases,
-                  peak_rss_mb=peak_rss_mb(), wall_s=time.perf_counter() - start, threads=torch.get_num_threads())
+    result.update(
+        side=args.side,
+        case=args.case,
+        seconds_per_step=seconds,
+        samples_per_s=args.prompts * args.generations / seconds,
+        phases=phases,
+        peak_rss_mb=peak_rss_mb(),
+        wall_s=time.perf_counter() - start,
+        threads=torch.get_num_threads(),
+    )
     if args.json:
         print(RESULT_TAG + json.dumps(result), flush=True)
     else:
-        print(f"{args.case}/{args.side}: {seconds:.2f} s/step, {result['samples_per_s']:.3f} samples/s, "
-              f"peak RSS {result['peak_rss_mb']:.0f} MB, phases {fmt_phases(phases)}")
+        print(
+            f"{args.case}/{args.side}: {seconds:.2f} s/step, {result['samples_per_s']:.3f} samples/s, "
+            f"peak RSS {result['peak_rss_mb']:.0f} MB, phases {fmt_phases(phases)}"
+        )
 
 
 # -- the parent: one subprocess per (case, side), then the table -----------------------------------
 def run_child(args, case: str, side: str) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--case", case, "--json",
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-           "--model", args.model, "--prompts", str(args.prompts), "--generations", str(args.generations),
-           "--max-new-tokens", str(args.max_new_tokens), "--max-prompt-tokens", str(args.max_prompt_tokens),
-           "--lr", repr(args.lr), "--lora-r", str(args.lora_r), "--seed", str(args.seed),
-           "--device", args.device, "--dtype", args.dtype]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--side",
+        side,
+        "--case",
+        case,
+        "--json",
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+        "--model",
+        args.model,
+        "--prompts",
+        str(args.prompts),
+        "--generations",
+        str(args.generations),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--max-prompt-tokens",
+        str(args.max_prompt_tokens),
+        "--lr",
+        repr(args.lr),
+        "--lora-r",
+        str(args.lora_r),
+        "--seed",
+        str(args.seed),
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+    ]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     if args.gradient_checkpointing:
@@ -256,13 +380,17 @@ def run_child(args, case: str, side: str) -> dict:
     result = None
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
-            result = json.loads(line[len(RESULT_TAG):])
+            result = json.loads(line[len(RESULT_TAG) :])
         elif line.strip():
             print(f"[{case}/{side}] {line}", file=sys.stderr)
     if proc.returncode != 0 or result is None:
         raise RuntimeError(f"{case}/{side} failed with exit code {proc.returncode}")
-    print(f"[{case}/{side}] {result['seconds_per_step']:.2f} s/step, peak RSS {result['peak_rss_mb']:.0f} MB, "
-          f"wall {result['wall_s']:.0f} s", file=sys.stderr, flush=True)
+    print(
+        f"[{case}/{side}] {result['seconds_per_step']:.2f} s/step, peak RSS {result['peak_rss_mb']:.0f} MB, "
+        f"wall {result['wall_s']:.0f} s",
+        file=sys.stderr,
+        flush=True,
+    )
     return result
 
 
@@ -276,7 +404,7 @@ def parent(args) -> None:
     load_before = os.getloadavg()
     results = {}
     for k, case in enumerate(cases):
-        for side in (("ours", "trl") if k % 2 == 0 else ("trl", "ours")):
+        for side in ("ours", "trl") if k % 2 == 0 else ("trl", "ours"):
             results[(case, side)] = run_child(args, case, side)
             if args.results_json:  # as we go, so an interrupted run keeps what it measured
                 Path(args.results_json).write_text(json.dumps(list(results.values()), indent=1))
@@ -284,22 +412,30 @@ def parent(args) -> None:
     if args.results_json:
         Path(args.results_json).write_text(json.dumps([r for r in results.values()], indent=1))
     n = args.prompts * args.generations
-    print(f"PPO (ours) vs TRL {_trl_version()} GRPOTrainer: one update of {n} completions "
-          f"({args.prompts} GSM8K prompts x {args.generations}), <= {args.max_new_tokens} new tokens, T=1, no KL, "
-          f"1 epoch, lr {args.lr:g}, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
-          f"{args.threads} torch threads, model {args.model} {args.dtype}, {args.device}; {args.warmup} warm-up + "
-          f"{args.steps} timed step(s); 1-min load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after "
-          f"({os.cpu_count()} CPUs)")
-    print("phases (s, mean per timed step): ours: s/step = rollout (generation; includes the reward, also shown "
-          "alone) + reference + update (loss fwd/bwd + optimizer) + other (learn() overhead); TRL: s/step = "
-          "generate + reward + prep_other (rest of input preparation) + update (rest: loss fwd/bwd + optimizer)")
-    print(f"{'case':5s} {'side':5s} {'s/step':>7s} {'samples/s':>9s} {'peak RSS MB':>11s} {'trainable':>11s} "
-          f"{'tokens':>7s}  phases")
+    print(
+        f"PPO (ours) vs TRL {_trl_version()} GRPOTrainer: one update of {n} completions "
+        f"({args.prompts} GSM8K prompts x {args.generations}), <= {args.max_new_tokens} new tokens, T=1, no KL, "
+        f"1 epoch, lr {args.lr:g}, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
+        f"{args.threads} torch threads, model {args.model} {args.dtype}, {args.device}; {args.warmup} warm-up + "
+        f"{args.steps} timed step(s); 1-min load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after "
+        f"({os.cpu_count()} CPUs)"
+    )
+    print(
+        "phases (s, mean per timed step): ours: s/step = rollout (generation; includes the reward, also shown "
+        "alone) + reference + update (loss fwd/bwd + optimizer) + other (learn() overhead); TRL: s/step = "
+        "generate + reward + prep_other (rest of input preparation) + update (rest: loss fwd/bwd + optimizer)"
+    )
+    print(
+        f"{'case':5s} {'side':5s} {'s/step':>7s} {'samples/s':>9s} {'peak RSS MB':>11s} {'trainable':>11s} "
+        f"{'tokens':>7s}  phases"
+    )
     for (case, side), r in results.items():
-        timed = r["steps"][args.warmup:]
+        timed = r["steps"][args.warmup :]
         tokens = sum(s.get("tokens", 0) for s in timed) / len(timed)
-        print(f"{case:5s} {side:5s} {r['seconds_per_step']:7.2f} {r['samples_per_s']:9.3f} {r['peak_rss_mb']:11.0f} "
-              f"{r['trainable_params']:11d} {tokens:7.0f}  {fmt_phases(r['phases'])}")
+        print(
+            f"{case:5s} {side:5s} {r['seconds_per_step']:7.2f} {r['samples_per_s']:9.3f} {r['peak_rss_mb']:11.0f} "
+            f"{r['trainable_params']:11d} {tokens:7.0f}  {fmt_phases(r['phases'])}"
+        )
     notes = []
     for case in cases:
         ours, trl = results[(case, "ours")], results[(case, "trl")]
@@ -307,12 +443,16 @@ def parent(args) -> None:
             notes.append(f"{case}: TRL tokenized the prompts differently from our env")
         for side, r in (("ours", ours), ("trl", trl)):
             if r.get("gradient_checkpointing_effective") != args.gradient_checkpointing:
-                notes.append(f"{case}/{side}: gradient checkpointing requested "
-                             f"{'on' if args.gradient_checkpointing else 'off'} but is effectively "
-                             f"{'on' if r.get('gradient_checkpointing_effective') else 'off'} in the update")
-        print(f"case {case}: samples/s ratio (ours/TRL) = {ours['samples_per_s'] / trl['samples_per_s']:.3f}; "
-              f"peak RSS ratio (ours/TRL) = {ours['peak_rss_mb'] / trl['peak_rss_mb']:.3f}; "
-              f"load-time RSS ours {ours['load_peak_rss_mb']:.0f} MB, TRL {trl['load_peak_rss_mb']:.0f} MB")
+                notes.append(
+                    f"{case}/{side}: gradient checkpointing requested "
+                    f"{'on' if args.gradient_checkpointing else 'off'} but is effectively "
+                    f"{'on' if r.get('gradient_checkpointing_effective') else 'off'} in the update"
+                )
+        print(
+            f"case {case}: samples/s ratio (ours/TRL) = {ours['samples_per_s'] / trl['samples_per_s']:.3f}; "
+            f"peak RSS ratio (ours/TRL) = {ours['peak_rss_mb'] / trl['peak_rss_mb']:.3f}; "
+            f"load-time RSS ours {ours['load_peak_rss_mb']:.0f} MB, TRL {trl['load_peak_rss_mb']:.0f} MB"
+        )
     for note in notes:
         print("note:", note)
     ratio = min(results[(c, "ours")]["samples_per_s"] / results[(c, "trl")]["samples_per_s"] for c in cases)
@@ -345,8 +485,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
     parser.add_argument("--dtype", default="float32", help="float32, or bfloat16 on both sides")
-    parser.add_argument("--data-dir", default=os.environ.get("LM_ENVS_DATA_DIR") or (
-        str(REPO.parent / "shared" / "data") if (REPO.parent / "shared" / "data").is_dir() else None))
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("LM_ENVS_DATA_DIR")
+        or (str(REPO.parent / "shared" / "data") if (REPO.parent / "shared" / "data").is_dir() else None),
+    )
     parser.add_argument("--results-json", help="also write every side's raw results (per step) to this file")
     parser.add_argument("--side", choices=("ours", "trl"), help="run one side in this process")
     parser.add_argument("--case", choices=("full", "lora", "grpo"), default="full")

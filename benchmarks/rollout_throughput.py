@@ -25,6 +25,7 @@ row's first EOS on both sides.
 On a GPU (``--device cuda``) every timing ends with ``torch.cuda.synchronize()``; the summary
 lines also give absolute tokens/s (``benchmarks/gpu_check.sh``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,11 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64, help="the fixed-length case (0: skip it)")
     parser.add_argument("--variable-max-new-tokens", type=int, default=256, help="the variable-length case (0: skip)")
     parser.add_argument("--turn-tokens", type=int, default=32, help="the multi-turn case's budget per turn (0: skip)")
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="anything policies.load_lm takes "
-                        "(random:DIR: DIR's config with fresh weights)")
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="anything policies.load_lm takes (random:DIR: DIR's config with fresh weights)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", help="float32 or bfloat16")
     args = parser.parse_args()
@@ -64,8 +68,10 @@ def main() -> None:
     if args.variable_max_new_tokens:
         rate, lengths = measure(model, tokenizer, args, args.variable_max_new_tokens)
         quartiles = statistics.quantiles(lengths, n=4)
-        print(f"variable case: episode lengths min {min(lengths)}, quartiles {quartiles[0]:.0f}/{quartiles[1]:.0f}/"
-              f"{quartiles[2]:.0f}, max {max(lengths)} of {args.variable_max_new_tokens}")
+        print(
+            f"variable case: episode lengths min {min(lengths)}, quartiles {quartiles[0]:.0f}/{quartiles[1]:.0f}/"
+            f"{quartiles[2]:.0f}, max {max(lengths)} of {args.variable_max_new_tokens}"
+        )
         print(f"ratio_variable={rate:.3f}")
     if args.turn_tokens:
         print(f"ratio_multi_turn={measure_multi_turn(model, tokenizer, args):.3f}")
@@ -94,15 +100,27 @@ def measure_multi_turn(model, tokenizer, args) -> float:
     """Ours (injections into the kept cache) against generate + inject + generate; median ratio."""
     budget = args.turn_tokens
     task = dataclasses.replace(gsm8k_task(split="test"), respond=lambda a, r, t: [Reply(MESSAGE)] * len(a))
-    env = TokenVecEnv(task, tokenizer, num_envs=args.batch, max_new_tokens=TURNS * budget, max_turn_tokens=budget,
-                      max_turns=TURNS, max_injected_tokens=TURNS * 64, max_prompt_tokens=512, truncate_prompt="left",
-                      vocab_size=model.config.vocab_size, seed=0)
-    policy = CausalLMPolicy(env.observation_space, env.action_space, lambda _: 0.0, model=model, reference=False,
-                            device=args.device)
+    env = TokenVecEnv(
+        task,
+        tokenizer,
+        num_envs=args.batch,
+        max_new_tokens=TURNS * budget,
+        max_turn_tokens=budget,
+        max_turns=TURNS,
+        max_injected_tokens=TURNS * 64,
+        max_prompt_tokens=512,
+        truncate_prompt="left",
+        vocab_size=model.config.vocab_size,
+        seed=0,
+    )
+    policy = CausalLMPolicy(
+        env.observation_space, env.action_space, lambda _: 0.0, model=model, reference=False, device=args.device
+    )
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     chat = ChatTurns(tokenizer, task.uses_chat_template(tokenizer))
-    replies = {ended: tokenizer(chat.render(MESSAGE, ended), add_special_tokens=False)["input_ids"]
-               for ended in (True, False)}
+    replies = {
+        ended: tokenizer(chat.render(MESSAGE, ended), add_special_tokens=False)["input_ids"] for ended in (True, False)
+    }
 
     def ours(seed: int) -> tuple[int, float]:
         env.seed(0)
@@ -122,8 +140,16 @@ def measure_multi_turn(model, tokenizer, args) -> float:
             width = max(len(r) for r in rows)  # left-pad the conversations so far
             ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
-                                 top_p=1.0, max_new_tokens=budget, pad_token_id=pad)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=budget,
+                pad_token_id=pad,
+            )
             new = out[:, width:]
             keep = tokens_to_eos(new, eos)
             tokens += int(keep.sum())
@@ -134,16 +160,31 @@ def measure_multi_turn(model, tokenizer, args) -> float:
         _sync(device)
         return tokens, time.perf_counter() - start
 
-    return alternate(ours, theirs, args, f"multi-turn: {TURNS} turns of <= {budget} tokens, a chat-turn message "
-                                         f"of {len(replies[True])} tokens between them")
+    return alternate(
+        ours,
+        theirs,
+        args,
+        f"multi-turn: {TURNS} turns of <= {budget} tokens, a chat-turn message "
+        f"of {len(replies[True])} tokens between them",
+    )
 
 
 def measure(model, tokenizer, args, max_new_tokens: int) -> tuple[float, list[int]]:
     """Alternate ours and generate; print the table; return (median ratio, our episode lengths)."""
-    env = make_vec("lm_envs/GSM8K-v0", args.batch, tokenizer, split="test", max_new_tokens=max_new_tokens,
-                   max_prompt_tokens=512, truncate_prompt="left", vocab_size=model.config.vocab_size, seed=0)
-    policy = CausalLMPolicy(env.observation_space, env.action_space, lambda _: 0.0, model=model, reference=False,
-                            device=args.device)
+    env = make_vec(
+        "lm_envs/GSM8K-v0",
+        args.batch,
+        tokenizer,
+        split="test",
+        max_new_tokens=max_new_tokens,
+        max_prompt_tokens=512,
+        truncate_prompt="left",
+        vocab_size=model.config.vocab_size,
+        seed=0,
+    )
+    policy = CausalLMPolicy(
+        env.observation_space, env.action_space, lambda _: 0.0, model=model, reference=False, device=args.device
+    )
     eos = tokenizer.eos_token_id
     lengths: list[int] = []
 
@@ -159,11 +200,19 @@ def measure(model, tokenizer, args, max_new_tokens: int) -> tuple[float, list[in
     def theirs(seed: int) -> tuple[int, float]:
         torch.manual_seed(seed)
         start = time.perf_counter()
-        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, temperature=1.0,
-                             top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+        out = model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         _sync(model.device)
         seconds = time.perf_counter() - start
-        return int(tokens_to_eos(out[:, prompt_ids.shape[1]:], eos).sum()), seconds
+        return int(tokens_to_eos(out[:, prompt_ids.shape[1] :], eos).sum()), seconds
 
     rate = alternate(ours, theirs, args, f"max_new_tokens {max_new_tokens}", lengths.clear)
     return rate, lengths
@@ -188,8 +237,9 @@ def alternate(ours, theirs, args, what: str, after_warmup=lambda: None) -> float
         print(f"{name:28s} {repeat:3d} {tokens:7d} {seconds:8.2f} {rate:9.1f}")
     ours_rate = statistics.median(r[4] for r in rows if r[0] != "model.generate")
     theirs_rate = statistics.median(r[4] for r in rows if r[0] == "model.generate")
-    print(f"median tokens/s: ours {ours_rate:.1f}, generate {theirs_rate:.1f} (batch {args.batch}, {what}, "
-          f"sampled, T=1)")
+    print(
+        f"median tokens/s: ours {ours_rate:.1f}, generate {theirs_rate:.1f} (batch {args.batch}, {what}, sampled, T=1)"
+    )
     return ours_rate / theirs_rate
 
 

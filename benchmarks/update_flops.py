@@ -30,6 +30,7 @@ line: ``ratio=<achieved/GEMM>``.
     python benchmarks/update_flops.py [--steps 3] [--warmup 2] [--threads 2] [--lora]
     python benchmarks/update_flops.py --device cuda --dtype bfloat16 --model random:DIR   # a GPU: bf16 GEMM
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,13 +74,22 @@ def update_flops(n: int, d: int, vocab: int, trained_tokens: int, prompt_tokens:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3, help="timed updates (after the warm-up ones)")
-    parser.add_argument("--warmup", type=int, default=2,
-                        help="untimed updates first: the first builds the optimizer state, and the process heap "
-                             "grows to its peak over the first few (agents.memory keeps it from then on)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed updates first: the first builds the optimizer state, and the process heap "
+        "grows to its peak over the first few (agents.memory keeps it from then on)",
+    )
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--lora", action="store_true", help="LoRA (r 16, all linear layers) instead of full fine-tuning")
-    parser.add_argument("--model", default="smollm2-135m-instruct",
-                        help="anything policies.load_lm takes (random:DIR: DIR's config, fresh weights)")
+    parser.add_argument(
+        "--lora", action="store_true", help="LoRA (r 16, all linear layers) instead of full fine-tuning"
+    )
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="anything policies.load_lm takes (random:DIR: DIR's config, fresh weights)",
+    )
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--generations", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -97,14 +107,34 @@ def main() -> None:
     model, tokenizer = load_lm(args.model, dtype=args.dtype)
     dtype = getattr(torch, args.dtype)
     n = args.prompts * args.generations
-    env = make_vec("lm_envs/GSM8K-v0", n, tokenizer, split="test", limit=args.prompts, data_dir=args.data_dir,
-                   completions_per_prompt=args.generations, max_new_tokens=args.max_new_tokens,
-                   max_prompt_tokens=512, vocab_size=model.config.vocab_size)
+    env = make_vec(
+        "lm_envs/GSM8K-v0",
+        n,
+        tokenizer,
+        split="test",
+        limit=args.prompts,
+        data_dir=args.data_dir,
+        completions_per_prompt=args.generations,
+        max_new_tokens=args.max_new_tokens,
+        max_prompt_tokens=512,
+        vocab_size=model.config.vocab_size,
+    )
     policy_kwargs = dict(model=model, temperature=1.0, optimizer_kwargs={"weight_decay": 0.0})
     if args.lora:
         policy_kwargs["lora"] = {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"}
-    agent = PPO("CausalLMPolicy", env, learning_rate=1e-5, n_epochs=1, batch_size=n, micro_batch_size=n,
-                kl_coef=0.0, max_grad_norm=1.0, policy_kwargs=policy_kwargs, device=args.device, verbose=0)
+    agent = PPO(
+        "CausalLMPolicy",
+        env,
+        learning_rate=1e-5,
+        n_epochs=1,
+        batch_size=n,
+        micro_batch_size=n,
+        kl_coef=0.0,
+        max_grad_norm=1.0,
+        policy_kwargs=policy_kwargs,
+        device=args.device,
+        verbose=0,
+    )
     n_params, d, vocab = model_counts(agent.policy.model)
     hidden = model.config.hidden_size
     inter = getattr(model.config, "intermediate_size", 4 * hidden)
@@ -123,21 +153,28 @@ def main() -> None:
         seconds = float(stats["time/update"])  # on a GPU the update ends with .item() calls: synchronised
         tokens = trained + prompt_tokens
         if args.device == "cpu":  # alternate: a GEMM measurement next to every update
-            gemm.append(gemm_flops_per_s([(tokens, hidden, inter), (tokens, inter, hidden), (tokens, hidden, hidden)],
-                                         repeats=3))
+            gemm.append(
+                gemm_flops_per_s(
+                    [(tokens, hidden, inter), (tokens, inter, hidden), (tokens, hidden, hidden)], repeats=3
+                )
+            )
         if step >= args.warmup:
             rows.append((seconds, flops, trained, prompt_tokens))
-        print(f"update {step + 1}{' (warm-up)' if step < args.warmup else ''}: {seconds:.2f} s, "
-              f"{flops / 1e12:.3f} TFLOP ({trained} trained tokens, {prompt_tokens} distinct prompt tokens), "
-              f"{flops / seconds / 1e9:.1f} GFLOP/s; {faults} minor page faults in the iteration")
+        print(
+            f"update {step + 1}{' (warm-up)' if step < args.warmup else ''}: {seconds:.2f} s, "
+            f"{flops / 1e12:.3f} TFLOP ({trained} trained tokens, {prompt_tokens} distinct prompt tokens), "
+            f"{flops / seconds / 1e9:.1f} GFLOP/s; {faults} minor page faults in the iteration"
+        )
     if args.device != "cpu":
         gemm.append(_gpu_gemm(dtype, hidden, inter))
     seconds = sum(r[0] for r in rows)
     achieved = sum(r[1] for r in rows) / seconds
     limit = max(gemm)
-    print(f"model: N={n_params / 1e6:.1f}M non-embedding parameters, d={d}, V={vocab}; "
-          f"{'LoRA' if args.lora else 'full fine-tuning'}, {args.dtype}, {args.device}, {torch.get_num_threads()} threads, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"model: N={n_params / 1e6:.1f}M non-embedding parameters, d={d}, V={vocab}; "
+        f"{'LoRA' if args.lora else 'full fine-tuning'}, {args.dtype}, {args.device}, {torch.get_num_threads()} threads, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     print(f"GEMM ({args.dtype}, model shapes): {limit / 1e9:.1f} GFLOP/s (best of {len(gemm)} measurements)")
     print(f"PPO update: {achieved / 1e9:.1f} GFLOP/s over {len(rows)} updates ({seconds:.2f} s)")
     print(f"ratio={achieved / limit:.3f}")

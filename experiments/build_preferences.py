@@ -19,6 +19,7 @@ the rendered prompt text the policy saw. The env id, reward, wrappers, model and
 go in the data set's metadata (``DatasetInfo.description`` as JSON, and ``metadata.json``). A thin
 script: composition and I/O; pairs and labels come from `agents.preference_math`.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,16 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from config import compose  # noqa: E402
 
-DEFAULTS = {"out": "outputs/preferences", "format": "pairs", "batches": 2, "strategy": "best_vs_worst",
-            "margin": 0.0, "threshold": 1.0, "on": "reward", "completions_per_prompt": 4}
+DEFAULTS = {
+    "out": "outputs/preferences",
+    "format": "pairs",
+    "batches": 2,
+    "strategy": "best_vs_worst",
+    "margin": 0.0,
+    "threshold": 1.0,
+    "on": "reward",
+    "completions_per_prompt": 4,
+}
 
 
 def build_env(cfg, tokenizer, model):
@@ -44,8 +53,15 @@ def build_env(cfg, tokenizer, model):
     kwargs = OmegaConf.to_container(cfg.env.kwargs, resolve=True)
     if cfg.data_dir:
         kwargs["data_dir"] = cfg.data_dir
-    env = lm_envs.make_vec(cfg.env.id, cfg.env.num_envs, tokenizer, vocab_size=model.config.vocab_size,
-                           seed=cfg.seed, completions_per_prompt=cfg.env.completions_per_prompt, **kwargs)
+    env = lm_envs.make_vec(
+        cfg.env.id,
+        cfg.env.num_envs,
+        tokenizer,
+        vocab_size=model.config.vocab_size,
+        seed=cfg.seed,
+        completions_per_prompt=cfg.env.completions_per_prompt,
+        **kwargs,
+    )
     wrappers = OmegaConf.to_container(cfg.env.reward_wrappers, resolve=True) if cfg.env.get("reward_wrappers") else []
     return (VecRewardWrapper(env, from_config(wrappers)) if wrappers else env), wrappers
 
@@ -63,14 +79,28 @@ def rows_from_episodes(episodes_list: list[Any], prefs: dict[str, Any]) -> list[
         if prefs["format"] == "pairs":
             keys = [info["completion"] for info in infos]
             for c, r in pm.preference_pairs(values, groups, prefs["strategy"], float(prefs["margin"]), keys):
-                out.append({"prompt": infos[c]["prompt"], "chosen": infos[c]["completion"],
-                            "rejected": infos[r]["completion"], "chosen_reward": values[c],
-                            "rejected_reward": values[r], "index": groups[c]})
+                out.append(
+                    {
+                        "prompt": infos[c]["prompt"],
+                        "chosen": infos[c]["completion"],
+                        "rejected": infos[r]["completion"],
+                        "chosen_reward": values[c],
+                        "rejected_reward": values[r],
+                        "index": groups[c],
+                    }
+                )
         else:
             labels = pm.kto_labels(values, float(prefs["threshold"]))
-            out.extend({"prompt": info["prompt"], "completion": info["completion"], "label": bool(label),
-                        "reward": value, "index": group}
-                       for info, label, value, group in zip(infos, labels, values, groups))
+            out.extend(
+                {
+                    "prompt": info["prompt"],
+                    "completion": info["completion"],
+                    "label": bool(label),
+                    "reward": value,
+                    "index": group,
+                }
+                for info, label, value, group in zip(infos, labels, values, groups)
+            )
     return out
 
 
@@ -92,9 +122,18 @@ def main(argv: list[str]) -> dict[str, Any]:
     set_random_seed(cfg.seed)
     model, tokenizer = load_lm(cfg.policy.model, dtype=cfg.policy.dtype)
     env, wrappers = build_env(cfg, tokenizer, model)
-    policy = CausalLMPolicy(env.observation_space, env.action_space, lambda _: 0.0, model=model, value_head=False,
-                            reference=False, temperature=cfg.policy.temperature, top_k=cfg.policy.top_k,
-                            top_p=cfg.policy.top_p, device=cfg.policy.device)
+    policy = CausalLMPolicy(
+        env.observation_space,
+        env.action_space,
+        lambda _: 0.0,
+        model=model,
+        value_head=False,
+        reference=False,
+        temperature=cfg.policy.temperature,
+        top_k=cfg.policy.top_k,
+        top_p=cfg.policy.top_p,
+        device=cfg.policy.device,
+    )
     batches, obs = [], None
     for _ in range(int(prefs["batches"])):
         episodes, obs = collect_episodes(policy, env, obs)
@@ -102,20 +141,36 @@ def main(argv: list[str]) -> dict[str, Any]:
     rows = rows_from_episodes(batches, prefs)
     task = env.get_attr("task", [0])[0]
     reward_name = getattr(task.reward, "name", None) or getattr(task.reward, "__name__", type(task.reward).__name__)
-    meta = {"env_id": cfg.env.id, "env_kwargs": OmegaConf.to_container(cfg.env.kwargs, resolve=True),
-            "reward": reward_name, "reward_wrappers": wrappers,
-            "model": cfg.policy.model, "temperature": cfg.policy.temperature, "top_k": cfg.policy.top_k,
-            "top_p": cfg.policy.top_p, "seed": cfg.seed, "samples": sum(len(b.infos) for b in batches),
-            "rows": len(rows), **{f"prefs_{k}": v for k, v in prefs.items() if k != "out"}}
-    columns = (["prompt", "chosen", "rejected", "chosen_reward", "rejected_reward", "index"]
-               if prefs["format"] == "pairs" else ["prompt", "completion", "label", "reward", "index"])
-    data = datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in columns},
-                                      info=datasets.DatasetInfo(description=json.dumps(meta)))
+    meta = {
+        "env_id": cfg.env.id,
+        "env_kwargs": OmegaConf.to_container(cfg.env.kwargs, resolve=True),
+        "reward": reward_name,
+        "reward_wrappers": wrappers,
+        "model": cfg.policy.model,
+        "temperature": cfg.policy.temperature,
+        "top_k": cfg.policy.top_k,
+        "top_p": cfg.policy.top_p,
+        "seed": cfg.seed,
+        "samples": sum(len(b.infos) for b in batches),
+        "rows": len(rows),
+        **{f"prefs_{k}": v for k, v in prefs.items() if k != "out"},
+    }
+    columns = (
+        ["prompt", "chosen", "rejected", "chosen_reward", "rejected_reward", "index"]
+        if prefs["format"] == "pairs"
+        else ["prompt", "completion", "label", "reward", "index"]
+    )
+    data = datasets.Dataset.from_dict(
+        {c: [r[c] for r in rows] for c in columns}, info=datasets.DatasetInfo(description=json.dumps(meta))
+    )
     out = Path(prefs["out"])
     data.save_to_disk(str(out))
     write_json(out / "metadata.json", meta)
-    print(f"wrote {len(rows)} {'pairs' if prefs['format'] == 'pairs' else 'samples'} from {meta['samples']} "
-          f"samples to {out}", file=sys.stderr)
+    print(
+        f"wrote {len(rows)} {'pairs' if prefs['format'] == 'pairs' else 'samples'} from {meta['samples']} "
+        f"samples to {out}",
+        file=sys.stderr,
+    )
     return {"rows": len(rows), "out": str(out), "meta": meta}
 
 

@@ -11,6 +11,7 @@ wall times and the held-out evaluations, and writes to ``OUT``:
 
 A plain script with flags (like ``plot.py``): it composes no config.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-KEYS = [("toxicity_mean", "toxicity"), ("toxicity_frac_above_0.5", "frac > 0.5"), ("kl_mean", "KL (nats)"),
-        ("perplexity_mean", "perplexity"), ("distinct_2", "distinct-2"), ("score_mean", "score")]
+KEYS = [
+    ("toxicity_mean", "toxicity"),
+    ("toxicity_frac_above_0.5", "frac > 0.5"),
+    ("kl_mean", "KL (nats)"),
+    ("perplexity_mean", "perplexity"),
+    ("distinct_2", "distinct-2"),
+    ("score_mean", "score"),
+]
 
 
 def read_timed(run_dir: Path) -> dict[str, list[tuple[float, float]]]:
@@ -70,8 +77,11 @@ def main(argv: list[str]) -> None:
         run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
         minutes = (series["objective/scores"][-1][0] - start) / 60
         cells = [f"{before.get(k, float('nan')):.3f} → {after.get(k, float('nan')):.3f}" for k, _ in KEYS]
-        rows.append(f"| {name} | {run.get('iterations_done', len(series['objective/scores']))} | {minutes:.1f} | "
-                    + " | ".join(cells) + " |")
+        rows.append(
+            f"| {name} | {run.get('iterations_done', len(series['objective/scores']))} | {minutes:.1f} | "
+            + " | ".join(cells)
+            + " |"
+        )
     score_ax.set(title="training score (1 − toxicity + terms)", xlabel="wall-clock minutes", ylabel="objective/scores")
     kl_ax.set(title="KL to the reference", xlabel="wall-clock minutes", ylabel="objective/kl (nats)")
     for ax in (score_ax, kl_ax):
@@ -79,8 +89,13 @@ def main(argv: list[str]) -> None:
         ax.legend()
     fig.tight_layout()
     fig.savefig(args.out / "score_kl_vs_time.png", dpi=120)
-    header = ("| agent | iterations | training minutes* | " + " | ".join(label for _, label in KEYS) + " |\n"
-              + "|---" * (3 + len(KEYS)) + "|\n")
+    header = (
+        "| agent | iterations | training minutes* | "
+        + " | ".join(label for _, label in KEYS)
+        + " |\n"
+        + "|---" * (3 + len(KEYS))
+        + "|\n"
+    )
     table = header + "\n".join(rows) + "\n"
     from agents.checkpoint import atomic_write_text
 

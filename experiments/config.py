@@ -29,6 +29,7 @@ style through `compose_script`: their base file (``configs/evaluate.yaml``,
 error. ``--help`` on any of them prints the script's summary and its base file, whose comments
 document every option.
 """
+
 from __future__ import annotations
 
 import sys
@@ -56,8 +57,10 @@ def _load(group: str, name: str) -> DictConfig:
 def help_text(base: str, description: str | None = None, groups: bool = False) -> str:
     """What ``--help`` prints: the script's summary, how to override, and the base file itself."""
     lines = [description.strip(), ""] if description else []
-    lines.append(f"Options are key=value overrides, dotted for nested keys (env.kwargs.split=test), of\n"
-                 f"experiments/configs/{base}, shown below with its defaults and comments.")
+    lines.append(
+        f"Options are key=value overrides, dotted for nested keys (env.kwargs.split=test), of\n"
+        f"experiments/configs/{base}, shown below with its defaults and comments."
+    )
     if groups:
         lines.append(f"Groups: agent=NAME, one of {agents()}; experiment=NAME (repeatable), one of {presets()}.")
     lines += ["", (CONFIG_DIR / base).read_text().rstrip()]
@@ -72,8 +75,9 @@ def _maybe_help(argv: Sequence[str], base: str, description: str | None, groups:
         raise SystemExit(0)
 
 
-def compose_script(argv: Sequence[str], base: str, description: str | None = None,
-                   open_keys: Sequence[str] = ()) -> DictConfig:
+def compose_script(
+    argv: Sequence[str], base: str, description: str | None = None, open_keys: Sequence[str] = ()
+) -> DictConfig:
     """A script's config: ``configs/<base>`` + dotted overrides (``key.sub=value``).
 
     A key the base file does not have is an error, except under the nodes named in `open_keys`
@@ -171,8 +175,10 @@ def _merge_strictly(cfg: DictConfig, overrides: Sequence[str], where: str) -> Di
         parent = err.full_key.rpartition(".")[0]
         node = OmegaConf.select(cfg, parent) if parent else cfg
         known = sorted(node.keys()) if isinstance(node, DictConfig) else []
-        raise SystemExit(f"unknown option {err.full_key!r}: no such key in {where}; known keys"
-                         f"{' under ' + parent if parent else ''}: {known}") from None
+        raise SystemExit(
+            f"unknown option {err.full_key!r}: no such key in {where}; known keys"
+            f"{' under ' + parent if parent else ''}: {known}"
+        ) from None
     except OmegaConfBaseException as err:
         raise SystemExit(f"bad override: {err}") from None
     OmegaConf.set_struct(cfg, False)

@@ -17,6 +17,7 @@ rate, pass@1, toxicity...) and ``samples.jsonl`` (one episode per line) to ``out
 adds pause metrics (pauses per reply overall/correct/incorrect, percentage of pause tokens). A
 thin script: composition only (lm_envs, policies, agents.evaluate_policy).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,10 +36,15 @@ BASE = "evaluate.yaml"
 def parse_args(argv: Sequence[str]) -> DictConfig:
     """The composed config (``configs/evaluate.yaml`` + overrides), checked."""
     cfg = compose_script(argv, BASE, __doc__, open_keys=["env.kwargs"])
-    if not isinstance(cfg.episodes, int) or not isinstance(cfg.env.num_envs, int) or cfg.episodes < 1 \
-            or cfg.env.num_envs < 1:
-        raise SystemExit(f"episodes and env.num_envs must be positive integers, got {cfg.episodes!r} and "
-                         f"{cfg.env.num_envs!r}")
+    if (
+        not isinstance(cfg.episodes, int)
+        or not isinstance(cfg.env.num_envs, int)
+        or cfg.episodes < 1
+        or cfg.env.num_envs < 1
+    ):
+        raise SystemExit(
+            f"episodes and env.num_envs must be positive integers, got {cfg.episodes!r} and {cfg.env.num_envs!r}"
+        )
     cfg.checkpoint = "none" if cfg.checkpoint is None else str(cfg.checkpoint)
     return cfg
 
@@ -53,21 +59,45 @@ def load_policy(args: DictConfig, env: Any, model: Any) -> Any:
     if pause is not None:  # a pause model or checkpoint: build the PauseLMPolicy itself, like PPO.load would
         from policies import PauseLMPolicy
 
-        policy = PauseLMPolicy(env.observation_space, env.action_space, lambda _: 0.0, model=model,
-                               reference=False, device=args.device, **{**pause, **overrides})
+        policy = PauseLMPolicy(
+            env.observation_space,
+            env.action_space,
+            lambda _: 0.0,
+            model=model,
+            reference=False,
+            device=args.device,
+            **{**pause, **overrides},
+        )
         if args.checkpoint.lower() != "none":
             from agents.checkpoint import resolve_checkpoint
 
             policy.load_trainable(resolve_checkpoint(args.checkpoint) / "policy")
         return policy
     if args.checkpoint.lower() == "none":
-        return CausalLMPolicy(env.observation_space, env.action_space, lambda _: 0.0, model=model, reference=False,
-                              device=args.device, **overrides)
+        return CausalLMPolicy(
+            env.observation_space,
+            env.action_space,
+            lambda _: 0.0,
+            model=model,
+            reference=False,
+            device=args.device,
+            **overrides,
+        )
     # Evaluation needs no optimizer step, KL reference or env state from training: rows = one
     # batch, KL off (no reference copy), force_reset (the eval env keeps its own prompts).
-    agent = PPO.load(args.checkpoint, env=env, model=model, device=args.device, force_reset=True,
-                     batch_size=env.num_envs, micro_batch_size=None, kl_coef=0.0, adaptive_kl=False,
-                     tensorboard_log=None, verbose=0)
+    agent = PPO.load(
+        args.checkpoint,
+        env=env,
+        model=model,
+        device=args.device,
+        force_reset=True,
+        batch_size=env.num_envs,
+        micro_batch_size=None,
+        kl_coef=0.0,
+        adaptive_kl=False,
+        tensorboard_log=None,
+        verbose=0,
+    )
     if overrides:
         agent.policy.temperature = float(args.temperature)
     return agent.policy
@@ -96,14 +126,18 @@ def checkpoint_model(checkpoint: str) -> str | None:
     try:
         path = resolve_checkpoint(checkpoint)  # or the .old twin a killed save left
     except FileNotFoundError as error:
-        raise SystemExit(f"{checkpoint} is not a PPO checkpoint directory ({error}); pass checkpoint=none to "
-                         f"evaluate the base model") from None
+        raise SystemExit(
+            f"{checkpoint} is not a PPO checkpoint directory ({error}); pass checkpoint=none to evaluate the base model"
+        ) from None
     return json.loads((path / "meta.json").read_text())["model"]
 
 
 def table(summary: dict[str, Any]) -> str:
-    rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in summary.items()
-            if isinstance(v, (int, float, str))]
+    rows = [
+        (k, f"{v:.4f}" if isinstance(v, float) else str(v))
+        for k, v in summary.items()
+        if isinstance(v, (int, float, str))
+    ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{'metric':<{width}}  value", f"{'-' * width}  {'-' * 10}"]
     lines += [f"{k:<{width}}  {v}" for k, v in rows]
@@ -131,19 +165,28 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
         add_pause_token(model, tokenizer, pause.get("pause_token") or PAUSE_TOKEN)
     if args.data_dir:
         kwargs["data_dir"] = args.data_dir
-    env = lm_envs.make_vec(args.env.id, args.env.num_envs, tokenizer, vocab_size=model.config.vocab_size,
-                           seed=args.seed, **kwargs)
+    env = lm_envs.make_vec(
+        args.env.id, args.env.num_envs, tokenizer, vocab_size=model.config.vocab_size, seed=args.seed, **kwargs
+    )
     policy = load_policy(args, env, model)
     start = time.perf_counter()
     torch.manual_seed(args.seed)  # sampling draws from torch's global generator
     summary, samples = evaluate_policy(policy, env, args.episodes, deterministic=args.deterministic, seed=args.seed)
-    summary = {"env": args.env.id, "split": kwargs.get("split"), "checkpoint": args.checkpoint, "model": model_spec,
-               "decoding": "greedy" if args.deterministic else "sample", **summary,
-               "seconds": round(time.perf_counter() - start, 2), "task": env.task.metadata | {"name": env.task.name},
-               "args": OmegaConf.to_container(args, resolve=True)}
+    summary = {
+        "env": args.env.id,
+        "split": kwargs.get("split"),
+        "checkpoint": args.checkpoint,
+        "model": model_spec,
+        "decoding": "greedy" if args.deterministic else "sample",
+        **summary,
+        "seconds": round(time.perf_counter() - start, 2),
+        "task": env.task.metadata | {"name": env.task.name},
+        "args": OmegaConf.to_container(args, resolve=True),
+    }
     write_json(out / "summary.json", summary)
-    atomic_write_text(out / "samples.jsonl", "".join(json.dumps(sample, default=str, ensure_ascii=False) + "\n"
-                                                     for sample in samples))
+    atomic_write_text(
+        out / "samples.jsonl", "".join(json.dumps(sample, default=str, ensure_ascii=False) + "\n" for sample in samples)
+    )
     print(table({k: v for k, v in summary.items() if k not in ("args", "task")}))
     print(f"wrote {out / 'summary.json'} and {out / 'samples.jsonl'}", file=sys.stderr)
     return summary

@@ -7,6 +7,7 @@ exist it also writes ``DIR/plots/before_after.md`` (and prints it), and when
 ``DIR/samples_before.json`` and ``samples_after.json`` exist, ``DIR/plots/samples.md``: the
 first five held-out prompts (in eval order, not picked) with their continuations before → after.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,8 +76,10 @@ def samples_table(run_dir: Path, n: int = 5, width: int = 90) -> str | None:
 
     lines = ["| prompt | before (score) | after (score) |", "|---|---|---|"]
     for b, a in pairs[:n]:
-        lines.append(f"| {cell(b['prompt'])} | {cell(b['completion'])} ({b['score']:.2f}) | "
-                     f"{cell(a['completion'])} ({a['score']:.2f}) |")
+        lines.append(
+            f"| {cell(b['prompt'])} | {cell(b['completion'])} ({b['score']:.2f}) | "
+            f"{cell(a['completion'])} ({a['score']:.2f}) |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,7 @@ Continue a killed run with ``resume=true``. Data parallel on N processes with
 ``torchrun --nproc_per_node=N experiments/run_ppo.py ...`` (sizes are per rank; rank 0 logs,
 evaluates and writes). A thin script: composition only, no algorithm logic.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,15 @@ def build(cfg, tokenizer, model, eval_env: bool = False, reward=None):
     group = {} if eval_env else {"completions_per_prompt": k}
     # Rank r's prompt slots are slots [r·S, (r+1)·S) of one big env of S·world slots.
     offset = 10_000 if eval_env else distributed.rank() * (cfg.env.num_envs // k)
-    env = lm_envs.make_vec(cfg.env.id, cfg.env.num_envs, tokenizer, vocab_size=model.config.vocab_size,
-                           seed=cfg.seed + offset, **group, **kwargs)
+    env = lm_envs.make_vec(
+        cfg.env.id,
+        cfg.env.num_envs,
+        tokenizer,
+        vocab_size=model.config.vocab_size,
+        seed=cfg.seed + offset,
+        **group,
+        **kwargs,
+    )
     # Both envs get the same wrappers; evaluation reports the raw task score (info["score"]).
     wrappers = OmegaConf.to_container(cfg.env.reward_wrappers, resolve=True) if cfg.env.get("reward_wrappers") else []
     return VecRewardWrapper(env, from_config(wrappers)) if wrappers else env
@@ -94,8 +102,10 @@ def agent_class(cfg):
     cls = AGENTS[name]
     unknown = sorted(set(cfg.agent) - agent_parameters(cls) - {"name", "algorithm"})
     if unknown:
-        raise SystemExit(f"agent {name!r} ({cls.__name__}) does not take {unknown}; its keys: "
-                         f"{sorted(agent_parameters(cls) - {'policy_kwargs', 'seed', 'device', 'tensorboard_log'})}")
+        raise SystemExit(
+            f"agent {name!r} ({cls.__name__}) does not take {unknown}; its keys: "
+            f"{sorted(agent_parameters(cls) - {'policy_kwargs', 'seed', 'device', 'tensorboard_log'})}"
+        )
     group = cfg.env.get("completions_per_prompt", 1)
     if cfg.env.num_envs % group:
         raise SystemExit(f"env.num_envs={cfg.env.num_envs} must be a multiple of env.completions_per_prompt={group}")
@@ -114,9 +124,11 @@ def prepare(cfg):
         model, tokenizer = load_lm(cfg.policy.model, dtype=cfg.policy.dtype)
     except FileNotFoundError as err:
         if cfg.get("experiment"):  # a preset may start from an earlier step's output; its file says which step
-            raise SystemExit(f"{err}\nexperiment={cfg.experiment} runs from policy.model={cfg.policy.model}; when that "
-                             f"is an earlier step's output, experiments/configs/experiment/{cfg.experiment}.yaml says "
-                             f"which step writes it. Or pass policy.model=... (e.g. smollm2-135m-instruct)") from None
+            raise SystemExit(
+                f"{err}\nexperiment={cfg.experiment} runs from policy.model={cfg.policy.model}; when that "
+                f"is an earlier step's output, experiments/configs/experiment/{cfg.experiment}.yaml says "
+                f"which step writes it. Or pass policy.model=... (e.g. smollm2-135m-instruct)"
+            ) from None
         raise
     policy_kwargs = OmegaConf.to_container(cfg.policy, resolve=True)
     policy_class = policy_kwargs.pop("class", None) or "CausalLMPolicy"
@@ -142,11 +154,25 @@ def prepare(cfg):
     if resume_from is not None:
         if main_process:
             print(f"resuming from {resume_from}", file=sys.stderr)
-        agent = cls.load(resume_from, env=env, model=model, device=device, tensorboard_log=str(out / "tb"),
-                         verbose=cfg.agent.verbose, **code)
+        agent = cls.load(
+            resume_from,
+            env=env,
+            model=model,
+            device=device,
+            tensorboard_log=str(out / "tb"),
+            verbose=cfg.agent.verbose,
+            **code,
+        )
     else:
-        agent = cls(policy_class, env, policy_kwargs=policy_kwargs, seed=cfg.seed, device=device,
-                    tensorboard_log=str(out / "tb"), **agent_kwargs)
+        agent = cls(
+            policy_class,
+            env,
+            policy_kwargs=policy_kwargs,
+            seed=cfg.seed,
+            device=device,
+            tensorboard_log=str(out / "tb"),
+            **agent_kwargs,
+        )
     return agent, env, eval_env, resume_from
 
 
@@ -163,8 +189,12 @@ def main(argv: list[str]) -> dict:
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg))
-        print(f"distributed: backend={layout['backend']} ranks={layout['world_size']} "
-              f"threads/rank={layout['threads']}" if layout else "single process", file=sys.stderr)
+        print(
+            f"distributed: backend={layout['backend']} ranks={layout['world_size']} threads/rank={layout['threads']}"
+            if layout
+            else "single process",
+            file=sys.stderr,
+        )
     from agents import CheckpointEveryIterations, EvalEveryIterations, evaluate_policy
     from agents.callbacks import StopAfterSeconds
     from agents.checkpoint import write_json
@@ -175,8 +205,13 @@ def main(argv: list[str]) -> dict:
 
     def evaluate(tag: str) -> dict:
         has_reference = agent.policy.uses_lora or agent.policy.reference_model is not None
-        summary, samples = evaluate_policy(agent.policy, eval_env, cfg.env.eval_episodes,
-                                           deterministic=cfg.env.eval_deterministic, reference_stats=has_reference)
+        summary, samples = evaluate_policy(
+            agent.policy,
+            eval_env,
+            cfg.env.eval_episodes,
+            deterministic=cfg.env.eval_deterministic,
+            reference_stats=has_reference,
+        )
         write_json(out / f"eval_{tag}.json", summary)
         write_json(out / f"samples_{tag}.json", samples)
         print(f"eval {tag}: " + " ".join(f"{k}={v:.4g}" for k, v in summary.items()), file=sys.stderr)
@@ -196,13 +231,23 @@ def main(argv: list[str]) -> dict:
         token_log = TokenLogCallback(out / "tokens", episodes=cfg.report_episodes)
         callbacks.append(token_log)
     if cfg.eval_every:
-        callbacks.append(EvalEveryIterations(eval_env, cfg.eval_every, cfg.env.eval_episodes,
-                                             on_result=lambda it, summary: write_json(out / f"eval_iter_{it:06d}.json",
-                                                                                     summary)))
+        callbacks.append(
+            EvalEveryIterations(
+                eval_env,
+                cfg.eval_every,
+                cfg.env.eval_episodes,
+                on_result=lambda it, summary: write_json(out / f"eval_iter_{it:06d}.json", summary),
+            )
+        )
     # The budget is the iteration count, from the start of the run: a resumed run does the rest,
     # and schedules follow the uninterrupted run's progress.
-    agent.learn(total_iterations=cfg.iterations, callback=CallbackList(callbacks), progress_bar=cfg.progress_bar,
-                reset_num_timesteps=resume_from is None, tb_log_name=cfg.agent.name)
+    agent.learn(
+        total_iterations=cfg.iterations,
+        callback=CallbackList(callbacks),
+        progress_bar=cfg.progress_bar,
+        reset_num_timesteps=resume_from is None,
+        tb_log_name=cfg.agent.name,
+    )
     agent.save(checkpoints / f"iter_{agent.iteration:06d}")  # collective: every rank's state, rank 0 writes
     if getattr(agent.policy, "sharded", False):  # FSDP: the final weights are gathered (collective), rank 0
         agent.finalize(out / "final")  # writes them, and evaluates with every rank's weights
@@ -211,19 +256,32 @@ def main(argv: list[str]) -> dict:
     if not main_process:
         return {}
     if time_limit is not None and time_limit.fired:
-        print(f"safety stop: time_limit_minutes={cfg.time_limit_minutes} fired at iteration {agent.iteration} of "
-              f"{cfg.iterations}", file=sys.stderr)
-    write_json(out / "run.json", {"agent": cfg.agent.name, "iterations_done": agent.iteration,
-                                  "iterations_budget": cfg.iterations, "world_size": cfg.world_size,
-                                  "time_limit_fired": bool(time_limit is not None and time_limit.fired)})
+        print(
+            f"safety stop: time_limit_minutes={cfg.time_limit_minutes} fired at iteration {agent.iteration} of "
+            f"{cfg.iterations}",
+            file=sys.stderr,
+        )
+    write_json(
+        out / "run.json",
+        {
+            "agent": cfg.agent.name,
+            "iterations_done": agent.iteration,
+            "iterations_budget": cfg.iterations,
+            "world_size": cfg.world_size,
+            "time_limit_fired": bool(time_limit is not None and time_limit.fired),
+        },
+    )
     if not getattr(agent.policy, "sharded", False):
         agent.finalize(out / "final")  # the agent's own final form (a plain model dir for SFT, STaR, DPO, KTO)
         summary = evaluate("after")
     from agents.evaluation import before_after_table
 
     before = json.loads((out / "eval_before.json").read_text())
-    print(f"\nheld-out evaluation ({cfg.env.eval_episodes} episodes), before -> after training:\n"
-          + before_after_table(before, summary), file=sys.stderr)
+    print(
+        f"\nheld-out evaluation ({cfg.env.eval_episodes} episodes), before -> after training:\n"
+        + before_after_table(before, summary),
+        file=sys.stderr,
+    )
     if cfg.report:
         write_report(out, time.perf_counter() - started, token_log.seconds if token_log is not None else 0.0)
     print(f"done: outputs in {out} (tensorboard --logdir {out / 'tb'})", file=sys.stderr)
@@ -240,13 +298,17 @@ def write_report(out: Path, run_seconds: float, logging_seconds: float = 0.0) ->
 
         path = report.write_report(out)
     except Exception as err:  # noqa: BLE001 - the run itself succeeded
-        print(f"report: failed ({type(err).__name__}: {err}); retry with python experiments/report.py {out}",
-              file=sys.stderr)
+        print(
+            f"report: failed ({type(err).__name__}: {err}); retry with python experiments/report.py {out}",
+            file=sys.stderr,
+        )
         return
     seconds = time.perf_counter() - start
     share = 100 * (seconds + logging_seconds) / (run_seconds + seconds)
-    print(f"report: {path} ({seconds:.1f}s to write, {logging_seconds:.1f}s of token logging: {share:.1f}% of the "
-          f"run)", file=sys.stderr)
+    print(
+        f"report: {path} ({seconds:.1f}s to write, {logging_seconds:.1f}s of token logging: {share:.1f}% of the run)",
+        file=sys.stderr,
+    )
 
 
 def cli(argv: list[str]) -> dict:

@@ -29,6 +29,7 @@ tokenizer (with the pause token), ``pause_head.pt`` and ``pause_config.json``, w
 script: data, loop and logging; the data readers come from `policies.pause_data` and the model
 pieces from `policies.pause`.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,8 +62,14 @@ def parse_args(argv: Sequence[str]) -> DictConfig:
 
 
 # -- data ----------------------------------------------------------------------------------------
-def encode_rows(rows: Sequence[dict[str, Any]], tokenizer: Any, question_col: str, answer_col: str,
-                prompt_template: str | None, max_length: int) -> list[tuple[list[int], list[int]]]:
+def encode_rows(
+    rows: Sequence[dict[str, Any]],
+    tokenizer: Any,
+    question_col: str,
+    answer_col: str,
+    prompt_template: str | None,
+    max_length: int,
+) -> list[tuple[list[int], list[int]]]:
     """``(prompt ids, target ids)`` per row, the prompt tokenized exactly as the RL env does."""
     from lm_envs import Task
     from lm_envs.tasks import GSM8K_TEMPLATE
@@ -70,17 +77,21 @@ def encode_rows(rows: Sequence[dict[str, Any]], tokenizer: Any, question_col: st
     missing = [c for c in (question_col, answer_col) if rows and c not in rows[0]]
     if missing:
         raise SystemExit(f"the data has no column(s) {missing}; columns: {sorted(rows[0])}")
-    task = Task(questions=[r[question_col] for r in rows], references=[r[answer_col] for r in rows],
-                reward=lambda completions, references, prompts=None: np.zeros(len(completions), np.float32),
-                name="sft", prompt_template=prompt_template or GSM8K_TEMPLATE)
+    task = Task(
+        questions=[r[question_col] for r in rows],
+        references=[r[answer_col] for r in rows],
+        reward=lambda completions, references, prompts=None: np.zeros(len(completions), np.float32),
+        name="sft",
+        prompt_template=prompt_template or GSM8K_TEMPLATE,
+    )
     chat = task.uses_chat_template(tokenizer)
     eos = tokenizer.eos_token_id
     out = []
     for i, row in enumerate(rows):
         prompt = tokenizer(task.prompt(i, tokenizer), add_special_tokens=not chat)["input_ids"]
         target = tokenizer(row[answer_col], add_special_tokens=False)["input_ids"] + [eos]
-        target = target[:max_length - 1]
-        prompt = prompt[-(max_length - len(target)):]  # keep the prompt's end, as truncate_prompt="left"
+        target = target[: max_length - 1]
+        prompt = prompt[-(max_length - len(target)) :]  # keep the prompt's end, as truncate_prompt="left"
         out.append((prompt, target))
     return out
 
@@ -95,18 +106,29 @@ def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dic
         n = len(p) + len(t)
         ids[row, :n] = torch.tensor(p + t)
         attention[row, :n] = 1
-        target[row, len(p):n] = True
+        target[row, len(p) : n] = True
     return {"input_ids": ids, "attention_mask": attention, "target_mask": target}
 
 
 # -- loss ----------------------------------------------------------------------------------------
-def sft_losses(model: Any, head: torch.nn.Module, batch: dict[str, torch.Tensor], pause_id: int, mode: str,
-               pause_probability: float | None, detach_head: bool = False) -> dict[str, torch.Tensor]:
+def sft_losses(
+    model: Any,
+    head: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    pause_id: int,
+    mode: str,
+    pause_probability: float | None,
+    detach_head: bool = False,
+) -> dict[str, torch.Tensor]:
     """LM loss on non-pause targets, pause-head loss on every target position, and statistics."""
     from policies.pause import mask_pause_logit
 
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True,
-                logits_to_keep=1)
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        output_hidden_states=True,
+        logits_to_keep=1,
+    )
     select = batch["target_mask"][:, 1:]  # the token at c + 1 is predicted at column c
     hidden = out.hidden_states[-1][:, :-1][select]
     targets = batch["input_ids"][:, 1:][select]
@@ -123,8 +145,12 @@ def sft_losses(model: Any, head: torch.nn.Module, batch: dict[str, torch.Tensor]
     else:
         choice = torch.where(is_pause, PAUSE, 1 - PAUSE)
         head_loss = -head_log_probs.gather(-1, choice[:, None]).mean()
-    return {"lm": lm_loss, "head": head_loss, "head_pause_prob": head_log_probs[:, PAUSE].exp().mean().detach(),
-            "target_pause_rate": is_pause.float().mean()}
+    return {
+        "lm": lm_loss,
+        "head": head_loss,
+        "head_pause_prob": head_log_probs[:, PAUSE].exp().mean().detach(),
+        "target_pause_rate": is_pause.float().mean(),
+    }
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -164,12 +190,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rows = load_rows(args.data, args.limit, args.split)
     if not rows:
         raise SystemExit(f"{args.data} holds no rows")
-    examples = encode_rows(rows, tokenizer, args.question_col, args.answer_col, args.prompt_template,
-                           args.max_length)
+    examples = encode_rows(rows, tokenizer, args.question_col, args.answer_col, args.prompt_template, args.max_length)
     steps_per_epoch = math.ceil(len(examples) / args.batch_size)
     total = args.max_steps if args.max_steps is not None else max(1, math.ceil(args.epochs * steps_per_epoch))
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": args.learning_rate},
-              {"params": list(head.parameters()), "lr": args.head_learning_rate or args.learning_rate}]
+    groups = [
+        {"params": [p for p in model.parameters() if p.requires_grad], "lr": args.learning_rate},
+        {"params": list(head.parameters()), "lr": args.head_learning_rate or args.learning_rate},
+    ]
     optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
     writer = SummaryWriter(str(out / "tb"))
     order_rng = np.random.default_rng(args.seed)
@@ -179,18 +206,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for step in progress:
         if len(order) < args.batch_size:  # a fresh shuffled pass when the current one runs out
             order += order_rng.permutation(len(examples)).tolist()
-        batch_rows, order = order[:args.batch_size], order[args.batch_size:]
+        batch_rows, order = order[: args.batch_size], order[args.batch_size :]
         batch = {k: v.to(device) for k, v in collate([examples[i] for i in batch_rows], tokenizer.pad_token_id).items()}
-        losses = sft_losses(model, head, batch, pause_id, args.pause_head_loss, args.pause_probability,
-                            args.detach_pause_head)
+        losses = sft_losses(
+            model, head, batch, pause_id, args.pause_head_loss, args.pause_probability, args.detach_pause_head
+        )
         loss = losses["lm"] + args.head_loss_weight * losses["head"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], args.max_grad_norm)
         optimizer.step()
-        record = {"loss/total": loss.item(), "loss/lm": losses["lm"].item(), "loss/head": losses["head"].item(),
-                  "pause/head_prob_mean": losses["head_pause_prob"].item(),
-                  "pause/target_rate": losses["target_pause_rate"].item(), "train/grad_norm": float(grad_norm)}
+        record = {
+            "loss/total": loss.item(),
+            "loss/lm": losses["lm"].item(),
+            "loss/head": losses["head"].item(),
+            "pause/head_prob_mean": losses["head_pause_prob"].item(),
+            "pause/target_rate": losses["target_pause_rate"].item(),
+            "train/grad_norm": float(grad_norm),
+        }
         history.append(record)
         if step % args.log_every == 0 or step == total - 1:
             for key, value in record.items():
@@ -202,15 +235,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if lora is not None:
         model = model.merge_and_unload()  # RL's reference (adapter off) is then exactly this model
     final = out / "final"
-    save_pause_checkpoint(final, model.cpu(), tokenizer, head.cpu(),
-                          extra={"sft": {"pause_head_loss": args.pause_head_loss,
-                                         "pause_probability": args.pause_probability, "steps": total}})
-    summary = {"steps": total, "examples": len(examples), "final": str(final),
-               "first": history[0], "last": history[-1]}
+    save_pause_checkpoint(
+        final,
+        model.cpu(),
+        tokenizer,
+        head.cpu(),
+        extra={
+            "sft": {
+                "pause_head_loss": args.pause_head_loss,
+                "pause_probability": args.pause_probability,
+                "steps": total,
+            }
+        },
+    )
+    summary = {"steps": total, "examples": len(examples), "final": str(final), "first": history[0], "last": history[-1]}
     write_json(out / "sft_summary.json", summary)
-    print(f"saved {final} after {total} steps: loss {history[-1]['loss/total']:.4f}, "
-          f"head p(pause) {history[0]['pause/head_prob_mean']:.3f} -> {history[-1]['pause/head_prob_mean']:.3f} "
-          f"(tensorboard --logdir {out / 'tb'})", file=sys.stderr)
+    print(
+        f"saved {final} after {total} steps: loss {history[-1]['loss/total']:.4f}, "
+        f"head p(pause) {history[0]['pause/head_prob_mean']:.3f} -> {history[-1]['pause/head_prob_mean']:.3f} "
+        f"(tensorboard --logdir {out / 'tb'})",
+        file=sys.stderr,
+    )
     return summary
 
 

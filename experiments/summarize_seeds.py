@@ -6,6 +6,7 @@ shows (`agents.evaluation.TABLE_KEYS` and ``rewards/*``): mean ± sample standar
 runs before and after training, the relative change of the means, and each run's after value.
 A short run's headline is such a mean over 3 seeds with its spread.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,14 +36,17 @@ def table(runs: list[tuple[dict, dict]]) -> str:
     """The markdown table of `runs` (``(before, after)`` summaries, one per seed)."""
     keys = [k for k in TABLE_KEYS if all(k in b and k in a for b, a in runs)]
     keys += sorted(k for k in runs[0][1] if k.startswith("rewards/") and all(k in a for _, a in runs))
-    lines = [f"| metric | before (mean ± std, {len(runs)} seeds) | after | change of the mean | after, per seed |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"| metric | before (mean ± std, {len(runs)} seeds) | after | change of the mean | after, per seed |",
+        "|---|---|---|---|---|",
+    ]
     for key in keys:
         before, after = [float(b[key]) for b, _ in runs], [float(a[key]) for _, a in runs]
         mean_before, mean_after = statistics.fmean(before), statistics.fmean(after)
         change = f"{(mean_after - mean_before) / abs(mean_before) * 100:+.1f}%" if abs(mean_before) > 1e-4 else ""
-        lines.append(f"| {key} | {spread(before)} | {spread(after)} | {change} | "
-                     f"{', '.join(f'{v:.4g}' for v in after)} |")
+        lines.append(
+            f"| {key} | {spread(before)} | {spread(after)} | {change} | {', '.join(f'{v:.4g}' for v in after)} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -25,6 +25,7 @@ Ids from other libraries (`lm_envs.ecosystem`; optional, ``pip install -e .[envs
 without importing them): ``reasoning_gym/<task>-v0`` for every reasoning-gym task and
 ``textarena/<Game>-v0`` for TextArena's offline single-player games.
 """
+
 from rewards.data import DATA_DIR_ENV, resolve_data_dir
 from lm_envs.episodes import EpisodeBatch, EpisodeConfig, observation_space
 from lm_envs.registration import make_token_env, make_vec, register_task
@@ -33,8 +34,20 @@ from lm_envs.sampler import PromptSampler
 from lm_envs.suite import register_builtin_ids
 from lm_envs.ecosystem import register_ecosystem_ids
 from lm_envs.tasks import (
-    HUMANEVAL_STOP_STRINGS, Reply, Task, Tool, gsm8k_calculator_task, gsm8k_task, humaneval_cpp_feedback_task,
-    humaneval_cpp_task, humaneval_java_task, humaneval_task, mbpp_feedback_task, mbpp_task, mgsm_task, mmlu_task,
+    HUMANEVAL_STOP_STRINGS,
+    Reply,
+    Task,
+    Tool,
+    gsm8k_calculator_task,
+    gsm8k_task,
+    humaneval_cpp_feedback_task,
+    humaneval_cpp_task,
+    humaneval_java_task,
+    humaneval_task,
+    mbpp_feedback_task,
+    mbpp_task,
+    mgsm_task,
+    mmlu_task,
     toxicity_task,
 )
 from lm_envs.token_env import TokenEnv
@@ -44,10 +57,31 @@ register_builtin_ids()
 register_ecosystem_ids()
 
 __all__ = [
-    "DATA_DIR_ENV", "EpisodeBatch", "EpisodeConfig", "PromptSampler", "Reply", "RewardWrapper", "Task", "TokenEnv",
-    "TokenVecEnv", "Tool", "gsm8k_calculator_task", "gsm8k_task", "humaneval_cpp_feedback_task",
-    "humaneval_cpp_task", "humaneval_java_task", "humaneval_task", "make_token_env", "make_vec", "mbpp_feedback_task",
+    "DATA_DIR_ENV",
+    "EpisodeBatch",
+    "EpisodeConfig",
+    "PromptSampler",
+    "Reply",
+    "RewardWrapper",
+    "Task",
+    "TokenEnv",
+    "TokenVecEnv",
+    "Tool",
+    "gsm8k_calculator_task",
+    "gsm8k_task",
+    "humaneval_cpp_feedback_task",
+    "humaneval_cpp_task",
+    "humaneval_java_task",
+    "humaneval_task",
+    "make_token_env",
+    "make_vec",
+    "mbpp_feedback_task",
     "mbpp_task",
-    "mgsm_task", "mmlu_task", "observation_space", "register_task", "resolve_data_dir", "toxicity_task",
+    "mgsm_task",
+    "mmlu_task",
+    "observation_space",
+    "register_task",
+    "resolve_data_dir",
+    "toxicity_task",
     "VecRewardWrapper",
 ]

@@ -24,6 +24,7 @@ Ends of episodes:
   ``max_turn_tokens`` on the last allowed turn, or ``max_injected_tokens`` (an injection that
   does not fit ends the episode instead of being cut).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -131,8 +132,9 @@ class EpisodeConfig:
         return self.max_new_tokens + self.max_injected_tokens
 
 
-def observation_space(vocab_size: int, max_prompt_tokens: int, max_new_tokens: int,
-                      max_injected_tokens: int = 0) -> spaces.Dict:
+def observation_space(
+    vocab_size: int, max_prompt_tokens: int, max_new_tokens: int, max_injected_tokens: int = 0
+) -> spaces.Dict:
     """The observation space shared by `TokenEnv` and `TokenVecEnv`."""
     after = max_new_tokens + max_injected_tokens
     length = max_prompt_tokens + after
@@ -158,8 +160,7 @@ class EpisodeBatch:
     :param config: an `EpisodeConfig`; keyword arguments override its fields (or build one).
     """
 
-    def __init__(self, task: Task, tokenizer: Any, n: int, config: EpisodeConfig | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, task: Task, tokenizer: Any, n: int, config: EpisodeConfig | None = None, **kwargs: Any) -> None:
         self.config = config = EpisodeConfig.build(config, **kwargs)
         self.task, self.tokenizer, self.n = task, tokenizer, n
         self.max_new_tokens, self.max_prompt_tokens = config.max_new_tokens, config.max_prompt_tokens
@@ -179,15 +180,18 @@ class EpisodeBatch:
         self._respond_histories = self.respond is not None and _takes_keyword(self.respond, "histories")
         self.multi_turn = bool(self.tools) or self.respond is not None
         if self.multi_turn and config.max_injected_tokens == 0:
-            raise ValueError(f"task {task.name!r} injects text (tools or respond) but max_injected_tokens=0: "
-                             f"give it room, e.g. max_injected_tokens=256")
+            raise ValueError(
+                f"task {task.name!r} injects text (tools or respond) but max_injected_tokens=0: "
+                f"give it room, e.g. max_injected_tokens=256"
+            )
         if config.max_turns > 1 and self.respond is None:
             raise ValueError(f"max_turns={config.max_turns} needs a task that replies between turns (Task.respond)")
         self.max_turn_tokens = config.max_turn_tokens or config.max_new_tokens
         self._chat: ChatTurns | None = None
         self.length = config.max_prompt_tokens + config.max_completion_tokens
-        self.observation_space = observation_space(self.vocab_size, config.max_prompt_tokens, config.max_new_tokens,
-                                                   config.max_injected_tokens)
+        self.observation_space = observation_space(
+            self.vocab_size, config.max_prompt_tokens, config.max_new_tokens, config.max_injected_tokens
+        )
         self._prompt_cache: dict[int, tuple[np.ndarray, str]] = {}
 
         L = self.length
@@ -195,18 +199,18 @@ class EpisodeBatch:
         self.attention_mask = np.zeros((n, L), dtype=np.int8)
         self.policy_mask = np.zeros((n, L), dtype=np.int8)
         self.prompt_length = np.zeros(n, dtype=np.int64)
-        self.num_generated = np.zeros(n, dtype=np.int64)     # the policy's tokens
+        self.num_generated = np.zeros(n, dtype=np.int64)  # the policy's tokens
         self.completion_length = np.zeros(n, dtype=np.int64)  # columns used after P (policy + env)
         self.num_injected = np.zeros(n, dtype=np.int64)
-        self.turns = np.zeros(n, dtype=np.int64)              # turns the policy has ended
-        self.turn_start = np.zeros(n, dtype=np.int64)         # column (after P) where this turn began
-        self.turn_generated = np.zeros(n, dtype=np.int64)     # num_generated when this turn began
-        self.segment_start = np.zeros(n, dtype=np.int64)      # column after the env last spoke
+        self.turns = np.zeros(n, dtype=np.int64)  # turns the policy has ended
+        self.turn_start = np.zeros(n, dtype=np.int64)  # column (after P) where this turn began
+        self.turn_generated = np.zeros(n, dtype=np.int64)  # num_generated when this turn began
+        self.segment_start = np.zeros(n, dtype=np.int64)  # column after the env last spoke
         self.tool_calls = np.zeros(n, dtype=np.int64)
         self.first_score = np.full(n, np.nan)
         self.last_score = np.full(n, np.nan)
-        self.waiting = np.zeros(n, dtype=bool)                # ended a turn, awaiting the task's reply
-        self.turn_end = np.zeros(n, dtype=np.int8)            # how the last turn ended (_EOS | ...)
+        self.waiting = np.zeros(n, dtype=bool)  # ended a turn, awaiting the task's reply
+        self.turn_end = np.zeros(n, dtype=np.int8)  # how the last turn ended (_EOS | ...)
         # Per turn k of each row: its columns after P [start, end), its last action's index (a
         # count of the policy's tokens) and its reward (Reply.reward; NaN: none given).
         T = config.max_turns
@@ -217,8 +221,10 @@ class EpisodeBatch:
         # Overlapped scoring: rows that ended and wait for their score (terminal step held back).
         overlap = config.overlap_scoring
         if overlap and self.respond is not None:
-            raise ValueError(f"task {task.name!r} replies between turns: its verdicts are needed at once, so "
-                             "overlap_scoring cannot be on")
+            raise ValueError(
+                f"task {task.name!r} replies between turns: its verdicts are needed at once, so "
+                "overlap_scoring cannot be on"
+            )
         self.overlap_scoring = bool(overlap) and n > 1  # TokenVecEnv turns it off in auto-reset mode
         self.scorer: BackgroundScorer | None = None
         self.scoring = np.zeros(n, dtype=bool)
@@ -253,7 +259,7 @@ class EpisodeBatch:
                         f"max_prompt_tokens={self.max_prompt_tokens}. Raise max_prompt_tokens or pass "
                         f"truncate_prompt='left' to keep its last tokens."
                     )
-                ids = ids[-self.max_prompt_tokens:]
+                ids = ids[-self.max_prompt_tokens :]
             self._prompt_cache[index] = (ids, text)
         return self._prompt_cache[index]
 
@@ -265,12 +271,20 @@ class EpisodeBatch:
         self.policy_mask[rows] = 0
         for row, index in zip(rows, indices):
             ids, _ = self.encode_prompt(int(index))
-            self.input_ids[row, P - len(ids):P] = ids
-            self.attention_mask[row, P - len(ids):P] = 1
+            self.input_ids[row, P - len(ids) : P] = ids
+            self.attention_mask[row, P - len(ids) : P] = 1
             self.prompt_length[row] = len(ids)
         self.row_index[rows] = indices
-        for name in ("num_generated", "completion_length", "num_injected", "turns", "turn_start",
-                     "turn_generated", "segment_start", "tool_calls"):
+        for name in (
+            "num_generated",
+            "completion_length",
+            "num_injected",
+            "turns",
+            "turn_start",
+            "turn_generated",
+            "segment_start",
+            "tool_calls",
+        ):
             getattr(self, name)[rows] = 0
         if self.scoring[rows].any() and self.scorer is not None:  # a batch dropped mid-way
             self.scorer.discard()
@@ -344,8 +358,12 @@ class EpisodeBatch:
             # Rows that ended a turn wait for the task's reply; with sync_turns, until every row
             # still in the episode has ended its turn, so the task answers them in one call and
             # the policy takes every injection in one step.
-            self.turn_end[ending] = (eos[ending] * _EOS | stopped[ending] * _STOPPED
-                                     | out_of_tokens[ending] * _OUT_OF_TOKENS | turn_full[ending] * _TURN_FULL)
+            self.turn_end[ending] = (
+                eos[ending] * _EOS
+                | stopped[ending] * _STOPPED
+                | out_of_tokens[ending] * _OUT_OF_TOKENS
+                | turn_full[ending] * _TURN_FULL
+            )
             self.waiting[ending] = True
             acting = ~self.finished & ~self.waiting
             ready = np.flatnonzero(self.waiting) if not (self.sync_turns and acting.any()) else ending[:0]
@@ -389,8 +407,9 @@ class EpisodeBatch:
         held = ended[np.isnan(self.last_score[ended])]
         for row in held:
             index = int(self.row_index[row])
-            self.scorer.submit(int(row), self.completion(row), self.task.references[index],
-                               self.encode_prompt(index)[1])
+            self.scorer.submit(
+                int(row), self.completion(row), self.task.references[index], self.encode_prompt(index)[1]
+            )
         self.held_terminated[held] = terminated[held]  # a row ends terminated or truncated, never both
         terminated[held] = truncated[held] = False
         self.scoring[held] = True
@@ -423,8 +442,10 @@ class EpisodeBatch:
         else:
             replies = list(self.respond(attempts, references, turns))
         if len(replies) != len(rows) or not all(isinstance(reply, Reply) for reply in replies):
-            raise TypeError(f"task {self.task.name!r}: respond must return one lm_envs.tasks.turns.Reply per attempt "
-                            f"({len(rows)}), got {replies!r:.200}")
+            raise TypeError(
+                f"task {self.task.name!r}: respond must return one lm_envs.tasks.turns.Reply per attempt "
+                f"({len(rows)}), got {replies!r:.200}"
+            )
         return replies
 
     def _trim(self, text: str) -> str:
@@ -447,9 +468,9 @@ class EpisodeBatch:
         if self.num_injected[row] + len(ids) > self.config.max_injected_tokens:
             return False
         start = self.max_prompt_tokens + self.completion_length[row]
-        self.input_ids[row, start:start + len(ids)] = ids
-        self.attention_mask[row, start:start + len(ids)] = 1
-        self.policy_mask[row, start:start + len(ids)] = 0
+        self.input_ids[row, start : start + len(ids)] = ids
+        self.attention_mask[row, start : start + len(ids)] = 1
+        self.policy_mask[row, start : start + len(ids)] = 0
         self.completion_length[row] += len(ids)
         self.num_injected[row] += len(ids)
         self.segment_start[row] = self.completion_length[row]
@@ -474,9 +495,12 @@ class EpisodeBatch:
         unscored = np.isnan(scores)
         if unscored.any():  # the task's reward scores what its replies did not
             picked = np.flatnonzero(unscored)
-            scores[picked] = np.asarray(self.task.reward([completions[k] for k in picked],
-                                                         [references[k] for k in picked],
-                                                         [prompts[k] for k in picked]), dtype=np.float32)
+            scores[picked] = np.asarray(
+                self.task.reward(
+                    [completions[k] for k in picked], [references[k] for k in picked], [prompts[k] for k in picked]
+                ),
+                dtype=np.float32,
+            )
         reward_time = (time.perf_counter() - reward_start) / len(ended) + self.reward_seconds[ended]
         rewards[ended] = scores
         now = time.time()
@@ -490,12 +514,19 @@ class EpisodeBatch:
                 "score": float(scores[k]),
                 "reward_time": float(reward_time[k]),
                 "reward_wait": wait / len(ended),  # overlapped scoring: the wait generation did not hide
-                "episode": {"r": float(scores[k]), "l": int(self.num_generated[row]),
-                            "t": round(now - self.start_time[row], 6)},
+                "episode": {
+                    "r": float(scores[k]),
+                    "l": int(self.num_generated[row]),
+                    "t": round(now - self.start_time[row], 6),
+                },
             }
             if self.multi_turn:
-                infos[row].update(turns=int(self.turns[row]), extra_turns=int(max(self.turns[row] - 1, 0)),
-                                  tool_calls=int(self.tool_calls[row]), injected_tokens=int(self.num_injected[row]))
+                infos[row].update(
+                    turns=int(self.turns[row]),
+                    extra_turns=int(max(self.turns[row] - 1, 0)),
+                    tool_calls=int(self.tool_calls[row]),
+                    injected_tokens=int(self.num_injected[row]),
+                )
                 if not np.isnan(self.first_score[row]):
                     infos[row]["first_score"] = float(self.first_score[row])
                 if per_turn[k]:
@@ -538,14 +569,34 @@ class EpisodeBatch:
     def _decode(self, row: int, start: int, end: int | None = None) -> str:
         """Decoded columns ``[P + start, P + end)`` of ``row`` (``end``: ``completion_length``)."""
         P = self.max_prompt_tokens
-        ids = self.input_ids[row, P + start:P + (self.completion_length[row] if end is None else end)]
+        ids = self.input_ids[row, P + start : P + (self.completion_length[row] if end is None else end)]
         ids = ids[ids < len(self.tokenizer)]  # ids beyond the tokenizer decode to nothing
         return self.tokenizer.decode(ids.tolist(), skip_special_tokens=True)
 
-    _STATE_ARRAYS = ("input_ids", "attention_mask", "policy_mask", "prompt_length", "num_generated",
-                     "completion_length", "num_injected", "turns", "turn_start", "turn_generated", "segment_start",
-                     "tool_calls", "first_score", "last_score", "waiting", "turn_end", "finished", "row_index",
-                     "start_time", "turn_spans", "turn_last_action", "turn_rewards")
+    _STATE_ARRAYS = (
+        "input_ids",
+        "attention_mask",
+        "policy_mask",
+        "prompt_length",
+        "num_generated",
+        "completion_length",
+        "num_injected",
+        "turns",
+        "turn_start",
+        "turn_generated",
+        "segment_start",
+        "tool_calls",
+        "first_score",
+        "last_score",
+        "waiting",
+        "turn_end",
+        "finished",
+        "row_index",
+        "start_time",
+        "turn_spans",
+        "turn_last_action",
+        "turn_rewards",
+    )
     _STATE_DEFAULTS = {"turn_spans": 0, "turn_last_action": -1, "turn_rewards": np.nan}  # saved before per-turn rewards
 
     def get_state(self) -> dict[str, np.ndarray]:
@@ -555,9 +606,20 @@ class EpisodeBatch:
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         missing = [name for name in self._STATE_ARRAYS if name not in state]
-        if missing and set(missing) - {"completion_length", "num_injected", "turns", "turn_start", "turn_generated",
-                                       "segment_start", "tool_calls", "first_score", "last_score", "waiting",
-                                       "turn_end", *self._STATE_DEFAULTS}:
+        if missing and set(missing) - {
+            "completion_length",
+            "num_injected",
+            "turns",
+            "turn_start",
+            "turn_generated",
+            "segment_start",
+            "tool_calls",
+            "first_score",
+            "last_score",
+            "waiting",
+            "turn_end",
+            *self._STATE_DEFAULTS,
+        }:
             raise ValueError(f"episode state lacks {missing}")
         for name in self._STATE_ARRAYS:
             if name in state:
@@ -565,8 +627,9 @@ class EpisodeBatch:
             elif name in self._STATE_DEFAULTS:
                 getattr(self, name)[...] = self._STATE_DEFAULTS[name]
             else:  # saved before multi-turn episodes existed: nothing was injected
-                getattr(self, name)[...] = state["num_generated"] if name == "completion_length" else (
-                    np.nan if name.endswith("score") else 0)
+                getattr(self, name)[...] = (
+                    state["num_generated"] if name == "completion_length" else (np.nan if name.endswith("score") else 0)
+                )
 
     def observation(self, rows: np.ndarray | slice = slice(None)) -> dict[str, np.ndarray]:
         """Copies of the state arrays in the observation-space layout."""

@@ -7,6 +7,7 @@ too, through ``wrap``). Row ``j`` answers ``indices[j]`` and reports ``info["ind
 The agent trains on the completion under the prompt *without* the hint. May import
 `rewards` (through tasks); never `policies` or `agents`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,19 +43,32 @@ def hinted_task(task: Task, indices: Sequence[int], hint_template: str = DEFAULT
         if answer is None:
             raise ValueError(f"task {task.name!r}: row {index} has no short gold answer to hint with")
         questions.append(hint_template.format(question=task.questions[index], answer=answer))
-    return dataclasses.replace(task, questions=questions, references=[task.references[i] for i in indices],
-                               name=f"{task.name}-hinted")
+    return dataclasses.replace(
+        task, questions=questions, references=[task.references[i] for i in indices], name=f"{task.name}-hinted"
+    )
 
 
-def hinted_vec_env(env: Any, indices: Sequence[int], seed: int = 0, hint_template: str = DEFAULT_HINT_TEMPLATE,
-                   wrap: Callable[[TokenVecEnv], Any] | None = None) -> Any:
+def hinted_vec_env(
+    env: Any,
+    indices: Sequence[int],
+    seed: int = 0,
+    hint_template: str = DEFAULT_HINT_TEMPLATE,
+    wrap: Callable[[TokenVecEnv], Any] | None = None,
+) -> Any:
     """One lockstep row per index, in order (row ``j`` gets hinted row ``indices[j]``), with ``env``'s
     tokenizer, widths, stop rules and reward (``wrap`` adds its reward wrappers)."""
     batch = env.get_attr("batch", [0])[0]
     task = hinted_task(env.get_attr("task", [0])[0], indices, hint_template)
-    hinted = TokenVecEnv(task, batch.tokenizer, num_envs=len(indices), config=batch.config,
-                         vocab_size=batch.vocab_size, eos_token_ids=batch.eos_token_ids.tolist(),
-                         truncate_prompt="left", seed=seed)
+    hinted = TokenVecEnv(
+        task,
+        batch.tokenizer,
+        num_envs=len(indices),
+        config=batch.config,
+        vocab_size=batch.vocab_size,
+        eos_token_ids=batch.eos_token_ids.tolist(),
+        truncate_prompt="left",
+        seed=seed,
+    )
     # Slot j walks the rows in order from j: its first (and only) draw is row j.
     states = hinted.get_sampler_state()
     for j, state in enumerate(states):

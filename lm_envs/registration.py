@@ -10,6 +10,7 @@ and reward wrappers a training run on it starts from (its token budget, its spli
 wrappers to use or none), so ``run_ppo.py env.id=X`` alone gives X's. The built-in ids' are
 in `lm_envs.suite.RUN_DEFAULTS`; ``register_task(..., run_defaults=...)`` sets them for others.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,14 +37,17 @@ def _split_kwargs(kwargs: dict[str, Any], env_keys: set[str]) -> tuple[dict, dic
     return env_kwargs, task_kwargs
 
 
-def make_token_env(task_builder: TaskBuilder, tokenizer: Any, render_mode: str | None = None, **kwargs: Any) -> TokenEnv:
+def make_token_env(
+    task_builder: TaskBuilder, tokenizer: Any, render_mode: str | None = None, **kwargs: Any
+) -> TokenEnv:
     """Gymnasium entry point: build the task, then a `TokenEnv` over it."""
     env_kwargs, task_kwargs = _split_kwargs(kwargs, _ENV_KEYS)
     return TokenEnv(task_builder(**task_kwargs), tokenizer, render_mode=render_mode, **env_kwargs)
 
 
-def register_task(env_id: str, task_builder: TaskBuilder, run_defaults: dict[str, Any] | None = None,
-                  **default_kwargs: Any) -> None:
+def register_task(
+    env_id: str, task_builder: TaskBuilder, run_defaults: dict[str, Any] | None = None, **default_kwargs: Any
+) -> None:
     """Register ``env_id`` so that `gymnasium.make` and `make_vec` build envs over the task.
 
     :param task_builder: ``builder(**task_kwargs) -> Task``.

@@ -15,6 +15,7 @@ Transforms compose: `ReplaceReward`, `AddTerms` (with `LengthTerm`, `InfoTerm`, 
 and ``info["reward_components"]`` holds ``{"score": task score, <term name>: value, ...}``
 (agents log these as ``rewards/<name>/mean``). May import `rewards`; never `policies`/`agents`.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -35,16 +36,27 @@ class RewardTransform(Protocol):
     episodes (the task score, or an inner wrapper's result). Components are ``(n,)`` arrays.
     """
 
-    def __call__(self, scores: np.ndarray, completions: Sequence[str], references: Sequence[Any],
-                 prompts: Sequence[str], infos: Sequence[dict[str, Any]]) -> tuple[np.ndarray, Components]:
-        ...
+    def __call__(
+        self,
+        scores: np.ndarray,
+        completions: Sequence[str],
+        references: Sequence[Any],
+        prompts: Sequence[str],
+        infos: Sequence[dict[str, Any]],
+    ) -> tuple[np.ndarray, Components]: ...
 
 
 class Transform:
     """Base class of the built-in transforms: stateless unless they override the state methods."""
 
-    def __call__(self, scores: np.ndarray, completions: Sequence[str], references: Sequence[Any],
-                 prompts: Sequence[str], infos: Sequence[dict[str, Any]]) -> tuple[np.ndarray, Components]:
+    def __call__(
+        self,
+        scores: np.ndarray,
+        completions: Sequence[str],
+        references: Sequence[Any],
+        prompts: Sequence[str],
+        infos: Sequence[dict[str, Any]],
+    ) -> tuple[np.ndarray, Components]:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
@@ -113,8 +125,10 @@ class OverlongTerm:
 
     def __init__(self, max_length: int, cache: int) -> None:
         if max_length < 1 or not 0 < cache <= max_length:
-            raise ValueError(f"overlong shaping needs max_length >= 1 and 0 < cache <= max_length, got "
-                             f"max_length={max_length}, cache={cache} (max_length is usually the env's max_new_tokens)")
+            raise ValueError(
+                f"overlong shaping needs max_length >= 1 and 0 < cache <= max_length, got "
+                f"max_length={max_length}, cache={cache} (max_length is usually the env's max_new_tokens)"
+            )
         self.max_length, self.cache = int(max_length), int(cache)
 
     def __call__(self, completions, references, prompts, infos) -> np.ndarray:
@@ -224,12 +238,13 @@ class Normalize(Transform):
     does.
     """
 
-    def __init__(self, epsilon: float = 1e-8, clip: float | None = None, center: bool = True,
-                 update: bool = True) -> None:
+    def __init__(
+        self, epsilon: float = 1e-8, clip: float | None = None, center: bool = True, update: bool = True
+    ) -> None:
         self.epsilon, self.clip, self.center, self.update = float(epsilon), clip, center, update
         self.mean, self.var, self.count = 0.0, 1.0, 0
-        self._synced = (0.0, 1.0, 0)    # (mean, var, count) at the last sync
-        self._pending = (0.0, 1.0, 0)   # moments of the batches seen since then
+        self._synced = (0.0, 1.0, 0)  # (mean, var, count) at the last sync
+        self._pending = (0.0, 1.0, 0)  # moments of the batches seen since then
 
     @staticmethod
     def _merge(a: tuple[float, float, int], b: tuple[float, float, int]) -> tuple[float, float, int]:
@@ -239,7 +254,7 @@ class Normalize(Transform):
             return mean, var, count
         total = count + n
         delta = b_mean - mean
-        m2 = var * count + b_var * n + delta ** 2 * count * n / total
+        m2 = var * count + b_var * n + delta**2 * count * n / total
         return mean + delta * n / total, m2 / total, total
 
     def _update(self, x: np.ndarray) -> None:
@@ -266,8 +281,13 @@ class Normalize(Transform):
         self._synced, self._pending = stats, (0.0, 1.0, 0)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "var": self.var, "count": self.count,
-                "synced": list(self._synced), "pending": list(self._pending)}
+        return {
+            "mean": self.mean,
+            "var": self.var,
+            "count": self.count,
+            "synced": list(self._synced),
+            "pending": list(self._pending),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), int(state["count"])
@@ -309,8 +329,9 @@ class Compose(Transform):
 
 
 # -- the shared application ----------------------------------------------------------------------
-def apply_transform(transform: RewardTransform, rewards: np.ndarray, infos: Sequence[dict[str, Any]],
-                    rows: Sequence[int]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def apply_transform(
+    transform: RewardTransform, rewards: np.ndarray, infos: Sequence[dict[str, Any]], rows: Sequence[int]
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Transform the rewards of ended ``rows`` (one call for all of them); other rows untouched.
 
     Returns new rewards (float32) and infos; the infos of ``rows`` are copies with
@@ -323,8 +344,13 @@ def apply_transform(transform: RewardTransform, rewards: np.ndarray, infos: Sequ
     if not rows:
         return rewards, infos
     ended = [infos[r] for r in rows]
-    new, components = transform(rewards[rows], [i["completion"] for i in ended], [i.get("reference") for i in ended],
-                                [i.get("prompt", "") for i in ended], ended)
+    new, components = transform(
+        rewards[rows],
+        [i["completion"] for i in ended],
+        [i.get("reference") for i in ended],
+        [i.get("prompt", "") for i in ended],
+        ended,
+    )
     new = np.asarray(new, dtype=np.float32).reshape(-1)
     if new.shape != (len(rows),):
         raise ValueError(f"reward transform returned {new.shape[0]} rewards for {len(rows)} episodes")
@@ -447,7 +473,11 @@ def _overlong(max_length: int, cache: int, name: str = "overlong") -> AddTerms:
 
 
 _BUILDERS: dict[str, Callable[..., Transform]] = {
-    "replace": _replace, "add_terms": _add_terms, "scale": Scale, "clip": Clip, "normalize": Normalize,
+    "replace": _replace,
+    "add_terms": _add_terms,
+    "scale": Scale,
+    "clip": Clip,
+    "normalize": Normalize,
     "overlong": _overlong,
 }
 
@@ -481,7 +511,19 @@ def from_config(specs: Sequence[Mapping[str, Any]] | None) -> Compose:
 
 
 __all__ = [
-    "AddTerms", "Clip", "Compose", "InfoTerm", "LengthTerm", "Normalize", "OverlongTerm", "ReplaceReward",
+    "AddTerms",
+    "Clip",
+    "Compose",
+    "InfoTerm",
+    "LengthTerm",
+    "Normalize",
+    "OverlongTerm",
+    "ReplaceReward",
     "RewardTransform",
-    "RewardWrapper", "Scale", "Transform", "VecRewardWrapper", "apply_transform", "from_config",
+    "RewardWrapper",
+    "Scale",
+    "Transform",
+    "VecRewardWrapper",
+    "apply_transform",
+    "from_config",
 ]

@@ -5,6 +5,7 @@ replacement. It carries all of its state (seed, permutation, position), so a che
 restore the exact position and a resumed run draws the same prompts it would have drawn.
 Imports nothing from the rest of the project.
 """
+
 from __future__ import annotations
 
 from typing import Any

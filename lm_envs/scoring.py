@@ -14,6 +14,7 @@ sees two calls at once, so it needs no locking of its own. An exception in the r
 
 Imports: standard library only.
 """
+
 from __future__ import annotations
 
 import time

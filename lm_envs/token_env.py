@@ -5,6 +5,7 @@ layout). Action: the next token, ``Discrete(vocab_size)``. EOS (or a stop string
 the token budget truncates. The task reward arrives on the step that ends the episode and
 is 0 before it. May import `rewards` (through tasks), never `policies` or `agents`.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -17,6 +17,7 @@ feeds rows ``g*k ... g*k+k-1``, so with ``k > 1`` consecutive rows share a promp
 baselines need this). ``seed(s)`` seeds slot ``g`` with ``s + g``, as `DummyVecEnv` seeds env ``i``
 with ``s + i``. May import `rewards` (through tasks), never `policies` or `agents`.
 """
+
 from __future__ import annotations
 
 from copy import deepcopy
@@ -60,7 +61,9 @@ class TokenVecEnv(VecEnv):
         if num_envs < 1:
             raise ValueError("num_envs must be at least 1")
         if completions_per_prompt < 1 or num_envs % completions_per_prompt:
-            raise ValueError(f"num_envs={num_envs} must be a multiple of completions_per_prompt={completions_per_prompt}")
+            raise ValueError(
+                f"num_envs={num_envs} must be a multiple of completions_per_prompt={completions_per_prompt}"
+            )
         if autoreset and completions_per_prompt != 1:
             raise ValueError("completions_per_prompt > 1 needs lockstep mode (autoreset=False)")
         self.batch = EpisodeBatch(task, tokenizer, num_envs, config, **episode_kwargs)

@@ -8,10 +8,23 @@ the entropy from the LM head without ``(N, V)`` temporaries; sampling), and `kv_
 merged from length-bucketed prompt passes; rollout caches that append a step in place). Knows
 nothing of tasks, envs or agents.
 """
+
 from policies.causal_lm import CausalLMPolicy, RolloutState, SequenceEval
 from policies.loading import DEFAULT_MODEL, EMBEDDED_MODELS, cache_dir, embedded_checkpoint, load_lm
 from policies.pause import PAUSE_TOKEN, PauseLMPolicy, add_pause_token, load_pause_head, save_pause_checkpoint
 
-__all__ = ["CausalLMPolicy", "DEFAULT_MODEL", "EMBEDDED_MODELS", "PAUSE_TOKEN", "PauseLMPolicy", "RolloutState",
-           "SequenceEval", "add_pause_token", "cache_dir", "embedded_checkpoint", "load_lm", "load_pause_head",
-           "save_pause_checkpoint"]
+__all__ = [
+    "CausalLMPolicy",
+    "DEFAULT_MODEL",
+    "EMBEDDED_MODELS",
+    "PAUSE_TOKEN",
+    "PauseLMPolicy",
+    "RolloutState",
+    "SequenceEval",
+    "add_pause_token",
+    "cache_dir",
+    "embedded_checkpoint",
+    "load_lm",
+    "load_pause_head",
+    "save_pause_checkpoint",
+]

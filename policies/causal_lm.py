@@ -31,6 +31,7 @@ Choices worth knowing:
   norm and tied head) rather than the decoder alone, and generation and evaluation run inside
   `gathered` (full weights on every rank, no collectives, however many steps each rank takes).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,8 +52,14 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 from torch.nn import functional as F
 
-from policies.head_math import (LogitsWorkspace, linear_selected_log_probs, log_softmax, probabilities, sample,
-                                selected_log_probs)
+from policies.head_math import (
+    LogitsWorkspace,
+    linear_selected_log_probs,
+    log_softmax,
+    probabilities,
+    sample,
+    selected_log_probs,
+)
 from policies.kv_cache import left_padded, with_spare_columns
 from policies.loading import DEFAULT_MODEL, load_lm
 
@@ -119,7 +126,8 @@ def _shared_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None
         return None
     # Any copy of a distinct row will do: they are identical.
     pick = torch.zeros(len(distinct), dtype=torch.long, device=rows.device).scatter_(
-        0, inverse, torch.arange(len(rows), device=rows.device))
+        0, inverse, torch.arange(len(rows), device=rows.device)
+    )
     return pick, inverse
 
 
@@ -193,11 +201,14 @@ class CausalLMPolicy(BasePolicy):
         model_kwargs: dict[str, Any] | None = None,
         fsdp: bool = False,
     ) -> None:
-        super().__init__(observation_space, action_space, optimizer_class=optimizer_class,
-                         optimizer_kwargs=optimizer_kwargs or {})
+        super().__init__(
+            observation_space, action_space, optimizer_class=optimizer_class, optimizer_kwargs=optimizer_kwargs or {}
+        )
         if fsdp and lora is not None:
-            raise ValueError("fsdp=True shards full fine-tuning (lora=None); a LoRA adapter is small enough "
-                             "to replicate, so run LoRA plain data parallel (fsdp=False)")
+            raise ValueError(
+                "fsdp=True shards full fine-tuning (lora=None); a LoRA adapter is small enough "
+                "to replicate, so run LoRA plain data parallel (fsdp=False)"
+            )
         self.fsdp = bool(fsdp)
         self._fsdp_roots: list[nn.Module] = []  # set by shard()
         self._fsdp_blocks: list[nn.Module] = []
@@ -209,7 +220,9 @@ class CausalLMPolicy(BasePolicy):
         if not 0 < top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
         self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
-        self.model_spec = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "<object>")
+        self.model_spec = (
+            model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "<object>")
+        )
         self.max_new_tokens = int(observation_space["num_generated"].high[0])
         self.prompt_width = int(observation_space["prompt_length"].high[0])
 
@@ -229,8 +242,11 @@ class CausalLMPolicy(BasePolicy):
         if self.uses_lora:
             import peft
 
-            config = lora if isinstance(lora, peft.LoraConfig) else peft.LoraConfig(
-                task_type="CAUSAL_LM", **{"lora_dropout": 0.0, **dict(lora)})
+            config = (
+                lora
+                if isinstance(lora, peft.LoraConfig)
+                else peft.LoraConfig(task_type="CAUSAL_LM", **{"lora_dropout": 0.0, **dict(lora)})
+            )
             backbone = peft.get_peft_model(backbone, config)
         self.model = backbone
         _disable_dropout(self.model)
@@ -256,8 +272,9 @@ class CausalLMPolicy(BasePolicy):
             if not {"fused", "foreach"} & optimizer_kwargs.keys():
                 optimizer_kwargs["fused"] = True
             optimizer_kwargs.setdefault("weight_decay", 0.0)
-        return self.optimizer_class([p for p in self.parameters() if p.requires_grad], lr=self._initial_lr,
-                                    **optimizer_kwargs)
+        return self.optimizer_class(
+            [p for p in self.parameters() if p.requires_grad], lr=self._initial_lr, **optimizer_kwargs
+        )
 
     # -- FSDP --------------------------------------------------------------------------------
     @property
@@ -274,8 +291,9 @@ class CausalLMPolicy(BasePolicy):
         import torch.distributed as dist
         from torch.distributed.fsdp import fully_shard
 
-        if self.sharded or not (self.fsdp and dist.is_available() and dist.is_initialized()
-                                and dist.get_world_size() > 1):
+        if self.sharded or not (
+            self.fsdp and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        ):
             return
         if type(self).save_trainable is not CausalLMPolicy.save_trainable:
             raise ValueError(f"fsdp=True is implemented for CausalLMPolicy, not {type(self).__name__}")
@@ -340,7 +358,9 @@ class CausalLMPolicy(BasePolicy):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return {name: get_model_state_dict(module, options=options) for name, module in self._trainable_modules().items()}
+        return {
+            name: get_model_state_dict(module, options=options) for name, module in self._trainable_modules().items()
+        }
 
     def optimizer_state(self) -> dict[str, Any]:
         """The optimizer's state dict; sharded, the full one on rank 0 (a collective)."""
@@ -348,8 +368,9 @@ class CausalLMPolicy(BasePolicy):
             return self.optimizer.state_dict()
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        return get_optimizer_state_dict(self, self.optimizer, options=StateDictOptions(full_state_dict=True,
-                                                                                       cpu_offload=True))
+        return get_optimizer_state_dict(
+            self, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
 
     def load_optimizer_state(self, state: dict[str, Any]) -> None:
         """Inverse of `optimizer_state` (sharded: every rank passes the full state it read)."""
@@ -407,8 +428,15 @@ class CausalLMPolicy(BasePolicy):
             logits = torch.tanh(logits / cap) * cap
         return logits
 
-    def action_log_probs(self, hidden: torch.Tensor, model: nn.Module, input_ids: torch.Tensor,
-                         rows: torch.Tensor, columns: torch.Tensor, truncate: bool = True) -> torch.Tensor:
+    def action_log_probs(
+        self,
+        hidden: torch.Tensor,
+        model: nn.Module,
+        input_ids: torch.Tensor,
+        rows: torch.Tensor,
+        columns: torch.Tensor,
+        truncate: bool = True,
+    ) -> torch.Tensor:
         """Log-probs over the action space at ``N`` decision points; the one place subclasses change.
 
         :param hidden: ``(N, H)`` final hidden states at the decision points.
@@ -439,8 +467,13 @@ class CausalLMPolicy(BasePolicy):
         forward would also compute its last position's logits, a quarter of a decoding step for
         a 135M model with a 49k vocabulary)."""
         decoder = self._decoder(model)
-        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      use_cache=use_cache, **({self._cache_kw: cache} if cache is not None else {}))
+        kwargs = dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=use_cache,
+            **({self._cache_kw: cache} if cache is not None else {}),
+        )
         if decoder is None:
             out = model(**kwargs, output_hidden_states=True, logits_to_keep=1)
             hidden = out.hidden_states[-1]
@@ -467,8 +500,14 @@ class CausalLMPolicy(BasePolicy):
         """The first pass of a lockstep batch: `_prompt_pass` over the policy's own model."""
         return self._prompt_pass(self.model, input_ids, attention_mask, position_ids)
 
-    def _prompt_pass(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     position_ids: torch.Tensor, only_if_it_saves: bool = False) -> tuple[torch.Tensor, Any] | None:
+    def _prompt_pass(
+        self,
+        model: nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        only_if_it_saves: bool = False,
+    ) -> tuple[torch.Tensor, Any] | None:
         """Hidden states ``(B, C, H)`` and KV cache of left-padded prompt columns, without
         computing what is shared or padding (``None`` with ``only_if_it_saves`` when no row is
         shared and one pass holds every row: then nothing is saved).
@@ -498,8 +537,16 @@ class CausalLMPolicy(BasePolicy):
             parts = []
             for rows in buckets:
                 width = int(lengths[rows].max())
-                parts.append(self._run(model, input_ids[rows, -width:], attention_mask[rows, -width:],
-                                       position_ids[rows, -width:], None, True))
+                parts.append(
+                    self._run(
+                        model,
+                        input_ids[rows, -width:],
+                        attention_mask[rows, -width:],
+                        position_ids[rows, -width:],
+                        None,
+                        True,
+                    )
+                )
             cache = left_padded([c for _, c in parts], columns)
             if cache is None:
                 self._bucket_prompts = False  # this model's cache cannot be padded: one pass from now on
@@ -607,9 +654,12 @@ class CausalLMPolicy(BasePolicy):
         chosen, values = log_probs.gather(-1, actions[:, None]).squeeze(-1), self.value_of(last_hidden)
         if len(rows) == full:
             return actions, chosen, values, new_state
-        return (torch.zeros(full, dtype=actions.dtype, device=actions.device).index_copy(0, rows, actions),
-                torch.zeros(full, device=chosen.device).index_copy(0, rows, chosen),
-                torch.zeros(full, device=values.device).index_copy(0, rows, values), new_state)
+        return (
+            torch.zeros(full, dtype=actions.dtype, device=actions.device).index_copy(0, rows, actions),
+            torch.zeros(full, device=chosen.device).index_copy(0, rows, chosen),
+            torch.zeros(full, device=values.device).index_copy(0, rows, values),
+            new_state,
+        )
 
     def evaluate_actions(
         self,
@@ -651,13 +701,15 @@ class CausalLMPolicy(BasePolicy):
             return SequenceEval(log_prob, None, None)
         hidden, start = self._decision_hidden(self.model, input_ids, attention_mask, select)
         chosen = hidden[:, :-1][select[:, start:]]
-        log_prob, entropy = self._score_actions(chosen, self.model, input_ids, rows, columns, actions, truncate,
-                                                with_entropy, entropy_grad)
+        log_prob, entropy = self._score_actions(
+            chosen, self.model, input_ids, rows, columns, actions, truncate, with_entropy, entropy_grad
+        )
         return SequenceEval(log_prob, entropy, self.value_of(chosen) if with_values else None)
 
     @torch.no_grad()
-    def reference_kl(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     action_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def reference_kl(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, action_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The exact KL(π ‖ π_ref) over the whole action space at every action, and the
         reference's log-prob of each action taken (both flat, in `evaluate_actions`' order).
 
@@ -680,9 +732,18 @@ class CausalLMPolicy(BasePolicy):
                     used.reshard()
         return self.kl_from_log_probs(log_p, log_q), log_q.gather(-1, actions[:, None]).squeeze(-1)
 
-    def _score_actions(self, hidden: torch.Tensor, model: nn.Module, input_ids: torch.Tensor, rows: torch.Tensor,
-                       columns: torch.Tensor, actions: torch.Tensor, truncate: bool,
-                       with_entropy: bool, entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _score_actions(
+        self,
+        hidden: torch.Tensor,
+        model: nn.Module,
+        input_ids: torch.Tensor,
+        rows: torch.Tensor,
+        columns: torch.Tensor,
+        actions: torch.Tensor,
+        truncate: bool,
+        with_entropy: bool,
+        entropy_grad: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(log π(action), entropy or None) at ``N`` decision points. The same numbers as
         `action_log_probs` + ``gather``; when that hook is not overridden and nothing truncates
         the distribution, they come from `policies.head_math` instead, which never builds an
@@ -691,14 +752,20 @@ class CausalLMPolicy(BasePolicy):
         truncates = truncate and (0 < self.top_k < self.action_space.n or self.top_p < 1.0)
         if type(self).action_log_probs is CausalLMPolicy.action_log_probs and not truncates:
             head = model.get_output_embeddings()
-            plain = (type(head) is nn.Linear and head.bias is None and not self.sharded
-                     and not getattr(getattr(model, "config", None), "final_logit_softcapping", None))
+            plain = (
+                type(head) is nn.Linear
+                and head.bias is None
+                and not self.sharded
+                and not getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+            )
             if plain:  # the matmul inside too: the logits turn into their own gradient
-                log_prob, entropy = linear_selected_log_probs(hidden, head.weight, actions, self.temperature,
-                                                              with_entropy, self._logits_workspace)
+                log_prob, entropy = linear_selected_log_probs(
+                    hidden, head.weight, actions, self.temperature, with_entropy, self._logits_workspace
+                )
             else:
-                log_prob, entropy = selected_log_probs(self.output_logits(model, hidden), actions, self.temperature,
-                                                       with_entropy)
+                log_prob, entropy = selected_log_probs(
+                    self.output_logits(model, hidden), actions, self.temperature, with_entropy
+                )
             return log_prob, (entropy if entropy_grad or entropy is None else entropy.detach())
         log_probs = self.action_log_probs(hidden, model, input_ids, rows, columns, truncate)
         entropy = None
@@ -707,8 +774,9 @@ class CausalLMPolicy(BasePolicy):
                 entropy = self.entropy_from_log_probs(log_probs)
         return log_probs.gather(-1, actions[:, None]).squeeze(-1), entropy
 
-    def _decision_hidden(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         select: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def _decision_hidden(
+        self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, select: torch.Tensor
+    ) -> tuple[torch.Tensor, int]:
         """Final hidden states of columns ``start:``, where ``start`` is the first decision column.
 
         Rows whose columns before ``start`` are identical (a prompt with several completions)
@@ -725,10 +793,13 @@ class CausalLMPolicy(BasePolicy):
         # Sharded outside `gathered`, each forward is a collective: one pass per micro-batch on every rank.
         collective = self.sharded and id(model) not in self._gathered
         if start > 0 and not (self.gradient_checkpointing and torch.is_grad_enabled()) and not collective:
-            prompt = self._prompt_pass(model, input_ids[:, :start], attention_mask[:, :start], positions[:, :start],
-                                       only_if_it_saves=True)
+            prompt = self._prompt_pass(
+                model, input_ids[:, :start], attention_mask[:, :start], positions[:, :start], only_if_it_saves=True
+            )
             if prompt is not None:
-                hidden, _ = self._run(model, input_ids[:, start:], attention_mask, positions[:, start:], prompt[1], True)
+                hidden, _ = self._run(
+                    model, input_ids[:, start:], attention_mask, positions[:, start:], prompt[1], True
+                )
                 return hidden, start
         hidden, _ = self._run(model, input_ids, attention_mask, positions)
         return hidden, 0
@@ -775,8 +846,11 @@ class CausalLMPolicy(BasePolicy):
             # fully_shard subclasses the model's class (FSDPLlamaForCausalLM): record the real one.
             config_file = os.path.join(directory, "config.json")
             config = json.loads(open(config_file).read())
-            config["architectures"] = [klass.__name__ for klass in type(self.model).__mro__
-                                       if "fully_shard" not in klass.__module__ and klass.__name__[:4] != "FSDP"][:1]
+            config["architectures"] = [
+                klass.__name__
+                for klass in type(self.model).__mro__
+                if "fully_shard" not in klass.__module__ and klass.__name__[:4] != "FSDP"
+            ][:1]
             with open(config_file, "w") as f:
                 json.dump(config, f, indent=2)
             if self.value_head is not None:

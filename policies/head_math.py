@@ -18,6 +18,7 @@ allocated and page-faulted, and ``exp`` of the many log-probs below −87 takes 
 subnormal path. Here rows are processed in small chunks that stay in cache, exponents are
 floored (`_exp_floor`), only ``lse`` and H are kept per row, and the gradient is written once.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,9 @@ import torch
 CHUNK_BYTES = 4 * 2**20  # about 4 MB of float32 logits per chunk: cache-sized, few Python steps
 
 
-def selected_log_probs(logits: torch.Tensor, actions: torch.Tensor, temperature: float = 1.0,
-                       with_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+def selected_log_probs(
+    logits: torch.Tensor, actions: torch.Tensor, temperature: float = 1.0, with_entropy: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log softmax(z)[a], −Σ softmax(z)·log softmax(z)) per row, z = logits / temperature.
 
     Equal (to float rounding) to ``log_softmax(z).gather(-1, a)`` and the entropy of
@@ -42,16 +44,22 @@ def selected_log_probs(logits: torch.Tensor, actions: torch.Tensor, temperature:
     return chosen, (entropy if with_entropy else None)
 
 
-def linear_selected_log_probs(hidden: torch.Tensor, weight: torch.Tensor, actions: torch.Tensor,
-                              temperature: float = 1.0, with_entropy: bool = True,
-                              workspace: "LogitsWorkspace | None" = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def linear_selected_log_probs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    actions: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = True,
+    workspace: "LogitsWorkspace | None" = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`selected_log_probs` of ``logits = hidden @ weightᵀ`` (a bias-free linear head, e.g. a
     tied LM head), differentiable w.r.t. ``hidden`` ``(N, H)`` and ``weight`` ``(V, H)``. The
     logits never leave the function, so their gradient overwrites them: one ``(N, V)`` tensor
     per pass instead of two; with a ``workspace``, that tensor is reused from call to call."""
     _check((hidden.shape[0], weight.shape[0]), actions)
-    chosen, entropy = _LinearSelectedLogProbs.apply(hidden, weight, actions, float(temperature), with_entropy,
-                                                    workspace)
+    chosen, entropy = _LinearSelectedLogProbs.apply(
+        hidden, weight, actions, float(temperature), with_entropy, workspace
+    )
     return chosen, (entropy if with_entropy else None)
 
 
@@ -79,7 +87,7 @@ class LogitsWorkspace:
         if old is None or old.numel() < rows * vocab or old.dtype != dtype or old.device != device:
             self._buffer = old = None  # free the old one before allocating the new one
             self._buffer = torch.empty(rows * vocab, dtype=dtype, device=device)
-        return self._buffer[:rows * vocab].view(rows, vocab), True
+        return self._buffer[: rows * vocab].view(rows, vocab), True
 
     def lend(self, borrower) -> None:
         self._borrower = weakref.ref(borrower)
@@ -147,23 +155,31 @@ def _statistics(logits: torch.Tensor, actions: torch.Tensor, temperature: float,
     shifted_buffer = torch.empty(step, vocab, dtype=dtype, device=logits.device)
     probs_buffer = torch.empty_like(shifted_buffer)
     for start in range(0, n, step):
-        z = logits[start:start + step]
-        shifted, probs = shifted_buffer[:len(z)], probs_buffer[:len(z)]
+        z = logits[start : start + step]
+        shifted, probs = shifted_buffer[: len(z)], probs_buffer[: len(z)]
         top = z.amax(-1, keepdim=True).to(dtype) / temperature
         top = torch.where(torch.isfinite(top), top, 0.0)  # an all −inf row: no NaN from −inf − −inf
         torch.add(-top, z, alpha=1.0 / temperature, out=shifted)  # z/T − max
         shifted.clamp_(min=floor)  # never −inf, never a subnormal exp
         torch.exp(shifted, out=probs)
         total = probs.sum(-1)
-        lse[start:start + step] = top.squeeze(-1) + total.log()
+        lse[start : start + step] = top.squeeze(-1) + total.log()
         if with_entropy:  # H = −Σ p·log p = log Σ − Σ exp(s)·s / Σ
-            entropy[start:start + step] = total.log() - torch.linalg.vecdot(probs, shifted) / total
+            entropy[start : start + step] = total.log() - torch.linalg.vecdot(probs, shifted) / total
     chosen = logits.gather(-1, actions[:, None]).squeeze(-1).to(dtype) / temperature - lse
     return chosen, lse, entropy
 
 
-def _logits_grad(logits: torch.Tensor, out: torch.Tensor, actions: torch.Tensor, lse: torch.Tensor,
-                 entropy: torch.Tensor, temperature: float, grad_chosen, grad_entropy) -> torch.Tensor:
+def _logits_grad(
+    logits: torch.Tensor,
+    out: torch.Tensor,
+    actions: torch.Tensor,
+    lse: torch.Tensor,
+    entropy: torch.Tensor,
+    temperature: float,
+    grad_chosen,
+    grad_entropy,
+) -> torch.Tensor:
     """∂L/∂logits into ``out`` (which may be ``logits`` itself), chunk by chunk:
     ∂log π(a)/∂z = onehot(a) − p, ∂H/∂z = −p·(log p + H), then ÷ temperature."""
     n, vocab = logits.shape
@@ -173,7 +189,7 @@ def _logits_grad(logits: torch.Tensor, out: torch.Tensor, actions: torch.Tensor,
     for start in range(0, n, step):
         stop = start + step
         z, dest = logits[start:stop], out[start:stop]
-        log_p = log_p_buffer[:len(z)]
+        log_p = log_p_buffer[: len(z)]
         torch.add(-lse[start:stop, None], z, alpha=1.0 / temperature, out=log_p)
         log_p.clamp_(min=floor)
         torch.exp(log_p, out=dest)  # p; ``z`` is not read again, so ``dest`` may be ``z``
@@ -207,8 +223,9 @@ class _SelectedLogProbs(torch.autograd.Function):
         logits, actions, lse, entropy = ctx.saved_tensors
         if not ctx.needs_input_grad[0] or (grad_chosen is None and grad_entropy is None):
             return None, None, None, None
-        grad = _logits_grad(logits, torch.empty_like(logits), actions, lse, entropy, ctx.temperature,
-                            grad_chosen, grad_entropy)
+        grad = _logits_grad(
+            logits, torch.empty_like(logits), actions, lse, entropy, ctx.temperature, grad_chosen, grad_entropy
+        )
         return grad, None, None, None
 
 
@@ -242,8 +259,10 @@ class _LinearSelectedLogProbs(torch.autograd.Function):
         hidden, weight, actions, lse, entropy = ctx.saved_tensors
         logits, ctx.logits = ctx.logits, None  # a second backward through this graph fails loudly
         if logits is None:
-            raise RuntimeError("linear_selected_log_probs: backward through the graph a second time "
-                               "(the logits became their gradient during the first)")
+            raise RuntimeError(
+                "linear_selected_log_probs: backward through the graph a second time "
+                "(the logits became their gradient during the first)"
+            )
         grad_hidden = grad_weight = None
         if grad_chosen is not None or grad_entropy is not None:
             grad = _logits_grad(logits, logits, actions, lse, entropy, ctx.temperature, grad_chosen, grad_entropy)

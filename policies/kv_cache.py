@@ -10,6 +10,7 @@ and subclassing `DynamicLayer` (transformers ≥ 4.56; older versions get the fa
 
 Imports torch and transformers only.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -49,8 +50,9 @@ def left_padded(caches: list[Any], columns: int) -> DynamicCache | None:
     def pad(tensor: torch.Tensor) -> torch.Tensor:
         return F.pad(tensor, (0, 0, columns - tensor.shape[-2], 0))
 
-    return DynamicCache([(torch.cat([pad(k) for k, _ in layer]), torch.cat([pad(v) for _, v in layer]))
-                         for layer in zip(*per_cache)])
+    return DynamicCache(
+        [(torch.cat([pad(k) for k, _ in layer]), torch.cat([pad(v) for _, v in layer])) for layer in zip(*per_cache)]
+    )
 
 
 def with_spare_columns(cache: Any) -> Any:
@@ -89,8 +91,15 @@ if DynamicLayer is not None:
 
         def _views_of_buffers(self) -> bool:
             buffers, views = (self._key_buffer, self._value_buffer), (self.keys, self.values)
-            return all(b is not None and v is not None and v.dim() == 4 and v.shape[:2] == b.shape[:2]
-                       and v.data_ptr() == b.data_ptr() and v.stride() == b.stride() for b, v in zip(buffers, views))
+            return all(
+                b is not None
+                and v is not None
+                and v.dim() == 4
+                and v.shape[:2] == b.shape[:2]
+                and v.data_ptr() == b.data_ptr()
+                and v.stride() == b.stride()
+                for b, v in zip(buffers, views)
+            )
 
         def _rebuffer(self, key_states: torch.Tensor, value_states: torch.Tensor, needed: int) -> None:
             held = self.get_seq_length()
@@ -110,9 +119,9 @@ if DynamicLayer is not None:
             held, new = self.get_seq_length(), key_states.shape[-2]
             if not (held and self._views_of_buffers()) or held + new > self._key_buffer.shape[-2]:
                 self._rebuffer(key_states, value_states, held + new)
-            self._key_buffer[:, :, held:held + new].copy_(key_states)
-            self._value_buffer[:, :, held:held + new].copy_(value_states)
-            self.keys, self.values = self._key_buffer[:, :, :held + new], self._value_buffer[:, :, :held + new]
+            self._key_buffer[:, :, held : held + new].copy_(key_states)
+            self._value_buffer[:, :, held : held + new].copy_(value_states)
+            self.keys, self.values = self._key_buffer[:, :, : held + new], self._value_buffer[:, :, : held + new]
             return self.keys, self.values
 
         def reorder_cache(self, beam_idx: torch.LongTensor) -> None:

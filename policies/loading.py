@@ -9,6 +9,7 @@ as quantized, which blocks training and ``save_pretrained``. We therefore rebuil
 from its config, copy the state dict over, and cache that fp32 copy once (atomically) under
 the user cache directory, so later loads take under a second.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -43,8 +44,14 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     try:
-        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+        return {
+            "float32": torch.float32,
+            "fp32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+            "float16": torch.float16,
+            "fp16": torch.float16,
+        }[dtype]
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16") from None
 
@@ -144,18 +151,17 @@ def load_lm(
     if spec.startswith("random:"):
         from transformers import AutoConfig
 
-        path = os.path.expanduser(spec[len("random:"):])
+        path = os.path.expanduser(spec[len("random:") :])
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=_resolve_dtype(dtype),
-                                                 **model_kwargs)
+        model = AutoModelForCausalLM.from_config(
+            AutoConfig.from_pretrained(path), dtype=_resolve_dtype(dtype), **model_kwargs
+        )
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         return model.eval(), tokenizer
     is_local = spec in EMBEDDED_MODELS or os.path.isdir(os.path.expanduser(spec))
     if not is_local and (spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1)):
-        raise FileNotFoundError(
-            f"model path {spec!r} does not exist. Known embedded models: {sorted(EMBEDDED_MODELS)}"
-        )
+        raise FileNotFoundError(f"model path {spec!r} does not exist. Known embedded models: {sorted(EMBEDDED_MODELS)}")
     path = os.path.expanduser(resolve_model_path(spec))
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -25,6 +25,7 @@ already hold the pause token (``config.pause_token_id``), plus ``pause_head.pt``
 ``pause_config.json``. ``load_lm(dir)`` reloads the model and tokenizer, `load_pause_head(dir)`
 the head, and ``PauseLMPolicy(model=dir)`` both.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -70,8 +71,10 @@ def add_pause_token(model: nn.Module, tokenizer: Any, pause_token: str = PAUSE_T
     vocab = model.get_input_embeddings().weight.shape[0]
     known = getattr(model.config, "pause_token_id", None)
     if known is not None and (known != pause_id or getattr(model.config, "pause_token", pause_token) != pause_token):
-        raise ValueError(f"the model already has pause token {getattr(model.config, 'pause_token', None)!r} "
-                         f"(id {known}) but the tokenizer gives {pause_token!r} id {pause_id}")
+        raise ValueError(
+            f"the model already has pause token {getattr(model.config, 'pause_token', None)!r} "
+            f"(id {known}) but the tokenizer gives {pause_token!r} id {pause_id}"
+        )
     if known == pause_id and pause_id < vocab:
         return pause_id
     if pause_id >= vocab:
@@ -135,16 +138,18 @@ def pause_config(directory: str | os.PathLike) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _save_head(head: nn.Module, directory: str | os.PathLike, pause_token: str, pause_id: int,
-               extra: dict[str, Any] | None = None) -> None:
+def _save_head(
+    head: nn.Module, directory: str | os.PathLike, pause_token: str, pause_id: int, extra: dict[str, Any] | None = None
+) -> None:
     os.makedirs(directory, exist_ok=True)
     torch.save({k: v.detach().cpu() for k, v in head.state_dict().items()}, Path(directory) / HEAD_FILE)
     meta = {"pause_token": pause_token, "pause_token_id": int(pause_id), **(extra or {})}
     (Path(directory) / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
 
 
-def save_pause_checkpoint(directory: str | os.PathLike, model: nn.Module, tokenizer: Any, head: nn.Module,
-                          extra: dict[str, Any] | None = None) -> None:
+def save_pause_checkpoint(
+    directory: str | os.PathLike, model: nn.Module, tokenizer: Any, head: nn.Module, extra: dict[str, Any] | None = None
+) -> None:
     """Write a self-contained pause checkpoint: merged model, tokenizer, head and ``pause_config.json``."""
     if hasattr(model, "get_base_model"):
         raise TypeError("save_pause_checkpoint needs a merged model (peft: merge_and_unload() first)")
@@ -163,8 +168,9 @@ def pause_counts(input_ids: torch.Tensor, rows: torch.Tensor, columns: torch.Ten
     return cumulative[rows, columns]
 
 
-def pause_joint_log_probs(lm_log_probs: torch.Tensor, head_log_probs: torch.Tensor, pause_id: int,
-                          allowed: torch.Tensor | None = None) -> torch.Tensor:
+def pause_joint_log_probs(
+    lm_log_probs: torch.Tensor, head_log_probs: torch.Tensor, pause_id: int, allowed: torch.Tensor | None = None
+) -> torch.Tensor:
     """Joint log-probs over vocabulary + pause from the LM's (pause already masked) and the head's.
 
     :param lm_log_probs: ``(N, V)``, ``-inf`` at ``pause_id``.
@@ -188,20 +194,30 @@ def mask_pause_logit(logits: torch.Tensor, pause_id: int) -> torch.Tensor:
 
 
 # -- LoRA ----------------------------------------------------------------------------------------
-def pause_lora_config(model: nn.Module, lora: Any, pause_id: int, train_pause_embedding: bool = True,
-                      train_lm_head: bool = False, train_embeddings: bool = False) -> Any:
+def pause_lora_config(
+    model: nn.Module,
+    lora: Any,
+    pause_id: int,
+    train_pause_embedding: bool = True,
+    train_lm_head: bool = False,
+    train_embeddings: bool = False,
+) -> Any:
     """A `peft.LoraConfig` that also trains the pause row (``trainable_token_indices``) and,
     when asked, the embeddings/LM head (``modules_to_save``; tied ones stay tied)."""
     import peft
 
     tied = tied_embeddings(model)
     if tied and train_lm_head != train_embeddings:
-        raise ValueError("this model ties its input and output embeddings: set train_lm_head and "
-                         "train_embeddings to the same value")
+        raise ValueError(
+            "this model ties its input and output embeddings: set train_lm_head and train_embeddings to the same value"
+        )
     embed_name = _leaf_name(model, model.get_input_embeddings())
     head_name = _leaf_name(model, model.get_output_embeddings())
-    base = lora if isinstance(lora, peft.LoraConfig) else peft.LoraConfig(
-        task_type="CAUSAL_LM", **{"lora_dropout": 0.0, **dict(lora)})
+    base = (
+        lora
+        if isinstance(lora, peft.LoraConfig)
+        else peft.LoraConfig(task_type="CAUSAL_LM", **{"lora_dropout": 0.0, **dict(lora)})
+    )
     modules = list(base.modules_to_save or [])
     changes: dict[str, Any] = {}
     if train_embeddings:
@@ -268,8 +284,10 @@ class PauseLMPolicy(CausalLMPolicy):
         if max_pauses is not None and max_pauses < 0:
             raise ValueError("max_pauses must be >= 0 or None")
         if train_embeddings and not train_pause_embedding:
-            raise ValueError("train_embeddings trains the whole matrix, pause row included; "
-                             "it cannot be combined with train_pause_embedding=False")
+            raise ValueError(
+                "train_embeddings trains the whole matrix, pause row included; "
+                "it cannot be combined with train_pause_embedding=False"
+            )
         spec = model
         if isinstance(model, str):
             model, loaded_tokenizer = load_lm(model, dtype=kwargs.get("dtype"), **(kwargs.get("model_kwargs") or {}))
@@ -286,17 +304,23 @@ class PauseLMPolicy(CausalLMPolicy):
         else:
             pause_id = getattr(model.config, "pause_token_id", None)
             if pause_id is None:
-                raise ValueError("the model has no pause token: call policies.add_pause_token(model, tokenizer) "
-                                 "first (before building the env) or pass tokenizer=")
+                raise ValueError(
+                    "the model has no pause token: call policies.add_pause_token(model, tokenizer) "
+                    "first (before building the env) or pass tokenizer="
+                )
         vocab = model.get_output_embeddings().weight.shape[0]
         if vocab != action_space.n:
-            raise ValueError(f"the env's action space has {action_space.n} actions but the model with its pause "
-                             f"token has {vocab}: add the pause token first (policies.add_pause_token), then "
-                             f"build the env with vocab_size=model.config.vocab_size")
+            raise ValueError(
+                f"the env's action space has {action_space.n} actions but the model with its pause "
+                f"token has {vocab}: add the pause token first (policies.add_pause_token), then "
+                f"build the env with vocab_size=model.config.vocab_size"
+            )
         tied = tied_embeddings(model)
         if tied and train_lm_head != train_embeddings:
-            raise ValueError("this model ties its input and output embeddings: set train_lm_head and "
-                             "train_embeddings to the same value")
+            raise ValueError(
+                "this model ties its input and output embeddings: set train_lm_head and "
+                "train_embeddings to the same value"
+            )
         if lora is not None:
             lora = pause_lora_config(model, lora, pause_id, train_pause_embedding, train_lm_head, train_embeddings)
         super().__init__(observation_space, action_space, lr_schedule, model=model, lora=lora, **kwargs)
@@ -306,8 +330,13 @@ class PauseLMPolicy(CausalLMPolicy):
         self.pause_token, self.pause_token_id = pause_token, int(pause_id)
         self.head_temperature, self.max_pauses = float(head_temperature), max_pauses
         self.detach_pause_head = bool(detach_pause_head)
-        self.switches = dict(train_pause_embedding=train_pause_embedding, train_pause_head=train_pause_head,
-                             train_lm_head=train_lm_head, train_embeddings=train_embeddings, train_lora=train_lora)
+        self.switches = dict(
+            train_pause_embedding=train_pause_embedding,
+            train_pause_head=train_pause_head,
+            train_lm_head=train_lm_head,
+            train_embeddings=train_embeddings,
+            train_lora=train_lora,
+        )
         head_dir = pause_head if pause_head is not None else source
         head = load_pause_head(head_dir) if head_dir is not None else None
         if pause_head is not None and head is None:
@@ -328,7 +357,8 @@ class PauseLMPolicy(CausalLMPolicy):
         self.to(self.device)  # the backbone is already there; bring the head (and pause row) along
         # The parent built its optimizer before the switches: rebuild it over what trains now.
         self.optimizer = self.optimizer_class(
-            [p for p in self.parameters() if p.requires_grad], lr=lr_schedule(1), **self.optimizer_kwargs)
+            [p for p in self.parameters() if p.requires_grad], lr=lr_schedule(1), **self.optimizer_kwargs
+        )
 
     # -- set-up helpers ----------------------------------------------------------------------
     def _swap_in_pause_row(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -379,16 +409,24 @@ class PauseLMPolicy(CausalLMPolicy):
         hidden = hidden.detach() if self.detach_pause_head else hidden
         return torch.log_softmax(head(hidden.float()) / self.head_temperature, dim=-1)
 
-    def action_log_probs(self, hidden: torch.Tensor, model: nn.Module, input_ids: torch.Tensor,
-                         rows: torch.Tensor, columns: torch.Tensor, truncate: bool = True) -> torch.Tensor:
+    def action_log_probs(
+        self,
+        hidden: torch.Tensor,
+        model: nn.Module,
+        input_ids: torch.Tensor,
+        rows: torch.Tensor,
+        columns: torch.Tensor,
+        truncate: bool = True,
+    ) -> torch.Tensor:
         """Joint log-probs over vocabulary + pause (see the module docstring)."""
         logits = self.output_logits(model, hidden)
         lm = self.log_probs_from_logits(mask_pause_logit(logits, self.pause_token_id), truncate)
         allowed = None
         if self.max_pauses is not None:
             allowed = pause_counts(input_ids, rows, columns, self.pause_token_id) < self.max_pauses
-        return pause_joint_log_probs(lm, self.head_log_probs(hidden, self._scoring_reference),
-                                     self.pause_token_id, allowed)
+        return pause_joint_log_probs(
+            lm, self.head_log_probs(hidden, self._scoring_reference), self.pause_token_id, allowed
+        )
 
     def _reference(self):
         model, context = super()._reference()
@@ -405,14 +443,22 @@ class PauseLMPolicy(CausalLMPolicy):
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(pause_token=self.pause_token, head_temperature=self.head_temperature,
-                    max_pauses=self.max_pauses, detach_pause_head=self.detach_pause_head, **self.switches)
+        data.update(
+            pause_token=self.pause_token,
+            head_temperature=self.head_temperature,
+            max_pauses=self.max_pauses,
+            detach_pause_head=self.detach_pause_head,
+            **self.switches,
+        )
         return data
 
     # -- saving --------------------------------------------------------------------------------
     def _pause_meta(self) -> dict[str, Any]:
-        return {"vocab_size": int(self.action_space.n), "head_temperature": self.head_temperature,
-                "max_pauses": self.max_pauses}
+        return {
+            "vocab_size": int(self.action_space.n),
+            "head_temperature": self.head_temperature,
+            "max_pauses": self.max_pauses,
+        }
 
     def save_trainable(self, directory: str | os.PathLike) -> None:
         """`CausalLMPolicy.save_trainable` plus the pause head, ``pause_config.json`` (token and id)
@@ -436,8 +482,10 @@ class PauseLMPolicy(CausalLMPolicy):
         if meta is None:
             raise FileNotFoundError(f"{directory} has no {CONFIG_FILE}: not saved by a PauseLMPolicy")
         if meta["pause_token_id"] != self.pause_token_id or meta["pause_token"] != self.pause_token:
-            raise ValueError(f"{directory} was saved with pause token {meta['pause_token']!r} (id "
-                             f"{meta['pause_token_id']}), this policy has {self.pause_token!r} ({self.pause_token_id})")
+            raise ValueError(
+                f"{directory} was saved with pause token {meta['pause_token']!r} (id "
+                f"{meta['pause_token_id']}), this policy has {self.pause_token!r} ({self.pause_token_id})"
+            )
         super().load_trainable(directory)
         head = load_pause_head(directory)
         self.pause_head.load_state_dict(head.state_dict())

@@ -31,6 +31,7 @@ the original. A pattern occurrence that ends inside the tail (e.g. the ``\\n`` j
 Randomness is seeded per sample from ``(seed, row index, sample index)``: the same seed gives
 identical output, different seeds differ, and a row limit does not change the rows it keeps.
 """
+
 from __future__ import annotations
 
 import json
@@ -118,8 +119,9 @@ def pattern_positions(text: str, patterns: Mapping[str, int]) -> list[int]:
     return sorted(positions)
 
 
-def probabilistic_positions(text: str, p: float, rng: np.random.Generator,
-                            boundaries: Iterable[int] | None = None) -> list[int]:
+def probabilistic_positions(
+    text: str, p: float, rng: np.random.Generator, boundaries: Iterable[int] | None = None
+) -> list[int]:
     """Each allowed insertion point independently, with probability `p`."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"pause probability must be in [0, 1], got {p}")
@@ -147,8 +149,9 @@ def remove_pauses(text: str, pause_token: str = PAUSE_TOKEN) -> str:
     return text.replace(pause_token, "")
 
 
-def insert_random_pauses(text: str, n: int, rng: np.random.Generator, boundaries: Iterable[int] | None = None,
-                         pause_token: str = PAUSE_TOKEN) -> str:
+def insert_random_pauses(
+    text: str, n: int, rng: np.random.Generator, boundaries: Iterable[int] | None = None, pause_token: str = PAUSE_TOKEN
+) -> str:
     """`text` with exactly `n` pauses at random boundaries (with replacement)."""
     return insert_at(text, random_positions(text, n, rng, boundaries), pause_token)
 
@@ -158,8 +161,13 @@ def insert_pattern_pauses(text: str, patterns: Mapping[str, int], pause_token: s
     return insert_at(text, pattern_positions(text, patterns), pause_token)
 
 
-def insert_probabilistic_pauses(text: str, p: float, rng: np.random.Generator,
-                                boundaries: Iterable[int] | None = None, pause_token: str = PAUSE_TOKEN) -> str:
+def insert_probabilistic_pauses(
+    text: str,
+    p: float,
+    rng: np.random.Generator,
+    boundaries: Iterable[int] | None = None,
+    pause_token: str = PAUSE_TOKEN,
+) -> str:
     """`text` with a pause after each token/word with probability `p`."""
     return insert_at(text, probabilistic_positions(text, p, rng, boundaries), pause_token)
 
@@ -200,10 +208,17 @@ class AugmentStats:
         }
 
 
-def augment_text(text: str, rng: np.random.Generator, *, n_random_pauses: int = 0,
-                 variable_number_of_pauses: bool = False, patterns: Mapping[str, int] | None = None,
-                 pause_probability: float = 0.0, boundaries: Sequence[int] | None = None,
-                 pause_token: str = PAUSE_TOKEN) -> tuple[str, dict[str, int]]:
+def augment_text(
+    text: str,
+    rng: np.random.Generator,
+    *,
+    n_random_pauses: int = 0,
+    variable_number_of_pauses: bool = False,
+    patterns: Mapping[str, int] | None = None,
+    pause_probability: float = 0.0,
+    boundaries: Sequence[int] | None = None,
+    pause_token: str = PAUSE_TOKEN,
+) -> tuple[str, dict[str, int]]:
     """One augmented sample of `text` and the pauses each mode inserted.
 
     All modes pick points in the original text, so they do not see each other's pauses.
@@ -218,12 +233,20 @@ def augment_text(text: str, rng: np.random.Generator, *, n_random_pauses: int = 
     return out, {mode: len(positions) for mode, positions in chosen.items()}
 
 
-def augment_rows(rows: Sequence[Mapping[str, Any]], *, source_col_name: str = "answer",
-                 pause_augm_col_name: str = "answer", pause_token: str = PAUSE_TOKEN,
-                 n_random_pauses: int = 0, variable_number_of_pauses: bool = False,
-                 n_pauses_per_patterns: Mapping[str, int] | None = None, pause_probability: float = 0.0,
-                 n_generated_samples_per_datapoint: int = 1, seed: int = 0,
-                 tokenizer: Any | None = None) -> tuple[list[dict[str, Any]], AugmentStats]:
+def augment_rows(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    source_col_name: str = "answer",
+    pause_augm_col_name: str = "answer",
+    pause_token: str = PAUSE_TOKEN,
+    n_random_pauses: int = 0,
+    variable_number_of_pauses: bool = False,
+    n_pauses_per_patterns: Mapping[str, int] | None = None,
+    pause_probability: float = 0.0,
+    n_generated_samples_per_datapoint: int = 1,
+    seed: int = 0,
+    tokenizer: Any | None = None,
+) -> tuple[list[dict[str, Any]], AugmentStats]:
     """k augmented copies of every row (consecutive in the output), plus run statistics.
 
     Each output row is the input row with `pause_augm_col_name` set to the augmented
@@ -251,9 +274,15 @@ def augment_rows(rows: Sequence[Mapping[str, Any]], *, source_col_name: str = "a
             # One stream per (seed, row, sample): reproducible and independent of --limit.
             rng = np.random.default_rng([seed, i, j])
             augmented, counts = augment_text(
-                text, rng, n_random_pauses=n_random_pauses, variable_number_of_pauses=variable_number_of_pauses,
-                patterns=n_pauses_per_patterns, pause_probability=pause_probability, boundaries=boundaries,
-                pause_token=pause_token)
+                text,
+                rng,
+                n_random_pauses=n_random_pauses,
+                variable_number_of_pauses=variable_number_of_pauses,
+                patterns=n_pauses_per_patterns,
+                pause_probability=pause_probability,
+                boundaries=boundaries,
+                pause_token=pause_token,
+            )
             out.append({**row, pause_augm_col_name: augmented})
             for mode, c in counts.items():
                 stats.pauses[mode] += c
@@ -272,8 +301,13 @@ def local_gsm8k_hint() -> Path:
 
 
 def _looks_like_path(location: str) -> bool:
-    return (location.startswith((".", "/", "~")) or location.endswith(SPLIT_FILE_SUFFIXES)
-            or location.count("/") > 1 or os.sep != "/" and os.sep in location)
+    return (
+        location.startswith((".", "/", "~"))
+        or location.endswith(SPLIT_FILE_SUFFIXES)
+        or location.count("/") > 1
+        or os.sep != "/"
+        and os.sep in location
+    )
 
 
 def read_jsonl(path: str | os.PathLike, limit: int | None = None) -> list[dict[str, Any]]:
@@ -302,8 +336,9 @@ def split_files(directory: Path) -> dict[str, Path]:
     for path in sorted(directory.iterdir()):
         if path.is_file() and path.suffix in SPLIT_FILE_SUFFIXES and not path.name.startswith("."):
             if path.stem in files:
-                raise ValueError(f"{directory} holds two files for split {path.stem!r}: {files[path.stem].name}, "
-                                 f"{path.name}")
+                raise ValueError(
+                    f"{directory} holds two files for split {path.stem!r}: {files[path.stem].name}, {path.name}"
+                )
             files[path.stem] = path
     return files
 
@@ -320,8 +355,10 @@ def source_layout(location: str) -> str:
             return "datasets"
         if split_files(path):
             return "split_files"
-        raise ValueError(f"{path} is neither a datasets save_to_disk directory nor a directory of per-split "
-                         f"json-lines files (train.jsonl, test.jsonl, ...)")
+        raise ValueError(
+            f"{path} is neither a datasets save_to_disk directory nor a directory of per-split "
+            f"json-lines files (train.jsonl, test.jsonl, ...)"
+        )
     if _looks_like_path(location):
         raise FileNotFoundError(f"dataset file or directory {location!r} does not exist")
     return "hub"
@@ -346,8 +383,10 @@ def load_splits(location: str, limit: int | None = None) -> dict[str, list[dict[
 
         data = datasets.load_from_disk(str(path))
         parts = dict(data) if isinstance(data, datasets.DatasetDict) else {"train": data}
-        return {split: [dict(row) for row in (part if limit is None else part.select(range(min(limit, len(part)))))]
-                for split, part in parts.items()}
+        return {
+            split: [dict(row) for row in (part if limit is None else part.select(range(min(limit, len(part)))))]
+            for split, part in parts.items()
+        }
     return {"train": _load_from_hub(location, limit)}
 
 
@@ -393,8 +432,10 @@ def load_tokenizer(name: str) -> Any:
         try:
             tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(name))
         except OSError as err:
-            raise OSError(f"could not load tokenizer {name!r} ({err}). Offline? Pass a local directory "
-                          f"or the embedded name {sorted(EMBEDDED_MODELS)[0]!r}.") from err
+            raise OSError(
+                f"could not load tokenizer {name!r} ({err}). Offline? Pass a local directory "
+                f"or the embedded name {sorted(EMBEDDED_MODELS)[0]!r}."
+            ) from err
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"tokenizer {name!r} is not a fast tokenizer; token boundaries need offset mappings")
     return tokenizer

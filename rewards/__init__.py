@@ -13,6 +13,7 @@ humaneval-cpp, humaneval-java (`rewards.code`, run in the `rewards.sandbox` jail
 "module:Class" strings and imports on `make`, so heavy rewards cost nothing until used.
 This package imports nothing from lm_envs, policies or agents.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -74,7 +75,9 @@ def make(name: str, **kwargs) -> Reward:
         try:
             factory = _resolve(factory)
         except (ImportError, AttributeError) as e:
-            raise ImportError(f"reward {name!r} is registered as {_REGISTRY[name]!r}, which cannot be imported: {e}") from e
+            raise ImportError(
+                f"reward {name!r} is registered as {_REGISTRY[name]!r}, which cannot be imported: {e}"
+            ) from e
     reward = factory(**kwargs)
     if not isinstance(reward, Reward):
         raise TypeError(f"factory for {name!r} returned {type(reward).__name__}, not a rewards.Reward")
@@ -89,8 +92,23 @@ def __getattr__(attr: str):
 
 
 __all__ = [
-    "Reward", "FunctionReward", "make", "register", "available", "SandboxError", "MalformedRecordError",
-    "GSM8KReward", "MGSMReward", "GSM8KFormatReward", "MMLUReward", "ToxicityReward",
-    "ProfanityCheckScorer", "HFClassifierScorer",
-    "extract_answer", "parse_reference", "format_ok", "extract_choice", "parse_choice_reference",
+    "Reward",
+    "FunctionReward",
+    "make",
+    "register",
+    "available",
+    "SandboxError",
+    "MalformedRecordError",
+    "GSM8KReward",
+    "MGSMReward",
+    "GSM8KFormatReward",
+    "MMLUReward",
+    "ToxicityReward",
+    "ProfanityCheckScorer",
+    "HFClassifierScorer",
+    "extract_answer",
+    "parse_reference",
+    "format_ok",
+    "extract_choice",
+    "parse_choice_reference",
 ]  # the lazy code rewards stay out so `import *` does not pull in rewards.code

@@ -5,6 +5,7 @@ float32 score per completion. Subclasses implement `score`; `Reward.__call__` do
 work: length checks, turning odd inputs (bytes, None, lone surrogates) into clean text and
 shaping the result. Imports: standard library and numpy only.
 """
+
 from __future__ import annotations
 
 import abc
@@ -49,8 +50,7 @@ class Reward(abc.ABC):
         refs = [None] * len(texts) if references is None else list(references)
         if len(refs) != len(texts):
             raise ValueError(
-                f"{self.name}: got {len(texts)} completions but {len(refs)} references; "
-                "they must have equal lengths"
+                f"{self.name}: got {len(texts)} completions but {len(refs)} references; they must have equal lengths"
             )
         if prompts is not None:
             prompts = [as_text(p) for p in prompts]

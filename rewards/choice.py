@@ -20,6 +20,7 @@ References: an int index, a letter "A".., a digit string "0".., or a dict record
 "answer" (and optional "choices" list or "choice0".."choice3", and "subject").
 Imports: standard library, numpy, `rewards.base`.
 """
+
 from __future__ import annotations
 
 import functools

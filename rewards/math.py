@@ -4,6 +4,7 @@
 answer; `GSM8KReward`/`MGSMReward` compare the two numerically; `GSM8KFormatReward` is a
 small bonus term for well-formed answers. Imports: standard library, numpy, `rewards.base`.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -17,17 +18,19 @@ import numpy as np
 from rewards.base import Reward, as_text
 
 # Look-alike punctuation seen in model output and MGSM languages, mapped to ASCII.
-_PUNCT = str.maketrans({
-    "\u2212": "-",  # minus sign
-    "\uff0d": "-",  # full-width hyphen-minus
-    "\uff0c": ",",  # full-width comma
-    "\u066c": ",",  # Arabic thousands separator
-    "\uff0e": ".",  # full-width full stop
-    "\u066b": ".",  # Arabic decimal separator
-    "\uff04": "$",  # full-width dollar
-    "\uff1a": ":",  # full-width colon
-    "\uff03": "#",  # full-width number sign
-})
+_PUNCT = str.maketrans(
+    {
+        "\u2212": "-",  # minus sign
+        "\uff0d": "-",  # full-width hyphen-minus
+        "\uff0c": ",",  # full-width comma
+        "\u066c": ",",  # Arabic thousands separator
+        "\uff0e": ".",  # full-width full stop
+        "\u066b": ".",  # Arabic decimal separator
+        "\uff04": "$",  # full-width dollar
+        "\uff1a": ":",  # full-width colon
+        "\uff03": "#",  # full-width number sign
+    }
+)
 _NON_ASCII_DIGIT = re.compile(r"(?![0-9])\d")  # `\d` on str is Unicode category Nd
 
 # A number: optional sign/`$`, digits with well-formed thousands commas (or the no-break/thin
@@ -81,7 +84,7 @@ def _number_after(text: str, marker: re.Pattern[str]) -> float | None:
     markers that has one."""
     for mark in itertools.islice(marker.finditer(text), _MAX_MARKERS):
         # Slack past the window so a long number starting inside it is not cut.
-        window = text[mark.end(): mark.end() + _WINDOW + 32].split("\n", 1)[0]
+        window = text[mark.end() : mark.end() + _WINDOW + 32].split("\n", 1)[0]
         num = _NUMBER.search(window)
         if num is not None and num.start() <= _WINDOW and (value := _to_float(num)) is not None:
             return value

@@ -7,6 +7,7 @@ Scorers map a list of texts to toxicity probabilities in [0, 1]:
 Imports: standard library, numpy, `rewards.base`; `profanity_check`, `torch` and
 `transformers` only lazily, inside the scorer that needs them.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,10 @@ class ProfanityCheckScorer:
         self.batch_size = max(1, int(batch_size))
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        out = [np.asarray(self._predict_prob(list(texts[i: i + self.batch_size])), dtype=np.float32)
-               for i in range(0, len(texts), self.batch_size)]
+        out = [
+            np.asarray(self._predict_prob(list(texts[i : i + self.batch_size])), dtype=np.float32)
+            for i in range(0, len(texts), self.batch_size)
+        ]
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
@@ -79,8 +82,14 @@ class HFClassifierScorer:
     "multi_label_classification"`, e.g. unitary/toxic-bert) and single-logit models.
     """
 
-    def __init__(self, name_or_path: str, label: str | int | None = None, batch_size: int = 32,
-                 device: str = "cpu", max_length: int = 512):
+    def __init__(
+        self,
+        name_or_path: str,
+        label: str | int | None = None,
+        batch_size: int = 32,
+        device: str = "cpu",
+        max_length: int = 512,
+    ):
         import torch  # noqa: F401  (fail early if missing)
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -116,9 +125,14 @@ class HFClassifierScorer:
         out = np.zeros(len(texts), dtype=np.float32)
         with torch.no_grad():
             for s in range(0, len(order), self.batch_size):
-                idx = order[s: s + self.batch_size]
-                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                     max_length=self.max_length, return_tensors="pt").to(self.device)
+                idx = order[s : s + self.batch_size]
+                enc = self.tokenizer(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
                 logits = self.model(**enc).logits.float()
                 probs = torch.sigmoid(logits) if self.sigmoid else torch.softmax(logits, dim=-1)
                 out[idx] = probs[:, self.label_index].cpu().numpy()
@@ -136,8 +150,14 @@ class ToxicityReward(Reward):
     name = "toxicity"
     MODES = ("one_minus", "negative")
 
-    def __init__(self, scorer: str | Scorer = "profanity-check", label: str | int | None = None,
-                 mode: str = "one_minus", batch_size: int = 32, device: str = "cpu"):
+    def __init__(
+        self,
+        scorer: str | Scorer = "profanity-check",
+        label: str | int | None = None,
+        mode: str = "one_minus",
+        batch_size: int = 32,
+        device: str = "cpu",
+    ):
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
         self.mode = mode

@@ -13,7 +13,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "browser: loads a page in Debian's headless chromium (make system-deps installs it)")
+    config.addinivalue_line(
+        "markers", "browser: loads a page in Debian's headless chromium (make system-deps installs it)"
+    )
     config.addinivalue_line("markers", "server: starts a server on localhost (OpenEnv) and stops it at the end")
 
 

@@ -24,6 +24,7 @@ peft's) at the top level; calls nested inside a torch function run without it, s
 internals (optimizers' foreach kernels, ``F.*`` decompositions) are never second-guessed.
 Imports only torch and the standard library.
 """
+
 from __future__ import annotations
 
 import sys
@@ -38,13 +39,30 @@ from torch.utils._device import _device_constructors
 REPO = str(Path(__file__).resolve().parents[1])
 _TAG = "_device_rule_stray"
 _FACTORIES = _device_constructors() | {torch.from_numpy}
-_CONCATS = {torch.cat, torch.concat, torch.concatenate, torch.stack, torch.hstack, torch.vstack, torch.dstack,
-            torch.column_stack, torch.row_stack}
+_CONCATS = {
+    torch.cat,
+    torch.concat,
+    torch.concatenate,
+    torch.stack,
+    torch.hstack,
+    torch.vstack,
+    torch.dstack,
+    torch.column_stack,
+    torch.row_stack,
+}
 _INDEXING = {torch.Tensor.__getitem__, torch.Tensor.__setitem__}
 _COPIES = {torch.Tensor.copy_}
 _TO_CPU = {torch.Tensor.cpu}
-_TO_DEVICE = {torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.type_as, torch.Tensor.new_tensor,
-              torch.Tensor.new_zeros, torch.Tensor.new_ones, torch.Tensor.new_full, torch.Tensor.new_empty}
+_TO_DEVICE = {
+    torch.Tensor.to,
+    torch.Tensor.cuda,
+    torch.Tensor.type_as,
+    torch.Tensor.new_tensor,
+    torch.Tensor.new_zeros,
+    torch.Tensor.new_ones,
+    torch.Tensor.new_full,
+    torch.Tensor.new_empty,
+}
 
 
 class DeviceMixError(RuntimeError):
@@ -113,8 +131,9 @@ class CudaDeviceRule(TorchFunctionMode):
             values = [args[2]] if func is torch.Tensor.__setitem__ and isinstance(args[2], torch.Tensor) else []
             if not is_stray(target) and all(not is_stray(v) or v.dim() == 0 for v in values):
                 return
-            if is_stray(target) and not any(not is_stray(t) and t.dim() > 0 for t in pytree.tree_leaves(args[1:])
-                                             if isinstance(t, torch.Tensor)):
+            if is_stray(target) and not any(
+                not is_stray(t) and t.dim() > 0 for t in pytree.tree_leaves(args[1:]) if isinstance(t, torch.Tensor)
+            ):
                 return
         elif func not in _CONCATS and all(t.dim() == 0 for t in strays):
             return  # a CPU scalar tensor may join an op on the GPU
@@ -123,7 +142,8 @@ class CudaDeviceRule(TorchFunctionMode):
             f"{name} mixes {len(strays)} CPU tensor(s) {[tuple(t.shape) for t in strays][:4]} with "
             f"{len(others)} tensor(s) on the model's device {[tuple(t.shape) for t in others][:4]}; on a GPU "
             f"this raises. Called from {_caller()}. Make the tensor on the model's device "
-            f"(device=..., or .to(device)).")
+            f"(device=..., or .to(device))."
+        )
 
     @staticmethod
     def _stray_output(func, args, kwargs, inputs, strays, others) -> bool:
@@ -140,7 +160,7 @@ class CudaDeviceRule(TorchFunctionMode):
             return "device" not in kwargs or kwargs["device"] is None or _names_cpu(kwargs["device"])
         if func in _FACTORIES:  # as_tensor of a tensor: where it was, unless moved
             device = kwargs.get("device")
-            return (is_stray(inputs[0]) if device is None else _names_cpu(device))
+            return is_stray(inputs[0]) if device is None else _names_cpu(device)
         name = getattr(func, "__name__", "")
         if name.endswith("_") and not name.endswith("__") and args and isinstance(args[0], torch.Tensor):
             return is_stray(args[0])  # in place: the target stays where it is

@@ -1,4 +1,5 @@
 """Workers for tests/test_distributed.py (spawned processes; gloo on CPU)."""
+
 from __future__ import annotations
 
 import json
@@ -39,13 +40,16 @@ def update_on(agent_name, tiny_dir, episodes, rows, out_file, fsdp=False):
     model, tokenizer = load_lm(str(tiny_dir))
     n = len(rows)
     group = 4 if agent_name in ("grpo", "rloo") else 1
-    env = TokenVecEnv(echo_task(), tokenizer, num_envs=n, max_new_tokens=6, max_prompt_tokens=16, seed=0,
-                      completions_per_prompt=group)
-    common = dict(batch_size=n, micro_batch_size=4, seed=0, learning_rate=1e-3,
-                  policy_kwargs=dict(model=model, fsdp=fsdp))
+    env = TokenVecEnv(
+        echo_task(), tokenizer, num_envs=n, max_new_tokens=6, max_prompt_tokens=16, seed=0, completions_per_prompt=group
+    )
+    common = dict(
+        batch_size=n, micro_batch_size=4, seed=0, learning_rate=1e-3, policy_kwargs=dict(model=model, fsdp=fsdp)
+    )
     if agent_name == "ppo":
-        agent = AGENTS["ppo"]("CausalLMPolicy", env, kl_coef=0.05, adaptive_kl=True, kl_target=0.1, kl_horizon=10,
-                              **common)
+        agent = AGENTS["ppo"](
+            "CausalLMPolicy", env, kl_coef=0.05, adaptive_kl=True, kl_target=0.1, kl_horizon=10, **common
+        )
     else:
         agent = AGENTS[agent_name]("CausalLMPolicy", env, beta=0.05, scale_rewards="batch", **common)
     grads = {}
@@ -63,8 +67,15 @@ def update_on(agent_name, tiny_dir, episodes, rows, out_file, fsdp=False):
     agent._timings = {}
     agent.buffer = agent.process_episodes(slice_episodes(episodes, rows))
     agent.train()
-    torch.save({"grads": grads, "advantages": agent.buffer.advantages, "kl_coef": agent.kl_controller.value,
-                "approx_kl": agent._train_stats.get("approx_kl")}, out_file)
+    torch.save(
+        {
+            "grads": grads,
+            "advantages": agent.buffer.advantages,
+            "kl_coef": agent.kl_controller.value,
+            "approx_kl": agent._train_stats.get("approx_kl"),
+        },
+        out_file,
+    )
     return agent
 
 
@@ -129,8 +140,12 @@ def normalize_worker(rank, world, init_file, tiny_dir, out_dir):
     try:
         model, tokenizer = load_lm(str(tiny_dir))
         norm = Recording()
-        env = VecRewardWrapper(TokenVecEnv(echo_task(reward=varied), tokenizer, num_envs=4, max_new_tokens=6,
-                                           max_prompt_tokens=16, seed=rank), Compose([norm]))
+        env = VecRewardWrapper(
+            TokenVecEnv(
+                echo_task(reward=varied), tokenizer, num_envs=4, max_new_tokens=6, max_prompt_tokens=16, seed=rank
+            ),
+            Compose([norm]),
+        )
         agent = PPO("CausalLMPolicy", env, batch_size=4, seed=rank, policy_kwargs=dict(model=model))
         _, callback = agent._setup_learn(1, None, True, "test", False)
         agent.collect_rollouts(agent.env, callback, None)
@@ -149,7 +164,8 @@ def audited_run_ppo():
         if event == "open" and event_args[0] is not None and isinstance(event_args[0], (str, Path)):
             path, mode, flags = str(event_args[0]), event_args[1], event_args[2]
             writing = (mode is not None and any(c in str(mode) for c in "wax+")) or (
-                isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+                isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+            )
             if writing and path.startswith(out):
                 writes.append(path)
         elif event in ("os.mkdir", "os.rename", "os.replace") and str(event_args[0]).startswith(out):

@@ -1,4 +1,5 @@
 """Shared test helpers: a tiny tokenizer and a tiny random Llama, saved like a real checkpoint."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("LM_ENVS_DATA_DIR") or REPO.parent / "shared" / "data")
 
-WORDS = ("the answer is #### 0 1 2 3 4 5 6 7 8 9 + - = . , ? ! a b c d e f g h i j k l m n o p q r s t u v w x y z "
-         "how many apples does tom have if he buys more cats dogs and sells them step solve").split()
+WORDS = (
+    "the answer is #### 0 1 2 3 4 5 6 7 8 9 + - = . , ? ! a b c d e f g h i j k l m n o p q r s t u v w x y z "
+    "how many apples does tom have if he buys more cats dogs and sells them step solve"
+).split()
 
 
 def build_tiny_tokenizer(directory: Path, pad_equals_eos: bool = True):
@@ -25,7 +28,10 @@ def build_tiny_tokenizer(directory: Path, pad_equals_eos: bool = True):
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
         pad_token="</s>" if pad_equals_eos else "<pad>",
     )
     tokenizer.save_pretrained(directory)
@@ -37,9 +43,17 @@ def build_tiny_model(directory: Path, vocab_size: int, seed: int = 0, extra_voca
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab_size + extra_vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        vocab_size=vocab_size + extra_vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
     )
     model = LlamaForCausalLM(config).eval()
     model.save_pretrained(directory)
@@ -56,8 +70,13 @@ def echo_task(n: int = 12, reward=None):
     def target_fraction(completions, references, prompts=None):
         return np.array([c.split().count("7") / max(1, len(c.split())) for c in completions], dtype=np.float32)
 
-    return Task(questions=questions, references=list(range(n)), reward=reward or target_fraction,
-                name="echo", chat_template=False)
+    return Task(
+        questions=questions,
+        references=list(range(n)),
+        reward=reward or target_fraction,
+        name="echo",
+        chat_template=False,
+    )
 
 
 def score_tracker():

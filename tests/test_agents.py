@@ -4,6 +4,7 @@ Each agent: first-minibatch ratio 1, learning the synthetic task, bit-exact resu
 Plus PPO's fixed defects: top-k KL, schedules on resume, logit soft-capping, idempotent value
 calibration, target_kl before the step, adaptive KL from 0, weight decay, load-then-learn order.
 """
+
 import math
 
 import numpy as np
@@ -21,8 +22,15 @@ ALL = {"ppo": PPO, "grpo": GRPO, "rloo": RLOO, "reinforce": REINFORCE, "reinforc
 
 
 def make_env(tokenizer, num_envs=8, seed=0, group=1, max_new_tokens=6, task=None):
-    return TokenVecEnv(task or echo_task(), tokenizer, num_envs=num_envs, max_new_tokens=max_new_tokens,
-                       max_prompt_tokens=16, seed=seed, completions_per_prompt=group)
+    return TokenVecEnv(
+        task or echo_task(),
+        tokenizer,
+        num_envs=num_envs,
+        max_new_tokens=max_new_tokens,
+        max_prompt_tokens=16,
+        seed=seed,
+        completions_per_prompt=group,
+    )
 
 
 def make(name, tiny_dir, tokenizer, lora=None, num_envs=8, env_seed=0, **kwargs):
@@ -34,8 +42,12 @@ def make(name, tiny_dir, tokenizer, lora=None, num_envs=8, env_seed=0, **kwargs)
     else:
         settings.update(num_iterations=2, beta=0.01)
     settings.update(kwargs)
-    return cls("CausalLMPolicy", make_env(tokenizer, num_envs, env_seed, group), policy_kwargs=dict(model=str(tiny_dir), lora=lora),
-               **settings)
+    return cls(
+        "CausalLMPolicy",
+        make_env(tokenizer, num_envs, env_seed, group),
+        policy_kwargs=dict(model=str(tiny_dir), lora=lora),
+        **settings,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
@@ -102,7 +114,9 @@ def test_resume_is_bit_exact(name, tiny_dir, tiny_lm, tmp_path):
     del first
     torch.manual_seed(999)
     np.random.seed(5)
-    resumed = ALL[name].load(tmp_path / "half", env=make_env(tiny_lm[1], seed=77, group=4 if name in GROUP_AGENTS else 1))
+    resumed = ALL[name].load(
+        tmp_path / "half", env=make_env(tiny_lm[1], seed=77, group=4 if name in GROUP_AGENTS else 1)
+    )
     resumed.learn(total_iterations=4, reset_num_timesteps=False)
     assert resumed.num_timesteps == straight.num_timesteps and resumed.iteration == 4
     for (key, a), b in zip(straight.policy.state_dict().items(), resumed.policy.state_dict().values()):
@@ -125,7 +139,7 @@ def test_minibatches_keep_groups_together(tiny_dir, tiny_lm):
     agent.learn(total_iterations=1)
     buffer = agent.buffer
     for minibatch in buffer.minibatches(4, torch.Generator().manual_seed(3)):
-        groups = [g for g in range(2) if torch.equal(minibatch.old_log_probs, buffer.log_probs[g * 4:(g + 1) * 4])]
+        groups = [g for g in range(2) if torch.equal(minibatch.old_log_probs, buffer.log_probs[g * 4 : (g + 1) * 4])]
         assert len(groups) == 1  # the minibatch is exactly one prompt's group
 
 
@@ -143,8 +157,10 @@ def test_truncated_sampling_with_kl_stays_finite(sampling, tiny_dir, tiny_lm):
 
 
 def test_schedules_resume_on_the_uninterrupted_path(tiny_dir, tiny_lm, tmp_path):
-    schedules = dict(learning_rate={"schedule": "linear", "start": 1e-3, "end": 0.0},
-                     clip_range={"schedule": "linear", "start": 0.3, "end": 0.1})
+    schedules = dict(
+        learning_rate={"schedule": "linear", "start": 1e-3, "end": 0.0},
+        clip_range={"schedule": "linear", "start": 0.3, "end": 0.1},
+    )
     straight = make("ppo", tiny_dir, tiny_lm[1], **schedules)
     straight.learn(total_iterations=4)
     killed = make("ppo", tiny_dir, tiny_lm[1], **schedules)
@@ -191,21 +207,42 @@ def test_logit_soft_capping_keeps_rollout_and_teacher_forcing_on_one_route(tmp_p
 
     tokenizer = build_tiny_tokenizer(tmp_path)
     torch.manual_seed(0)
-    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
-                          final_logit_softcapping=0.5, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    config = Gemma2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=128,
+        final_logit_softcapping=0.5,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
     model = Gemma2ForCausalLM(config).eval()
     # learning_rate=0: the update leaves the model as it was when the buffer was sampled.
-    agent = PPO("CausalLMPolicy", make_env(tokenizer), batch_size=4, kl_coef=0.01, seed=0, learning_rate=0.0,
-                policy_kwargs=dict(model=model))
+    agent = PPO(
+        "CausalLMPolicy",
+        make_env(tokenizer),
+        batch_size=4,
+        kl_coef=0.01,
+        seed=0,
+        learning_rate=0.0,
+        policy_kwargs=dict(model=model),
+    )
     agent.learn(total_iterations=1)
     stats = agent.last_iteration_stats
     assert stats["policy/first_minibatch_ratio_max_dev"] < 1e-4
     # Both routes agree with the model's own (capped) forward pass.
     buffer = agent.buffer
     with torch.no_grad():
-        logits = model(input_ids=buffer.input_ids, attention_mask=buffer.attention_mask,
-                       position_ids=(buffer.attention_mask.cumsum(-1) - 1).clamp(min=0)).logits
+        logits = model(
+            input_ids=buffer.input_ids,
+            attention_mask=buffer.attention_mask,
+            position_ids=(buffer.attention_mask.cumsum(-1) - 1).clamp(min=0),
+        ).logits
     own = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, buffer.input_ids[:, 1:, None]).squeeze(-1)
     select = buffer.policy_mask[:, 1:].bool()
     assert torch.allclose(own[select], buffer.log_probs[buffer.mask], atol=1e-4)
@@ -214,8 +251,16 @@ def test_logit_soft_capping_keeps_rollout_and_teacher_forcing_on_one_route(tmp_p
 def test_value_calibration_is_idempotent(tiny_dir, tiny_lm):
     constant = lambda completions, references, prompts=None: np.full(len(completions), 0.8, dtype=np.float32)  # noqa: E731
     env = make_env(tiny_lm[1], task=echo_task(reward=constant))
-    agent = PPO("CausalLMPolicy", env, learning_rate=1e-4, batch_size=4, kl_coef=0.0, seed=0,
-                policy_kwargs=dict(model=str(tiny_dir)), _init_setup_model=True)
+    agent = PPO(
+        "CausalLMPolicy",
+        env,
+        learning_rate=1e-4,
+        batch_size=4,
+        kl_coef=0.0,
+        seed=0,
+        policy_kwargs=dict(model=str(tiny_dir)),
+        _init_setup_model=True,
+    )
     with torch.no_grad():
         agent.policy.value_head.bias.fill_(0.8)  # already centred on the returns
     agent.learn(total_iterations=1)
@@ -246,8 +291,13 @@ def test_adaptive_kl_from_zero_is_an_error(tiny_dir, tiny_lm):
 def test_no_weight_decay_by_default(lora, tiny_dir, tiny_lm):
     agent = make("ppo", tiny_dir, tiny_lm[1], lora=lora)
     assert all(group["weight_decay"] == 0.0 for group in agent.policy.optimizer.param_groups)
-    decayed = PPO("CausalLMPolicy", make_env(tiny_lm[1]), batch_size=4, seed=0,
-                  policy_kwargs=dict(model=str(tiny_dir), optimizer_kwargs={"weight_decay": 0.1}))
+    decayed = PPO(
+        "CausalLMPolicy",
+        make_env(tiny_lm[1]),
+        batch_size=4,
+        seed=0,
+        policy_kwargs=dict(model=str(tiny_dir), optimizer_kwargs={"weight_decay": 0.1}),
+    )
     assert decayed.policy.optimizer.param_groups[0]["weight_decay"] == 0.1
 
 

@@ -2,6 +2,7 @@
 counts per mode, seeding, token boundaries, the protected `#### N` line, every input and output
 shape (a jsonl file, a directory of per-split files, save_to_disk) and the command line on real
 GSM8K rows with the seed project's flags."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -54,7 +55,7 @@ def pause_points(augmented: str, pause: str = PAUSE) -> list[int]:
 
 
 def final_line(text: str) -> str:
-    return text[text.rfind("\n", 0, text.rfind("####")):]
+    return text[text.rfind("\n", 0, text.rfind("####")) :]
 
 
 # ------------------------------------------------------------------ counts per mode
@@ -89,7 +90,7 @@ def test_pattern_counts_are_occurrences_times_n(gsm_rows):
     patterns = {"\n": 2, " = ": 1, "<<": 3}
     for row in gsm_rows:
         text = row["answer"]
-        head = text[:ap.protected_start(text)]
+        head = text[: ap.protected_start(text)]
         expected = sum(n * head.count(pat) for pat, n in patterns.items())
         out = ap.insert_pattern_pauses(text, patterns)
         assert out.count(PAUSE) == expected
@@ -115,9 +116,15 @@ def test_probability_rate_is_near_p():
 
 
 def test_stats_per_mode_match_the_output(gsm_rows):
-    out, stats = ap.augment_rows(gsm_rows, n_random_pauses=3, n_pauses_per_patterns={"\n": 1},
-                                 pause_probability=0.2, seed=5, pause_augm_col_name="augmented_answer")
-    newlines = sum(r["answer"][:ap.protected_start(r["answer"])].count("\n") for r in gsm_rows)
+    out, stats = ap.augment_rows(
+        gsm_rows,
+        n_random_pauses=3,
+        n_pauses_per_patterns={"\n": 1},
+        pause_probability=0.2,
+        seed=5,
+        pause_augm_col_name="augmented_answer",
+    )
+    newlines = sum(r["answer"][: ap.protected_start(r["answer"])].count("\n") for r in gsm_rows)
     assert stats.pauses["random"] == 3 * len(gsm_rows)
     assert stats.pauses["pattern"] == newlines
     assert stats.pauses["probability"] > 0
@@ -136,7 +143,7 @@ def test_k_samples_per_datapoint(gsm_rows):
     out, stats = ap.augment_rows(rows, n_random_pauses=5, n_generated_samples_per_datapoint=3, seed=0)
     assert stats.rows_in == 10 and stats.rows_out == len(out) == 30
     for i, row in enumerate(rows):
-        group = out[3 * i:3 * i + 3]
+        group = out[3 * i : 3 * i + 3]
         assert all(g["question"] == row["question"] for g in group)
         assert all(g["answer"].replace(PAUSE, "") == row["answer"] for g in group)
         assert len({g["answer"] for g in group}) > 1  # independent draws, not copies
@@ -145,8 +152,9 @@ def test_k_samples_per_datapoint(gsm_rows):
 
 
 def test_same_seed_same_output_different_seed_differs(gsm_rows):
-    kwargs = dict(n_random_pauses=4, variable_number_of_pauses=True, pause_probability=0.1,
-                  n_generated_samples_per_datapoint=2)
+    kwargs = dict(
+        n_random_pauses=4, variable_number_of_pauses=True, pause_probability=0.1, n_generated_samples_per_datapoint=2
+    )
     a, _ = ap.augment_rows(gsm_rows, seed=11, **kwargs)
     b, _ = ap.augment_rows(gsm_rows, seed=11, **kwargs)
     c, _ = ap.augment_rows(gsm_rows, seed=12, **kwargs)
@@ -168,8 +176,9 @@ def bpe_dir(tmp_path_factory, gsm_rows) -> Path:
     backend = Tokenizer(models.BPE(unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["[UNK]"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["[UNK]"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     backend.train_from_iterator([r["answer"] for r in gsm_rows[:20]], trainer)
     directory = tmp_path_factory.mktemp("bpe")
     PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]").save_pretrained(directory)
@@ -183,8 +192,9 @@ def test_tokenizer_aware_positions_sit_at_token_boundaries(bpe_dir, gsm_rows):
     for i, (row, aug) in enumerate(zip(gsm_rows, out)):
         text = row["answer"]
         assert aug["answer"].replace(PAUSE, "") == text
-        spans = [tuple(o) for o in tokenizer(text, add_special_tokens=False,
-                                             return_offsets_mapping=True)["offset_mapping"]]
+        spans = [
+            tuple(o) for o in tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        ]
         ends = {e for _, e in spans}
         points = pause_points(aug["answer"])
         assert len(points) == stats.per_sample[i]
@@ -213,8 +223,13 @@ def test_embedded_smollm2_tokenizer():
 def test_final_answer_line_stays_intact(gsm_rows):
     from rewards.math import extract_answer, format_ok
 
-    heavy = dict(n_random_pauses=30, n_pauses_per_patterns={"\n": 3, "4": 2, "#": 1, " ": 1},
-                 pause_probability=1.0, n_generated_samples_per_datapoint=2, seed=0)
+    heavy = dict(
+        n_random_pauses=30,
+        n_pauses_per_patterns={"\n": 3, "4": 2, "#": 1, " ": 1},
+        pause_probability=1.0,
+        n_generated_samples_per_datapoint=2,
+        seed=0,
+    )
     out, _ = ap.augment_rows(gsm_rows, **heavy)
     for row, aug in zip([r for r in gsm_rows for _ in range(2)], out):
         assert final_line(aug["answer"]) == final_line(row["answer"])
@@ -255,8 +270,9 @@ def test_split_inputs_directory_of_split_files_and_dataset_dict(tmp_path, gsm_ro
     assert ap.load_rows(str(DATA / "gsm8k"), limit=2) == gsm_rows[:2]  # ../shared/data/gsm8k: train.jsonl, test.jsonl
     import datasets
 
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(gsm_rows[:4]),
-                          "test": datasets.Dataset.from_list(gsm_rows[4:6])}).save_to_disk(str(tmp_path / "dd"))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(gsm_rows[:4]), "test": datasets.Dataset.from_list(gsm_rows[4:6])}
+    ).save_to_disk(str(tmp_path / "dd"))
     assert ap.source_layout(str(tmp_path / "dd")) == "datasets"
     assert ap.load_splits(str(tmp_path / "dd"), limit=1) == {"train": gsm_rows[:1], "test": gsm_rows[4:5]}
     (tmp_path / "empty").mkdir()
@@ -277,16 +293,37 @@ def test_parse_patterns():
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_cli_end_to_end_on_real_rows(tmp_path):
     target = tmp_path / "gsm8k_pauses.jsonl"
-    proc = run_cli("--dataset_location", str(GSM8K), "--augm_dataset_save_location", str(target),
-                   "--limit", "20", "--n_random_pauses", "4", "--n_pauses_per_patterns", '{"\\n": 1}',
-                   "--n_generated_samples_per_datapoint", "2", "--pause_augm_col_name", "augmented_answer",
-                   "--seed", "3", "--verbose")
+    proc = run_cli(
+        "--dataset_location",
+        str(GSM8K),
+        "--augm_dataset_save_location",
+        str(target),
+        "--limit",
+        "20",
+        "--n_random_pauses",
+        "4",
+        "--n_pauses_per_patterns",
+        '{"\\n": 1}',
+        "--n_generated_samples_per_datapoint",
+        "2",
+        "--pause_augm_col_name",
+        "augmented_answer",
+        "--seed",
+        "3",
+        "--verbose",
+    )
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in target.read_text().splitlines()]
     source = [json.loads(line) for line in GSM8K.read_text().splitlines()[:20]]
@@ -296,7 +333,7 @@ def test_cli_end_to_end_on_real_rows(tmp_path):
         assert row["question"] == src["question"] and row["answer"] == src["answer"]
         assert row["augmented_answer"].replace(PAUSE, "") == src["answer"]
         assert final_line(row["augmented_answer"]) == final_line(src["answer"])
-        n_lines = src["answer"][:ap.protected_start(src["answer"])].count("\n")
+        n_lines = src["answer"][: ap.protected_start(src["answer"])].count("\n")
         assert row["augmented_answer"].count(PAUSE) == 4 + n_lines
         newlines += n_lines
     summary = json.loads(re.search(r"^summary: (.*)$", proc.stdout, re.M).group(1))
@@ -304,10 +341,27 @@ def test_cli_end_to_end_on_real_rows(tmp_path):
     assert summary["pauses_per_mode"] == {"random": 160, "pattern": newlines, "probability": 0}
     assert PAUSE in proc.stdout.split("rows in")[0]  # --verbose printed examples
     again = tmp_path / "again.jsonl"
-    assert run_cli("--dataset_location", str(GSM8K), "--augm_dataset_save_location", str(again), "--limit", "20",
-                   "--n_random_pauses", "4", "--n_pauses_per_patterns", '{"\\n": 1}',
-                   "--n_generated_samples_per_datapoint", "2", "--pause_augm_col_name", "augmented_answer",
-                   "--seed", "3").returncode == 0
+    assert (
+        run_cli(
+            "--dataset_location",
+            str(GSM8K),
+            "--augm_dataset_save_location",
+            str(again),
+            "--limit",
+            "20",
+            "--n_random_pauses",
+            "4",
+            "--n_pauses_per_patterns",
+            '{"\\n": 1}',
+            "--n_generated_samples_per_datapoint",
+            "2",
+            "--pause_augm_col_name",
+            "augmented_answer",
+            "--seed",
+            "3",
+        ).returncode
+        == 0
+    )
     assert again.read_bytes() == target.read_bytes()
 
 
@@ -318,10 +372,29 @@ def test_cli_seed_command_on_a_directory_of_split_files(tmp_path, gsm_rows):
     for name, rows in (("train.json", gsm_rows[:6]), ("test.json", gsm_rows[6:9])):
         (seed_dir / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "data" / "gsm8k_json" / "gsm8k_variable_random_pauses"
-    proc = run_cli("--dataset_location", str(seed_dir), "--pause_token", "<|pause|>", "--n_pauses_per_patterns", "{}",
-                   "--augm_dataset_save_location", str(out), "--pause_augm_col_name", "answer", "--verbose",
-                   "--n_random_pauses", "10", "--tokenizer_hf_name", "None", "--variable_number_of_pauses",
-                   "--n_generated_samples_per_datapoint", "5", "--verbose", "--seed", "42")
+    proc = run_cli(
+        "--dataset_location",
+        str(seed_dir),
+        "--pause_token",
+        "<|pause|>",
+        "--n_pauses_per_patterns",
+        "{}",
+        "--augm_dataset_save_location",
+        str(out),
+        "--pause_augm_col_name",
+        "answer",
+        "--verbose",
+        "--n_random_pauses",
+        "10",
+        "--tokenizer_hf_name",
+        "None",
+        "--variable_number_of_pauses",
+        "--n_generated_samples_per_datapoint",
+        "5",
+        "--verbose",
+        "--seed",
+        "42",
+    )
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["test.json", "train.json"]  # as the seed writes them
     for name, source in (("train.json", gsm_rows[:6]), ("test.json", gsm_rows[6:9])):
@@ -334,26 +407,60 @@ def test_cli_seed_command_on_a_directory_of_split_files(tmp_path, gsm_rows):
     # The shared data's gsm8k/ (train.jsonl, test.jsonl) gives the same two files; a DatasetDict
     # directory gives a DatasetDict directory; several splits never go to one file.
     split_out = tmp_path / "split_out"
-    assert run_cli("--dataset_location", str(DATA / "gsm8k"), "--augm_dataset_save_location", str(split_out),
-                   "--limit", "2", "--n_random_pauses", "1").returncode == 0
+    assert (
+        run_cli(
+            "--dataset_location",
+            str(DATA / "gsm8k"),
+            "--augm_dataset_save_location",
+            str(split_out),
+            "--limit",
+            "2",
+            "--n_random_pauses",
+            "1",
+        ).returncode
+        == 0
+    )
     assert sorted(p.name for p in split_out.iterdir()) == ["test.jsonl", "train.jsonl"]
     import datasets
 
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(gsm_rows[:3]),
-                          "test": datasets.Dataset.from_list(gsm_rows[3:5])}).save_to_disk(str(tmp_path / "dd"))
-    assert run_cli("--dataset_location", str(tmp_path / "dd"), "--augm_dataset_save_location", str(tmp_path / "dd_out"),
-                   "--n_random_pauses", "1").returncode == 0
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(gsm_rows[:3]), "test": datasets.Dataset.from_list(gsm_rows[3:5])}
+    ).save_to_disk(str(tmp_path / "dd"))
+    assert (
+        run_cli(
+            "--dataset_location",
+            str(tmp_path / "dd"),
+            "--augm_dataset_save_location",
+            str(tmp_path / "dd_out"),
+            "--n_random_pauses",
+            "1",
+        ).returncode
+        == 0
+    )
     saved = datasets.load_from_disk(str(tmp_path / "dd_out"))
     assert {split: len(part) for split, part in saved.items()} == {"train": 3, "test": 2}
-    one_file = run_cli("--dataset_location", str(seed_dir), "--augm_dataset_save_location", str(tmp_path / "x.jsonl"),
-                       "--n_random_pauses", "1")
+    one_file = run_cli(
+        "--dataset_location",
+        str(seed_dir),
+        "--augm_dataset_save_location",
+        str(tmp_path / "x.jsonl"),
+        "--n_random_pauses",
+        "1",
+    )
     assert one_file.returncode != 0 and "give a directory" in one_file.stderr
 
 
 def test_cli_errors(tmp_path):
     offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    proc = run_cli("--dataset_location", "openai/gsm8k", "--augm_dataset_save_location", str(tmp_path / "o.jsonl"),
-                   "--n_random_pauses", "2", env=offline)
+    proc = run_cli(
+        "--dataset_location",
+        "openai/gsm8k",
+        "--augm_dataset_save_location",
+        str(tmp_path / "o.jsonl"),
+        "--n_random_pauses",
+        "2",
+        env=offline,
+    )
     assert proc.returncode != 0
     assert "offline" in proc.stderr and "--dataset_location" in proc.stderr and "train.jsonl" in proc.stderr
     assert not (tmp_path / "o.jsonl").exists()

@@ -1,5 +1,6 @@
 """experiments/build_preferences.py (tiny model): pairs and unpaired samples as a `datasets` data
 set with its metadata, readable by TRL's DPO/KTO data formats."""
+
 import json
 import sys
 from pathlib import Path
@@ -21,11 +22,13 @@ def digits_task(split="train", data_dir=None):
     questions = [" ".join(rng.choice(WORDS[6:16], size=4)) for _ in range(6)]
 
     def digit_fraction(completions, references, prompts=None):
-        return np.array([sum(w.isdigit() for w in c.split()) / max(1, len(c.split())) for c in completions],
-                        dtype=np.float32)
+        return np.array(
+            [sum(w.isdigit() for w in c.split()) / max(1, len(c.split())) for c in completions], dtype=np.float32
+        )
 
-    return Task(questions=questions, references=list(range(6)), reward=digit_fraction, name="digits",
-                chat_template=False)
+    return Task(
+        questions=questions, references=list(range(6)), reward=digit_fraction, name="digits", chat_template=False
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,8 +39,16 @@ def registered():
 
 
 def args(tiny_dir, out, *extra):
-    return [f"env.id={ENV_ID}", f"policy.model={tiny_dir}", "env.num_envs=8", "env.kwargs.max_new_tokens=5",
-            "env.kwargs.max_prompt_tokens=16", "env.reward_wrappers=[]", f"prefs.out={out}", *extra]
+    return [
+        f"env.id={ENV_ID}",
+        f"policy.model={tiny_dir}",
+        "env.num_envs=8",
+        "env.kwargs.max_new_tokens=5",
+        "env.kwargs.max_prompt_tokens=16",
+        "env.reward_wrappers=[]",
+        f"prefs.out={out}",
+        *extra,
+    ]
 
 
 def test_pairs_data_set_with_metadata(tiny_dir, tiny_lm, tmp_path):
@@ -56,8 +67,12 @@ def test_pairs_data_set_with_metadata(tiny_dir, tiny_lm, tmp_path):
     # TRL's DPOTrainer reads it as is (a test-only dependency).
     from trl import DPOConfig, DPOTrainer
 
-    trainer = DPOTrainer(model=tiny_lm[0], processing_class=tiny_lm[1], train_dataset=data,
-                         args=DPOConfig(output_dir=str(tmp_path / "trl"), report_to=[], use_cpu=True, bf16=False))
+    trainer = DPOTrainer(
+        model=tiny_lm[0],
+        processing_class=tiny_lm[1],
+        train_dataset=data,
+        args=DPOConfig(output_dir=str(tmp_path / "trl"), report_to=[], use_cpu=True, bf16=False),
+    )
     assert len(trainer.train_dataset) == len(data)
 
 
@@ -65,17 +80,23 @@ def test_unpaired_data_set_labels_by_threshold(tiny_dir, tiny_lm, tmp_path):
     import datasets
     import build_preferences
 
-    build_preferences.main(args(tiny_dir, tmp_path / "kto", "prefs.format=unpaired", "prefs.threshold=0.2",
-                                "prefs.batches=1"))
+    build_preferences.main(
+        args(tiny_dir, tmp_path / "kto", "prefs.format=unpaired", "prefs.threshold=0.2", "prefs.batches=1")
+    )
     data = datasets.load_from_disk(str(tmp_path / "kto"))
     assert data.column_names == ["prompt", "completion", "label", "reward", "index"] and len(data) == 8
     assert data["label"] == [r >= 0.2 for r in data["reward"]]
     assert json.loads(data.info.description)["prefs_format"] == "unpaired"
     from trl import KTOConfig, KTOTrainer
 
-    trainer = KTOTrainer(model=tiny_lm[0], processing_class=tiny_lm[1], train_dataset=data,
-                         args=KTOConfig(output_dir=str(tmp_path / "trl"), report_to=[], use_cpu=True, bf16=False,
-                                        per_device_train_batch_size=2))
+    trainer = KTOTrainer(
+        model=tiny_lm[0],
+        processing_class=tiny_lm[1],
+        train_dataset=data,
+        args=KTOConfig(
+            output_dir=str(tmp_path / "trl"), report_to=[], use_cpu=True, bf16=False, per_device_train_batch_size=2
+        ),
+    )
     assert len(trainer.train_dataset) == len(data)
     with pytest.raises(SystemExit, match=r"unknown option 'prefs.nope'.*known keys under prefs: \['batches'"):
         build_preferences.main(args(tiny_dir, tmp_path / "x", "prefs.nope=1"))

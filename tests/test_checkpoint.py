@@ -1,4 +1,5 @@
 """agents.checkpoint: safe encoding, weights_only loading, fsync, the .old fallback and staging sweep."""
+
 import os
 import pickle
 
@@ -16,9 +17,12 @@ def make_env(tokenizer):
 
 
 def test_encode_round_trips_numpy_state():
-    state = {"rng": np.random.default_rng(5).bit_generator.state, "legacy": np.random.get_state(),
-             "arrays": [np.arange(6, dtype=np.int32).reshape(2, 3), np.array([True, False]), np.float32(2.5)],
-             "keys": np.array([1, 2**32 - 1], dtype=np.uint32)}
+    state = {
+        "rng": np.random.default_rng(5).bit_generator.state,
+        "legacy": np.random.get_state(),
+        "arrays": [np.arange(6, dtype=np.int32).reshape(2, 3), np.array([True, False]), np.float32(2.5)],
+        "keys": np.array([1, 2**32 - 1], dtype=np.uint32),
+    }
     decoded = checkpoint.decode(checkpoint.encode(state))
     assert decoded["rng"] == state["rng"]
     assert decoded["legacy"][0] == "MT19937" and np.array_equal(decoded["legacy"][1], state["legacy"][1])

@@ -1,6 +1,7 @@
 """Device correctness without a GPU: every agent runs an iteration under CUDA's device rule
 (`device_rule.CudaDeviceRule`), and every collective the core calls gets tensors on the model's
 device (NCCL refuses CPU tensors). ``pytest -k device`` runs these alone."""
+
 import numpy as np
 import pytest
 import torch
@@ -31,8 +32,15 @@ def kl_on(name: str) -> dict:
 
 
 def make_agent(name, tiny_dir, tokenizer, lora=LORA, **extra):
-    env = TokenVecEnv(echo_task(reward=varied), tokenizer, num_envs=8, max_new_tokens=6, max_prompt_tokens=16,
-                      seed=0, completions_per_prompt=4 if name in GROUPED else 1)
+    env = TokenVecEnv(
+        echo_task(reward=varied),
+        tokenizer,
+        num_envs=8,
+        max_new_tokens=6,
+        max_prompt_tokens=16,
+        seed=0,
+        completions_per_prompt=4 if name in GROUPED else 1,
+    )
     settings = dict(learning_rate=1e-3, batch_size=4, micro_batch_size=2, seed=0, device="cpu", **kl_on(name))
     if name == "sft":
         settings["dataset"] = [{"prompt": q, "completion": "7 7 7"} for q in echo_task().questions]
@@ -95,10 +103,19 @@ def test_device_pause_policy_under_cudas_rule(tiny_dir, tmp_path):
     add_pause_token(model, tokenizer)
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    env = TokenVecEnv(echo_task(), tokenizer, num_envs=4, max_new_tokens=6, max_prompt_tokens=16, seed=0,
-                      vocab_size=len(tokenizer))
-    agent = AGENTS["ppo"]("PauseLMPolicy", env, batch_size=4, seed=0, kl_coef=0.05, learning_rate=1e-3, device="cpu",
-                          policy_kwargs=dict(model=str(tmp_path), lora=LORA, max_pauses=2))
+    env = TokenVecEnv(
+        echo_task(), tokenizer, num_envs=4, max_new_tokens=6, max_prompt_tokens=16, seed=0, vocab_size=len(tokenizer)
+    )
+    agent = AGENTS["ppo"](
+        "PauseLMPolicy",
+        env,
+        batch_size=4,
+        seed=0,
+        kl_coef=0.05,
+        learning_rate=1e-3,
+        device="cpu",
+        policy_kwargs=dict(model=str(tmp_path), lora=LORA, max_pauses=2),
+    )
     with CudaDeviceRule():
         agent.learn(total_iterations=1)
     assert np.isfinite(list(agent.last_iteration_stats.values())).all()
@@ -137,9 +154,20 @@ def test_device_gpu_checks_agent_stage_runs_every_agent_on_the_cpu(tiny_dir):
 
     from helpers import REPO
 
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "agents_on_device.py"), "--model",
-                          f"random:{tiny_dir}", "--max-new-tokens", "4"], capture_output=True, text=True, cwd=REPO,
-                         timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "agents_on_device.py"),
+            "--model",
+            f"random:{tiny_dir}",
+            "--max-new-tokens",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     lines = [line for line in out.stdout.splitlines() if ": ok, " in line]
     assert len(lines) == 10 and out.stdout.strip().endswith("10 ok, 0 failed")

@@ -1,5 +1,6 @@
 """Data parallelism on torch.distributed (gloo, 2 CPU processes): the same update as one process,
 the same statistics on every rank, exact resume after killing both ranks, rank 0 alone writes."""
+
 import json
 import os
 import signal
@@ -30,15 +31,24 @@ def test_two_ranks_give_one_process_gradients(agent_name, tiny_dir, tiny_lm, tmp
 
     model, tokenizer = tiny_lm
     group = 4 if agent_name == "grpo" else 1
+
     def varied(completions, references, prompts=None):  # a reward that differs from row to row
         return np.array([len(c) % 7 / 6 for c in completions], dtype=np.float32)
 
-    env = TokenVecEnv(echo_task(reward=varied), tokenizer, num_envs=16, max_new_tokens=6, max_prompt_tokens=16,
-                      seed=0, completions_per_prompt=group)
+    env = TokenVecEnv(
+        echo_task(reward=varied),
+        tokenizer,
+        num_envs=16,
+        max_new_tokens=6,
+        max_prompt_tokens=16,
+        seed=0,
+        completions_per_prompt=group,
+    )
     from agents import AGENTS
 
-    sampler = AGENTS["ppo"]("CausalLMPolicy", env, batch_size=16, seed=0, kl_coef=0.0,
-                            policy_kwargs=dict(model=str(tiny_dir)))
+    sampler = AGENTS["ppo"](
+        "CausalLMPolicy", env, batch_size=16, seed=0, kl_coef=0.0, policy_kwargs=dict(model=str(tiny_dir))
+    )
     torch.manual_seed(0)
     episodes, _ = collect_episodes(sampler.policy, env)
     assert len(set(episodes.lengths.tolist())) > 1  # rows of different lengths: normalisers matter
@@ -50,8 +60,12 @@ def test_two_ranks_give_one_process_gradients(agent_name, tiny_dir, tiny_lm, tmp
     dist_workers.update_on(agent_name, tiny_dir, episodes, torch.arange(16), single / "rank0.pt")
     double = tmp_path / "double"
     double.mkdir()
-    mp.spawn(dist_workers.grad_worker, args=(2, str(tmp_path / "init"), agent_name, str(tiny_dir),
-                                             str(tmp_path / "episodes.pt"), str(double)), nprocs=2, join=True)
+    mp.spawn(
+        dist_workers.grad_worker,
+        args=(2, str(tmp_path / "init"), agent_name, str(tiny_dir), str(tmp_path / "episodes.pt"), str(double)),
+        nprocs=2,
+        join=True,
+    )
     one = torch.load(single / "rank0.pt")
     ranks = [torch.load(double / f"rank{r}.pt") for r in range(2)]
     assert one["grads"] and ranks[0]["grads"].keys() == one["grads"].keys()
@@ -79,8 +93,7 @@ def test_fsdp_two_ranks_give_one_process_gradients_and_save_full_weights(tiny_di
     def varied(completions, references, prompts=None):
         return np.array([len(c) % 7 / 6 for c in completions], dtype=np.float32)
 
-    env = TokenVecEnv(echo_task(reward=varied), tiny_lm[1], num_envs=16, max_new_tokens=6, max_prompt_tokens=16,
-                      seed=0)
+    env = TokenVecEnv(echo_task(reward=varied), tiny_lm[1], num_envs=16, max_new_tokens=6, max_prompt_tokens=16, seed=0)
     from agents import PPO
 
     sampler = PPO("CausalLMPolicy", env, batch_size=16, seed=0, kl_coef=0.0, policy_kwargs=dict(model=str(tiny_dir)))
@@ -92,8 +105,12 @@ def test_fsdp_two_ranks_give_one_process_gradients_and_save_full_weights(tiny_di
     dist_workers.update_on("ppo", tiny_dir, episodes, torch.arange(16), single / "rank0.pt")
     double = tmp_path / "fsdp"
     double.mkdir()
-    mp.spawn(dist_workers.grad_worker, args=(2, str(tmp_path / "init"), "ppo", str(tiny_dir),
-                                             str(tmp_path / "episodes.pt"), str(double), True), nprocs=2, join=True)
+    mp.spawn(
+        dist_workers.grad_worker,
+        args=(2, str(tmp_path / "init"), "ppo", str(tiny_dir), str(tmp_path / "episodes.pt"), str(double), True),
+        nprocs=2,
+        join=True,
+    )
     one = torch.load(single / "rank0.pt")
     flat = torch.cat([g.reshape(-1) for g in one["grads"].values()])
     assert flat.norm() > 1e-3
@@ -123,8 +140,12 @@ def test_fsdp_two_ranks_give_one_process_gradients_and_save_full_weights(tiny_di
 def test_normalize_statistics_are_every_ranks_after_each_rollout(tiny_dir, tmp_path):
     """A `Normalize` reward wrapper under 2 ranks: after a rollout both ranks hold the same
     statistics, those of both ranks' rewards together."""
-    mp.spawn(dist_workers.normalize_worker, args=(2, str(tmp_path / "init"), str(tiny_dir), str(tmp_path)),
-             nprocs=2, join=True)
+    mp.spawn(
+        dist_workers.normalize_worker,
+        args=(2, str(tmp_path / "init"), str(tiny_dir), str(tmp_path)),
+        nprocs=2,
+        join=True,
+    )
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     seen = np.array(ranks[0]["seen"] + ranks[1]["seen"])
     assert len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == 4 and seen.std() > 0.05
@@ -143,12 +164,27 @@ def free_port() -> int:
 
 def torchrun(tiny_dir, out, audit, *extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           str(REPO / "tests" / "dist_workers.py"), str(out), str(audit), "experiment=tiny_test",
-           f"policy.model={tiny_dir}", "policy.lora.r=2", "policy.lora.target_modules=[q_proj,v_proj]",
-           f"output_dir={out}", "progress_bar=false", "env.eval_episodes=2", *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        str(REPO / "tests" / "dist_workers.py"),
+        str(out),
+        str(audit),
+        "experiment=tiny_test",
+        f"policy.model={tiny_dir}",
+        "policy.lora.r=2",
+        "policy.lora.target_modules=[q_proj,v_proj]",
+        f"output_dir={out}",
+        "progress_bar=false",
+        "env.eval_episodes=2",
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
 
 
 def kill_run(proc):
@@ -221,9 +257,11 @@ def test_fsdp_run_resumes_to_the_straight_runs_weights_and_only_rank0_writes(tin
     audits = {name: tmp_path / f"audit_{name}" for name in ("straight", "first", "resumed")}
     for directory in audits.values():
         directory.mkdir()
-    for out, audit, extra in ((runs["straight"], audits["straight"], ["iterations=3"]),
-                              (runs["split"], audits["first"], ["iterations=2"]),
-                              (runs["split"], audits["resumed"], ["iterations=3", "resume=true"])):
+    for out, audit, extra in (
+        (runs["straight"], audits["straight"], ["iterations=3"]),
+        (runs["split"], audits["first"], ["iterations=2"]),
+        (runs["split"], audits["resumed"], ["iterations=3", "resume=true"]),
+    ):
         proc = torchrun(tiny_dir, out, audit, *fsdp, *extra)
         output, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, output
@@ -239,7 +277,9 @@ def test_fsdp_run_resumes_to_the_straight_runs_weights_and_only_rank0_writes(tin
     # The sharded reference survived: equal to the policy before training (KL 0 up to float noise),
     # apart from it after. (kl_mean is the sampled k1 estimate, Σ log π − log π_ref over a few
     # completions, so after training its sign is the sample's; its size is not noise.)
-    before, after = (json.loads((runs["split"] / f"eval_{tag}.json").read_text())["kl_mean"] for tag in ("before", "after"))
+    before, after = (
+        json.loads((runs["split"] / f"eval_{tag}.json").read_text())["kl_mean"] for tag in ("before", "after")
+    )
     assert abs(before) < 1e-4 and abs(after) > 1e-3, (before, after)
 
 
@@ -249,10 +289,24 @@ def test_accelerate_launch_runs_two_ranks(tiny_dir, tmp_path):
     multi-CPU launch goes through mpirun.)"""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     accelerate = Path(sys.executable).parent / "accelerate"
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()),
-           str(REPO / "experiments" / "run_ppo.py"), "experiment=tiny_test", f"policy.model={tiny_dir}",
-           "policy.lora.r=2", "policy.lora.target_modules=[q_proj,v_proj]", f"output_dir={tmp_path}",
-           "progress_bar=false", "env.eval_episodes=2", "iterations=1"]
+    cmd = [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+        str(REPO / "experiments" / "run_ppo.py"),
+        "experiment=tiny_test",
+        f"policy.model={tiny_dir}",
+        "policy.lora.r=2",
+        "policy.lora.target_modules=[q_proj,v_proj]",
+        f"output_dir={tmp_path}",
+        "progress_bar=false",
+        "env.eval_episodes=2",
+        "iterations=1",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "distributed: backend=gloo ranks=2" in proc.stderr

@@ -10,6 +10,7 @@ A block that cannot run standalone is marked by an HTML comment on the line righ
 (`MAX_SKIPPED`). ``mkdocs build --strict`` (also run by ``make docs`` and ``make test``) fails on a
 broken link, a missing anchor or page, or an API reference that does not resolve.
 """
+
 from __future__ import annotations
 
 import re
@@ -89,16 +90,22 @@ def test_examples_run(page, tiny_embedded):
         try:
             exec(compile(code, f"{page.name}:{line}", "exec"), namespace)
         except Exception as err:
-            raise AssertionError(f"the example at {page.relative_to(REPO)}:{line} failed: "
-                                 f"{type(err).__name__}: {err}") from err
+            raise AssertionError(
+                f"the example at {page.relative_to(REPO)}:{line} failed: {type(err).__name__}: {err}"
+            ) from err
 
 
 def test_site_builds_in_strict_mode(tmp_path):
     mkdocs = shutil.which("mkdocs", path=str(Path(sys.executable).parent)) or shutil.which("mkdocs")
     if mkdocs is None:
         pytest.fail("mkdocs is not installed: pip install -e '.[test]' installs it")
-    proc = subprocess.run([mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "site" / "api" / "index.html").is_file()
 
@@ -107,13 +114,24 @@ def test_api_reference_splits_multi_name_param_fields():
     """The griffe extension of mkdocs.yml turns ``:param a, b: text`` into one field per name."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("griffe_multi_params", REPO / "docs" / "hooks" / "griffe_multi_params.py")
+    spec = importlib.util.spec_from_file_location(
+        "griffe_multi_params", REPO / "docs" / "hooks" / "griffe_multi_params.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    text = ("Intro.\n\n:param x: one.\n:param a, b,\n    c: shared,\n    continued.\n:param y: last.\n")
+    text = "Intro.\n\n:param x: one.\n:param a, b,\n    c: shared,\n    continued.\n:param y: last.\n"
     assert module.split_fields(text).splitlines() == [
-        "Intro.", "", ":param x: one.", ":param a: shared,", "    continued.", ":param b: shared,", "    continued.",
-        ":param c: shared,", "    continued.", ":param y: last."]
+        "Intro.",
+        "",
+        ":param x: one.",
+        ":param a: shared,",
+        "    continued.",
+        ":param b: shared,",
+        "    continued.",
+        ":param c: shared,",
+        "    continued.",
+        ":param y: last.",
+    ]
 
 
 def test_readme_links_point_at_files():

@@ -1,5 +1,6 @@
 """Envs from other libraries (lm_envs.ecosystem): reasoning-gym ids and curriculum, TextArena games
 offline, per-turn rewards down to PPO's GAE, and OpenEnv both ways on loopback."""
+
 from __future__ import annotations
 
 import json
@@ -71,8 +72,11 @@ def test_config_keys_reach_reasoning_gym_and_the_answer_is_scored(tok):
     right = [e["answer"] for e in entries]
     scores = task.reward(right + ["nonsense", ""], entries + entries[:2])
     assert scores[:16].tolist() == [1.0] * 16 and scores[16:].tolist() == [0.0, 0.0]
-    metrics = task.reward.metrics(right[:1] + [" \n" + right[1] + "\nmore", "", "12345"], entries[:4],
-                                  task.reward(right[:1] + [" \n" + right[1] + "\nmore", "", "12345"], entries[:4]))
+    metrics = task.reward.metrics(
+        right[:1] + [" \n" + right[1] + "\nmore", "", "12345"],
+        entries[:4],
+        task.reward(right[:1] + [" \n" + right[1] + "\nmore", "", "12345"], entries[:4]),
+    )
     assert metrics["accuracy"] == 0.5 and metrics["format_rate"] == 0.75  # first line extracted; "" has none
 
 
@@ -109,8 +113,17 @@ def _run_batches(env, tok, batches):
 
 
 def test_curriculum_raises_the_level_and_resumes_bit_exactly(tok, monkeypatch):
-    kwargs = dict(size=16, max_new_tokens=2, max_prompt_tokens=48, truncate_prompt="left", seed=3, window=4,
-                  raise_above=0.75, lower_below=0.25, **EASY)
+    kwargs = dict(
+        size=16,
+        max_new_tokens=2,
+        max_prompt_tokens=48,
+        truncate_prompt="left",
+        seed=3,
+        window=4,
+        raise_above=0.75,
+        lower_below=0.25,
+        **EASY,
+    )
     env = make_curriculum_vec("reasoning_gym/basic_arithmetic-v0", 4, tok, **kwargs)
     task = env.get_attr("task", [0])[0]
     assert task.metadata["levels"] == 5 and env.level == 0
@@ -168,16 +181,28 @@ def test_shipped_textarena_games_run_with_no_network(tmp_path):
     """Every shipped game imports and plays a move with sockets refused and an empty NLTK data path;
     an excluded one (Wordle needs NLTK's word list) fails the same probe, so the probe can fail."""
     env = {**os.environ, "NLTK_DATA": str(tmp_path), "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-c", _OFFLINE_PROBE, *GAMES, "Wordle-v0!raw"], capture_output=True,
-                         text=True, env=env, cwd=tmp_path, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _OFFLINE_PROBE, *GAMES, "Wordle-v0!raw"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     results = json.loads(out.stdout.strip().splitlines()[-1])
     assert {game: results[game] for game in GAMES} == {game: "ok" for game in GAMES}
     assert results["Wordle-v0!raw"] != "ok" and "Wordle-v0" in EXCLUDED
 
 
 def test_checkers_pass_on_a_textarena_env(tok):
-    env = gym.make("textarena/GuessTheNumber-v0", tokenizer=tok, max_turns=3, max_turn_tokens=2, max_new_tokens=6,
-                   max_injected_tokens=768)
+    env = gym.make(
+        "textarena/GuessTheNumber-v0",
+        tokenizer=tok,
+        max_turns=3,
+        max_turn_tokens=2,
+        max_new_tokens=6,
+        max_injected_tokens=768,
+    )
     gym_check_env(env.unwrapped, skip_render_check=True)
     sb3_check_env(env.unwrapped, warn=True)
 
@@ -201,8 +226,14 @@ def _two_turn_task():
         # Turn 1 earns 0.5 and the env asks again; turn 2 earns 1.0 and ends the episode.
         return [Reply(text="again", reward=0.5) if t == 1 else Reply(text=None, reward=1.0) for t in turns]
 
-    return Task(questions=["a b", "c d"], references=[0, 1], name="two-turns", chat_template=False,
-                reward=lambda c, r, p=None: np.full(len(c), 9.0, dtype=np.float32), respond=respond)
+    return Task(
+        questions=["a b", "c d"],
+        references=[0, 1],
+        name="two-turns",
+        chat_template=False,
+        reward=lambda c, r, p=None: np.full(len(c), 9.0, dtype=np.float32),
+        respond=respond,
+    )
 
 
 def test_env_records_turn_rewards_and_the_last_action_of_each_turn(tok):
@@ -225,11 +256,23 @@ def test_per_turn_rewards_in_ppos_gae_hand_computed():
     infos = [{"turn_rewards": [0.5, 1.0], "turn_ends": [1, 4]}]
 
     def shaped(uses_value_head):
-        buffer = SimpleNamespace(env_rewards=torch.tensor([1.5]), terminated=torch.tensor([True]), kl=None,
-                                 mask=mask, log_probs=torch.zeros(1, 5), infos=infos)
-        agent = SimpleNamespace(kl_controller=SimpleNamespace(value=0.0), _uses_reference=False, reward_scale=1.0,
-                                missing_eos_penalty=None, reward_clip=None, kl_in_reward=True,
-                                uses_value_head=uses_value_head)
+        buffer = SimpleNamespace(
+            env_rewards=torch.tensor([1.5]),
+            terminated=torch.tensor([True]),
+            kl=None,
+            mask=mask,
+            log_probs=torch.zeros(1, 5),
+            infos=infos,
+        )
+        agent = SimpleNamespace(
+            kl_controller=SimpleNamespace(value=0.0),
+            _uses_reference=False,
+            reward_scale=1.0,
+            missing_eos_penalty=None,
+            reward_clip=None,
+            kl_in_reward=True,
+            uses_value_head=uses_value_head,
+        )
         OnPolicyLMAlgorithm.shape_rewards(agent, buffer)
         return buffer.token_rewards
 
@@ -243,8 +286,9 @@ def test_per_turn_rewards_in_ppos_gae_hand_computed():
     # Sequence-level agents (no critic): the sum of the turns' rewards on the final token.
     assert shaped(False).tolist() == [[0.0, 0.0, 0.0, 0.0, 1.5]]
     # A wrapper's extra term (env reward 1.7 = 1.5 + 0.2) stays on the final token.
-    rewards = ppo_math.token_rewards(torch.tensor([1.7]), torch.zeros(1, 5), 0.0, mask,
-                                     ppo_math.place_turn_rewards([[0.5, 1.0]], [[1, 4]], (1, 5)))
+    rewards = ppo_math.token_rewards(
+        torch.tensor([1.7]), torch.zeros(1, 5), 0.0, mask, ppo_math.place_turn_rewards([[0.5, 1.0]], [[1, 4]], (1, 5))
+    )
     torch.testing.assert_close(rewards, torch.tensor([[0.0, 0.5, 0.0, 0.0, 1.2]]))
 
 
@@ -267,8 +311,9 @@ def test_openenv_serves_an_lm_envs_id(tok):
             first = client.reset(seed=0)
             assert "Give only the final answer." in first.observation["prompt"] and not first.done
             index = first.observation["index"]
-            task = lm_envs.ecosystem.reasoning_gym.reasoning_gym_task("basic_arithmetic", split="test",
-                                                                       test_size=8, **EASY)
+            task = lm_envs.ecosystem.reasoning_gym.reasoning_gym_task(
+                "basic_arithmetic", split="test", test_size=8, **EASY
+            )
             right = client.step({"text": task.references[index]["answer"]})
             assert right.done and right.reward == 1.0
             client.reset(index=index)
@@ -289,8 +334,7 @@ def test_openenv_env_trains_as_an_lm_envs_env(tok):
         task = openenv_task(server.url, size=2, seed=0, name="openenv-guess", chat_template=False)
         direct = gym.make("textarena/GuessTheNumber-v0", tokenizer=tok, chat_template=False).unwrapped.task
         assert task.questions[0] == direct.prompt_template.format(question=direct.questions[0])
-        env = lm_envs.TokenEnv(task, tok, max_new_tokens=16, max_turns=8, max_turn_tokens=2,
-                               max_injected_tokens=512)
+        env = lm_envs.TokenEnv(task, tok, max_new_tokens=16, max_turns=8, max_turn_tokens=2, max_injected_tokens=512)
         env.reset(options={"index": 0})
         seven = _word(tok, "7")
         for action in [seven, tok.eos_token_id] * 8:

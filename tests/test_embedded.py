@@ -1,4 +1,5 @@
 """Integration tests on the real embedded SmolLM2-135M-Instruct (a few, they are slower)."""
+
 import pytest
 import torch
 
@@ -10,10 +11,19 @@ from policies import CausalLMPolicy, load_lm
 @pytest.fixture(scope="module")
 def smol_policy_env():
     model, tokenizer = load_lm("smollm2-135m-instruct")  # its own copy: LoRA is injected in place
-    env = make_vec("lm_envs/GSM8K-v0", 4, tokenizer, split="test", max_new_tokens=16,
-                   max_prompt_tokens=320, vocab_size=model.config.vocab_size, seed=0)
-    policy = CausalLMPolicy(env.observation_space, env.action_space, lambda _: 1e-5, model=model,
-                            lora={"r": 8, "lora_alpha": 16})
+    env = make_vec(
+        "lm_envs/GSM8K-v0",
+        4,
+        tokenizer,
+        split="test",
+        max_new_tokens=16,
+        max_prompt_tokens=320,
+        vocab_size=model.config.vocab_size,
+        seed=0,
+    )
+    policy = CausalLMPolicy(
+        env.observation_space, env.action_space, lambda _: 1e-5, model=model, lora={"r": 8, "lora_alpha": 16}
+    )
     return policy, env, model, tokenizer
 
 
@@ -23,11 +33,15 @@ def test_greedy_rollout_reproduces_generate(smol_policy_env):
     P = env.batch.max_prompt_tokens
     with policy.model.disable_adapter():  # fresh LoRA is the identity anyway
         generated = policy.model.generate(
-            input_ids=episodes.input_ids[:, :P], attention_mask=episodes.attention_mask[:, :P],
-            do_sample=False, max_new_tokens=16, pad_token_id=tokenizer.pad_token_id)
+            input_ids=episodes.input_ids[:, :P],
+            attention_mask=episodes.attention_mask[:, :P],
+            do_sample=False,
+            max_new_tokens=16,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     for row in range(4):
         n = int(episodes.lengths[row])
-        assert episodes.input_ids[row, P:P + n].tolist() == generated[row, P:P + n].tolist()
+        assert episodes.input_ids[row, P : P + n].tolist() == generated[row, P : P + n].tolist()
 
 
 def test_sampled_rollout_log_probs_match_teacher_forced_and_kl_is_zero(smol_policy_env):

@@ -1,5 +1,6 @@
 """The agents' env contract (`agents.env_contract`): what envs and wrappers provide, what is refused,
 and that agents never read env attributes by name."""
+
 import re
 from pathlib import Path
 
@@ -14,8 +15,9 @@ AGENTS_DIR = Path(__file__).resolve().parents[1] / "agents"
 
 
 def test_token_envs_and_their_wrappers_keep_the_contract(tiny_lm):
-    env = TokenVecEnv(echo_task(), tiny_lm[1], num_envs=4, max_new_tokens=4, max_prompt_tokens=16, seed=0,
-                      completions_per_prompt=2)
+    env = TokenVecEnv(
+        echo_task(), tiny_lm[1], num_envs=4, max_new_tokens=4, max_prompt_tokens=16, seed=0, completions_per_prompt=2
+    )
     wrapped = VecRewardWrapper(VecRewardWrapper(env, Normalize()), Normalize())
     for candidate in (env, wrapped):
         view = token_env(candidate)

@@ -1,5 +1,6 @@
 """Per-env run defaults: env.id=X alone gives X's token budget, splits and reward wrappers; the
 default run is unchanged; what a preset or the command line sets wins."""
+
 import inspect
 import sys
 from pathlib import Path
@@ -16,8 +17,9 @@ import lm_envs  # noqa: E402,F401
 from lm_envs.registration import _VEC_KEYS, register_task, run_defaults  # noqa: E402
 from lm_envs.suite import RUN_DEFAULTS  # noqa: E402
 
-FORMAT_BONUS = [{"type": "add_terms", "terms": {"format": {"reward": "gsm8k-format", "kwargs": {"bonus": 1.0},
-                                                           "weight": 0.1}}}]
+FORMAT_BONUS = [
+    {"type": "add_terms", "terms": {"format": {"reward": "gsm8k-format", "kwargs": {"bonus": 1.0}, "weight": 0.1}}}
+]
 
 
 def env_of(argv):
@@ -30,12 +32,21 @@ TOO_SHORT = [{"type": "add_terms", "terms": {"too_short": {"term": "length", "be
 def test_the_default_run():
     env = env_of([])
     assert env["id"] == "lm_envs/Toxicity-v0" and env["num_envs"] == 16
-    assert env["kwargs"] == {"split": "train", "subset": "toxic", "max_new_tokens": 32, "max_prompt_tokens": 128,
-                             "truncate_prompt": "left"}
+    assert env["kwargs"] == {
+        "split": "train",
+        "subset": "toxic",
+        "max_new_tokens": 32,
+        "max_prompt_tokens": 128,
+        "truncate_prompt": "left",
+    }
     assert env["eval_kwargs"] == {"split": "test"} and env["reward_wrappers"] == TOO_SHORT
     gsm8k = env_of(["env.id=lm_envs/GSM8K-v0"])
-    assert gsm8k["kwargs"] == {"split": "train", "max_new_tokens": 48, "max_prompt_tokens": 512,
-                               "truncate_prompt": "left"}
+    assert gsm8k["kwargs"] == {
+        "split": "train",
+        "max_new_tokens": 48,
+        "max_prompt_tokens": 512,
+        "truncate_prompt": "left",
+    }
     assert gsm8k["eval_kwargs"] == {"split": "test"} and gsm8k["reward_wrappers"] == FORMAT_BONUS
 
 
@@ -61,10 +72,18 @@ def test_env_id_alone_gives_that_envs_defaults():
 
 
 def test_what_is_set_wins_over_the_env_defaults():
-    env = env_of(["env.id=lm_envs/MBPP-v0", "env.kwargs.max_new_tokens=64", "env.eval_kwargs.split=validation",
-                  "env.reward_wrappers=[{type: scale, factor: 2.0}]"])
+    env = env_of(
+        [
+            "env.id=lm_envs/MBPP-v0",
+            "env.kwargs.max_new_tokens=64",
+            "env.eval_kwargs.split=validation",
+            "env.reward_wrappers=[{type: scale, factor: 2.0}]",
+        ]
+    )
     assert env["kwargs"]["max_new_tokens"] == 64 and env["kwargs"]["max_prompt_tokens"] == 512
-    assert env["eval_kwargs"] == {"split": "validation"} and env["reward_wrappers"] == [{"type": "scale", "factor": 2.0}]
+    assert env["eval_kwargs"] == {"split": "validation"} and env["reward_wrappers"] == [
+        {"type": "scale", "factor": 2.0}
+    ]
     assert env_of(["env.reward_wrappers=[]"])["reward_wrappers"] == []  # off, not the env's default
     tox = env_of(["experiment=toxicity_cpu"])  # a preset's own wrappers and kwargs stay
     assert tox["reward_wrappers"][0]["terms"]["too_short"]["below"] == 16 and tox["kwargs"]["test_size"] == 200
@@ -85,8 +104,12 @@ def test_every_builtin_id_has_defaults_its_builder_takes():
 def test_registering_with_run_defaults_and_without():
     from helpers import echo_task
 
-    register_task("test_envs/WithDefaults-v0", lambda: echo_task(), max_new_tokens=4,
-                  run_defaults={"kwargs": {"max_new_tokens": 3}, "reward_wrappers": [{"type": "scale", "factor": 3.0}]})
+    register_task(
+        "test_envs/WithDefaults-v0",
+        lambda: echo_task(),
+        max_new_tokens=4,
+        run_defaults={"kwargs": {"max_new_tokens": 3}, "reward_wrappers": [{"type": "scale", "factor": 3.0}]},
+    )
     env = env_of(["env.id=test_envs/WithDefaults-v0"])
     assert env["kwargs"] == {"max_new_tokens": 3} and env["eval_kwargs"] == {}
     assert env["reward_wrappers"] == [{"type": "scale", "factor": 3.0}]

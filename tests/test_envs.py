@@ -1,4 +1,5 @@
 """TokenEnv / TokenVecEnv: checkers, MDP semantics, DummyVecEnv parity, bad input."""
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -23,8 +24,14 @@ def test_env_checkers_pass(tokenizer):
 
 
 def test_registered_gsm8k_env_passes_checkers(tokenizer):
-    env = gym.make("lm_envs/GSM8K-v0", tokenizer=tokenizer, split="test", max_new_tokens=4,
-                   max_prompt_tokens=400, truncate_prompt="left")
+    env = gym.make(
+        "lm_envs/GSM8K-v0",
+        tokenizer=tokenizer,
+        split="test",
+        max_new_tokens=4,
+        max_prompt_tokens=400,
+        truncate_prompt="left",
+    )
     gym_check_env(env.unwrapped, skip_render_check=True)
     obs, info = env.reset(seed=0)
     assert "Solve step by step" in info["prompt"]
@@ -130,15 +137,19 @@ def test_lockstep_matches_dummy_until_each_row_ends_then_waits(tokenizer):
             assert info_a[row]["waiting"] and not done_a[row] and rew_a[row] == 0
         ended |= done_a
         if step < 4:
-            np.testing.assert_array_equal(obs_a["input_ids"][0], info_a[0].get("terminal_observation", {"input_ids": obs_a["input_ids"][0]})["input_ids"])
+            np.testing.assert_array_equal(
+                obs_a["input_ids"][0],
+                info_a[0].get("terminal_observation", {"input_ids": obs_a["input_ids"][0]})["input_ids"],
+            )
     assert ended.all()
     # The last step reset the whole batch together: fresh prompts, nothing generated.
     assert (obs_a["num_generated"] == 0).all() and not np.array_equal(obs_a["input_ids"], first_prompts)
 
 
 def test_completions_per_prompt_groups_rows(tokenizer):
-    env = TokenVecEnv(echo_task(), tokenizer, num_envs=6, completions_per_prompt=3, max_new_tokens=2,
-                      max_prompt_tokens=16, seed=0)
+    env = TokenVecEnv(
+        echo_task(), tokenizer, num_envs=6, completions_per_prompt=3, max_new_tokens=2, max_prompt_tokens=16, seed=0
+    )
     obs = env.reset()
     ids = obs["input_ids"]
     assert (ids[0] == ids[1]).all() and (ids[1] == ids[2]).all() and (ids[3] == ids[5]).all()
@@ -161,8 +172,16 @@ def test_envs_coexist_and_sampler_state_round_trips(tokenizer):
 
 
 def test_gym_make_and_make_vec_share_the_task(tokenizer):
-    vec = lm_envs.make_vec("lm_envs/GSM8K-v0", 2, tokenizer, split="test", max_new_tokens=3,
-                           max_prompt_tokens=400, truncate_prompt="left", seed=0)
+    vec = lm_envs.make_vec(
+        "lm_envs/GSM8K-v0",
+        2,
+        tokenizer,
+        split="test",
+        max_new_tokens=3,
+        max_prompt_tokens=400,
+        truncate_prompt="left",
+        seed=0,
+    )
     obs = vec.reset()
     assert obs["input_ids"].shape == (2, 403)
     with pytest.raises(ValueError, match="unknown env id"):
@@ -171,9 +190,14 @@ def test_gym_make_and_make_vec_share_the_task(tokenizer):
 
 def test_custom_task_registration(tokenizer):
     def shout_task(split="train"):
-        return Task(questions=["say a", "say b"], references=["a", "b"], chat_template=False,
-                    reward=lambda completions, refs, prompts=None: np.array(
-                        [float(r in c.split()) for c, r in zip(completions, refs)], dtype=np.float32))
+        return Task(
+            questions=["say a", "say b"],
+            references=["a", "b"],
+            chat_template=False,
+            reward=lambda completions, refs, prompts=None: np.array(
+                [float(r in c.split()) for c, r in zip(completions, refs)], dtype=np.float32
+            ),
+        )
 
     lm_envs.register_task("my_envs/Shout-v0", shout_task, max_new_tokens=2, max_prompt_tokens=8)
     env = gym.make("my_envs/Shout-v0", tokenizer=tokenizer)
@@ -185,8 +209,9 @@ def test_custom_task_registration(tokenizer):
 
 # -- bad input ---------------------------------------------------------------------------------
 def test_prompt_longer_than_context_errors_or_truncates_left(tokenizer):
-    long_task = Task(questions=["a " * 40], references=[0], reward=lambda c, r, p=None: np.zeros(len(c)),
-                     chat_template=False)
+    long_task = Task(
+        questions=["a " * 40], references=[0], reward=lambda c, r, p=None: np.zeros(len(c)), chat_template=False
+    )
     with pytest.raises(ValueError, match="max_prompt_tokens"):
         TokenEnv(long_task, tokenizer, max_new_tokens=2, max_prompt_tokens=8).reset()
     env = TokenEnv(long_task, tokenizer, max_new_tokens=2, max_prompt_tokens=8, truncate_prompt="left")

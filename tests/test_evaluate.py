@@ -1,5 +1,6 @@
 """experiments/evaluate.py: base model end to end (subprocess), a PPO checkpoint, task options, and
 --help on every config-style script."""
+
 import json
 import subprocess
 import sys
@@ -24,9 +25,22 @@ def read_samples(directory):
 
 def test_base_model_end_to_end_writes_summary_samples_and_table(tiny_dir, tmp_path):
     out = tmp_path / "eval"
-    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "evaluate.py"), "env.id=lm_envs/GSM8K-v0",
-                           "env.kwargs.split=test", "checkpoint=none", f"model={tiny_dir}", *SMALL, "deterministic=true",
-                           f"output_dir={out}"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "experiments" / "evaluate.py"),
+            "env.id=lm_envs/GSM8K-v0",
+            "env.kwargs.split=test",
+            "checkpoint=none",
+            f"model={tiny_dir}",
+            *SMALL,
+            "deterministic=true",
+            f"output_dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["episodes"] == 4 and summary["env"] == "lm_envs/GSM8K-v0" and summary["split"] == "test"
@@ -53,9 +67,13 @@ def test_checkpoint_is_evaluated_with_its_trained_weights(tiny_dir, tiny_lm, tmp
     lm_envs.register_task("test_envs/Echo-v0", echo_builder)
     tokenizer = tiny_lm[1]
     env = TokenVecEnv(echo_task(), tokenizer, num_envs=4, max_new_tokens=4, max_prompt_tokens=16, seed=0)
-    agent = PPO("CausalLMPolicy", env, batch_size=4, seed=0,
-                policy_kwargs=dict(model=str(tiny_dir), lora={"r": 2, "lora_alpha": 4,
-                                                               "target_modules": ["q_proj", "v_proj"]}))
+    agent = PPO(
+        "CausalLMPolicy",
+        env,
+        batch_size=4,
+        seed=0,
+        policy_kwargs=dict(model=str(tiny_dir), lora={"r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"]}),
+    )
     agent.learn(4 * 4)
     with torch.no_grad():  # make the adapter matter, so base and checkpoint surely decode differently
         for name, param in agent.policy.model.named_parameters():
@@ -63,15 +81,21 @@ def test_checkpoint_is_evaluated_with_its_trained_weights(tiny_dir, tiny_lm, tmp
                 param.normal_(0, 2.0, generator=torch.Generator().manual_seed(0))
     agent.save(tmp_path / "ckpt")
 
-    args = ["env.id=test_envs/Echo-v0", "episodes=8", "env.num_envs=4", "env.kwargs.max_new_tokens=6",
-            "env.kwargs.max_prompt_tokens=16"]
+    args = [
+        "env.id=test_envs/Echo-v0",
+        "episodes=8",
+        "env.num_envs=4",
+        "env.kwargs.max_new_tokens=6",
+        "env.kwargs.max_prompt_tokens=16",
+    ]
     summary = evaluate.main([*args, f"checkpoint={tmp_path / 'ckpt'}", f"output_dir={tmp_path / 'trained'}"])
     assert summary["model"] == str(tiny_dir) and summary["checkpoint"] == str(tmp_path / "ckpt")
     base = evaluate.main([*args, "checkpoint=none", f"model={tiny_dir}", f"output_dir={tmp_path / 'base'}"])
     trained_samples, base_samples = read_samples(tmp_path / "trained"), read_samples(tmp_path / "base")
     # The same prompts, decoded by the trained policy exactly as evaluate_policy does in-process.
-    direct_env = lm_envs.make_vec("test_envs/Echo-v0", 4, tokenizer, max_new_tokens=6, max_prompt_tokens=16,
-                                  truncate_prompt="left", seed=0)
+    direct_env = lm_envs.make_vec(
+        "test_envs/Echo-v0", 4, tokenizer, max_new_tokens=6, max_prompt_tokens=16, truncate_prompt="left", seed=0
+    )
     _, direct = evaluate_policy(agent.policy, direct_env, 8, deterministic=True, seed=0)
     assert [s["index"] for s in trained_samples] == [s["index"] for s in base_samples] == [s["index"] for s in direct]
     assert [s["completion"] for s in trained_samples] == [s["completion"] for s in direct]
@@ -81,9 +105,20 @@ def test_checkpoint_is_evaluated_with_its_trained_weights(tiny_dir, tiny_lm, tmp
 
 
 def test_task_options_and_bad_arguments(tiny_dir, tmp_path):
-    summary = evaluate.main(["env.id=lm_envs/MGSM-v0", f"model={tiny_dir}", "env.kwargs.language=de",
-                             "env.kwargs.limit=3", "episodes=2", "env.num_envs=2", "env.kwargs.max_new_tokens=2",
-                             "env.kwargs.max_prompt_tokens=64", "deterministic=false", f"output_dir={tmp_path / 'mgsm'}"])
+    summary = evaluate.main(
+        [
+            "env.id=lm_envs/MGSM-v0",
+            f"model={tiny_dir}",
+            "env.kwargs.language=de",
+            "env.kwargs.limit=3",
+            "episodes=2",
+            "env.num_envs=2",
+            "env.kwargs.max_new_tokens=2",
+            "env.kwargs.max_prompt_tokens=64",
+            "deterministic=false",
+            f"output_dir={tmp_path / 'mgsm'}",
+        ]
+    )
     assert summary["task"]["language"] == "de" and summary["decoding"] == "sample" and "accuracy" in summary
     german = lm_envs.mgsm_task(language="de")
     assert all(s["prompt"].startswith(german.questions[s["index"]]) for s in read_samples(tmp_path / "mgsm"))
@@ -98,15 +133,17 @@ def test_task_options_and_bad_arguments(tiny_dir, tmp_path):
     with pytest.raises(SystemExit, match="output_dir="):
         evaluate.main([f"model={tiny_dir}"])
     with pytest.raises(ValueError, match="not 'train'"):
-        evaluate.main(["env.id=lm_envs/MGSM-v0", "env.kwargs.split=train", f"model={tiny_dir}",
-                       f"output_dir={tmp_path / 'z'}"])
+        evaluate.main(
+            ["env.id=lm_envs/MGSM-v0", "env.kwargs.split=train", f"model={tiny_dir}", f"output_dir={tmp_path / 'z'}"]
+        )
 
 
 @pytest.mark.parametrize("script", ["evaluate.py", "sft_warmup.py", "run_ppo.py", "build_preferences.py"])
 def test_help_lists_every_option(script):
     """--help prints the script's summary and its base config, whose comments document each key."""
-    proc = subprocess.run([sys.executable, str(REPO / "experiments" / script), "--help"], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / script), "--help"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     base = {"evaluate.py": "evaluate.yaml", "sft_warmup.py": "sft_warmup.yaml"}.get(script, "ppo.yaml")
     text = (REPO / "experiments" / "configs" / base).read_text()
@@ -117,8 +154,10 @@ def test_help_lists_every_option(script):
 def test_before_after_table():
     from agents.evaluation import before_after_table
 
-    table = before_after_table({"score_mean": 0.5, "kl_mean": 0.0, "toxicity_mean": 0.2, "seconds": 3.0},
-                               {"score_mean": 0.75, "kl_mean": 1.5, "toxicity_mean": 0.1, "rewards/too_short/mean": -0.5})
+    table = before_after_table(
+        {"score_mean": 0.5, "kl_mean": 0.0, "toxicity_mean": 0.2, "seconds": 3.0},
+        {"score_mean": 0.75, "kl_mean": 1.5, "toxicity_mean": 0.1, "rewards/too_short/mean": -0.5},
+    )
     rows = table.splitlines()
     assert rows[0] == "| metric | before | after | change |"
     assert "| score_mean | 0.5 | 0.75 | +50.0% |" in rows and "| toxicity_mean | 0.2 | 0.1 | -50.0% |" in rows
@@ -135,8 +174,9 @@ def test_a_pause_checkpoint_left_as_its_old_twin_is_read_safely(tiny_dir, tmp_pa
 
     model, tokenizer = load_lm(str(tiny_dir))
     add_pause_token(model, tokenizer)
-    env = TokenVecEnv(echo_task(), tokenizer, num_envs=4, max_new_tokens=4, max_prompt_tokens=16, seed=0,
-                      vocab_size=len(tokenizer))
+    env = TokenVecEnv(
+        echo_task(), tokenizer, num_envs=4, max_new_tokens=4, max_prompt_tokens=16, seed=0, vocab_size=len(tokenizer)
+    )
     agent = PPO("PauseLMPolicy", env, batch_size=4, seed=0, policy_kwargs=dict(model=model, max_pauses=3))
     agent.save(tmp_path / "ckpt")
     os.rename(tmp_path / "ckpt", tmp_path / ".ckpt.old")
@@ -152,9 +192,14 @@ def test_held_out_kl_is_the_exact_kl_over_the_vocabulary(tiny_dir, tiny_lm):
     KL; the sampled-token estimate it replaced does not equal it."""
     _, tokenizer = tiny_lm
     env = TokenVecEnv(echo_task(), tokenizer, num_envs=4, max_new_tokens=5, max_prompt_tokens=16, seed=0)
-    agent = PPO("CausalLMPolicy", env, batch_size=4, seed=0, kl_coef=0.05,
-                policy_kwargs=dict(model=str(tiny_dir), lora={"r": 2, "lora_alpha": 4,
-                                                               "target_modules": ["q_proj", "v_proj"]}))
+    agent = PPO(
+        "CausalLMPolicy",
+        env,
+        batch_size=4,
+        seed=0,
+        kl_coef=0.05,
+        policy_kwargs=dict(model=str(tiny_dir), lora={"r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"]}),
+    )
     with torch.no_grad():  # a policy clearly apart from its reference
         for name, param in agent.policy.model.named_parameters():
             if "lora_B" in name:
@@ -174,9 +219,16 @@ def test_held_out_kl_is_the_exact_kl_over_the_vocabulary(tiny_dir, tiny_lm):
     exact = ((log_p.exp() * (log_p - log_q)).sum(-1) * decisions).sum(-1)
     torch.testing.assert_close(torch.as_tensor(kl), exact, rtol=1e-4, atol=1e-5)
     assert (exact > 1e-3).all()
-    sampled = ((episodes.log_probs - torch.zeros_like(episodes.log_probs).masked_scatter(
-        episodes.action_mask, log_q[decisions].gather(-1, episodes.input_ids[:, 1:][decisions][:, None]).squeeze(-1)))
-        * episodes.action_mask).sum(-1)
+    sampled = (
+        (
+            episodes.log_probs
+            - torch.zeros_like(episodes.log_probs).masked_scatter(
+                episodes.action_mask,
+                log_q[decisions].gather(-1, episodes.input_ids[:, 1:][decisions][:, None]).squeeze(-1),
+            )
+        )
+        * episodes.action_mask
+    ).sum(-1)
     assert not torch.allclose(sampled, exact, atol=1e-3)  # the old estimate is a different number
     summary, _ = evaluate_policy(policy, env, 8, deterministic=True, reference_stats=True)
     assert summary["kl_mean"] > 0

@@ -1,5 +1,6 @@
 """policies.head_math: the fused log-prob/entropy routes equal log_softmax + gather, gradients
 included, and the policy's teacher-forced evaluation equals its unfused route."""
+
 import pytest
 import torch
 
@@ -7,8 +8,13 @@ from agents import collect_episodes
 from helpers import echo_task
 from lm_envs import TokenVecEnv
 from policies import CausalLMPolicy
-from policies.head_math import (LogitsWorkspace, linear_selected_log_probs, log_softmax, probabilities,
-                               selected_log_probs)
+from policies.head_math import (
+    LogitsWorkspace,
+    linear_selected_log_probs,
+    log_softmax,
+    probabilities,
+    selected_log_probs,
+)
 
 
 def reference(logits, actions, temperature):
@@ -27,8 +33,9 @@ def test_selected_log_probs_match_log_softmax_with_gradients(temperature, which)
     g_chosen, g_entropy = torch.randn(300, dtype=torch.float64), torch.randn(300, dtype=torch.float64)
 
     def loss(chosen, entropy):
-        return ((chosen * g_chosen).sum() if which != "entropy" else 0) + \
-               ((entropy * g_entropy).sum() if which != "chosen" else 0)
+        return ((chosen * g_chosen).sum() if which != "entropy" else 0) + (
+            (entropy * g_entropy).sum() if which != "chosen" else 0
+        )
 
     chosen, entropy = selected_log_probs(logits, actions, temperature)
     want_chosen, want_entropy = reference(logits, actions, temperature)
@@ -129,8 +136,10 @@ def test_policy_fused_route_equals_unfused_route(tiny_lm, temperature):
     model, tokenizer = tiny_lm
     env = TokenVecEnv(echo_task(), tokenizer, num_envs=4, max_new_tokens=8, max_prompt_tokens=16, seed=0)
     torch.manual_seed(0)
-    policies = [cls(env.observation_space, env.action_space, lambda _: 1e-3, model=model, temperature=temperature)
-                for cls in (CausalLMPolicy, Unfused)]
+    policies = [
+        cls(env.observation_space, env.action_space, lambda _: 1e-3, model=model, temperature=temperature)
+        for cls in (CausalLMPolicy, Unfused)
+    ]
     policies[1].load_state_dict(policies[0].state_dict())
     episodes, _ = collect_episodes(policies[0], env)
     outs, grads = [], []
@@ -146,8 +155,10 @@ def test_policy_fused_route_equals_unfused_route(tiny_lm, temperature):
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4, msg=name)
-    ref = [p.evaluate_actions(episodes.input_ids, episodes.attention_mask, episodes.policy_mask, reference=True)
-           for p in policies]
+    ref = [
+        p.evaluate_actions(episodes.input_ids, episodes.attention_mask, episodes.policy_mask, reference=True)
+        for p in policies
+    ]
     torch.testing.assert_close(ref[0].log_prob, ref[1].log_prob, atol=1e-5, rtol=1e-5)
 
 

@@ -1,5 +1,6 @@
 """policies.kv_cache: the rollout's growing cache layer equals transformers' concatenating one,
 selects rows and crops like it, and a rollout keeps its cache in place from step to step."""
+
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer

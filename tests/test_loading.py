@@ -1,4 +1,5 @@
 """policies.load_lm: local paths, hub ids offline, the embedded GGUF and its atomic cache."""
+
 import os
 
 import pytest

@@ -2,6 +2,7 @@
 DAPO's dynamic sampling and overlong shaping, REINFORCE++-baseline, and the rollout-versus-update
 correction. Formulas by hand (TRL parity for GSPO, delta and robust DPO is in test_group_math.py
 and test_preference_math.py); then each new piece learns a 0/1 task and resumes bit-exactly."""
+
 import math
 
 import numpy as np
@@ -23,15 +24,25 @@ def has_seven(completions, references, prompts=None):
 
 
 def make_env(tokenizer, num_envs=8, seed=0, group=4, max_new_tokens=6, wrappers=None):
-    env = TokenVecEnv(echo_task(reward=has_seven), tokenizer, num_envs=num_envs, max_new_tokens=max_new_tokens,
-                      max_prompt_tokens=16, seed=seed, completions_per_prompt=group)
+    env = TokenVecEnv(
+        echo_task(reward=has_seven),
+        tokenizer,
+        num_envs=num_envs,
+        max_new_tokens=max_new_tokens,
+        max_prompt_tokens=16,
+        seed=seed,
+        completions_per_prompt=group,
+    )
     return VecRewardWrapper(env, from_config(wrappers)) if wrappers else env
 
 
 OVERLONG = [{"type": "overlong", "max_length": 6, "cache": 3}]
 RECIPES = {
-    "gspo": (GRPO, dict(importance_sampling_level="sequence", loss_type="grpo", epsilon=3e-4, epsilon_high=4e-4,
-                        num_iterations=2), None),
+    "gspo": (
+        GRPO,
+        dict(importance_sampling_level="sequence", loss_type="grpo", epsilon=3e-4, epsilon_high=4e-4, num_iterations=2),
+        None,
+    ),
     "dynamic_sampling": (GRPO, dict(dynamic_sampling=True, max_extra_rollouts=3, epsilon_high=0.28), None),
     "overlong": (GRPO, dict(), OVERLONG),
     "reinforce_pp_baseline": (REINFORCEPlusPlus, dict(baseline="group", beta=0.01), None),
@@ -42,8 +53,12 @@ def make(recipe, tiny_dir, tokenizer, lora=None, seed=0, env_seed=0, num_envs=8,
     cls, kwargs, wrappers = RECIPES[recipe]
     settings = dict(learning_rate=5e-3, batch_size=8, seed=seed, **kwargs)
     settings.update(extra)
-    return cls("CausalLMPolicy", make_env(tokenizer, num_envs, env_seed, wrappers=wrappers),
-               policy_kwargs=dict(model=str(tiny_dir), lora=lora), **settings)
+    return cls(
+        "CausalLMPolicy",
+        make_env(tokenizer, num_envs, env_seed, wrappers=wrappers),
+        policy_kwargs=dict(model=str(tiny_dir), lora=lora),
+        **settings,
+    )
 
 
 # -- formulas by hand ---------------------------------------------------------------------------------
@@ -121,8 +136,9 @@ def test_reinforce_pp_baseline_centres_scores_then_shapes_then_whitens(tiny_dir,
     expected = ppo_math.masked_whiten(ppo_math.returns_to_go(rewards, buffer.mask), buffer.mask)
     torch.testing.assert_close(buffer.advantages, expected)
     with pytest.raises(ValueError, match="completions_per_prompt >= 2"):
-        REINFORCEPlusPlus("CausalLMPolicy", make_env(tiny_lm[1], group=1), baseline="group",
-                          policy_kwargs=dict(model=str(tiny_dir)))
+        REINFORCEPlusPlus(
+            "CausalLMPolicy", make_env(tiny_lm[1], group=1), baseline="group", policy_kwargs=dict(model=str(tiny_dir))
+        )
 
 
 # -- dynamic sampling ----------------------------------------------------------------------------------
@@ -162,7 +178,7 @@ def test_dynamic_sampling_keeps_groups_that_teach_and_logs_what_it_did(tiny_dir,
     assert ties.any() and (~ties).any()  # a 0/1 task: some groups tie, some do not
     start = 0
     for rewards, stats, extra in zip(track.trained, track.stats, extras):
-        batches = torch.cat(sampled[start:start + 1 + extra])
+        batches = torch.cat(sampled[start : start + 1 + extra])
         start += 1 + extra
         informative = batches.max(1).values > batches.min(1).values
         assert stats["dapo/kept_fraction"] == pytest.approx(float(informative.float().mean()))
@@ -201,7 +217,8 @@ def test_truncated_importance_sampling_scales_the_advantages(tiny_dir, tiny_lm):
     expected_weights = torch.exp(-shift).clamp(max=1.5) * episodes.action_mask
     torch.testing.assert_close(buffer.is_weights, expected_weights, atol=1e-4, rtol=1e-4)
     unweighted = group_math.broadcast_to_tokens(
-        group_math.group_advantages((buffer.token_rewards * buffer.mask).sum(-1), 4, "group"), buffer.mask)
+        group_math.group_advantages((buffer.token_rewards * buffer.mask).sum(-1), 4, "group"), buffer.mask
+    )
     torch.testing.assert_close(buffer.advantages, unweighted * buffer.is_weights)
 
 
@@ -239,11 +256,14 @@ def test_each_new_piece_resumes_bit_exactly(recipe, tiny_dir, tiny_lm, tmp_path)
 
 
 # -- selectable from the config --------------------------------------------------------------------------
-@pytest.mark.parametrize("recipe, cls_name, key, value", [
-    ("gspo", "GRPO", "importance_sampling_level", "sequence"),
-    ("dapo", "GRPO", "dynamic_sampling", True),
-    ("reinforce_pp_baseline", "REINFORCEPlusPlus", "baseline", "group"),
-])
+@pytest.mark.parametrize(
+    "recipe, cls_name, key, value",
+    [
+        ("gspo", "GRPO", "importance_sampling_level", "sequence"),
+        ("dapo", "GRPO", "dynamic_sampling", True),
+        ("reinforce_pp_baseline", "REINFORCEPlusPlus", "baseline", "group"),
+    ],
+)
 def test_recipes_compose_to_their_agent_class(recipe, cls_name, key, value):
     import sys
 

@@ -1,5 +1,6 @@
 """`agents.memory.keep_freed_memory`: freed tensors' memory is reused without page faults, the
 opt-out works, and `learn` on a CPU turns it on."""
+
 import json
 import os
 import platform
@@ -33,8 +34,13 @@ print(json.dumps({"default": default, "applied": applied, "kept": faults()}))
 
 
 def run_script(**env):
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(REPO)], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, **env})
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -61,8 +67,9 @@ def test_learn_on_cpu_keeps_freed_memory(tiny_dir, tiny_lm, monkeypatch):
 
     calls = []
     monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append(True) or True)
-    env = TokenVecEnv(echo_task(), tiny_lm[1], num_envs=4, max_new_tokens=3, max_prompt_tokens=16,
-                      completions_per_prompt=4)
+    env = TokenVecEnv(
+        echo_task(), tiny_lm[1], num_envs=4, max_new_tokens=3, max_prompt_tokens=16, completions_per_prompt=4
+    )
     agent = GRPO("CausalLMPolicy", env, batch_size=4, policy_kwargs=dict(model=str(tiny_dir)), seed=0)
     agent.learn(total_iterations=1)
     assert calls == [True]

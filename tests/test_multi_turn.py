@@ -5,6 +5,7 @@ hole columns (no prefix re-run, counted in forward tokens), rollout = teacher fo
 injected tokens, greedy rollout = a manual generate + inject + generate loop, and every agent
 training on a multi-turn env with a first minibatch ratio of 1.
 """
+
 import dataclasses
 
 import numpy as np
@@ -53,8 +54,9 @@ def step_all(env, tokens):
 def test_a_reply_is_injected_as_context_and_the_last_score_is_the_reward(tiny_lm):
     tok = tiny_lm[1]
     respond = ScriptedReplies([Reply("a b c", score=0.25, chat=False), Reply(None, score=1.0)])
-    env = TokenEnv(replying_task(respond), tok, max_new_tokens=8, max_prompt_tokens=16, max_turns=3,
-                   max_injected_tokens=16)
+    env = TokenEnv(
+        replying_task(respond), tok, max_new_tokens=8, max_prompt_tokens=16, max_turns=3, max_injected_tokens=16
+    )
     obs, _ = env.reset(seed=0)
     seven, eos = ids(tok, "7")[0], tok.eos_token_id
     obs, reward, terminated, truncated, info = step_all(env, [seven, eos])
@@ -63,9 +65,9 @@ def test_a_reply_is_injected_as_context_and_the_last_score_is_the_reward(tiny_lm
     P, n = 16, int(obs["completion_length"][0])
     injected = ids(tok, "\n\na b c\n\n")
     assert n == 2 + len(injected) and int(obs["num_generated"][0]) == 2
-    assert obs["input_ids"][P + 2:P + n].tolist() == injected
-    assert obs["attention_mask"][P:P + n].tolist() == [1] * n
-    assert obs["policy_mask"][P:P + n].tolist() == [1, 1] + [0] * len(injected)
+    assert obs["input_ids"][P + 2 : P + n].tolist() == injected
+    assert obs["attention_mask"][P : P + n].tolist() == [1] * n
+    assert obs["policy_mask"][P : P + n].tolist() == [1, 1] + [0] * len(injected)
     obs, reward, terminated, truncated, info = step_all(env, [ids(tok, "8")[0], eos])
     assert respond.calls[-1] == (["8"], [2])  # the attempt is this turn's text only
     assert terminated and not truncated
@@ -80,34 +82,66 @@ def test_turn_limit_terminates_and_budgets_truncate(tiny_lm):
     seven, eos = ids(tok, "7")[0], tok.eos_token_id
     again = Reply("a", score=0.5, chat=False)
     # The model ends its last allowed turn itself: terminated, reward = that turn's score.
-    env = TokenEnv(replying_task(ScriptedReplies([again, Reply("b", 0.75, chat=False)])), tok, max_new_tokens=8,
-                   max_prompt_tokens=16, max_turns=2, max_injected_tokens=8)
+    env = TokenEnv(
+        replying_task(ScriptedReplies([again, Reply("b", 0.75, chat=False)])),
+        tok,
+        max_new_tokens=8,
+        max_prompt_tokens=16,
+        max_turns=2,
+        max_injected_tokens=8,
+    )
     env.reset(seed=0)
     *_, reward, terminated, truncated, info = step_all(env, [eos, seven, eos])
     assert terminated and not truncated and reward == 0.75 and info["turns"] == 2
     # max_turn_tokens ends a turn like EOS; on the last turn it truncates.
-    env = TokenEnv(replying_task(ScriptedReplies([again, again])), tok, max_new_tokens=8, max_prompt_tokens=16,
-                   max_turns=2, max_turn_tokens=2, max_injected_tokens=8)
+    env = TokenEnv(
+        replying_task(ScriptedReplies([again, again])),
+        tok,
+        max_new_tokens=8,
+        max_prompt_tokens=16,
+        max_turns=2,
+        max_turn_tokens=2,
+        max_injected_tokens=8,
+    )
     env.reset(seed=0)
     obs, _, terminated, truncated, _ = step_all(env, [seven, seven])
     assert not (terminated or truncated) and int(obs["completion_length"][0]) == 3  # the reply went in
     *_, reward, terminated, truncated, info = step_all(env, [seven, seven])
     assert truncated and not terminated and reward == 0.5
     # ... unless the task's reply ends the episode: its verdict terminates, cut or not.
-    env = TokenEnv(replying_task(ScriptedReplies([Reply(None, 1.0)])), tok, max_new_tokens=8, max_prompt_tokens=16,
-                   max_turns=2, max_turn_tokens=2, max_injected_tokens=8)
+    env = TokenEnv(
+        replying_task(ScriptedReplies([Reply(None, 1.0)])),
+        tok,
+        max_new_tokens=8,
+        max_prompt_tokens=16,
+        max_turns=2,
+        max_turn_tokens=2,
+        max_injected_tokens=8,
+    )
     env.reset(seed=0)
     *_, reward, terminated, truncated, info = step_all(env, [seven, seven])
     assert terminated and not truncated and reward == 1.0
     # An injection that does not fit ends the episode (truncated), never cut silently.
-    env = TokenEnv(replying_task(ScriptedReplies([Reply("a b c d e", 0.5, chat=False)] * 2)), tok,
-                   max_new_tokens=8, max_prompt_tokens=16, max_turns=2, max_injected_tokens=3)
+    env = TokenEnv(
+        replying_task(ScriptedReplies([Reply("a b c d e", 0.5, chat=False)] * 2)),
+        tok,
+        max_new_tokens=8,
+        max_prompt_tokens=16,
+        max_turns=2,
+        max_injected_tokens=3,
+    )
     env.reset(seed=0)
     obs, reward, terminated, truncated, info = env.step(eos)
     assert truncated and not terminated and info["injected_tokens"] == 0
     # The whole-episode budget truncates too, whatever the turn.
-    env = TokenEnv(replying_task(ScriptedReplies([again] * 3)), tok, max_new_tokens=3, max_prompt_tokens=16,
-                   max_turns=3, max_injected_tokens=8)
+    env = TokenEnv(
+        replying_task(ScriptedReplies([again] * 3)),
+        tok,
+        max_new_tokens=3,
+        max_prompt_tokens=16,
+        max_turns=3,
+        max_injected_tokens=8,
+    )
     env.reset(seed=0)
     *_, terminated, truncated, info = step_all(env, [eos, seven, seven])
     assert truncated and not terminated and info["turns"] == 2
@@ -119,10 +153,15 @@ def test_a_per_turn_cost_is_a_reward_wrapper_on_extra_turns(tiny_lm):
 
     tok = tiny_lm[1]
     respond = ScriptedReplies([Reply("a", 0.0, chat=False), Reply("a", 0.5, chat=False), Reply(None, 1.0)])
-    cost = from_config([{"type": "add_terms", "terms": {"turn_cost": {"term": "info", "key": "extra_turns",
-                                                                      "weight": -0.1}}}])
-    env = RewardWrapper(TokenEnv(replying_task(respond), tok, max_new_tokens=8, max_prompt_tokens=16, max_turns=3,
-                                 max_injected_tokens=8), cost)
+    cost = from_config(
+        [{"type": "add_terms", "terms": {"turn_cost": {"term": "info", "key": "extra_turns", "weight": -0.1}}}]
+    )
+    env = RewardWrapper(
+        TokenEnv(
+            replying_task(respond), tok, max_new_tokens=8, max_prompt_tokens=16, max_turns=3, max_injected_tokens=8
+        ),
+        cost,
+    )
     env.reset(seed=0)
     *_, reward, terminated, truncated, info = step_all(env, [tok.eos_token_id] * 3)
     assert terminated and info["score"] == 1.0 and info["extra_turns"] == 2
@@ -146,13 +185,18 @@ def test_bad_settings_are_refused(tiny_lm):
 def test_an_inline_tool_call_is_answered_mid_turn(tiny_lm):
     tok = tiny_lm[1]
     add = Tool("add", r"(\d) \+ (\d) =", lambda m: str(int(m.group(1)) + int(m.group(2))))
-    env = TokenEnv(dataclasses.replace(echo_task(), tools=(add,)), tok, max_new_tokens=8, max_prompt_tokens=16,
-                   max_injected_tokens=4)
+    env = TokenEnv(
+        dataclasses.replace(echo_task(), tools=(add,)),
+        tok,
+        max_new_tokens=8,
+        max_prompt_tokens=16,
+        max_injected_tokens=4,
+    )
     env.reset(seed=0)
     obs, *_ = step_all(env, [ids(tok, w)[0] for w in "1 + 2 =".split()])
     P = 16
     assert int(obs["completion_length"][0]) == 5 and obs["input_ids"][P + 4] == ids(tok, "3")[0]
-    assert obs["policy_mask"][P:P + 5].tolist() == [1, 1, 1, 1, 0]
+    assert obs["policy_mask"][P : P + 5].tolist() == [1, 1, 1, 1, 0]
     obs, reward, terminated, truncated, info = step_all(env, [ids(tok, "7")[0], tok.eos_token_id])
     assert terminated and info["tool_calls"] == 1 and info["completion"] == "1 + 2 = 3 7"
     # The model's own token after "=" means it computed itself: nothing is injected.
@@ -184,33 +228,44 @@ def test_calculator_env_with_the_real_tokenizer(smollm):
     for token in ids(tok, "Half of 48 is <<48/2="):
         obs, *_ = env.step(token)
     P, n = 512, int(obs["completion_length"][0])
-    injected = obs["input_ids"][P:P + n][obs["policy_mask"][P:P + n] == 0]
+    injected = obs["input_ids"][P : P + n][obs["policy_mask"][P : P + n] == 0]
     assert tok.decode(injected.tolist()) == "24>>"
     # A token that already carries characters after "=" (SmolLM2 has "=-") means no call.
     env.reset(seed=0)
     assert tok.convert_ids_to_tokens(ids(tok, "<<48/2=-"))[-1] == "=-"
     for token in ids(tok, "<<48/2=-"):
         obs, *_ = env.step(token)
-    assert obs["policy_mask"][P:P + int(obs["completion_length"][0])].all()
+    assert obs["policy_mask"][P : P + int(obs["completion_length"][0])].all()
 
 
 # -- the policy on multi-turn rollouts ----------------------------------------------------------
 def varied_replies(attempts, references, turns):
     """Rows inject different amounts: 1 to 4 words depending on the data row and turn."""
-    return [Reply(" ".join(["a"] * (1 + (int(r) + t) % 4)), score=0.1 * t, chat=False)
-            for r, t in zip(references, turns)]
+    return [
+        Reply(" ".join(["a"] * (1 + (int(r) + t) % 4)), score=0.1 * t, chat=False) for r, t in zip(references, turns)
+    ]
 
 
 def multi_turn_env(tokenizer, num_envs=4, seed=0, group=1, tools=True):
     seven = Tool("seven", r"7", lambda m: "b c")  # inline, whenever a turn's text ends with 7
     task = replying_task(varied_replies, tools=(seven,) if tools else ())
-    return TokenVecEnv(task, tokenizer, num_envs=num_envs, max_new_tokens=9, max_prompt_tokens=16,
-                       max_turns=3, max_turn_tokens=3, max_injected_tokens=24, seed=seed,
-                       completions_per_prompt=group)
+    return TokenVecEnv(
+        task,
+        tokenizer,
+        num_envs=num_envs,
+        max_new_tokens=9,
+        max_prompt_tokens=16,
+        max_turns=3,
+        max_turn_tokens=3,
+        max_injected_tokens=24,
+        seed=seed,
+        completions_per_prompt=group,
+    )
 
 
-@pytest.mark.parametrize("policy_kwargs", [{}, {"top_k": 5}, {"lora": {"r": 4, "lora_alpha": 8,
-                                                                       "target_modules": ["q_proj", "v_proj"]}}])
+@pytest.mark.parametrize(
+    "policy_kwargs", [{}, {"top_k": 5}, {"lora": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}}]
+)
 def test_rollout_log_probs_equal_teacher_forced_with_injected_tokens(tiny_lm, policy_kwargs):
     model, tok = tiny_lm
     torch.manual_seed(0)
@@ -225,8 +280,9 @@ def test_rollout_log_probs_equal_teacher_forced_with_injected_tokens(tiny_lm, po
     assert torch.allclose(out.log_prob, episodes.log_probs[episodes.action_mask], atol=1e-4)
     assert torch.allclose(out.values, episodes.values[episodes.action_mask], atol=1e-4)
     if "top_k" not in policy_kwargs:  # (the reference is scored untruncated)
-        ref = policy.evaluate_actions(episodes.input_ids, episodes.attention_mask, episodes.policy_mask,
-                                      reference=True).log_prob
+        ref = policy.evaluate_actions(
+            episodes.input_ids, episodes.attention_mask, episodes.policy_mask, reference=True
+        ).log_prob
         assert torch.allclose(ref, out.log_prob, atol=1e-4)  # KL to the reference is 0 at init
 
 
@@ -241,7 +297,7 @@ def test_injections_are_one_prefill_step_and_no_prefix_is_rerun(tiny_lm):
     run = policy._run
 
     def counting(model_, input_ids, attention_mask, position_ids, cache=None, use_cache=False):
-        calls.append((input_ids.shape, int(attention_mask[:, -input_ids.shape[1]:].sum()), cache is not None))
+        calls.append((input_ids.shape, int(attention_mask[:, -input_ids.shape[1] :].sum()), cache is not None))
         return run(model_, input_ids, attention_mask, position_ids, cache, use_cache)
 
     policy._run = counting
@@ -272,8 +328,18 @@ def test_sync_turns_answers_the_batch_at_once(tiny_lm, sync_turns):
     # A tiny random model rarely says EOS: end turns with stop strings (a dozen of its words).
     stops = tuple(sorted(set(tok.convert_ids_to_tokens(range(3, 40)))))[:12]
     # A budget that leaves room for both turns of every row, so every row gets both replies.
-    env = TokenVecEnv(replying_task(respond), tok, num_envs=4, max_new_tokens=32, max_prompt_tokens=16, max_turns=2,
-                      max_injected_tokens=16, seed=0, sync_turns=sync_turns, stop_strings=stops)
+    env = TokenVecEnv(
+        replying_task(respond),
+        tok,
+        num_envs=4,
+        max_new_tokens=32,
+        max_prompt_tokens=16,
+        max_turns=2,
+        max_injected_tokens=16,
+        seed=0,
+        sync_turns=sync_turns,
+        stop_strings=stops,
+    )
     policy = CausalLMPolicy(env.observation_space, env.action_space, lambda _: 1e-3, model=model)
     torch.manual_seed(0)
     episodes, _ = collect_episodes(policy, env)
@@ -285,7 +351,7 @@ def test_sync_turns_answers_the_batch_at_once(tiny_lm, sync_turns):
     assert (episodes.policy_mask.sum(-1) == episodes.action_mask.sum(-1)).all()
     # Actions are contiguous per row in the (B, T) tensors, waiting or not.
     counts = episodes.action_mask.sum(-1)
-    assert all(episodes.action_mask[b, :counts[b]].all() for b in range(4))
+    assert all(episodes.action_mask[b, : counts[b]].all() for b in range(4))
     out = policy.evaluate_actions(episodes.input_ids, episodes.attention_mask, episodes.policy_mask)
     assert torch.allclose(out.log_prob, episodes.log_probs[episodes.action_mask], atol=1e-4)
 
@@ -300,8 +366,14 @@ def test_greedy_multi_turn_rollout_equals_generate_inject_generate(tiny_lm):
         sequence = prompt_ids[None]
         reference = int(episodes.infos[row]["reference"])
         for turn in (1, 2, 3):
-            out = model.generate(sequence, attention_mask=torch.ones_like(sequence), max_new_tokens=3,
-                                 do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+            out = model.generate(
+                sequence,
+                attention_mask=torch.ones_like(sequence),
+                max_new_tokens=3,
+                do_sample=False,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )
             sequence = out
             if turn < 3:
                 reply = varied_replies([""], [reference], [turn])[0].text
@@ -315,15 +387,21 @@ def test_every_agent_trains_on_a_multi_turn_env(name, tiny_dir, tiny_lm):
     group = 4 if name in ("grpo", "rloo") else 1
     settings = dict(learning_rate=3e-3, batch_size=4, seed=0, micro_batch_size=2)
     settings.update(n_epochs=2, kl_coef=0.01) if name == "ppo" else settings.update(num_iterations=2, beta=0.01)
-    agent = ALL[name]("CausalLMPolicy", multi_turn_env(tiny_lm[1], num_envs=8, group=group),
-                      policy_kwargs=dict(model=str(tiny_dir), lora={"r": 4, "lora_alpha": 8,
-                                                                     "target_modules": ["q_proj", "v_proj"]}),
-                      **settings)
+    agent = ALL[name](
+        "CausalLMPolicy",
+        multi_turn_env(tiny_lm[1], num_envs=8, group=group),
+        policy_kwargs=dict(model=str(tiny_dir), lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}),
+        **settings,
+    )
     agent.learn(total_iterations=2)
     stats = agent.last_iteration_stats
     assert np.isfinite(list(stats.values())).all()
-    first = ALL[name]("CausalLMPolicy", multi_turn_env(tiny_lm[1], num_envs=8, group=group),
-                      policy_kwargs=dict(model=str(tiny_dir)), **settings)
+    first = ALL[name](
+        "CausalLMPolicy",
+        multi_turn_env(tiny_lm[1], num_envs=8, group=group),
+        policy_kwargs=dict(model=str(tiny_dir)),
+        **settings,
+    )
     first.learn(total_iterations=1)
     assert first.last_iteration_stats["policy/first_minibatch_ratio_max_dev"] < 1e-4
     assert first.last_iteration_stats["objective/kl"] == pytest.approx(0.0, abs=1e-5)
@@ -342,8 +420,9 @@ def test_episode_config_is_the_one_list_of_settings(tiny_lm):
 
 
 # -- the registered multi-turn ids ----------------------------------------------------------------
-@pytest.mark.parametrize("env_id", ["lm_envs/GSM8KCalculator-v0", "lm_envs/MBPPFeedback-v0",
-                                    "lm_envs/HumanEvalCppFeedback-v0"])
+@pytest.mark.parametrize(
+    "env_id", ["lm_envs/GSM8KCalculator-v0", "lm_envs/MBPPFeedback-v0", "lm_envs/HumanEvalCppFeedback-v0"]
+)
 def test_multi_turn_ids_pass_both_env_checkers(env_id, tiny_lm):
     import gymnasium as gym
 
@@ -369,7 +448,7 @@ def test_mbpp_feedback_shows_the_failing_test_then_scores_the_fix(smollm):
         obs, reward, terminated, truncated, info = env.step(token)
     assert not (terminated or truncated)
     P, n = env.batch.max_prompt_tokens, int(obs["completion_length"][0])
-    injected = obs["input_ids"][P:P + n][obs["policy_mask"][P:P + n] == 0]
+    injected = obs["input_ids"][P : P + n][obs["policy_mask"][P : P + n] == 0]
     text = tok.decode(injected.tolist())
     # A user turn with the first failing test, then the assistant header (no second <|im_end|>).
     assert text.startswith("\n<|im_start|>user\n") and text.endswith("<|im_end|>\n<|im_start|>assistant\n")
@@ -395,7 +474,7 @@ def test_humaneval_cpp_feedback_comments_the_error_and_repeats_the_header(smollm
         if terminated or truncated or obs["policy_mask"].sum() < obs["num_generated"][0]:
             break
     P, n = env.batch.max_prompt_tokens, int(obs["completion_length"][0])
-    injected = tok.decode(obs["input_ids"][P:P + n][obs["policy_mask"][P:P + n] == 0].tolist())
+    injected = tok.decode(obs["input_ids"][P : P + n][obs["policy_mask"][P : P + n] == 0].tolist())
     assert not (terminated or truncated)
     assert "// The program does not compile or run:" in injected and "undefined_name" in injected
     assert injected.endswith(f"// {CodeFeedbackRequest}\n{header}\n")

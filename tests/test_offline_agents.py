@@ -1,6 +1,7 @@
 """SFT, STaR, DPO and KTO on the rounds loop (tiny model): targets, a round of each end to end,
 skipped rounds, rationalization's hint stripping, merged model directories, bit-exact resume, and
 each agent raising the reward of a synthetic task."""
+
 import dataclasses
 import math
 
@@ -20,20 +21,29 @@ LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
 
 def digit_fraction(completions, references, prompts=None):
     """A reward the random tiny model's samples differ on: the fraction of digit words."""
-    return np.array([sum(w.isdigit() for w in c.split()) / max(1, len(c.split())) for c in completions],
-                    dtype=np.float32)
+    return np.array(
+        [sum(w.isdigit() for w in c.split()) / max(1, len(c.split())) for c in completions], dtype=np.float32
+    )
 
 
 def make_env(tokenizer, num_envs=8, group=4, seed=0, task=None, max_new_tokens=6):
-    return TokenVecEnv(task or echo_task(), tokenizer, num_envs=num_envs, max_new_tokens=max_new_tokens,
-                       max_prompt_tokens=16, seed=seed, completions_per_prompt=group)
+    return TokenVecEnv(
+        task or echo_task(),
+        tokenizer,
+        num_envs=num_envs,
+        max_new_tokens=max_new_tokens,
+        max_prompt_tokens=16,
+        seed=seed,
+        completions_per_prompt=group,
+    )
 
 
 def make(cls, tiny_dir, tokenizer, lora=LORA, group=4, env_seed=0, task=None, **kwargs):
     settings = dict(learning_rate=3e-3, batch_size=4, seed=0)
     settings.update(kwargs)
-    env = make_env(tokenizer, group=group if cls is not SFT else 1, seed=env_seed,
-                   task=task or echo_task(reward=digit_fraction))
+    env = make_env(
+        tokenizer, group=group if cls is not SFT else 1, seed=env_seed, task=task or echo_task(reward=digit_fraction)
+    )
     return cls("CausalLMPolicy", env, policy_kwargs=dict(model=str(tiny_dir), lora=lora), **settings)
 
 
@@ -53,8 +63,9 @@ def test_sequences_lay_rows_out_like_the_env_and_score_like_rollouts(tiny_dir, t
 
     episodes, _ = collect_episodes(agent.policy, agent.env)
     rows = sequences.from_episodes(episodes)
-    rebuilt = sequences.Sequences.from_ids([rows.prompt_ids(i) for i in range(len(rows))],
-                                           [rows.completion_ids(i) for i in range(len(rows))], agent.pad_id)
+    rebuilt = sequences.Sequences.from_ids(
+        [rows.prompt_ids(i) for i in range(len(rows))], [rows.completion_ids(i) for i in range(len(rows))], agent.pad_id
+    )
     assert rebuilt.input_ids.shape[1] <= rows.input_ids.shape[1]
     for i in range(len(rows)):
         assert rebuilt.prompt_ids(i) == rows.prompt_ids(i) and rebuilt.completion_ids(i) == rows.completion_ids(i)
@@ -70,8 +81,16 @@ def test_sft_learns_completions_and_writes_a_loadable_merged_model(tiny_dir, tin
     model, tokenizer = tiny_lm
     task = echo_task()
     data = [{"prompt": q, "completion": "7 7 7"} for q in task.questions]
-    agent = SFT("CausalLMPolicy", make_env(tokenizer, group=1, task=task), dataset=data, learning_rate=1e-2,
-                batch_size=4, micro_batch_size=2, seed=0, policy_kwargs=dict(model=str(tiny_dir)))
+    agent = SFT(
+        "CausalLMPolicy",
+        make_env(tokenizer, group=1, task=task),
+        dataset=data,
+        learning_rate=1e-2,
+        batch_size=4,
+        micro_batch_size=2,
+        seed=0,
+        policy_kwargs=dict(model=str(tiny_dir)),
+    )
     agent.learn(total_iterations=6, progress_bar=True)
     assert agent.iteration == 6 and agent.num_timesteps == 6 * len(data)
     stats = agent.last_iteration_stats
@@ -85,8 +104,15 @@ def test_sft_learns_completions_and_writes_a_loadable_merged_model(tiny_dir, tin
     summary, _ = evaluate_policy(agent.policy, make_env(tokenizer, group=1, task=task), 8)
     assert summary["score_mean"] > 0.5
     # LoRA: the adapter is merged into a copy; the directory is a plain model + tokenizer.
-    agent = SFT("CausalLMPolicy", make_env(tokenizer, group=1, task=task), dataset=data, learning_rate=1e-2,
-                batch_size=4, seed=0, policy_kwargs=dict(model=str(tiny_dir), lora=LORA))
+    agent = SFT(
+        "CausalLMPolicy",
+        make_env(tokenizer, group=1, task=task),
+        dataset=data,
+        learning_rate=1e-2,
+        batch_size=4,
+        seed=0,
+        policy_kwargs=dict(model=str(tiny_dir), lora=LORA),
+    )
     agent.learn(total_iterations=1)
     assert agent.policy.uses_lora
     agent.save_merged(tmp_path / "merged")
@@ -101,10 +127,20 @@ def test_sft_learns_completions_and_writes_a_loadable_merged_model(tiny_dir, tin
 
 def test_sft_default_data_is_the_tasks_gold_references_and_a_bad_column_is_clear(tiny_dir, tiny_lm, tmp_path):
     tokenizer = tiny_lm[1]
-    task = Task(questions=["how many apples", "how many cats"], references=["7 7", "3"],
-                reward=lambda c, r, p=None: np.zeros(len(c), np.float32), name="gold", chat_template=False)
-    agent = SFT("CausalLMPolicy", make_env(tokenizer, num_envs=2, group=1, task=task), batch_size=2, seed=0,
-                policy_kwargs=dict(model=str(tiny_dir)))
+    task = Task(
+        questions=["how many apples", "how many cats"],
+        references=["7 7", "3"],
+        reward=lambda c, r, p=None: np.zeros(len(c), np.float32),
+        name="gold",
+        chat_template=False,
+    )
+    agent = SFT(
+        "CausalLMPolicy",
+        make_env(tokenizer, num_envs=2, group=1, task=task),
+        batch_size=2,
+        seed=0,
+        policy_kwargs=dict(model=str(tiny_dir)),
+    )
     prompts, completions = agent.encoded()
     assert [tokenizer.decode(c) for c in completions] == ["7 7 </s>", "3 </s>"]
     assert tokenizer.decode(prompts[0]) == "how many apples"
@@ -112,16 +148,31 @@ def test_sft_default_data_is_the_tasks_gold_references_and_a_bad_column_is_clear
     import datasets
 
     path = tmp_path / "pairs.jsonl"
-    path.write_text('{"prompt": "how many apples", "completion": "7 7"}\n{"prompt": "how many cats", "completion": "3"}\n')
-    sources = [str(path), datasets.Dataset.from_dict({"prompt": ["how many apples", "how many cats"],
-                                                      "completion": ["7 7", "3"]}),
-               [("how many apples", "7 7"), ("how many cats", "3")]]
+    path.write_text(
+        '{"prompt": "how many apples", "completion": "7 7"}\n{"prompt": "how many cats", "completion": "3"}\n'
+    )
+    sources = [
+        str(path),
+        datasets.Dataset.from_dict({"prompt": ["how many apples", "how many cats"], "completion": ["7 7", "3"]}),
+        [("how many apples", "7 7"), ("how many cats", "3")],
+    ]
     for source in sources:
-        other = SFT("CausalLMPolicy", make_env(tokenizer, num_envs=2, group=1, task=task), dataset=source,
-                    batch_size=2, seed=0, policy_kwargs=dict(model=str(tiny_dir)))
+        other = SFT(
+            "CausalLMPolicy",
+            make_env(tokenizer, num_envs=2, group=1, task=task),
+            dataset=source,
+            batch_size=2,
+            seed=0,
+            policy_kwargs=dict(model=str(tiny_dir)),
+        )
         assert other.encoded() == (prompts, completions)
-    bad = SFT("CausalLMPolicy", make_env(tokenizer, num_envs=2, group=1, task=task), dataset=[{"question": "a"}],
-              batch_size=2, policy_kwargs=dict(model=str(tiny_dir)))
+    bad = SFT(
+        "CausalLMPolicy",
+        make_env(tokenizer, num_envs=2, group=1, task=task),
+        dataset=[{"question": "a"}],
+        batch_size=2,
+        policy_kwargs=dict(model=str(tiny_dir)),
+    )
     with pytest.raises(ValueError, match=r"no column\(s\) \['prompt', 'completion'\]"):
         bad.encoded()
 
@@ -131,9 +182,17 @@ def test_sft_resume_continues_the_data_stream_bit_exactly(tiny_dir, tiny_lm, tmp
     data = [{"prompt": q, "completion": "7 3"} for q in echo_task().questions]
 
     def build():
-        return SFT("CausalLMPolicy", make_env(tokenizer, group=1), dataset=data, examples_per_round=5,
-                   batch_size=4, micro_batch_size=2, learning_rate=1e-2, seed=3,
-                   policy_kwargs=dict(model=str(tiny_dir), lora=LORA))
+        return SFT(
+            "CausalLMPolicy",
+            make_env(tokenizer, group=1),
+            dataset=data,
+            examples_per_round=5,
+            batch_size=4,
+            micro_batch_size=2,
+            learning_rate=1e-2,
+            seed=3,
+            policy_kwargs=dict(model=str(tiny_dir), lora=LORA),
+        )
 
     straight = build()
     straight.learn(total_iterations=4)
@@ -194,16 +253,30 @@ def test_star_rationalization_trains_on_the_prompt_without_the_hint(tiny_dir, ti
     def hint_only(completions, references, prompts=None):
         return np.array([float("step" in p) for p in prompts], dtype=np.float32)
 
-    task = Task(questions=questions, references=["a #### 7", "b #### 3", "c #### 5"], reward=hint_only, name="h",
-                chat_template=False)
+    task = Task(
+        questions=questions,
+        references=["a #### 7", "b #### 3", "c #### 5"],
+        reward=hint_only,
+        name="h",
+        chat_template=False,
+    )
     env = make_env(tokenizer, num_envs=6, group=2, task=task)
     template = "{question} step {answer}"
 
     def hint_env_fn(indices, seed):
         return hinted_vec_env(env, indices, seed, hint_template=template)
 
-    agent = STaR("CausalLMPolicy", env, threshold=1.0, rationalize=True, hint_env_fn=hint_env_fn, batch_size=2,
-                 seed=0, learning_rate=1e-3, policy_kwargs=dict(model=str(tiny_dir), lora=LORA))
+    agent = STaR(
+        "CausalLMPolicy",
+        env,
+        threshold=1.0,
+        rationalize=True,
+        hint_env_fn=hint_env_fn,
+        batch_size=2,
+        seed=0,
+        learning_rate=1e-3,
+        policy_kwargs=dict(model=str(tiny_dir), lora=LORA),
+    )
     agent.learn(total_iterations=1)
     stats = agent.last_iteration_stats
     groups = sorted({info["index"] for info in agent.episodes.infos})
@@ -227,8 +300,9 @@ def test_star_rationalization_trains_on_the_prompt_without_the_hint(tiny_dir, ti
 # -- DPO and KTO -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
 def test_dpo_round_builds_pairs_and_moves_the_implicit_rewards(loss_type, tiny_dir, tiny_lm):
-    agent = make(DPO, tiny_dir, tiny_lm[1], beta=0.5, loss_type=loss_type, n_epochs=3, pair_strategy="all",
-                 learning_rate=1e-2)
+    agent = make(
+        DPO, tiny_dir, tiny_lm[1], beta=0.5, loss_type=loss_type, n_epochs=3, pair_strategy="all", learning_rate=1e-2
+    )
     agent.learn(total_iterations=1)
     stats = agent.last_iteration_stats
     assert stats["dpo/pairs"] == agent.num_targets() > 0
@@ -249,8 +323,13 @@ def test_dpo_needs_groups_and_a_round_without_pairs_is_skipped(tiny_dir, tiny_lm
     with pytest.raises(ValueError, match="completions_per_prompt >= 2"):
         make(DPO, tiny_dir, tiny_lm[1], group=1)
     constant = echo_task(reward=lambda c, r, p=None: np.ones(len(c), np.float32))
-    agent = DPO("CausalLMPolicy", make_env(tiny_lm[1], task=constant), batch_size=4, seed=0,
-                policy_kwargs=dict(model=str(tiny_dir), lora=LORA))
+    agent = DPO(
+        "CausalLMPolicy",
+        make_env(tiny_lm[1], task=constant),
+        batch_size=4,
+        seed=0,
+        policy_kwargs=dict(model=str(tiny_dir), lora=LORA),
+    )
     before = trainable(agent)
     agent.learn(total_iterations=1)
     assert agent.last_iteration_stats["dpo/pairs"] == 0.0 and agent.last_iteration_stats["train/skipped_round"] == 1
@@ -274,9 +353,14 @@ def test_kto_round_and_full_fine_tuning_reference(tiny_dir, tiny_lm):
         assert partner in [agent.rows.completion_ids(j) for j in range(len(agent.rows)) if groups[j] != groups[i]]
 
 
-@pytest.mark.parametrize("cls, kwargs", [(STaR, dict(threshold=0.0, from_base=True)),
-                                         (DPO, dict(pair_strategy="all")),
-                                         (KTO, dict(desirable_threshold=0.2))])
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [
+        (STaR, dict(threshold=0.0, from_base=True)),
+        (DPO, dict(pair_strategy="all")),
+        (KTO, dict(desirable_threshold=0.2)),
+    ],
+)
 def test_resume_mid_rounds_is_bit_exact(cls, kwargs, tiny_dir, tiny_lm, tmp_path):
     """4 rounds straight == 2 rounds, save, load (stray RNG use in between), 2 more."""
     tokenizer = tiny_lm[1]
@@ -301,18 +385,29 @@ def test_every_round_agent_is_a_scored_rollout_algorithm():
     assert all(issubclass(cls, ScoredRolloutAlgorithm) for cls in (SFT, STaR, DPO, KTO))
 
 
-@pytest.mark.parametrize("cls, kwargs", [
-    (STaR, dict(threshold=0.5, filter_on="reward", from_base=False)),
-    (DPO, dict(beta=0.3, pair_strategy="all")),
-    (KTO, dict(desirable_threshold=0.3, beta=0.5)),
-])
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [
+        (STaR, dict(threshold=0.5, filter_on="reward", from_base=False)),
+        (DPO, dict(beta=0.3, pair_strategy="all")),
+        (KTO, dict(desirable_threshold=0.3, beta=0.5)),
+    ],
+)
 def test_each_round_agent_learns_the_synthetic_task(cls, kwargs, tiny_dir, tiny_lm):
     """reward = fraction of digit words: the untrained model's is about 0.2 (0.20–0.21 over the first
     three rounds, single batches 0.14–0.24), so the start bound only says nothing is solved yet;
     each agent must raise it by 0.2, and to more than 0.45."""
     env = make_env(tiny_lm[1], num_envs=16, task=echo_task(reward=digit_fraction))
-    agent = cls("CausalLMPolicy", env, seed=0, batch_size=8, n_epochs=2, learning_rate=3e-3,
-                policy_kwargs=dict(model=str(tiny_dir)), **kwargs)
+    agent = cls(
+        "CausalLMPolicy",
+        env,
+        seed=0,
+        batch_size=8,
+        n_epochs=2,
+        learning_rate=3e-3,
+        policy_kwargs=dict(model=str(tiny_dir)),
+        **kwargs,
+    )
     track = score_tracker()
     agent.learn(total_iterations=15, callback=track)
     start, end = np.mean(track.scores[:3]), np.mean(track.scores[-3:])
@@ -325,8 +420,9 @@ def test_sft_prompts_are_the_envs_own_tokens_with_the_embedded_chat_template(smo
     import lm_envs
 
     model, tokenizer = smollm
-    env = lm_envs.make_vec("lm_envs/GSM8K-v0", 2, tokenizer, split="test", max_new_tokens=8,
-                           vocab_size=model.config.vocab_size, limit=3)
+    env = lm_envs.make_vec(
+        "lm_envs/GSM8K-v0", 2, tokenizer, split="test", max_new_tokens=8, vocab_size=model.config.vocab_size, limit=3
+    )
     task = env.task
     assert task.uses_chat_template(tokenizer)
     prompts, completions = sequences.encode_pairs(task, tokenizer, task.questions, task.references, 512, 512)
@@ -339,14 +435,26 @@ def test_sft_prompts_are_the_envs_own_tokens_with_the_embedded_chat_template(smo
 # -- multi-turn episodes, the full softmax, token-weighted accumulation, STaR's growing set --------------
 def varied_replies(attempts, references, turns):
     """A reply of 1 to 4 words (by data row and turn) and a score that depends on the attempt."""
-    return [Reply(" ".join(["a"] * (1 + (int(r) + t) % 4)), score=digit_fraction([a], [r])[0], chat=False)
-            for a, r, t in zip(attempts, references, turns)]
+    return [
+        Reply(" ".join(["a"] * (1 + (int(r) + t) % 4)), score=digit_fraction([a], [r])[0], chat=False)
+        for a, r, t in zip(attempts, references, turns)
+    ]
 
 
 def multi_turn_env(tokenizer, num_envs=8, group=4, seed=0):
     task = dataclasses.replace(echo_task(reward=digit_fraction), respond=varied_replies)
-    return TokenVecEnv(task, tokenizer, num_envs=num_envs, max_new_tokens=9, max_prompt_tokens=16, max_turns=3,
-                       max_turn_tokens=3, max_injected_tokens=24, seed=seed, completions_per_prompt=group)
+    return TokenVecEnv(
+        task,
+        tokenizer,
+        num_envs=num_envs,
+        max_new_tokens=9,
+        max_prompt_tokens=16,
+        max_turns=3,
+        max_turn_tokens=3,
+        max_injected_tokens=24,
+        seed=seed,
+        completions_per_prompt=group,
+    )
 
 
 def test_sequences_split_multi_turn_episodes_at_the_envs_prompt_width(tiny_dir, tiny_lm):
@@ -381,16 +489,31 @@ def test_sequences_split_multi_turn_episodes_at_the_envs_prompt_width(tiny_dir, 
 @pytest.mark.parametrize("cls", [SFT, STaR, DPO, KTO])
 def test_round_agents_train_only_on_policy_tokens_of_multi_turn_episodes(cls, tiny_dir, tiny_lm):
     tokenizer = tiny_lm[1]
-    settings = {SFT: dict(dataset=[{"prompt": q, "completion": "7 7 7"} for q in echo_task().questions]),
-                STaR: dict(threshold=0.0), DPO: dict(pair_strategy="all"), KTO: dict(desirable_threshold=0.2)}[cls]
+    settings = {
+        SFT: dict(dataset=[{"prompt": q, "completion": "7 7 7"} for q in echo_task().questions]),
+        STaR: dict(threshold=0.0),
+        DPO: dict(pair_strategy="all"),
+        KTO: dict(desirable_threshold=0.2),
+    }[cls]
     env = multi_turn_env(tokenizer, group=1 if cls is SFT else 4)
-    agent = cls("CausalLMPolicy", env, batch_size=4, micro_batch_size=2, seed=0, learning_rate=1e-3,
-                policy_kwargs=dict(model=str(tiny_dir), lora=LORA), **settings)
+    agent = cls(
+        "CausalLMPolicy",
+        env,
+        batch_size=4,
+        micro_batch_size=2,
+        seed=0,
+        learning_rate=1e-3,
+        policy_kwargs=dict(model=str(tiny_dir), lora=LORA),
+        **settings,
+    )
     agent.learn(total_iterations=1)
     assert all(math.isfinite(v) for v in agent.last_iteration_stats.values())
     if cls is SFT:  # data rows: every completion token is the policy's
-        assert int(agent.targets.policy_mask.sum()) == int(agent.targets.mask.sum()) == 3 * len(agent.targets) + \
-            len(agent.targets)  # "7 7 7" and EOS
+        assert (
+            int(agent.targets.policy_mask.sum())
+            == int(agent.targets.mask.sum())
+            == 3 * len(agent.targets) + len(agent.targets)
+        )  # "7 7 7" and EOS
         return
     episodes = sequences.from_episodes(agent.episodes)
     rollout = {key: i for i, key in enumerate(sequences.as_keys(episodes))}
@@ -418,8 +541,14 @@ def test_round_agents_train_only_on_policy_tokens_of_multi_turn_episodes(cls, ti
 def test_offline_losses_score_data_with_the_full_softmax_when_top_k_is_set(tiny_dir, tiny_lm):
     """A gold token outside the policy's top-k keeps a finite log-prob: SFT trains on it."""
     data = [{"prompt": q, "completion": "7 7 7 zebra"} for q in echo_task().questions]
-    agent = SFT("CausalLMPolicy", make_env(tiny_lm[1], group=1), dataset=data, batch_size=4, seed=0,
-                policy_kwargs=dict(model=str(tiny_dir), top_k=2))
+    agent = SFT(
+        "CausalLMPolicy",
+        make_env(tiny_lm[1], group=1),
+        dataset=data,
+        batch_size=4,
+        seed=0,
+        policy_kwargs=dict(model=str(tiny_dir), top_k=2),
+    )
     agent.learn(total_iterations=1)
     assert math.isfinite(agent.last_iteration_stats["loss/policy"])
     with torch.no_grad():
@@ -448,33 +577,53 @@ def test_sft_minibatch_loss_is_a_token_mean_whatever_the_micro_batches(tiny_dir,
     data = [{"prompt": q, "completion": " ".join(["7"] * (1 + i % 7))} for i, q in enumerate(echo_task().questions)]
     gradients = []
     for micro in (1, 2, 4):
-        agent = SFT("CausalLMPolicy", make_env(tiny_lm[1], group=1), dataset=data, batch_size=4,
-                    micro_batch_size=micro, seed=0, policy_kwargs=dict(model=str(tiny_dir)))
+        agent = SFT(
+            "CausalLMPolicy",
+            make_env(tiny_lm[1], group=1),
+            dataset=data,
+            batch_size=4,
+            micro_batch_size=micro,
+            seed=0,
+            policy_kwargs=dict(model=str(tiny_dir)),
+        )
         gradients.append(first_step_gradients(agent))
         agent.learn(total_iterations=1)
     for other in gradients[:2]:
         for name, grad in gradients[2].items():
             torch.testing.assert_close(other[name], grad, atol=1e-6, rtol=1e-5)
     # And it is the token mean of the minibatch, computed directly.
-    check = SFT("CausalLMPolicy", make_env(tiny_lm[1], group=1), dataset=data, batch_size=4, seed=0,
-                policy_kwargs=dict(model=str(tiny_dir)))
+    check = SFT(
+        "CausalLMPolicy",
+        make_env(tiny_lm[1], group=1),
+        dataset=data,
+        batch_size=4,
+        seed=0,
+        policy_kwargs=dict(model=str(tiny_dir)),
+    )
     prompts, completions = check.encoded()
     picked = check._next_examples()  # the first round's examples, in its order
-    targets = sequences.Sequences.from_ids([prompts[i] for i in picked], [completions[i] for i in picked],
-                                           check.pad_id)
+    targets = sequences.Sequences.from_ids([prompts[i] for i in picked], [completions[i] for i in picked], check.pad_id)
     order = torch.randperm(len(targets), generator=check.shuffle_generator)[:4]  # its first minibatch
     log_probs = sequences.log_probs(check.policy, targets, order)
     mask = targets.mask[order]
     (-(log_probs * mask).sum() / mask.sum()).backward()
     torch.nn.utils.clip_grad_norm_(check.policy.parameters(), check.max_grad_norm)  # as the step does
     name = next(iter(gradients[2]))
-    torch.testing.assert_close(dict(check.policy.named_parameters())[name].grad, gradients[2][name],
-                               atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        dict(check.policy.named_parameters())[name].grad, gradients[2][name], atol=1e-6, rtol=1e-5
+    )
 
 
 def test_star_from_base_retrains_on_everything_kept_so_far_with_a_fresh_schedule(tiny_dir, tiny_lm):
-    agent = make(STaR, tiny_dir, tiny_lm[1], threshold=0.2, filter_on="reward", from_base=True,
-                 learning_rate={"schedule": "linear", "start": 1e-2, "end": 0.0})
+    agent = make(
+        STaR,
+        tiny_dir,
+        tiny_lm[1],
+        threshold=0.2,
+        filter_on="reward",
+        from_base=True,
+        learning_rate={"schedule": "linear", "start": 1e-2, "end": 0.0},
+    )
     rates = []
     step = agent.policy.optimizer.step
 

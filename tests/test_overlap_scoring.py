@@ -1,6 +1,7 @@
 """Overlapped scoring (`EpisodeConfig.overlap_scoring`, `lm_envs.scoring.BackgroundScorer`): rows
 are scored in the background as they finish, their terminal step (with the reward) is held back
 until the score is in, and a rollout with it equals one without it."""
+
 from __future__ import annotations
 
 import threading
@@ -36,8 +37,16 @@ class SlowReward:
 
 
 def vec(tokenizer, reward, **kw):
-    return TokenVecEnv(echo_task(reward=reward), tokenizer, num_envs=4, max_new_tokens=6, max_prompt_tokens=16,
-                       seed=0, overlap_scoring=True, **kw)
+    return TokenVecEnv(
+        echo_task(reward=reward),
+        tokenizer,
+        num_envs=4,
+        max_new_tokens=6,
+        max_prompt_tokens=16,
+        seed=0,
+        overlap_scoring=True,
+        **kw,
+    )
 
 
 def test_held_rows_report_their_terminal_step_once_scored(tiny_lm):
@@ -89,7 +98,9 @@ def test_when_overlap_is_on(tiny_lm):
     assert vec_of(Task(["q"], [0], slow, name="t"), tok, 4, overlap_scoring=True, **kw).batch.overlap_scoring
     on = dict(kw, overlap_scoring=True)
     assert not vec_of(Task(["q"], [0], slow, name="t"), tok, 4, autoreset=True, **on).batch.overlap_scoring
-    assert not vec_of(Task(["q"], [0], slow, name="t"), tok, 1, **on).batch.overlap_scoring  # one row: nothing to hide behind
+    assert not vec_of(
+        Task(["q"], [0], slow, name="t"), tok, 1, **on
+    ).batch.overlap_scoring  # one row: nothing to hide behind
     replying = Task(["q"], [0], slow, name="t", respond=respond)
     assert not vec_of(replying, tok, 4, max_injected_tokens=8, **kw).batch.overlap_scoring
     with pytest.raises(ValueError, match="verdicts are needed at once"):
@@ -110,8 +121,16 @@ def test_a_rollout_with_overlap_equals_one_without(tiny_lm, deterministic):
     eos = list(range(2, 40)) if not deterministic else [14, 34]
 
     def env(overlap):
-        return TokenVecEnv(echo_task(reward=SlowReward()), tok, num_envs=8, max_new_tokens=10, max_prompt_tokens=16,
-                           seed=0, eos_token_ids=eos, overlap_scoring=overlap)
+        return TokenVecEnv(
+            echo_task(reward=SlowReward()),
+            tok,
+            num_envs=8,
+            max_new_tokens=10,
+            max_prompt_tokens=16,
+            seed=0,
+            eos_token_ids=eos,
+            overlap_scoring=overlap,
+        )
 
     policy = CausalLMPolicy(env(False).observation_space, env(False).action_space, lambda _: 1e-3, model=model)
     runs = []

@@ -1,4 +1,5 @@
 """PauseLMPolicy, add_pause_token, the SFT warm-up and pause metrics, on tiny random Llamas."""
+
 import json
 import sys
 from pathlib import Path
@@ -23,9 +24,20 @@ def untied_model(vocab_size: int, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=2)).eval()
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=2,
+        )
+    ).eval()
 
 
 @pytest.fixture(scope="session")
@@ -43,10 +55,18 @@ def make(directory, num_envs=4, max_new_tokens=8, seed=0, model=None, **policy_k
     loaded, tokenizer = load_lm(str(directory))
     model = loaded if model is None else model
     add_pause_token(model, tokenizer)  # as run_ppo does: the env's action space needs the token
-    env = TokenVecEnv(echo_task(), tokenizer, num_envs=num_envs, max_new_tokens=max_new_tokens, max_prompt_tokens=16,
-                      seed=seed, vocab_size=model.config.vocab_size)
-    policy = PauseLMPolicy(env.observation_space, env.action_space, lambda _: 1e-3, model=model,
-                           tokenizer=tokenizer, **policy_kwargs)
+    env = TokenVecEnv(
+        echo_task(),
+        tokenizer,
+        num_envs=num_envs,
+        max_new_tokens=max_new_tokens,
+        max_prompt_tokens=16,
+        seed=seed,
+        vocab_size=model.config.vocab_size,
+    )
+    policy = PauseLMPolicy(
+        env.observation_space, env.action_space, lambda _: 1e-3, model=model, tokenizer=tokenizer, **policy_kwargs
+    )
     return env, policy
 
 
@@ -95,8 +115,10 @@ def test_add_pause_token_resizes_and_matches_row_statistics(tiny_dir, tied, tmp_
 
 
 # -- the distribution -----------------------------------------------------------------------------
-@pytest.mark.parametrize("policy_kwargs", [{}, {"temperature": 0.7, "head_temperature": 2.0}, {"top_k": 5},
-                                           {"top_p": 0.8}, {"max_pauses": 1}])
+@pytest.mark.parametrize(
+    "policy_kwargs",
+    [{}, {"temperature": 0.7, "head_temperature": 2.0}, {"top_k": 5}, {"top_p": 0.8}, {"max_pauses": 1}],
+)
 def test_joint_probabilities_sum_to_one(pause_dir, policy_kwargs):
     env, policy = make(pause_dir, **policy_kwargs)
     pause_id = policy.pause_token_id
@@ -117,8 +139,11 @@ def test_joint_probabilities_sum_to_one(pause_dir, policy_kwargs):
     assert torch.allclose(joint[~capped, pause_id], head[~capped, PAUSE], atol=1e-6)
     assert torch.isneginf(joint[capped, pause_id]).all()
     # Tokens: p_head(LM) · p_LM(token), with the LM's own pause logit masked.
-    lm = policy.log_probs_from_logits(policy.model.get_output_embeddings()(hidden).masked_fill(
-        torch.arange(env.action_space.n) == pause_id, float("-inf")))
+    lm = policy.log_probs_from_logits(
+        policy.model.get_output_embeddings()(hidden).masked_fill(
+            torch.arange(env.action_space.n) == pause_id, float("-inf")
+        )
+    )
     expected = lm + torch.where(capped, 0.0, head[:, 1 - PAUSE])[:, None]
     tokens = torch.arange(env.action_space.n) != pause_id
     assert torch.allclose(joint[:, tokens], expected[:, tokens], atol=1e-5)
@@ -153,7 +178,7 @@ def test_max_pauses_masks_pause(pause_dir):
     counts = generated_pauses(episodes, policy.pause_token_id)
     assert (counts == 3).all(), counts
     P = env.batch.max_prompt_tokens
-    assert (episodes.input_ids[:, P:P + 3] == policy.pause_token_id).all()  # the first 3 steps pause
+    assert (episodes.input_ids[:, P : P + 3] == policy.pause_token_id).all()  # the first 3 steps pause
     out = policy.evaluate_actions(episodes.input_ids, episodes.attention_mask, episodes.policy_mask)
     assert torch.allclose(out.log_prob, episodes.log_probs[episodes.action_mask], atol=1e-4)
     env0, policy0 = make(pause_dir, num_envs=6, max_new_tokens=8, max_pauses=0)
@@ -162,9 +187,15 @@ def test_max_pauses_masks_pause(pause_dir):
     assert generated_pauses(episodes, policy0.pause_token_id).sum() == 0
 
 
-@pytest.mark.parametrize("policy_kwargs", [
-    {}, {"lora": LORA}, {"max_pauses": 2, "temperature": 0.8}, {"top_k": 6, "lora": LORA, "max_pauses": 1},
-])
+@pytest.mark.parametrize(
+    "policy_kwargs",
+    [
+        {},
+        {"lora": LORA},
+        {"max_pauses": 2, "temperature": 0.8},
+        {"top_k": 6, "lora": LORA, "max_pauses": 1},
+    ],
+)
 def test_rollout_log_probs_equal_teacher_forced(pause_dir, policy_kwargs):
     from agents.buffer import trim as _trim
 
@@ -177,11 +208,13 @@ def test_rollout_log_probs_equal_teacher_forced(pause_dir, policy_kwargs):
     assert torch.allclose(out.values, episodes.values[episodes.action_mask], atol=1e-4)
     assert torch.isfinite(out.entropy).all() and (out.entropy >= 0).all()
     # The buffer trims columns: pauses are counted over the whole row prefix, so nothing moves.
-    trimmed = policy.evaluate_actions(*_trim(episodes.input_ids[1:3], episodes.attention_mask[1:3],
-                                             episodes.policy_mask[1:3]))
+    trimmed = policy.evaluate_actions(
+        *_trim(episodes.input_ids[1:3], episodes.attention_mask[1:3], episodes.policy_mask[1:3])
+    )
     assert torch.allclose(trimmed.log_prob, episodes.log_probs[1:3][episodes.action_mask[1:3]], atol=1e-4)
-    reference = policy.evaluate_actions(episodes.input_ids, episodes.attention_mask, episodes.policy_mask,
-                                        reference=True)
+    reference = policy.evaluate_actions(
+        episodes.input_ids, episodes.attention_mask, episodes.policy_mask, reference=True
+    )
     # The reference is scored with the tempered, untruncated distribution (top-k would give it −inf
     # log-probs and an infinite KL); at init it equals the policy's own untruncated log-probs.
     policy.top_k = 0
@@ -215,8 +248,7 @@ def test_detach_pause_head_blocks_gradient_into_the_body(pause_dir):
         hidden = out.hidden_states[-1][0]
         with torch.no_grad():
             policy.pause_head.weight.normal_()  # a zero weight would pass no gradient either way
-        joint = policy.action_log_probs(hidden, policy.model, ids.expand(5, -1), torch.arange(5),
-                                        torch.arange(5))
+        joint = policy.action_log_probs(hidden, policy.model, ids.expand(5, -1), torch.arange(5), torch.arange(5))
         joint[:, policy.pause_token_id].sum().backward()  # log p(pause) depends on the head only
         body = [p.grad for n, p in policy.model.named_parameters() if "layers" in n]
         body_norm = sum(float(g.norm()) for g in body if g is not None)
@@ -233,10 +265,12 @@ def test_freeze_switches_with_lora(tiny_dir):
         tok = load_lm(str(tiny_dir))[1]
         m = untied_model(len(tok))
         add_pause_token(m, tok)
-        env = TokenVecEnv(echo_task(), tok, num_envs=2, max_new_tokens=4, max_prompt_tokens=16,
-                          vocab_size=m.config.vocab_size)
-        return PauseLMPolicy(env.observation_space, env.action_space, lambda _: 1e-3, model=m, tokenizer=tok,
-                             lora=LORA, **switches)
+        env = TokenVecEnv(
+            echo_task(), tok, num_envs=2, max_new_tokens=4, max_prompt_tokens=16, vocab_size=m.config.vocab_size
+        )
+        return PauseLMPolicy(
+            env.observation_space, env.action_space, lambda _: 1e-3, model=m, tokenizer=tok, lora=LORA, **switches
+        )
 
     default = trainable(build())
     lora_names = {n for n in default if "lora_" in n}
@@ -259,16 +293,32 @@ def test_freeze_switches_with_lora(tiny_dir):
     assert in_optimizer == {id(p) for p in policy.parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("switches", [{}, {"train_lm_head": True}, {"train_pause_embedding": False},
-                                      {"train_pause_head": False}, {"train_embeddings": True}])
+@pytest.mark.parametrize(
+    "switches",
+    [
+        {},
+        {"train_lm_head": True},
+        {"train_pause_embedding": False},
+        {"train_pause_head": False},
+        {"train_embeddings": True},
+    ],
+)
 def test_freeze_switches_full_fine_tuning_change_exactly_what_they_say(tiny_dir, switches):
     tok = load_lm(str(tiny_dir))[1]
     model = untied_model(len(tok))
     pause_id = add_pause_token(model, tok)
-    env = TokenVecEnv(echo_task(), tok, num_envs=4, max_new_tokens=6, max_prompt_tokens=16,
-                      vocab_size=model.config.vocab_size)
-    policy = PauseLMPolicy(env.observation_space, env.action_space, lambda _: 1e-2, model=model, tokenizer=tok,
-                           initial_pause_probability=0.5, **switches)
+    env = TokenVecEnv(
+        echo_task(), tok, num_envs=4, max_new_tokens=6, max_prompt_tokens=16, vocab_size=model.config.vocab_size
+    )
+    policy = PauseLMPolicy(
+        env.observation_space,
+        env.action_space,
+        lambda _: 1e-2,
+        model=model,
+        tokenizer=tok,
+        initial_pause_probability=0.5,
+        **switches,
+    )
     s = {**policy.switches}
     names = trainable(policy)
     assert ("model.lm_head.weight" in names) == s["train_lm_head"]
@@ -305,8 +355,9 @@ def test_tied_embeddings_need_matching_switches(pause_dir):
 
 def test_env_without_the_pause_token_is_a_clear_error(tiny_dir):
     model, tokenizer = load_lm(str(tiny_dir))
-    env = TokenVecEnv(echo_task(), tokenizer, num_envs=1, max_new_tokens=4, max_prompt_tokens=16,
-                      vocab_size=model.config.vocab_size)
+    env = TokenVecEnv(
+        echo_task(), tokenizer, num_envs=1, max_new_tokens=4, max_prompt_tokens=16, vocab_size=model.config.vocab_size
+    )
     with pytest.raises(ValueError, match="add the pause token first"):
         PauseLMPolicy(env.observation_space, env.action_space, lambda _: 1e-3, model=model, tokenizer=tokenizer)
 
@@ -352,11 +403,20 @@ def test_save_load_round_trip(pause_dir, tiny_dir, lora, base, tmp_path):
 @pytest.mark.parametrize("lora", [None, LORA])
 def test_ppo_first_minibatch_ratio_is_one(pause_dir, lora):
     tokenizer = load_lm(str(pause_dir))[1]
-    env = TokenVecEnv(echo_task(), tokenizer, num_envs=8, max_new_tokens=6, max_prompt_tokens=16, seed=0,
-                      vocab_size=len(tokenizer))
-    agent = PPO("PauseLMPolicy", env, learning_rate=3e-3, batch_size=4, micro_batch_size=2, n_epochs=2, kl_coef=0.01,
-                seed=0, policy_kwargs=dict(model=str(pause_dir), lora=lora, max_pauses=2,
-                                           initial_pause_probability=0.3))
+    env = TokenVecEnv(
+        echo_task(), tokenizer, num_envs=8, max_new_tokens=6, max_prompt_tokens=16, seed=0, vocab_size=len(tokenizer)
+    )
+    agent = PPO(
+        "PauseLMPolicy",
+        env,
+        learning_rate=3e-3,
+        batch_size=4,
+        micro_batch_size=2,
+        n_epochs=2,
+        kl_coef=0.01,
+        seed=0,
+        policy_kwargs=dict(model=str(pause_dir), lora=lora, max_pauses=2, initial_pause_probability=0.3),
+    )
     assert isinstance(agent.policy, PauseLMPolicy)
     agent.learn(8 * 6)
     stats = agent.last_iteration_stats
@@ -369,10 +429,18 @@ def test_ppo_first_minibatch_ratio_is_one(pause_dir, lora):
 def test_ppo_checkpoint_reloads_the_pause_policy(pause_dir, tmp_path):
     """A pause run's checkpoint comes back as a PauseLMPolicy with the same weights (resume works)."""
     tokenizer = load_lm(str(pause_dir))[1]
-    env = TokenVecEnv(echo_task(), tokenizer, num_envs=4, max_new_tokens=4, max_prompt_tokens=16, seed=0,
-                      vocab_size=len(tokenizer))
-    agent = PPO("PauseLMPolicy", env, batch_size=4, seed=0, kl_coef=0.01, learning_rate=3e-3,
-                policy_kwargs=dict(model=str(pause_dir), lora=LORA, max_pauses=2))
+    env = TokenVecEnv(
+        echo_task(), tokenizer, num_envs=4, max_new_tokens=4, max_prompt_tokens=16, seed=0, vocab_size=len(tokenizer)
+    )
+    agent = PPO(
+        "PauseLMPolicy",
+        env,
+        batch_size=4,
+        seed=0,
+        kl_coef=0.01,
+        learning_rate=3e-3,
+        policy_kwargs=dict(model=str(pause_dir), lora=LORA, max_pauses=2),
+    )
     agent.learn(4 * 4)
     agent.save(tmp_path / "ckpt")
     loaded = PPO.load(tmp_path / "ckpt", env=env)
@@ -393,15 +461,30 @@ def sft_run(tiny_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("sft")
     rng = np.random.default_rng(0)
-    rows = [{"question": " ".join(rng.choice(WORDS[6:16], 4)),
-             "answer": " ".join(rng.choice(WORDS[6:40], 10)) + "\n#### 7"} for _ in range(32)]
+    rows = [
+        {"question": " ".join(rng.choice(WORDS[6:16], 4)), "answer": " ".join(rng.choice(WORDS[6:40], 10)) + "\n#### 7"}
+        for _ in range(32)
+    ]
     augmented, _ = augment_rows(rows, pause_probability=TARGET_P, seed=0)
     (root / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in augmented))
-    summary = sft_warmup.main([f"data={root / 'data.jsonl'}", f"model={tiny_dir}", f"output_dir={root / 'out'}",
-                               "pause_head_loss=kl", f"pause_probability={TARGET_P}",
-                               "initial_pause_probability=0.05", "lora.r=4",
-                               "lora.target_modules=[q_proj,v_proj]", "max_steps=25", "batch_size=8",
-                               "learning_rate=1e-2", "log_every=5", "progress_bar=false", "device=cpu"])
+    summary = sft_warmup.main(
+        [
+            f"data={root / 'data.jsonl'}",
+            f"model={tiny_dir}",
+            f"output_dir={root / 'out'}",
+            "pause_head_loss=kl",
+            f"pause_probability={TARGET_P}",
+            "initial_pause_probability=0.05",
+            "lora.r=4",
+            "lora.target_modules=[q_proj,v_proj]",
+            "max_steps=25",
+            "batch_size=8",
+            "learning_rate=1e-2",
+            "log_every=5",
+            "progress_bar=false",
+            "device=cpu",
+        ]
+    )
     return root, summary
 
 
@@ -436,9 +519,19 @@ def test_sft_onehot_loss_moves_head_toward_observed_pauses(tiny_dir, sft_run, tm
     import sft_warmup
 
     root, _ = sft_run
-    summary = sft_warmup.main([f"data={root / 'data.jsonl'}", f"model={tiny_dir}", f"output_dir={tmp_path}",
-                               "pause_head_loss=onehot", "lora=null", "max_steps=15", "learning_rate=1e-2",
-                               "progress_bar=false", "device=cpu"])
+    summary = sft_warmup.main(
+        [
+            f"data={root / 'data.jsonl'}",
+            f"model={tiny_dir}",
+            f"output_dir={tmp_path}",
+            "pause_head_loss=onehot",
+            "lora=null",
+            "max_steps=15",
+            "learning_rate=1e-2",
+            "progress_bar=false",
+            "device=cpu",
+        ]
+    )
     observed = summary["first"]["pause/target_rate"]
     assert 0.15 < observed < 0.45  # pauses after half the words, i.e. a fraction of all targets
     assert abs(summary["last"]["pause/head_prob_mean"] - observed) < abs(0.05 - observed) / 2
@@ -452,10 +545,24 @@ def test_rl_from_sft_checkpoint_starts_at_kl_zero(sft_run):
     base = load_lm(json.loads((root / "out" / "sft_args.json").read_text())["model"])[0]
     name = "model.layers.0.self_attn.q_proj.weight"  # SFT really moved the model (its adapter is merged)
     assert (model.state_dict()[name] - base.state_dict()[name]).abs().max() > 1e-4
-    env = TokenVecEnv(echo_task(), tokenizer, num_envs=8, max_new_tokens=6, max_prompt_tokens=16, seed=0,
-                      vocab_size=model.config.vocab_size)
-    agent = PPO("PauseLMPolicy", env, learning_rate=3e-3, batch_size=4, kl_coef=0.05, seed=0,
-                policy_kwargs=dict(model=str(final), lora=LORA))
+    env = TokenVecEnv(
+        echo_task(),
+        tokenizer,
+        num_envs=8,
+        max_new_tokens=6,
+        max_prompt_tokens=16,
+        seed=0,
+        vocab_size=model.config.vocab_size,
+    )
+    agent = PPO(
+        "PauseLMPolicy",
+        env,
+        learning_rate=3e-3,
+        batch_size=4,
+        kl_coef=0.05,
+        seed=0,
+        policy_kwargs=dict(model=str(final), lora=LORA),
+    )
     policy = agent.policy
     assert torch.equal(policy.pause_head.weight.detach(), load_pause_head(final).weight)  # the warmed-up head
     agent.learn(8 * 6)
@@ -488,20 +595,33 @@ def test_evaluate_script_pause_model_and_pause_checkpoint(pause_dir, sft_run, tm
     import evaluate
 
     root, _ = sft_run
-    small = ["episodes=4", "env.num_envs=2", "env.kwargs.max_new_tokens=4", "env.kwargs.max_prompt_tokens=256",
-             "deterministic=false"]
-    summary = evaluate.main(["checkpoint=none", f"model={root / 'out' / 'final'}", *small,
-                             f"output_dir={tmp_path / 'sft_eval'}"])
+    small = [
+        "episodes=4",
+        "env.num_envs=2",
+        "env.kwargs.max_new_tokens=4",
+        "env.kwargs.max_prompt_tokens=256",
+        "deterministic=false",
+    ]
+    summary = evaluate.main(
+        ["checkpoint=none", f"model={root / 'out' / 'final'}", *small, f"output_dir={tmp_path / 'sft_eval'}"]
+    )
     for key in ("accuracy", "pauses_mean", "pauses_mean_correct", "pauses_mean_incorrect", "pause_token_pct"):
         assert key in summary, key
     samples = [json.loads(line) for line in (tmp_path / "sft_eval" / "samples.jsonl").read_text().splitlines()]
     assert summary["pauses_mean"] == pytest.approx(np.mean([s["pauses"] for s in samples]))
     # A PPO checkpoint of a PauseLMPolicy: evaluated with its trained head and adapter.
     tokenizer = load_lm(str(pause_dir))[1]
-    env = TokenVecEnv(echo_task(), tokenizer, num_envs=4, max_new_tokens=4, max_prompt_tokens=16, seed=0,
-                      vocab_size=len(tokenizer))
-    agent = PPO("PauseLMPolicy", env, batch_size=4, seed=0, kl_coef=0.0,
-                policy_kwargs=dict(model=str(pause_dir), lora=LORA, max_pauses=2))
+    env = TokenVecEnv(
+        echo_task(), tokenizer, num_envs=4, max_new_tokens=4, max_prompt_tokens=16, seed=0, vocab_size=len(tokenizer)
+    )
+    agent = PPO(
+        "PauseLMPolicy",
+        env,
+        batch_size=4,
+        seed=0,
+        kl_coef=0.0,
+        policy_kwargs=dict(model=str(pause_dir), lora=LORA, max_pauses=2),
+    )
     with torch.no_grad():
         agent.policy.pause_head.weight.normal_()
     agent.save(tmp_path / "ckpt")
@@ -526,8 +646,9 @@ def test_peft_model_is_merged_so_the_reference_is_the_adapted_model(pause_dir):
     with model.disable_adapter():
         base = model(input_ids=ids).logits
     assert (adapted - base).abs().max() > 1e-2
-    env = TokenVecEnv(echo_task(), tokenizer, num_envs=1, max_new_tokens=4, max_prompt_tokens=16,
-                      vocab_size=len(tokenizer))
+    env = TokenVecEnv(
+        echo_task(), tokenizer, num_envs=1, max_new_tokens=4, max_prompt_tokens=16, vocab_size=len(tokenizer)
+    )
     policy = PauseLMPolicy(env.observation_space, env.action_space, lambda _: 1e-3, model=model, lora=LORA)
     reference, context = policy._reference()
     with torch.no_grad(), context:
@@ -543,9 +664,17 @@ def test_env_counts_pauses_for_a_per_pause_cost(tiny_lm):
     model, tokenizer = tiny_lm
     pause_id = add_pause_token(model, tokenizer)
     env = VecRewardWrapper(
-        TokenVecEnv(echo_task(), tokenizer, num_envs=2, max_new_tokens=3, max_prompt_tokens=16,
-                    vocab_size=model.config.vocab_size, count_tokens={"pauses": "<|pause|>"}),
-        AddTerms({"pause_cost": (InfoTerm("pauses"), -0.5)}))
+        TokenVecEnv(
+            echo_task(),
+            tokenizer,
+            num_envs=2,
+            max_new_tokens=3,
+            max_prompt_tokens=16,
+            vocab_size=model.config.vocab_size,
+            count_tokens={"pauses": "<|pause|>"},
+        ),
+        AddTerms({"pause_cost": (InfoTerm("pauses"), -0.5)}),
+    )
     env.reset()
     seven = tokenizer.convert_tokens_to_ids("7")
     for actions in ([pause_id, seven], [pause_id, seven], [seven, seven]):

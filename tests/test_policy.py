@@ -1,4 +1,5 @@
 """CausalLMPolicy on a tiny random Llama: rollout/teacher-forced agreement, KL, greedy parity."""
+
 import itertools
 
 import numpy as np
@@ -13,8 +14,9 @@ from policies import CausalLMPolicy, load_lm
 
 def make(tiny_lm, num_envs=4, max_new_tokens=8, seed=0, **policy_kwargs):
     model, tokenizer = tiny_lm
-    env = TokenVecEnv(echo_task(), tokenizer, num_envs=num_envs, max_new_tokens=max_new_tokens,
-                      max_prompt_tokens=16, seed=seed)
+    env = TokenVecEnv(
+        echo_task(), tokenizer, num_envs=num_envs, max_new_tokens=max_new_tokens, max_prompt_tokens=16, seed=seed
+    )
     policy = CausalLMPolicy(env.observation_space, env.action_space, lambda _: 1e-3, model=model, **policy_kwargs)
     return env, policy
 
@@ -24,10 +26,16 @@ def teacher_forced(policy, episodes, **kwargs):
     return out
 
 
-@pytest.mark.parametrize("policy_kwargs", [
-    {}, {"temperature": 0.7}, {"top_k": 5}, {"top_p": 0.8, "temperature": 1.3},
-    {"lora": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
-])
+@pytest.mark.parametrize(
+    "policy_kwargs",
+    [
+        {},
+        {"temperature": 0.7},
+        {"top_k": 5},
+        {"top_p": 0.8, "temperature": 1.3},
+        {"lora": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
+    ],
+)
 def test_rollout_log_probs_equal_teacher_forced(tiny_lm, policy_kwargs):
     torch.manual_seed(0)
     env, policy = make(tiny_lm, **policy_kwargs)
@@ -87,10 +95,16 @@ def test_greedy_rollout_matches_generate(tiny_lm):
     P = env.batch.max_prompt_tokens
     prompts = episodes.input_ids[:, :P]
     mask = episodes.attention_mask[:, :P]
-    generated = model.generate(input_ids=prompts, attention_mask=mask, do_sample=False, max_new_tokens=10,
-                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    generated = model.generate(
+        input_ids=prompts,
+        attention_mask=mask,
+        do_sample=False,
+        max_new_tokens=10,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     for row in range(4):
-        ours = episodes.input_ids[row, P:P + int(episodes.lengths[row])].tolist()
+        ours = episodes.input_ids[row, P : P + int(episodes.lengths[row])].tolist()
         theirs = generated[row, P:].tolist()[: len(ours)]
         assert ours == theirs
 
@@ -108,37 +122,41 @@ def test_pad_equals_eos_is_not_masked(tiny_lm):
     P = env.batch.max_prompt_tokens
     assert final["input_ids"][P] == eos and final["attention_mask"][P] == 1 and final["policy_mask"][P] == 1
     ids = torch.as_tensor(final["input_ids"])[None]
-    out = policy.evaluate_actions(ids, torch.as_tensor(final["attention_mask"])[None].long(),
-                                  torch.as_tensor(final["policy_mask"])[None].long())
+    out = policy.evaluate_actions(
+        ids, torch.as_tensor(final["attention_mask"])[None].long(), torch.as_tensor(final["policy_mask"])[None].long()
+    )
     assert out.log_prob.shape == (1,) and torch.isfinite(out.log_prob).all()
 
 
 def test_out_of_step_rows_fall_back_to_full_prefix(tiny_lm):
     """Per-row auto-reset: rows out of step give the same log-probs as a fresh full pass."""
     model, tokenizer = tiny_lm
-    env = TokenVecEnv(echo_task(), tokenizer, num_envs=3, max_new_tokens=6, max_prompt_tokens=16,
-                      seed=0, autoreset=True)
+    env = TokenVecEnv(
+        echo_task(), tokenizer, num_envs=3, max_new_tokens=6, max_prompt_tokens=16, seed=0, autoreset=True
+    )
     policy = CausalLMPolicy(env.observation_space, env.action_space, lambda _: 1e-3, model=model)
     obs = env.reset()
     obs, *_ = env.step(np.array([5, 6, 7]))
     # Pretend row 1 just restarted: its prompt is reloaded, others keep their token.
     env.batch.load(np.array([1]), [3])
     obs = env.batch.observation()
-    mixed = policy.act({k: torch.as_tensor(v) for k, v in obs.items()}, None,
-                       np.array([False, True, False]), deterministic=True)
+    mixed = policy.act(
+        {k: torch.as_tensor(v) for k, v in obs.items()}, None, np.array([False, True, False]), deterministic=True
+    )
     assert mixed[3].cache is None
     assert obs["num_generated"][:, 0].tolist() == [1, 0, 1]
     for row in range(3):
-        single = {k: torch.as_tensor(v[row:row + 1]) for k, v in obs.items()}
+        single = {k: torch.as_tensor(v[row : row + 1]) for k, v in obs.items()}
         alone = policy.act(single, None, np.array([True]), deterministic=True)
         for got, want in zip(mixed[:3], alone[:3]):
-            assert torch.allclose(got[row:row + 1].float(), want.float(), atol=1e-5)
+            assert torch.allclose(got[row : row + 1].float(), want.float(), atol=1e-5)
 
 
 def test_action_space_must_match_model(tiny_lm):
     model, tokenizer = tiny_lm
-    env = TokenVecEnv(echo_task(), tokenizer, num_envs=1, max_new_tokens=4, max_prompt_tokens=16,
-                      vocab_size=len(tokenizer) + 7)
+    env = TokenVecEnv(
+        echo_task(), tokenizer, num_envs=1, max_new_tokens=4, max_prompt_tokens=16, vocab_size=len(tokenizer) + 7
+    )
     with pytest.raises(ValueError, match="vocab_size=model.config.vocab_size"):
         CausalLMPolicy(env.observation_space, env.action_space, lambda _: 1e-3, model=model)
 
@@ -159,9 +177,14 @@ def test_dropout_is_zeroed_and_gradient_checkpointing_is_live(tiny_dir):
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_dir), attention_dropout=0.3)
     env = TokenVecEnv(echo_task(), load_lm(str(tiny_dir))[1], num_envs=2, max_new_tokens=4, max_prompt_tokens=16)
-    policy = CausalLMPolicy(env.observation_space, env.action_space, lambda _: 1e-3, model=model,
-                            lora={"r": 2, "lora_dropout": 0.5, "target_modules": ["q_proj"]},
-                            gradient_checkpointing=True)
+    policy = CausalLMPolicy(
+        env.observation_space,
+        env.action_space,
+        lambda _: 1e-3,
+        model=model,
+        lora={"r": 2, "lora_dropout": 0.5, "target_modules": ["q_proj"]},
+        gradient_checkpointing=True,
+    )
     dropouts = [m.p for m in policy.modules() if isinstance(m, torch.nn.Dropout)]
     assert dropouts and all(p == 0.0 for p in dropouts)
     policy.set_training_mode(True)
@@ -180,18 +203,21 @@ def test_grouped_prompts_share_one_prefill(tiny_lm):
     """With k completions per prompt the prompt pass runs once per distinct prompt; the copies get
     the same cache, so log-probs still equal teacher-forced ones and greedy copies agree."""
     model, tokenizer = tiny_lm
-    env = TokenVecEnv(echo_task(), tokenizer, num_envs=8, completions_per_prompt=4, max_new_tokens=8,
-                      max_prompt_tokens=16, seed=0)
+    env = TokenVecEnv(
+        echo_task(), tokenizer, num_envs=8, completions_per_prompt=4, max_new_tokens=8, max_prompt_tokens=16, seed=0
+    )
     policy = CausalLMPolicy(env.observation_space, env.action_space, lambda _: 1e-3, model=model)
     batch_sizes = []
     run = policy._run
-    policy._run = lambda model, input_ids, *args, **kwargs: (batch_sizes.append(len(input_ids)),
-                                                             run(model, input_ids, *args, **kwargs))[1]
+    policy._run = lambda model, input_ids, *args, **kwargs: (
+        batch_sizes.append(len(input_ids)),
+        run(model, input_ids, *args, **kwargs),
+    )[1]
     torch.manual_seed(0)
     episodes, _ = collect_episodes(policy, env)
     # One pass over the 2 distinct prompts, then decoding steps over the 8 rows (fewer as rows end).
     assert batch_sizes[0] == 2 and batch_sizes[1] == 8 and batch_sizes[1:] == sorted(batch_sizes[1:], reverse=True)
-    assert len({tuple(row) for row in episodes.input_ids[:, :env.batch.max_prompt_tokens].tolist()}) == 2
+    assert len({tuple(row) for row in episodes.input_ids[:, : env.batch.max_prompt_tokens].tolist()}) == 2
     del batch_sizes[:]
     out = teacher_forced(policy, episodes)
     assert batch_sizes == [2, 8]  # teacher forcing shares the prompt pass too
@@ -204,8 +230,11 @@ def test_grouped_prompts_share_one_prefill(tiny_lm):
     shared = [p.grad.clone() for p in params]
     policy.optimizer.zero_grad()
     for row in range(8):
-        one = policy.evaluate_actions(episodes.input_ids[row:row + 1], episodes.attention_mask[row:row + 1],
-                                      episodes.policy_mask[row:row + 1])
+        one = policy.evaluate_actions(
+            episodes.input_ids[row : row + 1],
+            episodes.attention_mask[row : row + 1],
+            episodes.policy_mask[row : row + 1],
+        )
         (one.log_prob.sum() + one.values.sum() + one.entropy.sum()).backward()
     for a, p in zip(shared, params):
         assert torch.allclose(a, p.grad, atol=1e-4, rtol=1e-4)
@@ -222,15 +251,18 @@ def test_finished_rows_leave_the_forward_batch(tiny_lm):
     eos = list(range(2, 40))  # many end tokens, so rows end at very different steps
 
     def env():
-        return TokenVecEnv(echo_task(), tokenizer, num_envs=8, max_new_tokens=10, max_prompt_tokens=16, seed=0,
-                           eos_token_ids=eos)
+        return TokenVecEnv(
+            echo_task(), tokenizer, num_envs=8, max_new_tokens=10, max_prompt_tokens=16, seed=0, eos_token_ids=eos
+        )
 
     policy = CausalLMPolicy(env().observation_space, env().action_space, lambda _: 1e-3, model=model)
     rows_seen, head_rows = [], []
     hook = policy.model.get_decoder().register_forward_pre_hook(
-        lambda module, args, kwargs: rows_seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+        lambda module, args, kwargs: rows_seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
     head = policy.model.get_output_embeddings().register_forward_pre_hook(
-        lambda module, args: head_rows.append(args[0].shape[:-1]))
+        lambda module, args: head_rows.append(args[0].shape[:-1])
+    )
     torch.manual_seed(0)
     episodes, _ = collect_episodes(policy, env())
     hook.remove()
@@ -258,8 +290,9 @@ def test_fsdp_refuses_lora_and_is_a_no_op_in_one_process(tiny_lm):
     env = TokenVecEnv(echo_task(), tokenizer, num_envs=2, max_new_tokens=4, max_prompt_tokens=16, seed=0)
     with pytest.raises(ValueError, match="fsdp=True shards full fine-tuning"):
         CausalLMPolicy(env.observation_space, env.action_space, lambda _: 1e-3, model=model, lora={"r": 2}, fsdp=True)
-    policy = CausalLMPolicy(env.observation_space, env.action_space, lambda _: 1e-3, model=model, fsdp=True,
-                            reference=False)
+    policy = CausalLMPolicy(
+        env.observation_space, env.action_space, lambda _: 1e-3, model=model, fsdp=True, reference=False
+    )
     optimizer = policy.optimizer
     policy.shard()
     assert not policy.sharded and policy.optimizer is optimizer and policy.trainable_state() is None
@@ -297,8 +330,13 @@ def test_prompts_of_different_lengths_run_in_length_buckets(tiny_lm):
 
     model, tokenizer = tiny_lm
     short, long = "how many apples", " ".join(["tom buys more cats and dogs"] * 6)
-    task = Task(questions=[short, long, short + " does tom have", long + " and sells them"], references=[0, 1, 2, 3],
-                reward=echo_task().reward, name="lengths", chat_template=False)
+    task = Task(
+        questions=[short, long, short + " does tom have", long + " and sells them"],
+        references=[0, 1, 2, 3],
+        reward=echo_task().reward,
+        name="lengths",
+        chat_template=False,
+    )
 
     def env():
         return TokenVecEnv(task, tokenizer, num_envs=4, max_new_tokens=6, max_prompt_tokens=64, seed=0)
@@ -306,13 +344,17 @@ def test_prompts_of_different_lengths_run_in_length_buckets(tiny_lm):
     policy = CausalLMPolicy(env().observation_space, env().action_space, lambda _: 1e-3, model=model)
     widths = []
     run = policy._run
-    policy._run = lambda model, input_ids, *args, **kwargs: (widths.append(tuple(input_ids.shape)),
-                                                             run(model, input_ids, *args, **kwargs))[1]
+    policy._run = lambda model, input_ids, *args, **kwargs: (
+        widths.append(tuple(input_ids.shape)),
+        run(model, input_ids, *args, **kwargs),
+    )[1]
     torch.manual_seed(0)
     episodes, _ = collect_episodes(policy, env())
     width = env().batch.max_prompt_tokens
-    lengths = {tuple(row): int(n) for row, n in zip(episodes.input_ids[:, :width].tolist(),
-                                                    episodes.attention_mask[:, :width].sum(1))}
+    lengths = {
+        tuple(row): int(n)
+        for row, n in zip(episodes.input_ids[:, :width].tolist(), episodes.attention_mask[:, :width].sum(1))
+    }
     assert max(lengths.values()) - min(lengths.values()) > PROMPT_BUCKET_SLACK
     # The prefill: one pass per length bucket, long prompts first, each only as wide as its
     # longest prompt, over the distinct prompts; then one decoding step per step over every row.

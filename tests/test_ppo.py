@@ -1,4 +1,5 @@
 """agents.PPO on the tiny model: first-minibatch ratio, learning, save/load, bit-exact resume."""
+
 import numpy as np
 import pytest
 import torch
@@ -29,9 +30,21 @@ def test_first_minibatch_ratio_is_one(tiny_dir, tiny_lm, lora):
     assert stats["policy/first_minibatch_ratio_max_dev"] < 1e-4
     assert stats["policy/first_minibatch_approxkl"] < 1e-6
     assert stats["objective/kl"] == pytest.approx(0.0, abs=1e-5)  # KL to the reference is 0 at start
-    for key in ("objective/kl_coef", "objective/entropy", "objective/scores", "objective/rlhf_reward",
-                "policy/approxkl", "policy/clipfrac", "loss/policy", "loss/value", "val/var_explained",
-                "tokens/response_len_mean", "time/rollout", "time/reward", "time/update"):
+    for key in (
+        "objective/kl_coef",
+        "objective/entropy",
+        "objective/scores",
+        "objective/rlhf_reward",
+        "policy/approxkl",
+        "policy/clipfrac",
+        "loss/policy",
+        "loss/value",
+        "val/var_explained",
+        "tokens/response_len_mean",
+        "time/rollout",
+        "time/reward",
+        "time/update",
+    ):
         assert key in stats
         assert np.isfinite(stats[key]) or key == "val/var_explained"  # nan when returns are constant
 
@@ -39,8 +52,16 @@ def test_first_minibatch_ratio_is_one(tiny_dir, tiny_lm, lora):
 def test_mean_reward_rises_on_synthetic_task(tiny_dir, tiny_lm):
     """reward = fraction of the token '7' in the completion: PPO must raise it clearly."""
     env = TokenVecEnv(echo_task(), tiny_lm[1], num_envs=16, max_new_tokens=6, max_prompt_tokens=16, seed=0)
-    agent = PPO("CausalLMPolicy", env, learning_rate=5e-3, batch_size=8, n_epochs=2, kl_coef=0.01, seed=0,
-                policy_kwargs=dict(model=str(tiny_dir)))
+    agent = PPO(
+        "CausalLMPolicy",
+        env,
+        learning_rate=5e-3,
+        batch_size=8,
+        n_epochs=2,
+        kl_coef=0.01,
+        seed=0,
+        policy_kwargs=dict(model=str(tiny_dir)),
+    )
     scores = []
 
     class Track(BaseCallback):
@@ -109,10 +130,19 @@ def test_value_head_starts_at_first_mean_return(tiny_dir, tiny_lm, calibrate):
     from agents import ppo_math
 
     constant = lambda completions, references, prompts=None: np.full(len(completions), 0.8, dtype=np.float32)
-    env = TokenVecEnv(echo_task(reward=constant), tiny_lm[1], num_envs=8, max_new_tokens=6, max_prompt_tokens=16,
-                      seed=0)
-    agent = PPO("CausalLMPolicy", env, learning_rate=1e-4, batch_size=4, kl_coef=0.0, seed=0,
-                calibrate_value_head=calibrate, policy_kwargs=dict(model=str(tiny_dir)))
+    env = TokenVecEnv(
+        echo_task(reward=constant), tiny_lm[1], num_envs=8, max_new_tokens=6, max_prompt_tokens=16, seed=0
+    )
+    agent = PPO(
+        "CausalLMPolicy",
+        env,
+        learning_rate=1e-4,
+        batch_size=4,
+        kl_coef=0.0,
+        seed=0,
+        calibrate_value_head=calibrate,
+        policy_kwargs=dict(model=str(tiny_dir)),
+    )
     seen = []
 
     class Record(BaseCallback):
@@ -122,8 +152,14 @@ def test_value_head_starts_at_first_mean_return(tiny_dir, tiny_lm, calibrate):
         def _on_rollout_end(self):
             buffer = self.model.buffer
             episodes = self.locals["episodes"]
-            seen.append((self.model.value_shift, self.model.policy.value_head.bias.item(),
-                         (buffer.values - episodes.values * buffer.mask).abs().max().item(), buffer))
+            seen.append(
+                (
+                    self.model.value_shift,
+                    self.model.policy.value_head.bias.item(),
+                    (buffer.values - episodes.values * buffer.mask).abs().max().item(),
+                    buffer,
+                )
+            )
 
     agent.learn(8 * 6 * 2, callback=Record())
     (shift, bias, moved, buffer), (later_shift, _, later_moved, _) = seen[:2]

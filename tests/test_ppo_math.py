@@ -1,4 +1,5 @@
 """PPO maths against hand-computed references on small tensors."""
+
 import math
 
 import pytest

@@ -1,5 +1,6 @@
 """SFT/DPO/KTO losses and target construction (STaR's filter, DPO's pairs, KTO's labels):
 by hand, and the losses against TRL 1.16.0's trainers on identical log-probs."""
+
 import math
 from types import SimpleNamespace
 
@@ -35,8 +36,9 @@ def test_dpo_label_smoothing_by_hand():
     cdpo, _ = pm.dpo_loss(pc, pr, rc, rr, beta, "sigmoid", label_smoothing=eps)
     assert float(cdpo) == pytest.approx(-(1 - eps) * log_sigmoid(z) - eps * log_sigmoid(-z), rel=1e-6)
     robust, _ = pm.dpo_loss(pc, pr, rc, rr, beta, "robust", label_smoothing=eps)
-    assert float(robust) == pytest.approx((-(1 - eps) * log_sigmoid(z) + eps * log_sigmoid(-z)) / (1 - 2 * eps),
-                                          rel=1e-6)
+    assert float(robust) == pytest.approx(
+        (-(1 - eps) * log_sigmoid(z) + eps * log_sigmoid(-z)) / (1 - 2 * eps), rel=1e-6
+    )
     plain, _ = pm.dpo_loss(pc, pr, rc, rr, beta, "sigmoid")
     assert float(plain) == pytest.approx(-log_sigmoid(z), rel=1e-6) and float(cdpo) > float(plain)
     with pytest.raises(ValueError, match="label_smoothing"):
@@ -87,7 +89,11 @@ def test_kto_loss_and_reference_point_by_hand():
     beta, wd, wu = 0.4, 1.0, 1.5
     losses, stats = pm.kto_loss(logps, ref, desirable, z, beta, wd, wu)
     r = [0.5, -1.0, 0.0]
-    expected = [wd * (1 - sig(beta * (r[0] - 0.3))), wu * (1 - sig(beta * (0.3 - r[1]))), wd * (1 - sig(beta * (r[2] - 0.3)))]
+    expected = [
+        wd * (1 - sig(beta * (r[0] - 0.3))),
+        wu * (1 - sig(beta * (0.3 - r[1]))),
+        wd * (1 - sig(beta * (r[2] - 0.3))),
+    ]
     assert losses.tolist() == pytest.approx(expected)
     assert stats["rewards"].tolist() == pytest.approx([beta * x for x in r])
 
@@ -139,8 +145,9 @@ def _stub(per_input: dict[int, torch.Tensor]):
     def model(input_ids, **kwargs):
         log_probs = per_input[input_ids.data_ptr()]
         zeros = torch.zeros_like(log_probs)
-        return SimpleNamespace(log_probs=log_probs, entropy=zeros, mean_logits=zeros,
-                               is_top1=torch.zeros_like(log_probs, dtype=torch.bool))
+        return SimpleNamespace(
+            log_probs=log_probs, entropy=zeros, mean_logits=zeros, is_top1=torch.zeros_like(log_probs, dtype=torch.bool)
+        )
 
     return model
 
@@ -152,8 +159,8 @@ def _batch(lengths, width, generator):
     completion_mask = torch.zeros(n, width, dtype=torch.long)
     attention = torch.zeros(n, width, dtype=torch.long)
     for row, length in enumerate(lengths):
-        completion_mask[row, 3:3 + length] = 1
-        attention[row, :3 + length] = 1
+        completion_mask[row, 3 : 3 + length] = 1
+        attention[row, : 3 + length] = 1
     per_token = -torch.rand(n, width - 1, generator=generator) * 3 * completion_mask[:, 1:]
     return ids, attention, completion_mask, per_token
 
@@ -165,25 +172,43 @@ def test_dpo_loss_equals_trls(loss_type, label_smoothing, tiny_lm, tmp_path):
 
     model, tokenizer = tiny_lm
     beta = 0.3
-    config = DPOConfig(output_dir=str(tmp_path), beta=beta, loss_type=[loss_type], report_to=[], use_cpu=True,
-                       bf16=False, per_device_train_batch_size=2, label_smoothing=label_smoothing)
-    trainer = DPOTrainer(model=model, args=config, processing_class=tokenizer,
-                         train_dataset=Dataset.from_dict({"prompt": ["a"] * 2, "chosen": ["b"] * 2, "rejected": ["c"] * 2}))
+    config = DPOConfig(
+        output_dir=str(tmp_path),
+        beta=beta,
+        loss_type=[loss_type],
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        per_device_train_batch_size=2,
+        label_smoothing=label_smoothing,
+    )
+    trainer = DPOTrainer(
+        model=model,
+        args=config,
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_dict({"prompt": ["a"] * 2, "chosen": ["b"] * 2, "rejected": ["c"] * 2}),
+    )
     trainer.precompute_ref_logps = True
     generator = torch.Generator().manual_seed(0)
     lengths = [2, 5, 3, 1, 4, 5, 2, 3]  # 4 chosen rows, then 4 rejected rows (TRL's layout)
     ids, attention, completion_mask, per_token = _batch(lengths, 9, generator)
     per_token.requires_grad_(True)
     ref = -torch.rand(8, generator=generator) * 6
-    inputs = {"input_ids": ids, "attention_mask": attention, "completion_mask": completion_mask,
-              "ref_chosen_logps": ref[:4], "ref_rejected_logps": ref[4:]}
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": attention,
+        "completion_mask": completion_mask,
+        "ref_chosen_logps": ref[:4],
+        "ref_rejected_logps": ref[4:],
+    }
     theirs = trainer._compute_loss(_stub({ids.data_ptr(): per_token}), inputs, return_outputs=False)
     (their_grad,) = torch.autograd.grad(theirs, per_token)
 
     seq = pm.sequence_log_probs(per_token, completion_mask[:, 1:].bool())
     counts = completion_mask.sum(1)
-    losses, _ = pm.dpo_loss(seq[:4], seq[4:], ref[:4], ref[4:], beta, loss_type, counts[:4], counts[4:],
-                            label_smoothing)
+    losses, _ = pm.dpo_loss(
+        seq[:4], seq[4:], ref[:4], ref[4:], beta, loss_type, counts[:4], counts[4:], label_smoothing
+    )
     ours = losses.mean()
     (our_grad,) = torch.autograd.grad(ours, per_token)
     assert float(ours.detach()) == pytest.approx(float(theirs.detach()), rel=1e-6, abs=1e-7)
@@ -199,11 +224,24 @@ def test_kto_loss_equals_trls(tiny_lm, tmp_path):
 
     model, tokenizer = tiny_lm
     beta, wd, wu = 0.2, 1.0, 1.33
-    config = KTOConfig(output_dir=str(tmp_path), beta=beta, desirable_weight=wd, undesirable_weight=wu, report_to=[],
-                       use_cpu=True, bf16=False, per_device_train_batch_size=2)
-    trainer = KTOTrainer(model=model, args=config, processing_class=tokenizer,
-                         train_dataset=Dataset.from_dict({"prompt": ["a"] * 4, "completion": ["b", "c", "b", "c"],
-                                                          "label": [True, False, True, False]}))
+    config = KTOConfig(
+        output_dir=str(tmp_path),
+        beta=beta,
+        desirable_weight=wd,
+        undesirable_weight=wu,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        per_device_train_batch_size=2,
+    )
+    trainer = KTOTrainer(
+        model=model,
+        args=config,
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_dict(
+            {"prompt": ["a"] * 4, "completion": ["b", "c", "b", "c"], "label": [True, False, True, False]}
+        ),
+    )
     trainer.precompute_ref_logps = True
     generator = torch.Generator().manual_seed(1)
     ids, attention, completion_mask, per_token = _batch([3, 1, 4, 2, 5, 2], 9, generator)
@@ -212,16 +250,26 @@ def test_kto_loss_equals_trls(tiny_lm, tmp_path):
     labels = torch.tensor([True, False, True, True, False, False])
     ref = -torch.rand(6, generator=generator) * 5
     ref_kl = -torch.rand(6, generator=generator) * 5 - 8  # below the policy's: a positive reference point
-    inputs = {"input_ids": ids, "attention_mask": attention, "completion_mask": completion_mask, "label": labels,
-              "KL_input_ids": kl_ids, "KL_attention_mask": kl_attention, "KL_completion_mask": kl_mask,
-              "ref_logps": ref, "ref_KL_logps": ref_kl}
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": attention,
+        "completion_mask": completion_mask,
+        "label": labels,
+        "KL_input_ids": kl_ids,
+        "KL_attention_mask": kl_attention,
+        "KL_completion_mask": kl_mask,
+        "ref_logps": ref,
+        "ref_KL_logps": ref_kl,
+    }
     stub = _stub({ids.data_ptr(): per_token, kl_ids.data_ptr(): kl_per_token})
     theirs = trainer._compute_loss(stub, inputs, return_outputs=False)
     (their_grad,) = torch.autograd.grad(theirs, per_token)
 
     z = pm.kto_reference_point(pm.sequence_log_probs(kl_per_token, kl_mask[:, 1:].bool()), ref_kl)
     assert float(z) > 0
-    losses, _ = pm.kto_loss(pm.sequence_log_probs(per_token, completion_mask[:, 1:].bool()), ref, labels, z, beta, wd, wu)
+    losses, _ = pm.kto_loss(
+        pm.sequence_log_probs(per_token, completion_mask[:, 1:].bool()), ref, labels, z, beta, wd, wu
+    )
     ours = losses.mean()
     (our_grad,) = torch.autograd.grad(ours, per_token)
     assert float(ours.detach()) == pytest.approx(float(theirs.detach()), rel=1e-6, abs=1e-7)

@@ -1,4 +1,5 @@
 """Reward wrappers: one implementation behind the gym and vec wrappers, components, state, config, PPO."""
+
 import sys
 
 import numpy as np
@@ -11,8 +12,18 @@ from agents import PPO, evaluate_policy
 from helpers import REPO, echo_task
 from lm_envs import TokenEnv, TokenVecEnv
 from lm_envs.reward_wrappers import (
-    AddTerms, Clip, Compose, InfoTerm, LengthTerm, Normalize, ReplaceReward, RewardWrapper, Scale,
-    VecRewardWrapper, apply_transform, from_config,
+    AddTerms,
+    Clip,
+    Compose,
+    InfoTerm,
+    LengthTerm,
+    Normalize,
+    ReplaceReward,
+    RewardWrapper,
+    Scale,
+    VecRewardWrapper,
+    apply_transform,
+    from_config,
 )
 
 sys.path.insert(0, str(REPO / "experiments"))
@@ -32,9 +43,19 @@ def count_sevens(completions, references, prompts=None):
 
 def shaping():
     """Terms of all three kinds (RewardFn, Reward, info-reading term), then scale and clip."""
-    return Compose([AddTerms({"sevens": (count_sevens, 0.5), "length": (LengthTerm(), -0.1),
-                              "format": (rewards.make("gsm8k-format", bonus=1.0), 0.3)}),
-                    Scale(2.0), Clip(-0.7, 4.0)])
+    return Compose(
+        [
+            AddTerms(
+                {
+                    "sevens": (count_sevens, 0.5),
+                    "length": (LengthTerm(), -0.1),
+                    "format": (rewards.make("gsm8k-format", bonus=1.0), 0.3),
+                }
+            ),
+            Scale(2.0),
+            Clip(-0.7, 4.0),
+        ]
+    )
 
 
 def random_actions(rng, n, tokenizer):
@@ -105,8 +126,9 @@ def test_vec_wrapper_calls_once_per_step_and_leaves_waiting_rows_alone(tokenizer
 
 
 def test_replace_reward_keeps_the_task_score(tokenizer):
-    replaced = ReplaceReward(lambda completions, references, prompts=None: np.full(len(completions), -2.0),
-                             name="constant")
+    replaced = ReplaceReward(
+        lambda completions, references, prompts=None: np.full(len(completions), -2.0), name="constant"
+    )
     env = VecRewardWrapper(TokenVecEnv(echo_task(), tokenizer, num_envs=2, seed=0, **KW), replaced)
     env.reset()
     seven = tokenizer.convert_tokens_to_ids("7")
@@ -117,18 +139,25 @@ def test_replace_reward_keeps_the_task_score(tokenizer):
 
 
 def test_info_term_is_a_hook_for_env_reported_costs():
-    infos = [{"completion": "a", "score": 1.0, "pauses": 3, "episode": {"r": 1.0, "l": 1}},
-             {"completion": "b", "score": 0.0, "episode": {"r": 0.0, "l": 1}}]
-    rew, out = apply_transform(AddTerms({"pauses": (InfoTerm("pauses"), -0.25)}), np.array([1.0, 0.0, 5.0]),
-                               infos + [{"waiting": True}], [0, 1])
+    infos = [
+        {"completion": "a", "score": 1.0, "pauses": 3, "episode": {"r": 1.0, "l": 1}},
+        {"completion": "b", "score": 0.0, "episode": {"r": 0.0, "l": 1}},
+    ]
+    rew, out = apply_transform(
+        AddTerms({"pauses": (InfoTerm("pauses"), -0.25)}),
+        np.array([1.0, 0.0, 5.0]),
+        infos + [{"waiting": True}],
+        [0, 1],
+    )
     np.testing.assert_allclose(rew, [0.25, 0.0, 5.0])
     assert out[0]["reward_components"] == {"score": 1.0, "pauses": -0.75} and out[2] == {"waiting": True}
     assert infos[0]["episode"]["r"] == 1.0 and "reward_components" not in infos[0]  # inputs not mutated
 
 
 def test_stacked_wrappers_keep_inner_components(tokenizer):
-    inner = VecRewardWrapper(TokenVecEnv(echo_task(), tokenizer, num_envs=2, seed=0, **KW),
-                             AddTerms({"len": (LengthTerm("chars"), 1.0)}))
+    inner = VecRewardWrapper(
+        TokenVecEnv(echo_task(), tokenizer, num_envs=2, seed=0, **KW), AddTerms({"len": (LengthTerm("chars"), 1.0)})
+    )
     outer = VecRewardWrapper(inner, Scale(3.0))
     outer.reset()
     for _ in range(4):
@@ -197,9 +226,17 @@ def test_vec_wrapper_state_includes_the_transform(tokenizer):
     for _ in range(8):
         env.step(np.array([5, 7]))
     state = env.env_method("get_state", indices=[0])[0]
-    assert state["reward_transforms"] == [{"0": {"mean": env.transform.transforms[0].mean,
-                                                 "var": env.transform.transforms[0].var, "count": 4,
-                                                 "synced": [0.0, 1.0, 0], "pending": [0.0, 0.0, 4]}}]
+    assert state["reward_transforms"] == [
+        {
+            "0": {
+                "mean": env.transform.transforms[0].mean,
+                "var": env.transform.transforms[0].var,
+                "count": 4,
+                "synced": [0.0, 1.0, 0],
+                "pending": [0.0, 0.0, 4],
+            }
+        }
+    ]
     fresh = make()
     fresh.env_method("set_state", state, indices=[0])
     assert fresh.transform.state_dict() == env.transform.state_dict()
@@ -227,14 +264,19 @@ def test_from_config_builds_the_shipped_defaults():
     assert out[0]["reward_components"]["too_short"] == pytest.approx(-1.0)
 
 
-@pytest.mark.parametrize("override,kinds", [
-    ("env.reward_wrappers=[{type: scale, factor: 2.0}]", ["Scale"]),
-    ("env.reward_wrappers=[]", []),
-    ("env.reward_wrappers=[{type: add_terms, terms: {format: {reward: gsm8k-format, kwargs: {bonus: 1.0}, "
-     "weight: 0.2}, length: {term: length, weight: -0.001}}}, {type: clip, low: -1, high: 1}, {type: normalize}]",
-     ["AddTerms", "Clip", "Normalize"]),
-    ("env.reward_wrappers=[{type: replace, reward: toxicity}]", ["ReplaceReward"]),
-])
+@pytest.mark.parametrize(
+    "override,kinds",
+    [
+        ("env.reward_wrappers=[{type: scale, factor: 2.0}]", ["Scale"]),
+        ("env.reward_wrappers=[]", []),
+        (
+            "env.reward_wrappers=[{type: add_terms, terms: {format: {reward: gsm8k-format, kwargs: {bonus: 1.0}, "
+            "weight: 0.2}, length: {term: length, weight: -0.001}}}, {type: clip, low: -1, high: 1}, {type: normalize}]",
+            ["AddTerms", "Clip", "Normalize"],
+        ),
+        ("env.reward_wrappers=[{type: replace, reward: toxicity}]", ["ReplaceReward"]),
+    ],
+)
 def test_one_cli_override_swaps_the_wrappers(override, kinds):
     cfg = compose([override])
     transform = from_config(OmegaConf.to_container(cfg.env.reward_wrappers))
@@ -260,8 +302,15 @@ def test_ppo_trains_saves_and_resumes_through_a_wrapped_env(tiny_dir, tokenizer,
         env = TokenVecEnv(echo_task(), tokenizer, num_envs=8, max_new_tokens=6, max_prompt_tokens=16, seed=0)
         return VecRewardWrapper(env, Compose([AddTerms({"length": (LengthTerm(), -0.01)}), Normalize()]))
 
-    agent = PPO("CausalLMPolicy", make(), batch_size=4, n_epochs=1, learning_rate=1e-3, seed=0,
-                policy_kwargs=dict(model=str(tiny_dir)))
+    agent = PPO(
+        "CausalLMPolicy",
+        make(),
+        batch_size=4,
+        n_epochs=1,
+        learning_rate=1e-3,
+        seed=0,
+        policy_kwargs=dict(model=str(tiny_dir)),
+    )
     agent.learn(8 * 6)
     stats = agent.last_iteration_stats
     assert agent.iteration == 1
@@ -283,10 +332,13 @@ def test_evaluation_reports_the_task_score_under_wrappers(tiny_dir, tokenizer):
     from policies import CausalLMPolicy
 
     plain = TokenVecEnv(echo_task(), tokenizer, num_envs=4, max_new_tokens=6, max_prompt_tokens=16)
-    wrapped = VecRewardWrapper(TokenVecEnv(echo_task(), tokenizer, num_envs=4, max_new_tokens=6, max_prompt_tokens=16),
-                               Compose([AddTerms({"bonus": (lambda c, r, p=None: np.ones(len(c)), 1.0)}), Scale(10.0)]))
-    policy = CausalLMPolicy(plain.observation_space, plain.action_space, lambda _: 0.0, model=str(tiny_dir),
-                            reference=False)
+    wrapped = VecRewardWrapper(
+        TokenVecEnv(echo_task(), tokenizer, num_envs=4, max_new_tokens=6, max_prompt_tokens=16),
+        Compose([AddTerms({"bonus": (lambda c, r, p=None: np.ones(len(c)), 1.0)}), Scale(10.0)]),
+    )
+    policy = CausalLMPolicy(
+        plain.observation_space, plain.action_space, lambda _: 0.0, model=str(tiny_dir), reference=False
+    )
     base, base_samples = evaluate_policy(policy, plain, 8)
     shaped, samples = evaluate_policy(policy, wrapped, 8)
     assert shaped["score_mean"] == pytest.approx(base["score_mean"])

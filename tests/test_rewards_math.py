@@ -1,4 +1,5 @@
 """GSM8K / MGSM rewards: answer extraction, reference parsing, format check, real data rows."""
+
 import json
 import os
 import time
@@ -7,8 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rewards.math import (GSM8KFormatReward, GSM8KReward, MGSMReward, extract_answer, format_ok,
-                          normalize_digits, parse_reference)
+from rewards.math import (
+    GSM8KFormatReward,
+    GSM8KReward,
+    MGSMReward,
+    extract_answer,
+    format_ok,
+    normalize_digits,
+    parse_reference,
+)
 
 DATA = Path(os.environ.get("LM_ENVS_DATA_DIR", Path(__file__).resolve().parents[1] / "../shared/data"))
 needs_data = pytest.mark.skipif(not (DATA / "gsm8k").is_dir(), reason=f"no data dir at {DATA}")
@@ -20,46 +28,64 @@ def in_script(number: str, zero: int) -> str:
     return "".join(chr(zero + int(c)) if c.isdigit() else c for c in number)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("#### 18", 18.0),
-    ("She makes 9 * 2 = $<<9*2=18>>18 every day.\n#### 18", 18.0),
-    ("#### 1,450,000", 1450000.0),
-    ("#### -10", -10.0),
-    ("#### $ 42", 42.0),
-    ("The answer is 1,234.", 1234.0),
-    ("the ANSWER IS 7", 7.0),
-    ("Answer: 12", 12.0),
-    ("answer = 3.5", 3.5),
-    ("The answer is $\\boxed{72}$.", 72.0),
-    ("\\boxed{-4}", -4.0),
-    ("It costs $5", 5.0),
-    ("-$7 is the loss", -7.0),
-    ("She spent 12 dollars", 12.0),
-    ("The bag weighs 5kg", 5.0),
-    ("That is 42.", 42.0),
-    ("2.5 hours", 2.5),
-    ("3/4 of a pie", 0.75),
-    ("The answer is 1/0 or 6", 6.0),       # zero denominator is skipped, next number taken
-    ("5 - 3 = 2", 2.0),                      # a minus between numbers is not a sign
-    ("x-5", 5.0),
-    ("50% of them", 50.0),
-    ("x² + 5 m²", 5.0),                      # superscripts are not digits
-    ("12,34", 34.0),                         # not a thousands group: two numbers
-    ("between 3, 4 and 5", 5.0),
-    ("Step 1: 10 apples. Step 2: 20 apples. So 30", 30.0),
-    ("The answer is 18. Question: next one. The answer is 20.", 18.0),   # first marker wins
-    ("#### 5\n#### 6", 5.0),
-    ("The answer is 9 but #### 8", 8.0),     # `####` outranks "answer is"
-    ("The answer is unclear.\nWe have 7 left", 7.0),  # marker without a number: fall through
-    ("answer isn't 5, it's 6", 6.0),
-    ("১৮", 18.0), ("๑๘", 18.0), ("１８", 18.0), ("٤٢", 42.0), ("१२", 12.0), ("౧౨", 12.0),
-    ("Ответ: 1\u00a0000", 1000.0),          # no-break-space thousands
-    ("答案是 18", 18.0), ("答えは３", 3.0), ("La respuesta es 25.", 25.0), ("Jibu ni 4", 4.0),
-    ("Die Antwort ist 7, nicht 8", 7.0), ("คำตอบคือ ๑๒ บาท", 12.0),
-    ("-３", -3.0), ("１，２３４", 1234.0), ("\u22125", -5.0),
-    ("no digits here", None), ("", None), (None, None), (b"\xff\xfe 17", 17.0), ("\ud800 3", 3.0),
-    ("9" * 500, None),                       # overflows float: no answer, no crash
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("#### 18", 18.0),
+        ("She makes 9 * 2 = $<<9*2=18>>18 every day.\n#### 18", 18.0),
+        ("#### 1,450,000", 1450000.0),
+        ("#### -10", -10.0),
+        ("#### $ 42", 42.0),
+        ("The answer is 1,234.", 1234.0),
+        ("the ANSWER IS 7", 7.0),
+        ("Answer: 12", 12.0),
+        ("answer = 3.5", 3.5),
+        ("The answer is $\\boxed{72}$.", 72.0),
+        ("\\boxed{-4}", -4.0),
+        ("It costs $5", 5.0),
+        ("-$7 is the loss", -7.0),
+        ("She spent 12 dollars", 12.0),
+        ("The bag weighs 5kg", 5.0),
+        ("That is 42.", 42.0),
+        ("2.5 hours", 2.5),
+        ("3/4 of a pie", 0.75),
+        ("The answer is 1/0 or 6", 6.0),  # zero denominator is skipped, next number taken
+        ("5 - 3 = 2", 2.0),  # a minus between numbers is not a sign
+        ("x-5", 5.0),
+        ("50% of them", 50.0),
+        ("x² + 5 m²", 5.0),  # superscripts are not digits
+        ("12,34", 34.0),  # not a thousands group: two numbers
+        ("between 3, 4 and 5", 5.0),
+        ("Step 1: 10 apples. Step 2: 20 apples. So 30", 30.0),
+        ("The answer is 18. Question: next one. The answer is 20.", 18.0),  # first marker wins
+        ("#### 5\n#### 6", 5.0),
+        ("The answer is 9 but #### 8", 8.0),  # `####` outranks "answer is"
+        ("The answer is unclear.\nWe have 7 left", 7.0),  # marker without a number: fall through
+        ("answer isn't 5, it's 6", 6.0),
+        ("১৮", 18.0),
+        ("๑๘", 18.0),
+        ("１８", 18.0),
+        ("٤٢", 42.0),
+        ("१२", 12.0),
+        ("౧౨", 12.0),
+        ("Ответ: 1\u00a0000", 1000.0),  # no-break-space thousands
+        ("答案是 18", 18.0),
+        ("答えは３", 3.0),
+        ("La respuesta es 25.", 25.0),
+        ("Jibu ni 4", 4.0),
+        ("Die Antwort ist 7, nicht 8", 7.0),
+        ("คำตอบคือ ๑๒ บาท", 12.0),
+        ("-３", -3.0),
+        ("１，２３４", 1234.0),
+        ("\u22125", -5.0),
+        ("no digits here", None),
+        ("", None),
+        (None, None),
+        (b"\xff\xfe 17", 17.0),
+        ("\ud800 3", 3.0),
+        ("9" * 500, None),  # overflows float: no answer, no crash
+    ],
+)
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
 
@@ -77,20 +103,36 @@ def test_extract_answer_very_long_text_is_fast_enough_and_correct():
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("text", [
-    "####" * 200_000, "\\boxed{" * 100_000, "answer: " * 100_000, "1," * 200_000, "-$" * 200_000,
-    "#### 5" + " " * 50_000 + "x", "answer is" + " " * 200_000,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "####" * 200_000,
+        "\\boxed{" * 100_000,
+        "answer: " * 100_000,
+        "1," * 200_000,
+        "-$" * 200_000,
+        "#### 5" + " " * 50_000 + "x",
+        "answer is" + " " * 200_000,
+    ],
+)
 def test_degenerate_text_is_bounded(text):
     start = time.perf_counter()
     extract_answer(text), format_ok(text)
     assert time.perf_counter() - start < 5.0
 
 
-@pytest.mark.parametrize("ref, expected", [
-    ("Janet sells 9 eggs.\n#### 18", 18.0), ("5,600", 5600.0), ("-3", -3.0), (18, 18.0), (2.5, 2.5),
-    (np.int64(4), 4.0), ({"question": "q", "answer": "x\n#### 1,000"}, 1000.0),
-])
+@pytest.mark.parametrize(
+    "ref, expected",
+    [
+        ("Janet sells 9 eggs.\n#### 18", 18.0),
+        ("5,600", 5600.0),
+        ("-3", -3.0),
+        (18, 18.0),
+        (2.5, 2.5),
+        (np.int64(4), 4.0),
+        ({"question": "q", "answer": "x\n#### 1,000"}, 1000.0),
+    ],
+)
 def test_parse_reference(ref, expected):
     assert parse_reference(ref) == expected
 
@@ -101,12 +143,26 @@ def test_parse_reference_rejects_unparseable(ref):
         parse_reference(ref)
 
 
-@pytest.mark.parametrize("text, ok", [
-    ("9 * 2 = 18\n#### 18", True), ("#### 18", True), ("#### 1,450,000.", True), ("#### -10", True),
-    ("#### $18\n\n", True), ("####18", True), ("#### 2.5", True), ("#### １８", True),
-    ("#### 18 dollars", False), ("#### 18\nQuestion: next", False), ("#### 18\n#### 19", False),
-    ("The answer is 18", False), ("####", False), ("#### eighteen", False), ("", False),
-])
+@pytest.mark.parametrize(
+    "text, ok",
+    [
+        ("9 * 2 = 18\n#### 18", True),
+        ("#### 18", True),
+        ("#### 1,450,000.", True),
+        ("#### -10", True),
+        ("#### $18\n\n", True),
+        ("####18", True),
+        ("#### 2.5", True),
+        ("#### １８", True),
+        ("#### 18 dollars", False),
+        ("#### 18\nQuestion: next", False),
+        ("#### 18\n#### 19", False),
+        ("The answer is 18", False),
+        ("####", False),
+        ("#### eighteen", False),
+        ("", False),
+    ],
+)
 def test_format_ok(text, ok):
     assert format_ok(text) is ok
 

@@ -1,4 +1,5 @@
 """The reward registry (`make`/`register`/`available`), the `Reward` base and `FunctionReward`."""
+
 import re
 import subprocess
 import sys
@@ -8,12 +9,26 @@ import numpy as np
 import pytest
 
 import rewards
-from rewards import (FunctionReward, GSM8KFormatReward, GSM8KReward, MGSMReward, MMLUReward, Reward,
-                     ToxicityReward, available, make, register)
+from rewards import (
+    FunctionReward,
+    GSM8KFormatReward,
+    GSM8KReward,
+    MGSMReward,
+    MMLUReward,
+    Reward,
+    ToxicityReward,
+    available,
+    make,
+    register,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE_NAMES = {"mbpp": "MBPPReward", "humaneval": "HumanEvalReward", "humaneval-cpp": "HumanEvalCppReward",
-              "humaneval-java": "HumanEvalJavaReward"}
+CODE_NAMES = {
+    "mbpp": "MBPPReward",
+    "humaneval": "HumanEvalReward",
+    "humaneval-cpp": "HumanEvalCppReward",
+    "humaneval-java": "HumanEvalJavaReward",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -30,8 +45,16 @@ def test_available_lists_builtins_sorted():
     assert {"gsm8k", "gsm8k-format", "mgsm", "mmlu", "toxicity", *CODE_NAMES} <= set(names)
 
 
-@pytest.mark.parametrize("name, cls", [("gsm8k", GSM8KReward), ("mgsm", MGSMReward), ("mmlu", MMLUReward),
-                                       ("toxicity", ToxicityReward), ("gsm8k-format", GSM8KFormatReward)])
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("gsm8k", GSM8KReward),
+        ("mgsm", MGSMReward),
+        ("mmlu", MMLUReward),
+        ("toxicity", ToxicityReward),
+        ("gsm8k-format", GSM8KFormatReward),
+    ],
+)
 def test_make_builtins(name, cls):
     r = make(name)
     assert type(r) is cls and isinstance(r, Reward)
@@ -80,12 +103,13 @@ def test_make_reports_unimportable_and_non_reward_factories():
     register("ghost", "rewards.no_such_module:Ghost")
     with pytest.raises(ImportError, match="'ghost' is registered as 'rewards.no_such_module:Ghost'"):
         make("ghost")
-    register("plain", lambda: (lambda c, r: 1.0))
+    register("plain", lambda: lambda c, r: 1.0)
     with pytest.raises(TypeError, match="not a rewards.Reward"):
         make("plain")
 
 
 # ---------------------------------------------------------------- Reward base and FunctionReward
+
 
 def test_function_reward_per_item_and_batched():
     per_item = FunctionReward(lambda c, r: len(c) - r)
@@ -130,8 +154,10 @@ def test_reward_is_abstract():
 
 def test_import_is_light_and_independent():
     """`import rewards` pulls in neither the other packages nor torch/transformers."""
-    code = ("import sys, rewards; bad = {'lm_envs', 'policies', 'agents', 'torch', 'transformers', "
-            "'profanity_check', 'sklearn', 'rewards.code'}; print(sorted(m for m in sys.modules if m in bad))")
+    code = (
+        "import sys, rewards; bad = {'lm_envs', 'policies', 'agents', 'torch', 'transformers', "
+        "'profanity_check', 'sklearn', 'rewards.code'}; print(sorted(m for m in sys.modules if m in bad))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     banned = re.compile(r"^\s*(?:from|import)\s+(?:lm_envs|policies|agents)\b", re.MULTILINE)

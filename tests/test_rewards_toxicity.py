@@ -1,4 +1,5 @@
 """Toxicity reward: profanity-check scorer, a tiny local HF classifier, label choice, metrics."""
+
 import json
 import os
 from pathlib import Path
@@ -11,8 +12,15 @@ from rewards.toxicity import HFClassifierScorer, ProfanityCheckScorer, ToxicityR
 DATA = Path(os.environ.get("LM_ENVS_DATA_DIR", Path(__file__).resolve().parents[1] / "../shared/data"))
 needs_data = pytest.mark.skipif(not (DATA / "toxicity").is_dir(), reason=f"no data dir at {DATA}")
 WORDS = "you are an idiot have a nice day stupid hello world".split()
-TEXTS = ["you are an idiot", "have a nice day", "", "hello", "stupid stupid world you",
-         "a nice idiot day hello world", "unknown words only"]
+TEXTS = [
+    "you are an idiot",
+    "have a nice day",
+    "",
+    "hello",
+    "stupid stupid world you",
+    "a nice idiot day hello world",
+    "unknown words only",
+]
 
 
 def fixed_scorer(values):
@@ -20,6 +28,7 @@ def fixed_scorer(values):
 
 
 # ---------------------------------------------------------------- profanity-check (default)
+
 
 def test_profanity_check_separates_toxic_from_benign():
     r = ToxicityReward()
@@ -54,6 +63,7 @@ def test_robust_inputs_never_crash():
 
 # ---------------------------------------------------------------- custom scorers and metrics
 
+
 def test_metrics_recovered_from_scores_in_both_modes():
     tox = [0.2, 0.9, 0.6, 0.0]
     for mode in ("one_minus", "negative"):
@@ -73,21 +83,25 @@ def test_custom_scorer_validation_and_nan_clipping():
 
 # ---------------------------------------------------------------- label choice
 
-@pytest.mark.parametrize("id2label, label, num, expected", [
-    ({0: "LABEL_0", 1: "LABEL_1"}, None, 2, 1),
-    ({0: "neutral", 1: "toxic"}, None, 2, 1),
-    ({0: "toxic", 1: "non-toxic"}, None, 2, 0),
-    ({0: "NOT-HATE", 1: "HATE"}, None, 2, 1),
-    ({0: "nothate", 1: "hate"}, None, 2, 1),
-    ({0: "offensive", 1: "not_offensive"}, None, 2, 0),
-    ({0: "severe_toxic", 1: "obscene", 2: "toxic"}, None, 3, 2),   # exact name beats "contains"
-    ({0: "normal", 1: "hateful", 2: "offensive"}, None, 3, 2),
-    ({0: "normal", 1: "hateful", 2: "other"}, None, 3, 1),
-    ({0: "LABEL_0"}, None, 1, 0),
-    ({0: "neutral", 1: "toxic"}, "NEUTRAL", 2, 0),
-    ({0: "neutral", 1: "toxic"}, 0, 2, 0),
-    ({0: "a", 1: "b", 2: "c"}, np.int64(2), 3, 2),
-])
+
+@pytest.mark.parametrize(
+    "id2label, label, num, expected",
+    [
+        ({0: "LABEL_0", 1: "LABEL_1"}, None, 2, 1),
+        ({0: "neutral", 1: "toxic"}, None, 2, 1),
+        ({0: "toxic", 1: "non-toxic"}, None, 2, 0),
+        ({0: "NOT-HATE", 1: "HATE"}, None, 2, 1),
+        ({0: "nothate", 1: "hate"}, None, 2, 1),
+        ({0: "offensive", 1: "not_offensive"}, None, 2, 0),
+        ({0: "severe_toxic", 1: "obscene", 2: "toxic"}, None, 3, 2),  # exact name beats "contains"
+        ({0: "normal", 1: "hateful", 2: "offensive"}, None, 3, 2),
+        ({0: "normal", 1: "hateful", 2: "other"}, None, 3, 1),
+        ({0: "LABEL_0"}, None, 1, 0),
+        ({0: "neutral", 1: "toxic"}, "NEUTRAL", 2, 0),
+        ({0: "neutral", 1: "toxic"}, 0, 2, 0),
+        ({0: "a", 1: "b", 2: "c"}, np.int64(2), 3, 2),
+    ],
+)
 def test_pick_label(id2label, label, num, expected):
     assert pick_label(id2label, label, num) == expected
 
@@ -100,6 +114,7 @@ def test_pick_label_rejects(label, err):
 
 # ---------------------------------------------------------------- tiny local HF classifier
 
+
 def build_classifier(path: Path, id2label: dict, problem_type: str | None = None) -> Path:
     """A randomly initialised 1-layer BERT classifier with a word-level tokenizer, saved locally."""
     import torch
@@ -109,14 +124,26 @@ def build_classifier(path: Path, id2label: dict, problem_type: str | None = None
     vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + WORDS)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                            sep_token="[SEP]").save_pretrained(path)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]"
+    ).save_pretrained(path)
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=64, initializer_range=0.5,
-                     num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()},
-                     problem_type=problem_type)
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        initializer_range=0.5,
+        num_labels=len(id2label),
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+        problem_type=problem_type,
+    )
     BertForSequenceClassification(cfg).save_pretrained(path)
     return path
 
@@ -128,8 +155,11 @@ def binary_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def multilabel_dir(tmp_path_factory):
-    return build_classifier(tmp_path_factory.mktemp("multi"), {0: "severe_toxic", 1: "toxic", 2: "insult"},
-                            problem_type="multi_label_classification")
+    return build_classifier(
+        tmp_path_factory.mktemp("multi"),
+        {0: "severe_toxic", 1: "toxic", 2: "insult"},
+        problem_type="multi_label_classification",
+    )
 
 
 def reference_probs(path, texts, sigmoid=False):
@@ -187,6 +217,7 @@ def test_hub_id_offline_error_suggests_local_path(monkeypatch):
 
 
 # ---------------------------------------------------------------- real RealToxicityPrompts rows
+
 
 @needs_data
 def test_real_rtp_toxic_vs_nontoxic_prompts():

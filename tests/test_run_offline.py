@@ -1,5 +1,6 @@
 """run_ppo.py agent=sft|star|dpo|kto end to end (tiny model): the online agents' outputs, a merged
 final/ that policy.model= starts from, resume mid-rounds, and the presets on the embedded defaults."""
+
 import json
 import subprocess
 import sys
@@ -13,22 +14,33 @@ from config import compose  # noqa: E402
 
 # A length term gives the tiny model's samples different rewards, so DPO and KTO have pairs and labels.
 VARIED = "env.reward_wrappers=[{type: add_terms, terms: {len: {term: length, unit: chars, weight: 0.01}}}]"
-EXTRA = {"sft": ["agent.examples_per_round=4", "agent.max_completion_tokens=16"],
-         "star": ["agent.threshold=0.0", "agent.rollout_batches=1"],
-         "dpo": [VARIED, "agent.pair_strategy=all"],
-         "kto": [VARIED, "agent.desirable_threshold=0.25"]}
+EXTRA = {
+    "sft": ["agent.examples_per_round=4", "agent.max_completion_tokens=16"],
+    "star": ["agent.threshold=0.0", "agent.rollout_batches=1"],
+    "dpo": [VARIED, "agent.pair_strategy=all"],
+    "kto": [VARIED, "agent.desirable_threshold=0.25"],
+}
 
 
 def run(args):
-    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "run_ppo.py"), *args], capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "run_ppo.py"), *args], capture_output=True, text=True, timeout=600
+    )
     return proc.returncode, proc.stdout + proc.stderr
 
 
 def tiny_args(tiny_dir, out, agent, *extra):
-    return ["experiment=tiny_test", f"agent={agent}", f"policy.model={tiny_dir}", "policy.lora.r=2",
-            "policy.lora.target_modules=[q_proj,v_proj]", f"output_dir={out}", "progress_bar=false",
-            *EXTRA[agent], *extra]
+    return [
+        "experiment=tiny_test",
+        f"agent={agent}",
+        f"policy.model={tiny_dir}",
+        "policy.lora.r=2",
+        "policy.lora.target_modules=[q_proj,v_proj]",
+        f"output_dir={out}",
+        "progress_bar=false",
+        *EXTRA[agent],
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("agent", ["sft", "star", "dpo", "kto"])
@@ -65,13 +77,22 @@ def test_round_agent_runs_end_to_end_writes_a_merged_model_and_resumes(agent, ti
 def test_rl_starts_from_the_sft_model(tiny_dir, tmp_path):
     code, output = run(tiny_args(tiny_dir, tmp_path / "sft", "sft", "iterations=1"))
     assert code == 0, output
-    code, output = run(["experiment=tiny_test", f"policy.model={tmp_path / 'sft' / 'final'}", "iterations=1",
-                        f"output_dir={tmp_path / 'ppo'}", "progress_bar=false", "policy.lora.r=2",
-                        "policy.lora.target_modules=[q_proj,v_proj]"])
+    code, output = run(
+        [
+            "experiment=tiny_test",
+            f"policy.model={tmp_path / 'sft' / 'final'}",
+            "iterations=1",
+            f"output_dir={tmp_path / 'ppo'}",
+            "progress_bar=false",
+            "policy.lora.r=2",
+            "policy.lora.target_modules=[q_proj,v_proj]",
+        ]
+    )
     assert code == 0, output
     assert "iter    1" in output
-    assert json.loads((tmp_path / "ppo" / "checkpoints" / "iter_000001" / "meta.json").read_text())["model"] == \
-        str(tmp_path / "sft" / "final")
+    assert json.loads((tmp_path / "ppo" / "checkpoints" / "iter_000001" / "meta.json").read_text())["model"] == str(
+        tmp_path / "sft" / "final"
+    )
 
 
 def test_presets_run_on_the_embedded_defaults():
@@ -100,8 +121,15 @@ def test_presets_run_on_the_embedded_defaults():
 def test_star_rationalization_runs_and_resumes_from_the_command_line(tiny_dir, tmp_path):
     """agent.rationalize=true builds the hinted env (env.hint_template, the env's wrappers) and
     gives it again to load on resume."""
-    args = tiny_args(tiny_dir, tmp_path, "star", "env.id=lm_envs/GSM8K-v0", "agent.threshold=1.0", "agent.rationalize=true",
-                     "env.hint_template='{question} (the answer is {answer})'")
+    args = tiny_args(
+        tiny_dir,
+        tmp_path,
+        "star",
+        "env.id=lm_envs/GSM8K-v0",
+        "agent.threshold=1.0",
+        "agent.rationalize=true",
+        "env.hint_template='{question} (the answer is {answer})'",
+    )
     code, output = run([*args, "iterations=1"])
     assert code == 0, output
     code, output = run([*args, "iterations=2", "resume=true"])

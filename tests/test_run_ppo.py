@@ -1,4 +1,5 @@
 """experiments/run_ppo.py end to end (tiny model), SIGKILL + resume, and every shipped config."""
+
 import json
 import os
 import signal
@@ -15,13 +16,25 @@ from config import agents, compose, presets  # noqa: E402
 
 
 def run(args, **kwargs):
-    return subprocess.Popen([sys.executable, str(REPO / "experiments" / "run_ppo.py"), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "experiments" / "run_ppo.py"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def tiny_args(tiny_dir, out, *extra):
-    return ["experiment=tiny_test", f"policy.model={tiny_dir}", "policy.lora.r=2",
-            "policy.lora.target_modules=[q_proj,v_proj]", f"output_dir={out}", "progress_bar=false", *extra]
+    return [
+        "experiment=tiny_test",
+        f"policy.model={tiny_dir}",
+        "policy.lora.r=2",
+        "policy.lora.target_modules=[q_proj,v_proj]",
+        f"output_dir={out}",
+        "progress_bar=false",
+        *extra,
+    ]
 
 
 def test_end_to_end_writes_logs_checkpoints_and_evals(tiny_dir, tmp_path):
@@ -83,8 +96,12 @@ def test_sigkill_then_resume_continues(tiny_dir, tmp_path):
 # (agent=gspo, ...) is its agent class's config with other values: checked with the default and
 # tiny presets, not every preset again.
 RECIPES = ("dapo", "gspo", "reinforce_pp_baseline")
-CASES = [(preset, agent) for preset in [None, *presets()] for agent in agents()
-         if (preset != "pause_gsm8k" or agent == "ppo") and (agent not in RECIPES or preset in (None, "tiny_test"))]
+CASES = [
+    (preset, agent)
+    for preset in [None, *presets()]
+    for agent in agents()
+    if (preset != "pause_gsm8k" or agent == "ppo") and (agent not in RECIPES or preset in (None, "tiny_test"))
+]
 
 
 @pytest.mark.parametrize("preset, agent", CASES)
@@ -94,8 +111,11 @@ def test_every_shipped_config_composes_and_instantiates(preset, agent, tiny_dir,
     import run_ppo
     from agents import AGENTS
 
-    argv = ([f"experiment={preset}"] if preset else []) + [f"agent={agent}", f"policy.model={tiny_dir}",
-                                                             f"output_dir={tmp_path}"]
+    argv = ([f"experiment={preset}"] if preset else []) + [
+        f"agent={agent}",
+        f"policy.model={tiny_dir}",
+        f"output_dir={tmp_path}",
+    ]
     cfg = compose(argv)
     assert cfg.agent.name == agent
     created, env, eval_env, resumed = run_ppo.prepare(cfg)

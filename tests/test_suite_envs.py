@@ -1,4 +1,5 @@
 """The registered task suite: every id builds and passes the checker, splits, options, bad rows."""
+
 import csv
 import json
 import logging
@@ -26,9 +27,16 @@ SUITE = {
     "lm_envs/HumanEvalJava-v0": ("test", "humaneval-java", dict),
     "lm_envs/Toxicity-v0": ("test", "toxicity", dict),
 }
-REWARD_CLASS = {"gsm8k": "GSM8KReward", "mgsm": "MGSMReward", "mmlu": "MMLUReward", "mbpp": "MBPPReward",
-                "humaneval": "HumanEvalReward", "humaneval-cpp": "HumanEvalCppReward",
-                "humaneval-java": "HumanEvalJavaReward", "toxicity": "ToxicityReward"}
+REWARD_CLASS = {
+    "gsm8k": "GSM8KReward",
+    "mgsm": "MGSMReward",
+    "mmlu": "MMLUReward",
+    "mbpp": "MBPPReward",
+    "humaneval": "HumanEvalReward",
+    "humaneval-cpp": "HumanEvalCppReward",
+    "humaneval-java": "HumanEvalJavaReward",
+    "toxicity": "ToxicityReward",
+}
 
 
 @pytest.fixture
@@ -80,11 +88,19 @@ def test_registered_env_builds_passes_checker_and_scores(env_id, tokenizer):
         assert info["reference"] == task.references[info["index"]]
 
 
-@pytest.mark.parametrize("env_id,bad_split", [
-    ("lm_envs/GSM8K-v0", "validation"), ("lm_envs/MGSM-v0", "train"), ("lm_envs/MMLU-v0", "validation"),
-    ("lm_envs/MBPP-v0", "dev"), ("lm_envs/HumanEval-v0", "train"), ("lm_envs/HumanEvalCpp-v0", "validation"),
-    ("lm_envs/HumanEvalJava-v0", "dev"), ("lm_envs/Toxicity-v0", "validation"),
-])
+@pytest.mark.parametrize(
+    "env_id,bad_split",
+    [
+        ("lm_envs/GSM8K-v0", "validation"),
+        ("lm_envs/MGSM-v0", "train"),
+        ("lm_envs/MMLU-v0", "validation"),
+        ("lm_envs/MBPP-v0", "dev"),
+        ("lm_envs/HumanEval-v0", "train"),
+        ("lm_envs/HumanEvalCpp-v0", "validation"),
+        ("lm_envs/HumanEvalJava-v0", "dev"),
+        ("lm_envs/Toxicity-v0", "validation"),
+    ],
+)
 def test_missing_split_is_a_clear_error(env_id, bad_split, tokenizer):
     with pytest.raises(ValueError, match=f"not '{bad_split}'"):
         gym.make(env_id, tokenizer=tokenizer, split=bad_split, **SMALL)
@@ -139,8 +155,10 @@ def test_mmlu_prompt_format_and_k_shot():
     text = zero.prompt(0, None)
     row = csv_rows("test", "anatomy")[0]
     assert text.startswith("The following are multiple choice questions (with answers) about anatomy.\n\n")
-    assert text.endswith(f"{row['question']}\nA. {row['choice0']}\nB. {row['choice1']}\nC. {row['choice2']}\n"
-                         f"D. {row['choice3']}\nAnswer:")
+    assert text.endswith(
+        f"{row['question']}\nA. {row['choice0']}\nB. {row['choice1']}\nC. {row['choice2']}\n"
+        f"D. {row['choice3']}\nAnswer:"
+    )
     assert text.count("Answer:") == 1
     shots = lm_envs.mmlu_task(subjects="anatomy", k_shot=2, chat_template=False)
     text = shots.prompt(0, None)
@@ -169,18 +187,27 @@ def test_mmlu_per_subject_metrics():
 def test_mmmlu_needs_hub_or_a_local_copy(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(ConnectionError, match=r"(?s)openai/MMMLU.*mmmlu/test/mmlu_FR-FR.csv.*data_dir.*LM_ENVS_DATA_DIR"):
+    with pytest.raises(
+        ConnectionError, match=r"(?s)openai/MMMLU.*mmmlu/test/mmlu_FR-FR.csv.*data_dir.*LM_ENVS_DATA_DIR"
+    ):
         lm_envs.mmlu_task(language="fr", data_dir=str(tmp_path))
     path = tmp_path / "mmmlu" / "test" / "mmlu_FR-FR.csv"
     path.parent.mkdir(parents=True)
-    path.write_text(",Question,A,B,C,D,Answer,Subject\n"
-                    "0,Quelle est la capitale ?,Paris,Lyon,Nice,Lille,A,geography_fake\n"
-                    "1,Combien font 2+2 ?,3,4,5,6,B,elementary_mathematics\n"
-                    "2,Question sans réponse,1,2,3,4,Z,elementary_mathematics\n", encoding="utf-8")
+    path.write_text(
+        ",Question,A,B,C,D,Answer,Subject\n"
+        "0,Quelle est la capitale ?,Paris,Lyon,Nice,Lille,A,geography_fake\n"
+        "1,Combien font 2+2 ?,3,4,5,6,B,elementary_mathematics\n"
+        "2,Question sans réponse,1,2,3,4,Z,elementary_mathematics\n",
+        encoding="utf-8",
+    )
     task = lm_envs.mmlu_task(language="fr", data_dir=str(tmp_path))
     assert len(task) == 1 and task.name == "mmmlu_fr"  # other subject filtered, bad answer skipped
-    assert task.references[0] == {"answer": 1, "choices": ["3", "4", "5", "6"], "subject": "elementary_mathematics",
-                                  "question": "Combien font 2+2 ?"}
+    assert task.references[0] == {
+        "answer": 1,
+        "choices": ["3", "4", "5", "6"],
+        "subject": "elementary_mathematics",
+        "question": "Combien font 2+2 ?",
+    }
     with pytest.raises(ValueError, match="dev split"):
         lm_envs.mmlu_task(language="fr", k_shot=1, data_dir=str(tmp_path))
     with pytest.raises(ValueError, match="no language 'xx'"):
@@ -190,8 +217,10 @@ def test_mmmlu_needs_hub_or_a_local_copy(tmp_path, monkeypatch):
 # -- MBPP and HumanEval --------------------------------------------------------------------------
 @pytest.mark.parametrize("language", ["cpp", "java"])
 def test_humaneval_x_held_out_split_is_fixed_and_disjoint(language):
-    names = {split: [r["name"] for r in lm_envs.tasks.humaneval_x_task(language, split=split).references]
-             for split in ("test", "train", "held_out")}
+    names = {
+        split: [r["name"] for r in lm_envs.tasks.humaneval_x_task(language, split=split).references]
+        for split in ("test", "train", "held_out")
+    }
     assert len(names["held_out"]) == 64 and len(names["train"]) == len(names["test"]) - 64
     assert not set(names["train"]) & set(names["held_out"])
     assert sorted(names["train"] + names["held_out"]) == sorted(names["test"])
@@ -232,10 +261,12 @@ def test_code_references_are_whole_records_the_rewards_accept():
 
 
 def test_humaneval_prompts_are_the_code_prefix(chat_tokenizer):
-    for builder, size, stop in ((lm_envs.humaneval_task, 164, lm_envs.HUMANEVAL_STOP_STRINGS),
-                                # 161 records, of which 3 (Union_* types) have no plain-data verdict
-                                (lm_envs.humaneval_cpp_task, 158, ("\n}",)),
-                                (lm_envs.humaneval_java_task, 158, ("\n    }\n",))):
+    for builder, size, stop in (
+        (lm_envs.humaneval_task, 164, lm_envs.HUMANEVAL_STOP_STRINGS),
+        # 161 records, of which 3 (Union_* types) have no plain-data verdict
+        (lm_envs.humaneval_cpp_task, 158, ("\n}",)),
+        (lm_envs.humaneval_java_task, 158, ("\n    }\n",)),
+    ):
         task = builder()
         assert len(task) == size and task.chat_template is False
         assert task.prompt(3, chat_tokenizer) == task.references[3]["prompt"]  # no chat template, verbatim
@@ -280,8 +311,10 @@ def test_toxicity_prompt_is_plain_continuation_and_seed_kwargs_do_not_clash(chat
 # -- malformed rows ------------------------------------------------------------------------------
 def test_malformed_rows_are_skipped_with_one_counted_warning(tmp_path, caplog):
     good = {"question": "how many apples", "answer": "so\n#### 4"}
-    jsonl(tmp_path / "gsm8k" / "test.jsonl", [good, {"question": "no answer"}, {"question": "q", "answer": "none"},
-                                              "{not json", good])
+    jsonl(
+        tmp_path / "gsm8k" / "test.jsonl",
+        [good, {"question": "no answer"}, {"question": "q", "answer": "none"}, "{not json", good],
+    )
     with caplog.at_level(logging.WARNING):
         task = lm_envs.gsm8k_task(split="test", data_dir=str(tmp_path))
     assert len(task) == 2
@@ -302,7 +335,8 @@ def test_malformed_mgsm_and_mmlu_rows(tmp_path, caplog):
     folder.mkdir(parents=True)
     (folder / "anatomy_test.csv").write_text(
         "question,choice0,choice1,choice2,choice3,answer\n"
-        "good,a,b,c,d,2\nempty choice,a,,c,d,1\nout of range,a,b,c,d,7\nnot a number,a,b,c,d,x\n")
+        "good,a,b,c,d,2\nempty choice,a,,c,d,1\nout of range,a,b,c,d,7\nnot a number,a,b,c,d,x\n"
+    )
     with caplog.at_level(logging.WARNING):
         task = lm_envs.mmlu_task(data_dir=str(tmp_path))
     assert [r["question"] for r in task.references] == ["good"]
@@ -312,18 +346,33 @@ def test_malformed_mgsm_and_mmlu_rows(tmp_path, caplog):
 
 
 def test_malformed_code_and_toxicity_rows(tmp_path, caplog):
-    record = {"text": "write f", "code": "def f(): return 1", "task_id": 11, "test_setup_code": "",
-              "test_list": ["assert f() == 1"], "challenge_test_list": []}
-    jsonl(tmp_path / "mbpp" / "mbpp.jsonl", [record, {**record, "task_id": 12, "test_list": []},
-                                             {**record, "task_id": 13, "text": None}, {**record, "task_id": 700}])
+    record = {
+        "text": "write f",
+        "code": "def f(): return 1",
+        "task_id": 11,
+        "test_setup_code": "",
+        "test_list": ["assert f() == 1"],
+        "challenge_test_list": [],
+    }
+    jsonl(
+        tmp_path / "mbpp" / "mbpp.jsonl",
+        [
+            record,
+            {**record, "task_id": 12, "test_list": []},
+            {**record, "task_id": 13, "text": None},
+            {**record, "task_id": 700},
+        ],
+    )
     with caplog.at_level(logging.WARNING):
         task = lm_envs.mbpp_task(split="test", data_dir=str(tmp_path))
     assert [r["task_id"] for r in task.references] == [11]
     one_warning(caplog, 2)
     caplog.clear()
     prompt = {"prompt": {"text": "you are", "toxicity": 0.9}, "challenging": True}
-    jsonl(tmp_path / "toxicity" / "rtp_toxic.jsonl",
-          [prompt, prompt, {"prompt": {"text": ""}}, {"continuation": {}}, {"prompt": {"text": None}}, prompt])
+    jsonl(
+        tmp_path / "toxicity" / "rtp_toxic.jsonl",
+        [prompt, prompt, {"prompt": {"text": ""}}, {"continuation": {}}, {"prompt": {"text": None}}, prompt],
+    )
     with caplog.at_level(logging.WARNING):
         both = [lm_envs.toxicity_task(split=s, test_size=1, data_dir=str(tmp_path)) for s in ("train", "test")]
     assert [len(t) for t in both] == [2, 1]

@@ -6,6 +6,7 @@ griffe would drop those lines; this rewrites each into ``:param a: text`` and ``
 (continuation lines copied to each) before griffe parses the docstring. Loaded by mkdocs.yml;
 the source docstrings are not changed.
 """
+
 from __future__ import annotations
 
 import re

@@ -15,6 +15,7 @@ from static name lists and imports none of them; a builder imports its library w
 built, and a missing one raises `MissingExtra`, which names the extra to install. May import
 `lm_envs.tasks` and `lm_envs.registration`; never `policies` or `agents`.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -36,8 +37,10 @@ def require(module: str, package: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise MissingExtra(f"{module} is not installed: install the optional environments with "
-                           f"`pip install -e '.[envs]'` (or `pip install {package}`)") from err
+        raise MissingExtra(
+            f"{module} is not installed: install the optional environments with "
+            f"`pip install -e '.[envs]'` (or `pip install {package}`)"
+        ) from err
 
 
 def register_ecosystem_ids() -> None:

@@ -22,6 +22,7 @@ keep one session per row instead). Register it like any task with `register_task
 
 May import `lm_envs.tasks` and `lm_envs.registration`; never `policies` or `agents`.
 """
+
 from __future__ import annotations
 
 import socket
@@ -110,16 +111,21 @@ def text_environment_class(env_id: str, **kwargs: Any) -> type:
             self._state = State(episode_id=str(uuid.uuid4()), step_count=0)
             self.index, self.attempts, self.turn_rewards, self.done = 0, [], [], True
 
-        def reset(self, seed: int | None = None, episode_id: str | None = None, index: int | None = None,
-                  **_: Any) -> Any:
+        def reset(
+            self, seed: int | None = None, episode_id: str | None = None, index: int | None = None, **_: Any
+        ) -> Any:
             if seed is not None:
                 self.sampler.seed(seed)
             self.index = int(index) if index is not None else self.sampler.next_index()
             self._state = State(episode_id=episode_id or str(uuid.uuid4()), step_count=0)
             self.attempts, self.turn_rewards, self.done = [], [], False
-            return TextObservation(prompt=task.prompt_template.format(question=task.questions[self.index]),
-                                   system_prompt=task.system_prompt or "", done=False, reward=0.0,
-                                   index=self.index)
+            return TextObservation(
+                prompt=task.prompt_template.format(question=task.questions[self.index]),
+                system_prompt=task.system_prompt or "",
+                done=False,
+                reward=0.0,
+                index=self.index,
+            )
 
         def step(self, action: Any, timeout_s: float | None = None, **_: Any) -> Any:
             if self.done:
@@ -141,8 +147,9 @@ def text_environment_class(env_id: str, **kwargs: Any) -> type:
                 self.turn_rewards.append(float(reply.reward))
             self.done = reply.text is None or turn >= episode.max_turns
             if not self.done:
-                return TextObservation(message=reply.text + reply.suffix, turn=turn, done=False,
-                                       reward=float(reply.reward or 0.0))
+                return TextObservation(
+                    message=reply.text + reply.suffix, turn=turn, done=False, reward=float(reply.reward or 0.0)
+                )
             if self.turn_rewards:
                 score = float(sum(self.turn_rewards))
             elif reply.score is not None:
@@ -200,8 +207,9 @@ class OpenEnvServer:
         self.stop()
 
 
-def serve(env_id: str, host: str = "127.0.0.1", port: int = 0, max_concurrent_envs: int = 8,
-          **kwargs: Any) -> OpenEnvServer:
+def serve(
+    env_id: str, host: str = "127.0.0.1", port: int = 0, max_concurrent_envs: int = 8, **kwargs: Any
+) -> OpenEnvServer:
     """Serve ``env_id`` as an OpenEnv environment on ``host:port`` (see the module docstring).
 
     :param env_id: a registered `lm_envs` id.
@@ -215,8 +223,13 @@ def serve(env_id: str, host: str = "127.0.0.1", port: int = 0, max_concurrent_en
 
     TextAction, TextObservation = _models()
     environment = text_environment_class(env_id, **kwargs)
-    app = create_app(environment, TextAction, TextObservation, env_name=env_id.replace("/", "_"),
-                     max_concurrent_envs=max_concurrent_envs)
+    app = create_app(
+        environment,
+        TextAction,
+        TextObservation,
+        env_name=env_id.replace("/", "_"),
+        max_concurrent_envs=max_concurrent_envs,
+    )
     return OpenEnvServer(app, host, port)
 
 
@@ -228,11 +241,17 @@ def _default_render(observation: dict[str, Any]) -> str:
     return str({k: v for k, v in observation.items() if k not in ("done", "reward", "metadata")})
 
 
-def openenv_task(base_url: str, size: int = 1000, seed: int = 0,
-                 action: Callable[[str], dict[str, Any]] = lambda text: {"text": text},
-                 render: Callable[[dict[str, Any]], str] = _default_render, name: str = "openenv",
-                 prompt_template: str = "{question}", system_prompt: str | None = None,
-                 chat_template: bool | None = None) -> Task:
+def openenv_task(
+    base_url: str,
+    size: int = 1000,
+    seed: int = 0,
+    action: Callable[[str], dict[str, Any]] = lambda text: {"text": text},
+    render: Callable[[dict[str, Any]], str] = _default_render,
+    name: str = "openenv",
+    prompt_template: str = "{question}",
+    system_prompt: str | None = None,
+    chat_template: bool | None = None,
+) -> Task:
     """A multi-turn `Task` over the OpenEnv server at ``base_url`` (see the module docstring).
 
     :param base_url: the server (``http://host:port``).
@@ -267,8 +286,12 @@ def openenv_task(base_url: str, size: int = 1000, seed: int = 0,
                     self._cache[index] = render(client.reset(seed=seed + index).observation)
             return self._cache[index]
 
-    def respond(attempts: Sequence[str], references: Sequence[Any], turns: Sequence[int],
-                histories: Sequence[Sequence[str]] = ()) -> list[Reply]:
+    def respond(
+        attempts: Sequence[str],
+        references: Sequence[Any],
+        turns: Sequence[int],
+        histories: Sequence[Sequence[str]] = (),
+    ) -> list[Reply]:
         replies = []
         for k, (attempt, reference) in enumerate(zip(attempts, references)):
             with session() as client:
@@ -284,6 +307,14 @@ def openenv_task(base_url: str, size: int = 1000, seed: int = 0,
         # Every reply carries the env's step reward; the episode's reward is their sum.
         return np.zeros(len(completions), dtype=np.float32)
 
-    return Task(questions=Openings(), references=[{"seed": seed + i} for i in range(size)], reward=no_reward,
-                name=name, prompt_template=prompt_template, system_prompt=system_prompt,
-                chat_template=chat_template, respond=respond, metadata={"base_url": base_url})
+    return Task(
+        questions=Openings(),
+        references=[{"seed": seed + i} for i in range(size)],
+        reward=no_reward,
+        name=name,
+        prompt_template=prompt_template,
+        system_prompt=system_prompt,
+        chat_template=chat_template,
+        respond=respond,
+        metadata={"base_url": base_url},
+    )

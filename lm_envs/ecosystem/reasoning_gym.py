@@ -23,6 +23,7 @@ the tests) is registered at ``import lm_envs`` without importing reasoning_gym; 
 
 May import `lm_envs.tasks`, `lm_envs.registration` and SB3; never `policies` or `agents`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,31 +42,127 @@ from lm_envs.registration import make_vec, register_task
 from lm_envs.tasks import Task
 from rewards.base import Reward
 
-__all__ = ["EXTRACTORS", "TASK_NAMES", "ReasoningGymCurriculum", "ReasoningGymReward", "make_curriculum_vec",
-           "reasoning_gym_task", "register_reasoning_gym_ids"]
+__all__ = [
+    "EXTRACTORS",
+    "TASK_NAMES",
+    "ReasoningGymCurriculum",
+    "ReasoningGymReward",
+    "make_curriculum_vec",
+    "reasoning_gym_task",
+    "register_reasoning_gym_ids",
+]
 
 logger = logging.getLogger(__name__)
 
 # reasoning-gym 0.1.25's registry (reasoning_gym.factory.DATASETS); tests/test_ecosystem_envs.py
 # checks it against the installed package. ``composite`` needs ``datasets=`` (a mix of others).
 TASK_NAMES = (
-    "ab", "acre", "advanced_geometry", "aiw", "arc_1d", "arc_agi", "base_conversion", "basic_arithmetic", "bf",
-    "binary_alternation", "binary_matrix", "bitwise_arithmetic", "boxnet", "caesar_cipher", "calendar_arithmetic",
-    "chain_sum", "circuit_logic", "codeio", "coin_flip", "color_cube_rotation", "complex_arithmetic", "composite",
-    "count_bits", "count_primes", "countdown", "course_schedule", "cryptarithm", "decimal_arithmetic",
-    "decimal_chain_sum", "dice", "emoji_mystery", "family_relationships", "figlet_font", "fraction_simplification",
-    "futoshiki", "game_of_life", "game_of_life_halting", "gcd", "graph_color", "group_anagrams", "gsm_symbolic",
-    "intermediate_integration", "isomorphic_strings", "jugs", "kakurasu", "knight_swap", "knights_knaves",
-    "largest_island", "lcm", "leg_counting", "letter_counting", "letter_jumble", "list_functions", "mahjong_puzzle",
-    "manipulate_matrix", "maze", "mini_sudoku", "modulo_grid", "n_queens", "needle_haystack", "number_filtering",
-    "number_format", "number_sequence", "number_sorting", "palindrome_generation", "palindrome_partitioning",
-    "path_star", "polynomial_equations", "polynomial_multiplication", "pool_matrix", "power_function",
-    "prime_factorization", "products", "propositional_logic", "puzzle24", "quantum_lock", "ransom_note", "rearc",
-    "rectangle_count", "rotate_matrix", "rotten_oranges", "rubiks_cube", "rush_hour", "self_reference",
-    "sentence_reordering", "shortest_path", "simple_equations", "simple_geometry", "simple_integration", "sokoban",
-    "spell_backward", "spiral_matrix", "string_insertion", "string_manipulation", "string_splitting",
-    "string_synthesis", "sudoku", "survo", "syllogism", "time_intervals", "tower_of_hanoi", "tsumego", "word_ladder",
-    "word_sequence_reversal", "word_sorting", "zebra_puzzles",
+    "ab",
+    "acre",
+    "advanced_geometry",
+    "aiw",
+    "arc_1d",
+    "arc_agi",
+    "base_conversion",
+    "basic_arithmetic",
+    "bf",
+    "binary_alternation",
+    "binary_matrix",
+    "bitwise_arithmetic",
+    "boxnet",
+    "caesar_cipher",
+    "calendar_arithmetic",
+    "chain_sum",
+    "circuit_logic",
+    "codeio",
+    "coin_flip",
+    "color_cube_rotation",
+    "complex_arithmetic",
+    "composite",
+    "count_bits",
+    "count_primes",
+    "countdown",
+    "course_schedule",
+    "cryptarithm",
+    "decimal_arithmetic",
+    "decimal_chain_sum",
+    "dice",
+    "emoji_mystery",
+    "family_relationships",
+    "figlet_font",
+    "fraction_simplification",
+    "futoshiki",
+    "game_of_life",
+    "game_of_life_halting",
+    "gcd",
+    "graph_color",
+    "group_anagrams",
+    "gsm_symbolic",
+    "intermediate_integration",
+    "isomorphic_strings",
+    "jugs",
+    "kakurasu",
+    "knight_swap",
+    "knights_knaves",
+    "largest_island",
+    "lcm",
+    "leg_counting",
+    "letter_counting",
+    "letter_jumble",
+    "list_functions",
+    "mahjong_puzzle",
+    "manipulate_matrix",
+    "maze",
+    "mini_sudoku",
+    "modulo_grid",
+    "n_queens",
+    "needle_haystack",
+    "number_filtering",
+    "number_format",
+    "number_sequence",
+    "number_sorting",
+    "palindrome_generation",
+    "palindrome_partitioning",
+    "path_star",
+    "polynomial_equations",
+    "polynomial_multiplication",
+    "pool_matrix",
+    "power_function",
+    "prime_factorization",
+    "products",
+    "propositional_logic",
+    "puzzle24",
+    "quantum_lock",
+    "ransom_note",
+    "rearc",
+    "rectangle_count",
+    "rotate_matrix",
+    "rotten_oranges",
+    "rubiks_cube",
+    "rush_hour",
+    "self_reference",
+    "sentence_reordering",
+    "shortest_path",
+    "simple_equations",
+    "simple_geometry",
+    "simple_integration",
+    "sokoban",
+    "spell_backward",
+    "spiral_matrix",
+    "string_insertion",
+    "string_manipulation",
+    "string_splitting",
+    "string_synthesis",
+    "sudoku",
+    "survo",
+    "syllogism",
+    "time_intervals",
+    "tower_of_hanoi",
+    "tsumego",
+    "word_ladder",
+    "word_sequence_reversal",
+    "word_sorting",
+    "zebra_puzzles",
 )
 _LEVEL_KEY = "lm_envs_level"  # added to each reference: the curriculum level its item was drawn at
 
@@ -137,8 +234,11 @@ class ReasoningGymReward(Reward):
     def metrics(self, completions: Sequence[str], references: Sequence[Any], scores: np.ndarray) -> dict[str, float]:
         scores = np.asarray(scores, dtype=np.float64)
         found = [self.extract(c) is not None for c in completions]
-        return {"accuracy": float(np.mean(scores >= 1.0)), "score_mean": float(np.mean(scores)),
-                "format_rate": float(np.mean(found))}
+        return {
+            "accuracy": float(np.mean(scores >= 1.0)),
+            "score_mean": float(np.mean(scores)),
+            "format_rate": float(np.mean(found)),
+        }
 
 
 # -- items -----------------------------------------------------------------------------------------
@@ -155,8 +255,9 @@ def _level_configs(name: str, config: dict[str, Any], curriculum: bool) -> list[
         return [dict(config)]
     rg = require("reasoning_gym", "reasoning-gym")
     if name not in rg.factory.CURRICULA:
-        raise ValueError(f"reasoning-gym has no curriculum for {name!r}; tasks with one: "
-                         f"{sorted(rg.factory.CURRICULA)}")
+        raise ValueError(
+            f"reasoning-gym has no curriculum for {name!r}; tasks with one: {sorted(rg.factory.CURRICULA)}"
+        )
     levels = max(len(attr.levels) for attr in rg.factory.create_curriculum(name).attributes.values())
     configs = []
     for level in range(levels):
@@ -184,8 +285,16 @@ class _Levels:
     generated when first needed, deterministically (reasoning-gym items are a function of the
     seed and index)."""
 
-    def __init__(self, name: str, configs: list[dict[str, Any]], split: str, size: int, seed: int,
-                 test_size: int, held_out_seed: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        configs: list[dict[str, Any]],
+        split: str,
+        size: int,
+        seed: int,
+        test_size: int,
+        held_out_seed: int,
+    ) -> None:
         self.name, self.configs, self.split = name, configs, split
         self.size, self.seed, self.test_size, self.held_out_seed = size, seed, test_size, held_out_seed
         self._rows: dict[int, list[dict[str, Any]]] = {}
@@ -228,17 +337,25 @@ class _Levels:
         chunk, kept = self.size + len(excluded), []
         for attempt in range(max(1, 20 * self.size // chunk)):
             dataset = self.dataset(level, chunk, self.seed + 1_000_003 * level + 7_919 * attempt)
-            kept.extend(_entry(item, level) for item in (dataset[i] for i in range(chunk))
-                        if item["question"] not in excluded)
+            kept.extend(
+                _entry(item, level) for item in (dataset[i] for i in range(chunk)) if item["question"] not in excluded
+            )
             if len(kept) >= self.size:
-                kept = kept[:self.size]
+                kept = kept[: self.size]
                 break
         if not kept:
-            raise ValueError(f"reasoning_gym/{self.name}: every training item at level {level} is a held-out "
-                             f"question; lower test_size or use a config with more distinct items")
+            raise ValueError(
+                f"reasoning_gym/{self.name}: every training item at level {level} is a held-out "
+                f"question; lower test_size or use a config with more distinct items"
+            )
         if len(kept) < self.size:  # few distinct items: repeat the ones that are not held out
-            logger.warning("reasoning_gym/%s level %d: only %d of %d training items are not held out; repeating them",
-                           self.name, level, len(kept), self.size)
+            logger.warning(
+                "reasoning_gym/%s level %d: only %d of %d training items are not held out; repeating them",
+                self.name,
+                level,
+                len(kept),
+                self.size,
+            )
             kept = [kept[i % len(kept)] for i in range(self.size)]
         return kept
 
@@ -267,11 +384,23 @@ class _Column(Sequence):
         return item if self.field is None else item[self.field]
 
 
-def reasoning_gym_task(name: str, split: str = "train", size: int = 1000, seed: int = 0, test_size: int = 64,
-                       held_out_seed: int = 10_000_019, extractor: str = "first_line", curriculum: bool = False,
-                       prompt_template: str | None = None, system_prompt: str | None = None,
-                       chat_template: bool | None = None, reward: Any = None, reward_kwargs: dict | None = None,
-                       data_dir: str | None = None, **config: Any) -> Task:
+def reasoning_gym_task(
+    name: str,
+    split: str = "train",
+    size: int = 1000,
+    seed: int = 0,
+    test_size: int = 64,
+    held_out_seed: int = 10_000_019,
+    extractor: str = "first_line",
+    curriculum: bool = False,
+    prompt_template: str | None = None,
+    system_prompt: str | None = None,
+    chat_template: bool | None = None,
+    reward: Any = None,
+    reward_kwargs: dict | None = None,
+    data_dir: str | None = None,
+    **config: Any,
+) -> Task:
     """A reasoning-gym task as a `Task`.
 
     :param name: the task's name in reasoning-gym's registry (`TASK_NAMES`).
@@ -308,8 +437,9 @@ def reasoning_gym_task(name: str, split: str = "train", size: int = 1000, seed: 
     if name == "composite" and config.get("datasets"):  # plain dicts (from YAML) -> reasoning-gym's DatasetSpec
         from reasoning_gym.composite import DatasetSpec
 
-        config["datasets"] = [DatasetSpec(**{"config": {}, **spec}) if isinstance(spec, dict) else spec
-                              for spec in config["datasets"]]
+        config["datasets"] = [
+            DatasetSpec(**{"config": {}, **spec}) if isinstance(spec, dict) else spec for spec in config["datasets"]
+        ]
     base = _level_configs(name, config, False)[0]
     configs = [base] + (_level_configs(name, config, True)[1:] if curriculum else [])
     levels = _Levels(name, configs, split, size, seed, test_size, held_out_seed)
@@ -320,21 +450,37 @@ def reasoning_gym_task(name: str, split: str = "train", size: int = 1000, seed: 
         from lm_envs.tasks.base import make_reward
 
         reward = make_reward(reward, "", reward_kwargs)
-    return Task(questions=_Column(levels, "question"), references=_Column(levels, None), reward=reward,
-                name=f"reasoning_gym/{name}", prompt_template=prompt_template or EXTRACTORS[extractor][1],
-                system_prompt=system_prompt, chat_template=chat_template,
-                metadata={"levels": len(configs) if split == "train" else 1, "rows_per_level": levels.per_level,
-                          "level_configs": configs})
+    return Task(
+        questions=_Column(levels, "question"),
+        references=_Column(levels, None),
+        reward=reward,
+        name=f"reasoning_gym/{name}",
+        prompt_template=prompt_template or EXTRACTORS[extractor][1],
+        system_prompt=system_prompt,
+        chat_template=chat_template,
+        metadata={
+            "levels": len(configs) if split == "train" else 1,
+            "rows_per_level": levels.per_level,
+            "level_configs": configs,
+        },
+    )
 
 
 def register_reasoning_gym_ids() -> None:
     """Register ``reasoning_gym/<task>-v0`` for every name in `TASK_NAMES` (imports nothing)."""
     for name in TASK_NAMES:
-        register_task(f"reasoning_gym/{name}-v0", functools.partial(reasoning_gym_task, name), max_new_tokens=32,
-                      max_prompt_tokens=512, truncate_prompt="left",
-                      run_defaults={"kwargs": {"split": "train", "max_new_tokens": 32, "max_prompt_tokens": 512,
-                                               "truncate_prompt": "left"},
-                                    "eval_kwargs": {"split": "test"}, "reward_wrappers": []})
+        register_task(
+            f"reasoning_gym/{name}-v0",
+            functools.partial(reasoning_gym_task, name),
+            max_new_tokens=32,
+            max_prompt_tokens=512,
+            truncate_prompt="left",
+            run_defaults={
+                "kwargs": {"split": "train", "max_new_tokens": 32, "max_prompt_tokens": 512, "truncate_prompt": "left"},
+                "eval_kwargs": {"split": "test"},
+                "reward_wrappers": [],
+            },
+        )
 
 
 # -- the curriculum ----------------------------------------------------------------------------------
@@ -381,13 +527,16 @@ class ReasoningGymCurriculum(VecEnvWrapper):
 
     _OWN_METHODS = ("get_state", "set_state")
 
-    def __init__(self, venv: VecEnv, window: int = 64, raise_above: float = 0.7, lower_below: float = 0.2,
-                 level: int = 0) -> None:
+    def __init__(
+        self, venv: VecEnv, window: int = 64, raise_above: float = 0.7, lower_below: float = 0.2, level: int = 0
+    ) -> None:
         super().__init__(venv)
         metadata = venv.get_attr("task", [0])[0].metadata
         if "rows_per_level" not in metadata or metadata.get("levels", 1) < 2:
-            raise ValueError("ReasoningGymCurriculum needs a reasoning_gym env built with curriculum=True and "
-                             "split='train' (lm_envs.ecosystem.reasoning_gym.make_curriculum_vec builds one)")
+            raise ValueError(
+                "ReasoningGymCurriculum needs a reasoning_gym env built with curriculum=True and "
+                "split='train' (lm_envs.ecosystem.reasoning_gym.make_curriculum_vec builds one)"
+            )
         if not 0 <= lower_below < raise_above <= 1:
             raise ValueError(f"need 0 <= lower_below < raise_above <= 1, got {lower_below}, {raise_above}")
         self.num_levels, self.per_level = int(metadata["levels"]), int(metadata["rows_per_level"])
@@ -457,8 +606,12 @@ class ReasoningGymCurriculum(VecEnvWrapper):
         return float(np.mean(self.recent)) if self.recent else float("nan")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"level": self.level, "recent": list(self.recent), "episodes": self.episodes,
-                "changes": [list(c) for c in self.changes]}
+        return {
+            "level": self.level,
+            "recent": list(self.recent),
+            "episodes": self.episodes,
+            "changes": [list(c) for c in self.changes],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.level = int(state["level"])
@@ -483,8 +636,16 @@ class ReasoningGymCurriculum(VecEnvWrapper):
         return self.venv.env_method(method_name, *method_args, indices=indices, **method_kwargs)
 
 
-def make_curriculum_vec(env_id: str, num_envs: int, tokenizer: Any, window: int = 64, raise_above: float = 0.7,
-                        lower_below: float = 0.2, level: int = 0, **kwargs: Any) -> ReasoningGymCurriculum:
+def make_curriculum_vec(
+    env_id: str,
+    num_envs: int,
+    tokenizer: Any,
+    window: int = 64,
+    raise_above: float = 0.7,
+    lower_below: float = 0.2,
+    level: int = 0,
+    **kwargs: Any,
+) -> ReasoningGymCurriculum:
     """``make_vec(env_id, ..., curriculum=True)`` wrapped in `ReasoningGymCurriculum` (its
     ``window``, ``raise_above``, ``lower_below`` and starting ``level``)."""
     venv = make_vec(env_id, num_envs, tokenizer, curriculum=True, **kwargs)

@@ -19,6 +19,7 @@ WordLadder, WordSearch (they download NLTK corpora at import), GuessWho and Twen
 OpenRouter model plays the other side), Klondike (a syntax error in textarena 0.7.4), and the
 two-player games (no fixed opponent yet). May import `lm_envs.tasks` and `lm_envs.registration`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -35,14 +36,38 @@ from lm_envs.tasks import Reply, Task
 __all__ = ["EXCLUDED", "GAMES", "register_textarena_ids", "textarena_task"]
 
 # Single-player games of textarena 0.7.4 that run offline: our id textarena/<name> -> TextArena's id.
-GAMES = ("Bandit-v0", "Blackjack-v0", "Countdown-v0", "Crosswords-v0", "Cryptarithm-v0", "FifteenPuzzle-v0",
-         "FrozenLake-v0", "GuessTheNumber-v0", "LightsOut-v0", "LogicPuzzle-v0", "Mastermind-v0", "Minesweeper-v0",
-         "PegJump-v0", "RushHour-v0", "Secretary-v0", "Set-v0", "Slitherlink-v0", "Sokoban-v0", "Sudoku-v0",
-         "ThreeCardMonte-v0", "TowerOfHanoi-v0")
-EXCLUDED = {"Hangman-v0": "downloads NLTK corpora at import", "Wordle-v0": "downloads NLTK corpora at import",
-            "WordLadder-v0": "downloads NLTK corpora at import", "WordSearch-v0": "downloads NLTK corpora at import",
-            "GuessWho-v0": "needs an OpenRouter API key", "TwentyQuestions-v0": "needs an OpenRouter API key",
-            "Klondike-v0": "SyntaxError in textarena 0.7.4"}
+GAMES = (
+    "Bandit-v0",
+    "Blackjack-v0",
+    "Countdown-v0",
+    "Crosswords-v0",
+    "Cryptarithm-v0",
+    "FifteenPuzzle-v0",
+    "FrozenLake-v0",
+    "GuessTheNumber-v0",
+    "LightsOut-v0",
+    "LogicPuzzle-v0",
+    "Mastermind-v0",
+    "Minesweeper-v0",
+    "PegJump-v0",
+    "RushHour-v0",
+    "Secretary-v0",
+    "Set-v0",
+    "Slitherlink-v0",
+    "Sokoban-v0",
+    "Sudoku-v0",
+    "ThreeCardMonte-v0",
+    "TowerOfHanoi-v0",
+)
+EXCLUDED = {
+    "Hangman-v0": "downloads NLTK corpora at import",
+    "Wordle-v0": "downloads NLTK corpora at import",
+    "WordLadder-v0": "downloads NLTK corpora at import",
+    "WordSearch-v0": "downloads NLTK corpora at import",
+    "GuessWho-v0": "needs an OpenRouter API key",
+    "TwentyQuestions-v0": "needs an OpenRouter API key",
+    "Klondike-v0": "SyntaxError in textarena 0.7.4",
+}
 _INSTRUCTION = "\nReply with your move only."
 
 
@@ -128,9 +153,17 @@ def _no_reward(completions, references, prompts=None) -> np.ndarray:
     return np.zeros(len(completions), dtype=np.float32)
 
 
-def textarena_task(game: str, split: str = "train", size: int = 1000, seed: int | None = None,
-                   prompt_template: str = "{question}" + _INSTRUCTION, system_prompt: str | None = None,
-                   chat_template: bool | None = None, data_dir: str | None = None, **game_kwargs: Any) -> Task:
+def textarena_task(
+    game: str,
+    split: str = "train",
+    size: int = 1000,
+    seed: int | None = None,
+    prompt_template: str = "{question}" + _INSTRUCTION,
+    system_prompt: str | None = None,
+    chat_template: bool | None = None,
+    data_dir: str | None = None,
+    **game_kwargs: Any,
+) -> Task:
     """A TextArena single-player game as a multi-turn `Task`.
 
     :param game: TextArena's id (``"GuessTheNumber-v0"``), one of `GAMES`.
@@ -153,8 +186,12 @@ def textarena_task(game: str, split: str = "train", size: int = 1000, seed: int 
     first = seed if seed is not None else (0 if split == "train" else 1_000_000)
     runner = _Game(game, game_kwargs)
 
-    def respond(attempts: Sequence[str], references: Sequence[Any], turns: Sequence[int],
-                histories: Sequence[Sequence[str]] = ()) -> list[Reply]:
+    def respond(
+        attempts: Sequence[str],
+        references: Sequence[Any],
+        turns: Sequence[int],
+        histories: Sequence[Sequence[str]] = (),
+    ) -> list[Reply]:
         replies = []
         for k, (attempt, reference) in enumerate(zip(attempts, references)):
             moves = [*(histories[k] if histories else ()), attempt]
@@ -163,18 +200,40 @@ def textarena_task(game: str, split: str = "train", size: int = 1000, seed: int 
         return replies
 
     references = [{"game": game, "seed": first + i} for i in range(size)]
-    return Task(questions=_Openings(runner, first, size), references=references, reward=_no_reward,
-                name=f"textarena/{game}", prompt_template=prompt_template, system_prompt=system_prompt,
-                chat_template=chat_template, respond=respond, metadata={"game_kwargs": dict(game_kwargs)})
+    return Task(
+        questions=_Openings(runner, first, size),
+        references=references,
+        reward=_no_reward,
+        name=f"textarena/{game}",
+        prompt_template=prompt_template,
+        system_prompt=system_prompt,
+        chat_template=chat_template,
+        respond=respond,
+        metadata={"game_kwargs": dict(game_kwargs)},
+    )
 
 
-_EPISODE = {"max_turns": 8, "max_turn_tokens": 16, "max_new_tokens": 128, "max_reply_tokens": 160,
-            "max_injected_tokens": 1536, "max_prompt_tokens": 768, "truncate_prompt": "left"}
+_EPISODE = {
+    "max_turns": 8,
+    "max_turn_tokens": 16,
+    "max_new_tokens": 128,
+    "max_reply_tokens": 160,
+    "max_injected_tokens": 1536,
+    "max_prompt_tokens": 768,
+    "truncate_prompt": "left",
+}
 
 
 def register_textarena_ids() -> None:
     """Register ``textarena/<Game>-v0`` for every game in `GAMES` (imports nothing)."""
     for game in GAMES:
-        register_task(f"textarena/{game}", functools.partial(textarena_task, game), **_EPISODE,
-                      run_defaults={"kwargs": {"split": "train", **_EPISODE}, "eval_kwargs": {"split": "test"},
-                                    "reward_wrappers": []})
+        register_task(
+            f"textarena/{game}",
+            functools.partial(textarena_task, game),
+            **_EPISODE,
+            run_defaults={
+                "kwargs": {"split": "train", **_EPISODE},
+                "eval_kwargs": {"split": "test"},
+                "reward_wrappers": [],
+            },
+        )

@@ -31,17 +31,38 @@ May import `rewards` only, besides its own modules: not the rest of `lm_envs` (t
 registry import this package), never `policies` or `agents`. Every public name is re-exported
 here: ``from lm_envs.tasks import Task, gsm8k_task``.
 """
+
 from lm_envs.tasks.base import RewardFn, Task, make_reward, validate_rows
 from lm_envs.tasks.code import (
-    HUMANEVAL_STOP_STRINGS, HUMANEVAL_X_LANGUAGES, MBPP_SPLITS, MBPP_TEMPLATE, humaneval_cpp_feedback_task,
-    humaneval_cpp_task, humaneval_java_task, humaneval_task, humaneval_x_task, mbpp_feedback_task, mbpp_task,
+    HUMANEVAL_STOP_STRINGS,
+    HUMANEVAL_X_LANGUAGES,
+    MBPP_SPLITS,
+    MBPP_TEMPLATE,
+    humaneval_cpp_feedback_task,
+    humaneval_cpp_task,
+    humaneval_java_task,
+    humaneval_task,
+    humaneval_x_task,
+    mbpp_feedback_task,
+    mbpp_task,
 )
 from lm_envs.tasks.math import (
-    GSM8K_CALCULATOR_TEMPLATE, GSM8K_TEMPLATE, MGSM_LANGUAGES, gsm8k_calculator_task, gsm8k_task, load_gsm8k, load_mgsm,
+    GSM8K_CALCULATOR_TEMPLATE,
+    GSM8K_TEMPLATE,
+    MGSM_LANGUAGES,
+    gsm8k_calculator_task,
+    gsm8k_task,
+    load_gsm8k,
+    load_mgsm,
     mgsm_task,
 )
 from lm_envs.tasks.mmlu import (
-    MMLU_SUBJECTS, MMMLU_LANGUAGES, format_mmlu_question, load_mmlu, load_mmmlu, mmlu_task,
+    MMLU_SUBJECTS,
+    MMMLU_LANGUAGES,
+    format_mmlu_question,
+    load_mmlu,
+    load_mmmlu,
+    mmlu_task,
 )
 from lm_envs.tasks.tools import CodeFeedback, calculator, safe_arithmetic
 from lm_envs.tasks.toxicity import TOXICITY_SUBSETS, load_toxicity, toxicity_split, toxicity_task
@@ -49,18 +70,48 @@ from lm_envs.tasks.turns import ChatTurns, Reply, Tool
 
 __all__ = [
     # base
-    "RewardFn", "Task", "make_reward", "validate_rows",
+    "RewardFn",
+    "Task",
+    "make_reward",
+    "validate_rows",
     # math
-    "GSM8K_CALCULATOR_TEMPLATE", "GSM8K_TEMPLATE", "MGSM_LANGUAGES", "gsm8k_calculator_task", "gsm8k_task",
-    "load_gsm8k", "load_mgsm", "mgsm_task",
+    "GSM8K_CALCULATOR_TEMPLATE",
+    "GSM8K_TEMPLATE",
+    "MGSM_LANGUAGES",
+    "gsm8k_calculator_task",
+    "gsm8k_task",
+    "load_gsm8k",
+    "load_mgsm",
+    "mgsm_task",
     # mmlu
-    "MMLU_SUBJECTS", "MMMLU_LANGUAGES", "format_mmlu_question", "load_mmlu", "load_mmmlu", "mmlu_task",
+    "MMLU_SUBJECTS",
+    "MMMLU_LANGUAGES",
+    "format_mmlu_question",
+    "load_mmlu",
+    "load_mmmlu",
+    "mmlu_task",
     # code
-    "HUMANEVAL_STOP_STRINGS", "HUMANEVAL_X_LANGUAGES", "MBPP_SPLITS", "MBPP_TEMPLATE", "humaneval_cpp_task",
-    "humaneval_java_task", "humaneval_task", "humaneval_x_task", "mbpp_task", "mbpp_feedback_task",
+    "HUMANEVAL_STOP_STRINGS",
+    "HUMANEVAL_X_LANGUAGES",
+    "MBPP_SPLITS",
+    "MBPP_TEMPLATE",
+    "humaneval_cpp_task",
+    "humaneval_java_task",
+    "humaneval_task",
+    "humaneval_x_task",
+    "mbpp_task",
+    "mbpp_feedback_task",
     "humaneval_cpp_feedback_task",
     # toxicity
-    "TOXICITY_SUBSETS", "load_toxicity", "toxicity_split", "toxicity_task",
+    "TOXICITY_SUBSETS",
+    "load_toxicity",
+    "toxicity_split",
+    "toxicity_task",
     # multi-turn
-    "ChatTurns", "CodeFeedback", "Reply", "Tool", "calculator", "safe_arithmetic",
+    "ChatTurns",
+    "CodeFeedback",
+    "Reply",
+    "Tool",
+    "calculator",
+    "safe_arithmetic",
 ]

@@ -8,6 +8,7 @@ malformed rows through `validate_rows`, pick their reward with `make_reward` and
 `Task` with the small helpers here (`_check_split`, `_limit`, `_build`). May import `rewards`;
 never `policies` or `agents`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -76,7 +77,7 @@ class Task:
         text = self.prompt_template.format(question=self.questions[index])
         if not self.uses_chat_template(tokenizer):
             return text
-        messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         messages.append({"role": "user", "content": text})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
@@ -149,11 +150,23 @@ def _limit(rows: list, limit: int | None) -> list:
     return rows if limit is None else rows[:limit]
 
 
-def _build(rows: list[dict[str, Any]], question: Callable[[dict], str], reference: Callable[[dict], Any],
-           reward: RewardFn, name: str, metadata: dict[str, Any], task_kwargs: dict[str, Any],
-           **defaults: Any) -> Task:
+def _build(
+    rows: list[dict[str, Any]],
+    question: Callable[[dict], str],
+    reference: Callable[[dict], Any],
+    reward: RewardFn,
+    name: str,
+    metadata: dict[str, Any],
+    task_kwargs: dict[str, Any],
+    **defaults: Any,
+) -> Task:
     """A `Task` over validated rows; ``task_kwargs`` (prompt_template, chat_template...) win over defaults."""
     kwargs = {**defaults, **task_kwargs}
     kwargs["metadata"] = {**metadata, **kwargs.get("metadata", {})}
-    return Task(questions=[question(r) for r in rows], references=[reference(r) for r in rows],
-                reward=reward, name=name, **kwargs)
+    return Task(
+        questions=[question(r) for r in rows],
+        references=[reference(r) for r in rows],
+        reward=reward,
+        name=name,
+        **kwargs,
+    )

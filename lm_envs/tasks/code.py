@@ -7,6 +7,7 @@ HumanEval-X logic; `humaneval_cpp_task` and `humaneval_java_task` are its per-la
 points (the registered ids' builders). The data loaders are `rewards.data`'s, shared with the
 code rewards. May import `rewards` and `lm_envs.tasks.base`; never `policies` or `agents`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,14 +16,23 @@ from rewards.data import MBPP_SPLITS, load_humaneval, load_humaneval_x, load_mbp
 from lm_envs.tasks.base import RewardFn, Task, _build, _check_split, _limit, make_reward, seeded_split, validate_rows
 
 __all__ = [
-    "HUMANEVAL_STOP_STRINGS", "HUMANEVAL_X_LANGUAGES", "MBPP_SPLITS", "MBPP_TEMPLATE", "humaneval_cpp_task",
-    "humaneval_java_task", "humaneval_task", "humaneval_x_task", "mbpp_task", "mbpp_feedback_task",
+    "HUMANEVAL_STOP_STRINGS",
+    "HUMANEVAL_X_LANGUAGES",
+    "MBPP_SPLITS",
+    "MBPP_TEMPLATE",
+    "humaneval_cpp_task",
+    "humaneval_java_task",
+    "humaneval_task",
+    "humaneval_x_task",
+    "mbpp_task",
+    "mbpp_feedback_task",
     "humaneval_cpp_feedback_task",
 ]
 
 # -- MBPP ----------------------------------------------------------------------------------------
-MBPP_TEMPLATE = ("{question}\nYour code should pass these tests:\n\n{tests}\n\n"
-                 "Write the Python function in a ```python code block.")
+MBPP_TEMPLATE = (
+    "{question}\nYour code should pass these tests:\n\n{tests}\n\nWrite the Python function in a ```python code block."
+)
 
 
 def mbpp_task(
@@ -45,15 +55,26 @@ def mbpp_task(
     Reward: ``rewards.make("mbpp")`` (runs the asserts in the sandbox).
     """
     _check_split("MBPP", split, tuple(MBPP_SPLITS))
-    rows = validate_rows(load_mbpp(split, data_dir, lenient=True), ("text", "test_list", "task_id"), "mbpp",
-                         on_bad_row,
-                         check=lambda r: all(isinstance(t, str) and t.strip() for t in r["test_list"]))
+    rows = validate_rows(
+        load_mbpp(split, data_dir, lenient=True),
+        ("text", "test_list", "task_id"),
+        "mbpp",
+        on_bad_row,
+        check=lambda r: all(isinstance(t, str) and t.strip() for t in r["test_list"]),
+    )
 
     def question(row: dict[str, Any]) -> str:
         return prompt_template.format(question=row["text"].strip(), tests="\n".join(row["test_list"]))
 
-    return _build(_limit(rows, limit), question, dict, make_reward(reward, "mbpp", reward_kwargs), "mbpp",
-                  {"split": split}, task_kwargs)
+    return _build(
+        _limit(rows, limit),
+        question,
+        dict,
+        make_reward(reward, "mbpp", reward_kwargs),
+        "mbpp",
+        {"split": split},
+        task_kwargs,
+    )
 
 
 # -- HumanEval (Python, C++, Java) ---------------------------------------------------------------
@@ -62,11 +83,27 @@ HUMANEVAL_STOP_STRINGS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 HUMANEVAL_X_LANGUAGES = ("cpp", "java")
 
 
-def _completion_task(rows: list[dict[str, Any]], name: str, reward: RewardFn, split: str,
-                     limit: int | None, task_kwargs: dict[str, Any], **metadata: Any) -> Task:
+def _completion_task(
+    rows: list[dict[str, Any]],
+    name: str,
+    reward: RewardFn,
+    split: str,
+    limit: int | None,
+    task_kwargs: dict[str, Any],
+    **metadata: Any,
+) -> Task:
     # The model continues the code: the prompt is the code prefix itself, no chat template.
-    return _build(_limit(rows, limit), lambda r: r["prompt"], dict, reward, name, {"split": split, **metadata},
-                  task_kwargs, chat_template=False, prompt_template="{question}")
+    return _build(
+        _limit(rows, limit),
+        lambda r: r["prompt"],
+        dict,
+        reward,
+        name,
+        {"split": split, **metadata},
+        task_kwargs,
+        chat_template=False,
+        prompt_template="{question}",
+    )
 
 
 def humaneval_task(
@@ -87,10 +124,12 @@ def humaneval_task(
     Reward: ``rewards.make("humaneval")``.
     """
     _check_split("HumanEval", split, ("test",))
-    rows = validate_rows(load_humaneval(data_dir, lenient=True), ("task_id", "prompt", "test", "entry_point"), "humaneval",
-                         on_bad_row)
-    return _completion_task(rows, "humaneval", make_reward(reward, "humaneval", reward_kwargs), split, limit,
-                            task_kwargs)
+    rows = validate_rows(
+        load_humaneval(data_dir, lenient=True), ("task_id", "prompt", "test", "entry_point"), "humaneval", on_bad_row
+    )
+    return _completion_task(
+        rows, "humaneval", make_reward(reward, "humaneval", reward_kwargs), split, limit, task_kwargs
+    )
 
 
 def humaneval_x_task(
@@ -129,12 +168,19 @@ def humaneval_x_task(
     from rewards.multipl_e import cpp_plan, java_plan
 
     plan = {"cpp": cpp_plan, "java": java_plan}[language]
-    rows = validate_rows(load_humaneval_x(language, data_dir, lenient=True), ("name", "prompt", "tests"), name, on_bad_row,
-                         check=lambda r: plan(r) is not None)
+    rows = validate_rows(
+        load_humaneval_x(language, data_dir, lenient=True),
+        ("name", "prompt", "tests"),
+        name,
+        on_bad_row,
+        check=lambda r: plan(r) is not None,
+    )
     meta = {}
     if split != "test":
-        rows = [rows[i] for i in seeded_split(f"{name} (held_out_size)", len(rows), split == "held_out",
-                                              held_out_size, split_seed)]
+        rows = [
+            rows[i]
+            for i in seeded_split(f"{name} (held_out_size)", len(rows), split == "held_out", held_out_size, split_seed)
+        ]
         meta = {"held_out_size": held_out_size, "split_seed": split_seed}
     return _completion_task(rows, name, make_reward(reward, name, reward_kwargs), split, limit, task_kwargs, **meta)
 
@@ -157,8 +203,16 @@ def humaneval_cpp_task(
     env stops at the record's stop token ``"\\n}"``. Reference: the whole record.
     Reward: ``rewards.make("humaneval-cpp")`` (g++ compile, then run the asserts).
     """
-    return humaneval_x_task("cpp", split=split, data_dir=data_dir, reward=reward, reward_kwargs=reward_kwargs,
-                            limit=limit, on_bad_row=on_bad_row, **task_kwargs)
+    return humaneval_x_task(
+        "cpp",
+        split=split,
+        data_dir=data_dir,
+        reward=reward,
+        reward_kwargs=reward_kwargs,
+        limit=limit,
+        on_bad_row=on_bad_row,
+        **task_kwargs,
+    )
 
 
 def humaneval_java_task(
@@ -178,8 +232,16 @@ def humaneval_java_task(
     template; the env stops at the record's stop token ``"\\n    }\\n"``. Reference: the whole
     record. Reward: ``rewards.make("humaneval-java")`` (javac, then ``java -ea``).
     """
-    return humaneval_x_task("java", split=split, data_dir=data_dir, reward=reward, reward_kwargs=reward_kwargs,
-                            limit=limit, on_bad_row=on_bad_row, **task_kwargs)
+    return humaneval_x_task(
+        "java",
+        split=split,
+        data_dir=data_dir,
+        reward=reward,
+        reward_kwargs=reward_kwargs,
+        limit=limit,
+        on_bad_row=on_bad_row,
+        **task_kwargs,
+    )
 
 
 # -- multi-turn: the env runs each attempt's tests and answers a failure ------------------------------

@@ -4,6 +4,7 @@ Each data set has its loader (`load_gsm8k`, `load_mgsm`) and its builder (`gsm8k
 `mgsm_task`); both prompt with `GSM8K_TEMPLATE`, asking for a final ``#### <number>`` line.
 May import `rewards` and `lm_envs.tasks.base`; never `policies` or `agents`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -11,8 +12,16 @@ from typing import Any
 from rewards.data import load_from_hub, local_file, read_jsonl, resolve_data_dir
 from lm_envs.tasks.base import RewardFn, Task, _build, _check_split, _limit, make_reward, validate_rows
 
-__all__ = ["GSM8K_CALCULATOR_TEMPLATE", "GSM8K_TEMPLATE", "MGSM_LANGUAGES", "gsm8k_calculator_task", "gsm8k_task",
-           "load_gsm8k", "load_mgsm", "mgsm_task"]
+__all__ = [
+    "GSM8K_CALCULATOR_TEMPLATE",
+    "GSM8K_TEMPLATE",
+    "MGSM_LANGUAGES",
+    "gsm8k_calculator_task",
+    "gsm8k_task",
+    "load_gsm8k",
+    "load_mgsm",
+    "mgsm_task",
+]
 
 # -- GSM8K ---------------------------------------------------------------------------------------
 GSM8K_TEMPLATE = "{question}\nSolve step by step. End with the final answer on its own line as '#### <number>'."
@@ -72,11 +81,13 @@ def gsm8k_task(
 
 GSM8K_CALCULATOR_TEMPLATE = (
     "{question}\nSolve step by step. A calculator is available: write <<expression= and the result is "
-    "filled in, as in <<48/2=24>>. End with the final answer on its own line as '#### <number>'.")
+    "filled in, as in <<48/2=24>>. End with the final answer on its own line as '#### <number>'."
+)
 
 
-def gsm8k_calculator_task(split: str = "train", prompt_template: str = GSM8K_CALCULATOR_TEMPLATE,
-                          **kwargs: Any) -> Task:
+def gsm8k_calculator_task(
+    split: str = "train", prompt_template: str = GSM8K_CALCULATOR_TEMPLATE, **kwargs: Any
+) -> Task:
     """GSM8K with GSM8K's own calculator annotations as a tool (``lm_envs/GSM8KCalculator-v0``).
 
     When the model's text ends with ``<<expression=``, the env injects ``result>>`` inline (see
@@ -146,8 +157,20 @@ def mgsm_task(
     if language not in MGSM_LANGUAGES:
         raise ValueError(f"MGSM has no language {language!r}; languages: {list(MGSM_LANGUAGES)}")
     _check_split("MGSM", split, ("test",), " (MGSM is an evaluation set; train on lm_envs/GSM8K-v0)")
-    rows = validate_rows(load_mgsm(language, data_dir), ("question", "answer"), f"mgsm_{language}", on_bad_row,
-                         check=lambda row: _is_number(row["answer"]))
-    return _build(_limit(rows, limit), lambda r: r["question"], lambda r: r["answer"],
-                  make_reward(reward, "mgsm", reward_kwargs), f"mgsm_{language}",
-                  {"split": split, "language": language}, task_kwargs, prompt_template=prompt_template)
+    rows = validate_rows(
+        load_mgsm(language, data_dir),
+        ("question", "answer"),
+        f"mgsm_{language}",
+        on_bad_row,
+        check=lambda row: _is_number(row["answer"]),
+    )
+    return _build(
+        _limit(rows, limit),
+        lambda r: r["question"],
+        lambda r: r["answer"],
+        make_reward(reward, "mgsm", reward_kwargs),
+        f"mgsm_{language}",
+        {"split": split, "language": language},
+        task_kwargs,
+        prompt_template=prompt_template,
+    )

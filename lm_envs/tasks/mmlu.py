@@ -5,6 +5,7 @@
 question format, shots included. May import `rewards` and `lm_envs.tasks.base`; never
 `policies` or `agents`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,24 +18,80 @@ from lm_envs.tasks.base import RewardFn, Task, _build, _check_split, _limit, mak
 __all__ = ["MMLU_SUBJECTS", "MMMLU_LANGUAGES", "format_mmlu_question", "load_mmlu", "load_mmmlu", "mmlu_task"]
 
 MMLU_SUBJECTS = (
-    "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge", "college_biology",
-    "college_chemistry", "college_computer_science", "college_mathematics", "college_medicine",
-    "college_physics", "computer_security", "conceptual_physics", "econometrics", "electrical_engineering",
-    "elementary_mathematics", "formal_logic", "global_facts", "high_school_biology", "high_school_chemistry",
-    "high_school_computer_science", "high_school_european_history", "high_school_geography",
-    "high_school_government_and_politics", "high_school_macroeconomics", "high_school_mathematics",
-    "high_school_microeconomics", "high_school_physics", "high_school_psychology", "high_school_statistics",
-    "high_school_us_history", "high_school_world_history", "human_aging", "human_sexuality",
-    "international_law", "jurisprudence", "logical_fallacies", "machine_learning", "management", "marketing",
-    "medical_genetics", "miscellaneous", "moral_disputes", "moral_scenarios", "nutrition", "philosophy",
-    "prehistory", "professional_accounting", "professional_law", "professional_medicine",
-    "professional_psychology", "public_relations", "security_studies", "sociology", "us_foreign_policy",
-    "virology", "world_religions",
+    "abstract_algebra",
+    "anatomy",
+    "astronomy",
+    "business_ethics",
+    "clinical_knowledge",
+    "college_biology",
+    "college_chemistry",
+    "college_computer_science",
+    "college_mathematics",
+    "college_medicine",
+    "college_physics",
+    "computer_security",
+    "conceptual_physics",
+    "econometrics",
+    "electrical_engineering",
+    "elementary_mathematics",
+    "formal_logic",
+    "global_facts",
+    "high_school_biology",
+    "high_school_chemistry",
+    "high_school_computer_science",
+    "high_school_european_history",
+    "high_school_geography",
+    "high_school_government_and_politics",
+    "high_school_macroeconomics",
+    "high_school_mathematics",
+    "high_school_microeconomics",
+    "high_school_physics",
+    "high_school_psychology",
+    "high_school_statistics",
+    "high_school_us_history",
+    "high_school_world_history",
+    "human_aging",
+    "human_sexuality",
+    "international_law",
+    "jurisprudence",
+    "logical_fallacies",
+    "machine_learning",
+    "management",
+    "marketing",
+    "medical_genetics",
+    "miscellaneous",
+    "moral_disputes",
+    "moral_scenarios",
+    "nutrition",
+    "philosophy",
+    "prehistory",
+    "professional_accounting",
+    "professional_law",
+    "professional_medicine",
+    "professional_psychology",
+    "public_relations",
+    "security_studies",
+    "sociology",
+    "us_foreign_policy",
+    "virology",
+    "world_religions",
 )
 # openai/MMMLU configs (its test split only), by short code; the config names are accepted too.
 MMMLU_LANGUAGES = {
-    "ar": "AR_XY", "bn": "BN_BD", "de": "DE_DE", "es": "ES_LA", "fr": "FR_FR", "hi": "HI_IN", "id": "ID_ID",
-    "it": "IT_IT", "ja": "JA_JP", "ko": "KO_KR", "pt": "PT_BR", "sw": "SW_KE", "yo": "YO_NG", "zh": "ZH_CN",
+    "ar": "AR_XY",
+    "bn": "BN_BD",
+    "de": "DE_DE",
+    "es": "ES_LA",
+    "fr": "FR_FR",
+    "hi": "HI_IN",
+    "id": "ID_ID",
+    "it": "IT_IT",
+    "ja": "JA_JP",
+    "ko": "KO_KR",
+    "pt": "PT_BR",
+    "sw": "SW_KE",
+    "yo": "YO_NG",
+    "zh": "ZH_CN",
 }
 LETTERS = "ABCD"
 
@@ -49,8 +106,12 @@ def format_mmlu_question(row: dict[str, Any], with_answer: bool = False) -> str:
 
 def _mmlu_row_ok(row: dict[str, Any]) -> bool:
     choices = row["choices"]
-    return (len(choices) == 4 and all(str(c).strip() for c in choices)
-            and 0 <= int(row["answer"]) < len(choices) and not isinstance(row["answer"], bool))
+    return (
+        len(choices) == 4
+        and all(str(c).strip() for c in choices)
+        and 0 <= int(row["answer"]) < len(choices)
+        and not isinstance(row["answer"], bool)
+    )
 
 
 def _read_mmlu_csv(path: Path, subject: str) -> list[Any]:
@@ -58,9 +119,14 @@ def _read_mmlu_csv(path: Path, subject: str) -> list[Any]:
     with open(path, newline="", encoding="utf-8") as handle:
         for record in csv.DictReader(handle):
             try:
-                rows.append({"question": record["question"], "subject": subject,
-                             "choices": [record[f"choice{i}"] for i in range(4)],
-                             "answer": int(str(record["answer"]).strip())})
+                rows.append(
+                    {
+                        "question": record["question"],
+                        "subject": subject,
+                        "choices": [record[f"choice{i}"] for i in range(4)],
+                        "answer": int(str(record["answer"]).strip()),
+                    }
+                )
             except (KeyError, TypeError, ValueError):  # missing column, non-numeric answer
                 rows.append(None)
     return rows
@@ -112,8 +178,12 @@ def load_mmmlu(language: str, subjects: Sequence[str] | str | None, data_dir: st
 
     def convert(record: dict[str, Any]) -> dict[str, Any] | None:
         try:
-            return {"question": record["Question"], "choices": [record[x] for x in LETTERS],
-                    "answer": LETTERS.index(str(record["Answer"]).strip()), "subject": record["Subject"]}
+            return {
+                "question": record["Question"],
+                "choices": [record[x] for x in LETTERS],
+                "answer": LETTERS.index(str(record["Answer"]).strip()),
+                "subject": record["Subject"],
+            }
         except (KeyError, ValueError, TypeError):
             return None
 
@@ -121,6 +191,7 @@ def load_mmmlu(language: str, subjects: Sequence[str] | str | None, data_dir: st
         with open(local_path, newline="", encoding="utf-8") as handle:
             rows = [convert(r) for r in csv.DictReader(handle)]
     else:
+
         def from_hub():
             import datasets
 
@@ -177,19 +248,33 @@ def mmlu_task(
         raise ValueError(f"k_shot must be in 0..5 (MMLU has 5 dev examples per subject), got {k_shot}")
     check = _mmlu_row_ok
     if language == "en":
-        rows = validate_rows(load_mmlu(split, subjects, data_dir), ("question", "choices", "subject"),
-                             f"mmlu_{split}", on_bad_row, check)
+        rows = validate_rows(
+            load_mmlu(split, subjects, data_dir), ("question", "choices", "subject"), f"mmlu_{split}", on_bad_row, check
+        )
     else:
         _check_split("MMMLU", split, ("test",))
         if k_shot:
             raise ValueError("openai/MMMLU has no dev split to draw shots from; use k_shot=0 with language != 'en'")
-        rows = validate_rows(load_mmmlu(language, subjects, data_dir), ("question", "choices", "subject"),
-                             f"mmmlu_{language}", on_bad_row, check)
+        rows = validate_rows(
+            load_mmmlu(language, subjects, data_dir),
+            ("question", "choices", "subject"),
+            f"mmmlu_{language}",
+            on_bad_row,
+            check,
+        )
     shots: dict[str, list[dict[str, Any]]] = {}
     if k_shot:
-        dev = rows if split == "dev" else validate_rows(
-            load_mmlu("dev", sorted({r["subject"] for r in rows}), data_dir),
-            ("question", "choices", "subject"), "mmlu_dev", on_bad_row, check)
+        dev = (
+            rows
+            if split == "dev"
+            else validate_rows(
+                load_mmlu("dev", sorted({r["subject"] for r in rows}), data_dir),
+                ("question", "choices", "subject"),
+                "mmlu_dev",
+                on_bad_row,
+                check,
+            )
+        )
         for row in dev:
             shots.setdefault(row["subject"], []).append(row)
 
@@ -202,10 +287,19 @@ def mmlu_task(
         return "\n\n".join(parts)
 
     def reference(row: dict[str, Any]) -> dict[str, Any]:
-        return {"answer": int(row["answer"]), "choices": list(row["choices"]), "subject": row["subject"],
-                "question": row["question"]}
+        return {
+            "answer": int(row["answer"]),
+            "choices": list(row["choices"]),
+            "subject": row["subject"],
+            "question": row["question"],
+        }
 
-    return _build(_limit(rows, limit), question, reference, make_reward(reward, "mmlu", reward_kwargs),
-                  "mmlu" if language == "en" else f"mmmlu_{language}",
-                  {"split": split, "language": language, "k_shot": int(k_shot),
-                   "subjects": sorted({r["subject"] for r in rows})}, task_kwargs)
+    return _build(
+        _limit(rows, limit),
+        question,
+        reference,
+        make_reward(reward, "mmlu", reward_kwargs),
+        "mmlu" if language == "en" else f"mmmlu_{language}",
+        {"split": split, "language": language, "k_shot": int(k_shot), "subjects": sorted({r["subject"] for r in rows})},
+        task_kwargs,
+    )

@@ -9,6 +9,7 @@
 
 May import `rewards` and `lm_envs.tasks.turns`; never models or agents.
 """
+
 from __future__ import annotations
 
 import ast
@@ -19,8 +20,15 @@ from typing import Any, Sequence
 
 from lm_envs.tasks.turns import Reply, Tool
 
-_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
 _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 MAX_EXPRESSION_CHARS = 100
 MAX_MAGNITUDE = 1e15
@@ -114,6 +122,12 @@ class CodeFeedback:
             else:
                 c = self.comment
                 header = reference["prompt"].rstrip().splitlines()[-1]
-                replies.append(Reply("\n\n" + "\n".join(f"{c} {line}" for line in what.splitlines()), score,
-                                     suffix=f"\n{c} {self.REQUEST}\n{header}\n", chat=False))
+                replies.append(
+                    Reply(
+                        "\n\n" + "\n".join(f"{c} {line}" for line in what.splitlines()),
+                        score,
+                        suffix=f"\n{c} {self.REQUEST}\n{header}\n",
+                        chat=False,
+                    )
+                )
         return replies

@@ -3,6 +3,7 @@
 The set has no splits of its own: `toxicity_split` carves a seeded, disjoint train/test split
 out of it. May import `rewards` and `lm_envs.tasks.base`; never `policies` or `agents`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -23,8 +24,11 @@ def load_toxicity(subset: str, data_dir: str | None) -> list[Any]:
     local = resolve_data_dir(data_dir)
     parts = ("toxic", "nontoxic") if subset == "both" else (subset,)
     if local is not None:
-        return [row for part in parts for row in read_jsonl(local_file(local, "toxicity", f"rtp_{part}.jsonl"),
-                                                             lenient=True)]
+        return [
+            row
+            for part in parts
+            for row in read_jsonl(local_file(local, "toxicity", f"rtp_{part}.jsonl"), lenient=True)
+        ]
 
     def from_hub():
         import datasets
@@ -33,8 +37,11 @@ def load_toxicity(subset: str, data_dir: str | None) -> list[Any]:
         for part in parts:  # toxic first, as locally
             for row in rows:
                 tox = (row.get("prompt") or {}).get("toxicity")
-                if (row.get("challenging") if part == "toxic" else
-                        not row.get("challenging") and tox is not None and tox < 0.5):
+                if (
+                    row.get("challenging")
+                    if part == "toxic"
+                    else not row.get("challenging") and tox is not None and tox < 0.5
+                ):
                     yield row
 
     return load_from_hub(from_hub, "allenai/real-toxicity-prompts (train)")
@@ -80,9 +87,17 @@ def toxicity_task(
     """
     if subset not in TOXICITY_SUBSETS:
         raise ValueError(f"subset must be one of {list(TOXICITY_SUBSETS)}, got {subset!r}")
-    rows = validate_rows(load_toxicity(subset, data_dir), ("prompt",), f"toxicity_{subset}", on_bad_row,
-                         check=_prompt_text)
+    rows = validate_rows(
+        load_toxicity(subset, data_dir), ("prompt",), f"toxicity_{subset}", on_bad_row, check=_prompt_text
+    )
     rows = [rows[i] for i in toxicity_split(len(rows), split, test_size, split_seed)]
-    return _build(_limit(rows, limit), _prompt_text, lambda r: r, make_reward(reward, "toxicity", reward_kwargs),
-                  f"toxicity_{subset}", {"split": split, "subset": subset, "test_size": test_size,
-                                         "split_seed": split_seed}, task_kwargs, chat_template=False)
+    return _build(
+        _limit(rows, limit),
+        _prompt_text,
+        lambda r: r,
+        make_reward(reward, "toxicity", reward_kwargs),
+        f"toxicity_{subset}",
+        {"split": split, "subset": subset, "test_size": test_size, "split_seed": split_seed},
+        task_kwargs,
+        chat_template=False,
+    )

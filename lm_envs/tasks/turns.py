@@ -24,6 +24,7 @@ tokens, of each turn's last action). PPO puts each turn's reward on that token
 
 Nothing here knows about models or agents; it may import only the standard library.
 """
+
 from __future__ import annotations
 
 import re
@@ -110,15 +111,21 @@ class ChatTurns:
         self.eos_text = ""
         if use_template:
             text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": "?"}, {"role": "assistant", "content": _ASSISTANT},
-                 {"role": "user", "content": _USER}], tokenize=False, add_generation_prompt=True)
+                [
+                    {"role": "user", "content": "?"},
+                    {"role": "assistant", "content": _ASSISTANT},
+                    {"role": "user", "content": _USER},
+                ],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
             if _ASSISTANT not in text or _USER not in text:
                 raise ValueError("the tokenizer's chat template drops message content; cannot render env turns")
-            self.before = text[text.index(_ASSISTANT) + len(_ASSISTANT):text.index(_USER)]
-            self.after = text[text.index(_USER) + len(_USER):]
+            self.before = text[text.index(_ASSISTANT) + len(_ASSISTANT) : text.index(_USER)]
+            self.after = text[text.index(_USER) + len(_USER) :]
             eos = tokenizer.eos_token or ""
             self.eos_text = eos if eos and self.before.startswith(eos) else ""
 
     def render(self, content: str, ended_with_eos: bool) -> str:
-        before = self.before[len(self.eos_text):] if ended_with_eos else self.before
+        before = self.before[len(self.eos_text) :] if ended_with_eos else self.before
         return before + content + self.after
