@@ -22,8 +22,9 @@ Names, one per quantity (see the agents docs):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -44,7 +45,7 @@ class TokenBatch:
     advantages: torch.Tensor
     returns: torch.Tensor
 
-    def split(self, size: int) -> Iterator["TokenBatch"]:
+    def split(self, size: int) -> Iterator[TokenBatch]:
         for start in range(0, self.mask.shape[0], size):
             yield TokenBatch(*(getattr(self, f)[start : start + size] for f in self.__dataclass_fields__))
 
@@ -81,7 +82,7 @@ class TokenRolloutBuffer:
     is_weights: torch.Tensor | None = None
 
     @classmethod
-    def from_episodes(cls, episodes: Episodes, group_size: int = 1) -> "TokenRolloutBuffer":
+    def from_episodes(cls, episodes: Episodes, group_size: int = 1) -> TokenRolloutBuffer:
         mask = episodes.action_mask
         return cls(
             episodes.input_ids,

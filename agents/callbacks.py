@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from stable_baselines3.common.callbacks import BaseCallback
 

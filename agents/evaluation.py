@@ -64,7 +64,8 @@ def evaluate_policy(
     reference, score, reward and length of each episode.
 
     With ``reference_stats`` (a policy with a KL reference), also ``kl_mean`` (nats per completion,
-    the exact KL over the vocabulary at each generated token) and ``perplexity_mean`` (the reference model's perplexity of the completions). Sampling uses
+    the exact KL over the vocabulary at each generated token) and ``perplexity_mean`` (the reference
+    model's perplexity of the completions). Sampling uses
     its own seeded torch RNG, so evaluating never shifts the training run's random stream.
 
     A pause policy (one with ``pause_token_id``) adds ``pauses`` to each sample and the metrics of

@@ -8,7 +8,7 @@ model or env; imports only torch and `agents.ppo_math`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -6,10 +6,9 @@ actions are ``t < length[b]``). Pure functions, no model or env; imports only to
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 

@@ -12,7 +12,8 @@ the implicit reward of a completion is ``β·(log π − log π_ref)`` summed ov
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Sequence
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -146,7 +147,7 @@ def keep_above_threshold(
     already appears among the kept samples of its group. Returns sorted sample indices."""
     rewards = np.asarray(rewards, dtype=np.float64)
     kept: list[int] = []
-    for group, members in _group_members(groups).items():
+    for members in _group_members(groups).values():
         seen: set[Hashable] = set()
         for index in members:
             if rewards[index] < threshold:

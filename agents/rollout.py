@@ -48,7 +48,7 @@ class Episodes:
     def lengths(self) -> torch.Tensor:
         return self.action_mask.sum(-1)
 
-    def select(self, rows: list[int]) -> "Episodes":
+    def select(self, rows: list[int]) -> Episodes:
         """These rows, in this order (a batch's step count and seconds are kept)."""
         index = torch.as_tensor(rows, dtype=torch.long, device=self.input_ids.device)
         return Episodes(

@@ -11,8 +11,9 @@ numpy and `agents.buffer.trim`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ class Sequences:
         pad_id: int,
         device: torch.device | str = "cpu",
         policy_masks: Sequence[Sequence[int]] | None = None,
-    ) -> "Sequences":
+    ) -> Sequences:
         """Rows from token ids.
 
         :param policy_masks: per completion, 1 for each token the policy chose and 0 for each the
@@ -96,7 +97,7 @@ class Sequences:
         p = self.prompt_width
         return self.policy_mask[row, p:][self.attention_mask[row, p:].bool()].tolist()
 
-    def select(self, rows: torch.Tensor | Sequence[int]) -> "Sequences":
+    def select(self, rows: torch.Tensor | Sequence[int]) -> Sequences:
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.mask.device)
         return Sequences(
             self.input_ids[rows], self.attention_mask[rows], self.policy_mask[rows], self.mask[rows], self.prompt_width

@@ -155,7 +155,8 @@ def main() -> None:
     )
     for name, side in (("1 process", one), ("2 ranks", two)):
         print(
-            f"{name:>9}: {side['threads']} threads each, iterations {', '.join(f'{s:.1f}' for s in side['seconds'])} s, "
+            f"{name:>9}: {side['threads']} threads each, "
+            f"iterations {', '.join(f'{s:.1f}' for s in side['seconds'])} s, "
             f"{side['samples_per_s']:.3f} samples/s, {side['tokens_per_s']:.1f} tokens/s"
         )
     print(f"tokens_ratio={two['tokens_per_s'] / one['tokens_per_s']:.3f}")

@@ -172,7 +172,8 @@ def main() -> None:
     limit = max(gemm)
     print(
         f"model: N={n_params / 1e6:.1f}M non-embedding parameters, d={d}, V={vocab}; "
-        f"{'LoRA' if args.lora else 'full fine-tuning'}, {args.dtype}, {args.device}, {torch.get_num_threads()} threads, "
+        f"{'LoRA' if args.lora else 'full fine-tuning'}, {args.dtype}, {args.device}, "
+        f"{torch.get_num_threads()} threads, "
         f"load average {os.getloadavg()[0]:.1f}"
     )
     print(f"GEMM ({args.dtype}, model shapes): {limit / 1e9:.1f} GFLOP/s (best of {len(gemm)} measurements)")

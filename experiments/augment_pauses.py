@@ -49,7 +49,6 @@ from policies.pause_data import (
     split_files,
 )
 
-
 # --------------------------------------------------------------------------- writing rows
 
 

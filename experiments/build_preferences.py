@@ -30,9 +30,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `config` when run as a script
 
 import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
 from config import compose  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 DEFAULTS = {
     "out": "outputs/preferences",
@@ -113,11 +112,11 @@ def main(argv: list[str]) -> dict[str, Any]:
     if prefs["format"] not in ("pairs", "unpaired"):
         raise SystemExit(f"prefs.format must be pairs or unpaired, got {prefs['format']!r}")
     import datasets
+    from stable_baselines3.common.utils import set_random_seed
 
     from agents.checkpoint import write_json
     from agents.rollout import collect_episodes
     from policies import CausalLMPolicy, load_lm
-    from stable_baselines3.common.utils import set_random_seed
 
     set_random_seed(cfg.seed)
     model, tokenizer = load_lm(cfg.policy.model, dtype=cfg.policy.dtype)

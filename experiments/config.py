@@ -1,4 +1,5 @@
-"""Config composition for the experiment scripts: base YAML + ``agent=`` group + ``experiment=`` presets + dotted overrides.
+"""Config composition for the experiment scripts: base YAML + ``agent=`` group + ``experiment=``
+presets + dotted overrides.
 
 ``python experiments/run_ppo.py agent=NAME experiment=NAME key.sub=value ...`` composes, in this
 order whatever the order on the command line (the Hydra convention, OmegaConf underneath):
@@ -33,8 +34,8 @@ document every option.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException

@@ -23,12 +23,12 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
-
-from omegaconf import DictConfig, OmegaConf
+from typing import Any
 
 from config import compose_script
+from omegaconf import DictConfig, OmegaConf
 
 BASE = "evaluate.yaml"
 

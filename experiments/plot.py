@@ -1,10 +1,10 @@
 """Learning curves and a before/after table from a run directory: ``python experiments/plot.py DIR``.
 
 Reads the tensorboard event files under ``DIR/tb`` and writes ``DIR/plots/*.png`` (``score``: the
-task score beside the env reward after wrappers; each reward component, KL and its coefficient, entropy, response length, clip fraction, plus
-all of them in ``learning_curves.png``). When ``DIR/eval_before.json`` and ``eval_after.json``
-exist it also writes ``DIR/plots/before_after.md`` (and prints it), and when
-``DIR/samples_before.json`` and ``samples_after.json`` exist, ``DIR/plots/samples.md``: the
+task score beside the env reward after wrappers; each reward component, KL and its coefficient,
+entropy, response length, clip fraction, plus all of them in ``learning_curves.png``). When
+``DIR/eval_before.json`` and ``eval_after.json`` exist it also writes ``DIR/plots/before_after.md``
+(and prints it), and when ``DIR/samples_before.json`` and ``samples_after.json`` exist, ``DIR/plots/samples.md``: the
 first five held-out prompts (in eval order, not picked) with their continuations before → after.
 """
 

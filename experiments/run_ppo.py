@@ -16,7 +16,6 @@ evaluates and writes). A thin script: composition only, no algorithm logic.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,9 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `config` when run as a script
 
 import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
 from config import compose  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 
 def build(cfg, tokenizer, model, eval_env: bool = False, reward=None):
@@ -195,10 +193,11 @@ def main(argv: list[str]) -> dict:
             else "single process",
             file=sys.stderr,
         )
+    from stable_baselines3.common.callbacks import CallbackList
+
     from agents import CheckpointEveryIterations, EvalEveryIterations, evaluate_policy
     from agents.callbacks import StopAfterSeconds
     from agents.checkpoint import write_json
-    from stable_baselines3.common.callbacks import CallbackList
 
     agent, env, eval_env, resume_from = prepare(cfg)
     checkpoints = out / "checkpoints"

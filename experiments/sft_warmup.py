@@ -35,14 +35,15 @@ from __future__ import annotations
 import math
 import random
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from config import compose_script
 from omegaconf import DictConfig, OmegaConf
 
-from config import compose_script
 from policies.pause import PAUSE, PAUSE_TOKEN
 
 BASE = "sft_warmup.yaml"

@@ -26,13 +26,12 @@ without importing them): ``reasoning_gym/<task>-v0`` for every reasoning-gym tas
 ``textarena/<Game>-v0`` for TextArena's offline single-player games.
 """
 
-from rewards.data import DATA_DIR_ENV, resolve_data_dir
+from lm_envs.ecosystem import register_ecosystem_ids
 from lm_envs.episodes import EpisodeBatch, EpisodeConfig, observation_space
 from lm_envs.registration import make_token_env, make_vec, register_task
 from lm_envs.reward_wrappers import RewardWrapper, VecRewardWrapper
 from lm_envs.sampler import PromptSampler
 from lm_envs.suite import register_builtin_ids
-from lm_envs.ecosystem import register_ecosystem_ids
 from lm_envs.tasks import (
     HUMANEVAL_STOP_STRINGS,
     Reply,
@@ -52,12 +51,14 @@ from lm_envs.tasks import (
 )
 from lm_envs.token_env import TokenEnv
 from lm_envs.vec_env import TokenVecEnv
+from rewards.data import DATA_DIR_ENV, resolve_data_dir
 
 register_builtin_ids()
 register_ecosystem_ids()
 
 __all__ = [
     "DATA_DIR_ENV",
+    "HUMANEVAL_STOP_STRINGS",
     "EpisodeBatch",
     "EpisodeConfig",
     "PromptSampler",

@@ -30,8 +30,9 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from gymnasium import spaces
@@ -39,7 +40,6 @@ from gymnasium import spaces
 from lm_envs.scoring import BackgroundScorer
 from lm_envs.tasks import Task
 from lm_envs.tasks.turns import ChatTurns, Reply
-
 
 _EOS, _STOPPED, _OUT_OF_TOKENS, _TURN_FULL = 1, 2, 4, 8  # how a turn ended (EpisodeBatch.turn_end bits)
 
@@ -119,7 +119,7 @@ class EpisodeConfig:
         return {f.name for f in dataclasses.fields(cls)}
 
     @classmethod
-    def build(cls, config: "EpisodeConfig | None" = None, **kwargs: Any) -> "EpisodeConfig":
+    def build(cls, config: EpisodeConfig | None = None, **kwargs: Any) -> EpisodeConfig:
         """``config`` with ``kwargs`` replaced (``EpisodeConfig(**kwargs)`` without one)."""
         unknown = sorted(set(kwargs) - cls.names())
         if unknown:

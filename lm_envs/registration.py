@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 
-from lm_envs.tasks import Task
 from lm_envs.episodes import EpisodeConfig
+from lm_envs.tasks import Task
 from lm_envs.token_env import TokenEnv
 from lm_envs.vec_env import TokenVecEnv
 

@@ -19,7 +19,8 @@ and ``info["reward_components"]`` holds ``{"score": task score, <term name>: val
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np

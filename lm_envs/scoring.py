@@ -18,8 +18,9 @@ Imports: standard library only.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any
 
 Reward = Callable[[list[Any], list[Any], list[Any]], Sequence[float]]
 

@@ -20,8 +20,9 @@ with ``s + i``. May import `rewards` (through tasks), never `policies` or `agent
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from copy import deepcopy
-from typing import Any, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np

@@ -105,7 +105,7 @@ def _disable_dropout(model: nn.Module) -> None:
                 setattr(module, name, 0.0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _takes_cache(decoder_class: type, cache_kw: str) -> bool:
     """Whether a decoder's forward accepts the KV cache under the name its causal LM uses."""
     params = inspect.signature(decoder_class.forward).parameters

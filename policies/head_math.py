@@ -50,7 +50,7 @@ def linear_selected_log_probs(
     actions: torch.Tensor,
     temperature: float = 1.0,
     with_entropy: bool = True,
-    workspace: "LogitsWorkspace | None" = None,
+    workspace: LogitsWorkspace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`selected_log_probs` of ``logits = hidden @ weightᵀ`` (a bias-free linear head, e.g. a
     tied LM head), differentiable w.r.t. ``hidden`` ``(N, H)`` and ``weight`` ``(V, H)``. The

@@ -33,8 +33,9 @@ import copy
 import dataclasses
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from gymnasium import spaces

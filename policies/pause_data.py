@@ -184,7 +184,7 @@ class AugmentStats:
     pauses: dict[str, int] = field(default_factory=lambda: {m: 0 for m in MODES})
     per_sample: list[int] = field(default_factory=list)
 
-    def merge(self, other: "AugmentStats") -> None:
+    def merge(self, other: AugmentStats) -> None:
         """Add another run's counts to these (e.g. one split's to the whole data set's)."""
         self.rows_in += other.rows_in
         self.rows_out += other.rows_out

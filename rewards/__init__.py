@@ -20,8 +20,8 @@ import importlib
 from collections.abc import Callable
 
 from rewards.base import FunctionReward, Reward
-from rewards.errors import MalformedRecordError, SandboxError
 from rewards.choice import MMLUReward, extract_choice, parse_choice_reference
+from rewards.errors import MalformedRecordError, SandboxError
 from rewards.math import GSM8KFormatReward, GSM8KReward, MGSMReward, extract_answer, format_ok, parse_reference
 from rewards.toxicity import HFClassifierScorer, ProfanityCheckScorer, ToxicityReward
 

@@ -39,7 +39,7 @@ LETTERS = "ABCDEFGHIJ"
 _END = r"(?=\s{0,8}(?:[.,;:!?)\]*\"'`]|$))"  # only punctuation or the end follows
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _patterns(n: int) -> dict[str, re.Pattern[str]]:
     up, low = LETTERS[:n], LETTERS[:n].lower()
     letter = rf"(?:(?P<up>[{up}])(?![A-Za-z0-9])|(?P<low>[{low}]){_END})"

@@ -17,8 +17,9 @@ import gzip
 import importlib.util
 import json
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 DATA_DIR_ENV = "LM_ENVS_DATA_DIR"
 # The standard MBPP split by task_id (Austin et al. 2021; the hub's "full" config).

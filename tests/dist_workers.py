@@ -31,8 +31,9 @@ def update_on(agent_name, tiny_dir, episodes, rows, out_file, fsdp=False):
     """One update of ``agent_name`` on ``rows`` of ``episodes``; record the gradients (before the
     optimizer step, gathered to full tensors under FSDP), the advantages, and the KL controller's
     value. Returns the agent."""
-    from agents import AGENTS
     from helpers import echo_task
+
+    from agents import AGENTS
     from lm_envs import TokenVecEnv
     from policies import load_lm
 
@@ -118,9 +119,9 @@ def normalize_worker(rank, world, init_file, tiny_dir, out_dir):
     """One PPO rollout per rank through a `Normalize` reward wrapper; record the rewards each rank
     saw and the statistics after the rollout."""
     import numpy as np
+    from helpers import echo_task
 
     from agents import PPO
-    from helpers import echo_task
     from lm_envs import TokenVecEnv
     from lm_envs.reward_wrappers import Compose, Normalize, VecRewardWrapper
     from policies import load_lm

@@ -19,7 +19,7 @@ WORDS = (
 
 def build_tiny_tokenizer(directory: Path, pad_equals_eos: bool = True):
     """A word-level fast tokenizer: pad == eos by default, as for SmolLM2."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<unk>", "<s>", "</s>"] + ([] if pad_equals_eos else ["<pad>"])

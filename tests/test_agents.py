@@ -10,10 +10,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import echo_task, score_tracker
 from stable_baselines3.common.callbacks import BaseCallback
 
 from agents import GRPO, PPO, REINFORCE, RLOO, REINFORCEPlusPlus
-from helpers import echo_task, score_tracker
 from lm_envs import TokenVecEnv
 
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
@@ -201,9 +201,8 @@ def test_callable_schedules_must_be_passed_again_on_load(tiny_dir, tiny_lm, tmp_
 
 def test_logit_soft_capping_keeps_rollout_and_teacher_forcing_on_one_route(tmp_path):
     """A Gemma-2-style model caps its final logits; rollouts and updates must both see the cap."""
-    from transformers import Gemma2Config, Gemma2ForCausalLM
-
     from helpers import build_tiny_tokenizer
+    from transformers import Gemma2Config, Gemma2ForCausalLM
 
     tokenizer = build_tiny_tokenizer(tmp_path)
     torch.manual_seed(0)

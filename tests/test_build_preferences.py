@@ -16,6 +16,7 @@ ENV_ID = "test_envs/Digits-v0"
 
 def digits_task(split="train", data_dir=None):
     from helpers import WORDS
+
     from lm_envs import Task
 
     rng = np.random.default_rng(0)
@@ -52,8 +53,8 @@ def args(tiny_dir, out, *extra):
 
 
 def test_pairs_data_set_with_metadata(tiny_dir, tiny_lm, tmp_path):
-    import datasets
     import build_preferences
+    import datasets
 
     result = build_preferences.main(args(tiny_dir, tmp_path / "pairs", "prefs.strategy=all", "prefs.batches=2"))
     data = datasets.load_from_disk(str(tmp_path / "pairs"))
@@ -77,8 +78,8 @@ def test_pairs_data_set_with_metadata(tiny_dir, tiny_lm, tmp_path):
 
 
 def test_unpaired_data_set_labels_by_threshold(tiny_dir, tiny_lm, tmp_path):
-    import datasets
     import build_preferences
+    import datasets
 
     build_preferences.main(
         args(tiny_dir, tmp_path / "kto", "prefs.format=unpaired", "prefs.threshold=0.2", "prefs.batches=1")

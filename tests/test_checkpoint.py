@@ -6,9 +6,9 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from helpers import echo_task
 
 from agents import PPO, checkpoint
-from helpers import echo_task
 from lm_envs import TokenVecEnv
 
 

@@ -5,11 +5,10 @@ device (NCCL refuses CPU tensors). ``pytest -k device`` runs these alone."""
 import numpy as np
 import pytest
 import torch
-
-from agents import AGENTS, evaluate_policy
-from agents import distributed
 from device_rule import CudaDeviceRule, DeviceMixError, is_stray
 from helpers import echo_task
+
+from agents import AGENTS, distributed, evaluate_policy
 from lm_envs import TokenVecEnv
 
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}

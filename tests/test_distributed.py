@@ -10,12 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import dist_workers
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-
-import dist_workers
 from helpers import echo_task
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,7 +21,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -76,7 +75,7 @@ def test_pages_have_examples_and_few_skips():
     assert len(blocks) >= 8, "the docs should show code"
     skipped = [(page.name, line, reason) for page, line, _, reason in blocks if reason]
     for name, line, reason in skipped:
-        warnings.warn(f"docs example not run: {name}:{line} ({reason})")
+        warnings.warn(f"docs example not run: {name}:{line} ({reason})", stacklevel=2)
     print(f"{len(blocks)} python examples, {len(skipped)} skipped: {skipped}")
     assert len(skipped) <= MAX_SKIPPED, skipped
 

@@ -5,9 +5,9 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import echo_task
 
 from agents.env_contract import TokenVecEnvLike, token_env
-from helpers import echo_task
 from lm_envs import TokenVecEnv
 from lm_envs.reward_wrappers import Normalize, VecRewardWrapper
 

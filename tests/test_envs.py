@@ -4,11 +4,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
+from helpers import echo_task
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import lm_envs
-from helpers import echo_task
 from lm_envs import PromptSampler, Task, TokenEnv, TokenVecEnv
 
 
@@ -161,7 +161,7 @@ def test_completions_per_prompt_groups_rows(tokenizer):
 def test_envs_coexist_and_sampler_state_round_trips(tokenizer):
     train = TokenVecEnv(echo_task(), tokenizer, num_envs=2, max_new_tokens=2, max_prompt_tokens=16, seed=1)
     evaluation = TokenVecEnv(echo_task(), tokenizer, num_envs=2, max_new_tokens=2, max_prompt_tokens=16, seed=2)
-    a, b = train.reset(), evaluation.reset()
+    train.reset(), evaluation.reset()
     state = train.get_sampler_state()
     nxt = train.reset()
     train.set_sampler_state(state)

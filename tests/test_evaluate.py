@@ -7,10 +7,10 @@ import sys
 
 import pytest
 import torch
+from helpers import REPO, echo_task
 
 import lm_envs
 from agents import PPO, evaluate_policy
-from helpers import REPO, echo_task
 from lm_envs import TokenVecEnv
 
 sys.path.insert(0, str(REPO / "experiments"))

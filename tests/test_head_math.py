@@ -3,9 +3,9 @@ included, and the policy's teacher-forced evaluation equals its unfused route.""
 
 import pytest
 import torch
+from helpers import echo_task
 
 from agents import collect_episodes
-from helpers import echo_task
 from lm_envs import TokenVecEnv
 from policies import CausalLMPolicy
 from policies.head_math import (

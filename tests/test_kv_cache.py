@@ -2,11 +2,11 @@
 selects rows and crops like it, and a rollout keeps its cache in place from step to step."""
 
 import torch
+from helpers import echo_task
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from agents import collect_episodes
-from helpers import echo_task
 from lm_envs import TokenVecEnv
 from policies import CausalLMPolicy
 from policies.kv_cache import MIN_SPARE_COLUMNS, GrowingLayer, with_spare_columns

@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import echo_task, score_tracker
 from stable_baselines3.common.callbacks import BaseCallback
 
 from agents import GRPO, REINFORCEPlusPlus, group_math, ppo_math
-from helpers import echo_task, score_tracker
 from lm_envs import TokenVecEnv
 from lm_envs.reward_wrappers import OverlongTerm, VecRewardWrapper, from_config
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import REPO
 
 # Minor page faults of allocating, filling and freeing a 64 MB tensor three times, before and
@@ -61,8 +60,9 @@ def test_opt_out_leaves_malloc_alone():
 
 
 def test_learn_on_cpu_keeps_freed_memory(tiny_dir, tiny_lm, monkeypatch):
-    from agents import GRPO, memory
     from helpers import echo_task
+
+    from agents import GRPO, memory
     from lm_envs import TokenVecEnv
 
     calls = []

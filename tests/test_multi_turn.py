@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
+from helpers import echo_task
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from agents import GRPO, PPO, REINFORCE, RLOO, REINFORCEPlusPlus, collect_episodes
-from helpers import echo_task
 from lm_envs import EpisodeConfig, TokenEnv, TokenVecEnv
 from lm_envs.tasks.tools import CodeFeedback, calculator, format_number, safe_arithmetic
 from lm_envs.tasks.turns import Reply, Tool

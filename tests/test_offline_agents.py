@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import echo_task, score_tracker
 
 from agents import DPO, KTO, SFT, STaR, sequences
 from agents.rounds import ScoredRolloutAlgorithm
-from helpers import echo_task, score_tracker
 from lm_envs import Task, TokenVecEnv
 from lm_envs.hints import gold_answer, hinted_vec_env
 from lm_envs.tasks.turns import Reply

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import WORDS, echo_task
 
 from agents import PPO, collect_episodes, evaluate_policy
-from helpers import WORDS, echo_task
 from lm_envs import TokenVecEnv
 from policies import PauseLMPolicy, add_pause_token, load_lm, load_pause_head
 from policies.pause import PAUSE, pause_joint_log_probs
@@ -457,6 +457,7 @@ TARGET_P = 0.5
 def sft_run(tiny_dir, tmp_path_factory):
     """A short LoRA SFT run (kl loss, p = 0.5) on pause-augmented synthetic answers."""
     import sft_warmup
+
     from policies.pause_data import augment_rows
 
     root = tmp_path_factory.mktemp("sft")
@@ -491,6 +492,7 @@ def sft_run(tiny_dir, tmp_path_factory):
 def head_pause_rate(directory, data):
     """Mean p(pause) of the saved head over the target positions of the data."""
     import sft_warmup
+
     from policies.pause_data import load_rows
 
     model, tokenizer = load_lm(str(directory))
@@ -658,8 +660,8 @@ def test_peft_model_is_merged_so_the_reference_is_the_adapted_model(pause_dir):
 def test_env_counts_pauses_for_a_per_pause_cost(tiny_lm):
     """Pauses are stripped from the text, so the env counts them (count_tokens) and a reward
     wrapper prices them through InfoTerm."""
-    from policies.pause import add_pause_token
     from lm_envs.reward_wrappers import AddTerms, InfoTerm, VecRewardWrapper
+    from policies.pause import add_pause_token
 
     model, tokenizer = tiny_lm
     pause_id = add_pause_token(model, tokenizer)

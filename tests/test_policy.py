@@ -5,9 +5,9 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from helpers import echo_task
 
 from agents import collect_episodes
-from helpers import echo_task
 from lm_envs import TokenVecEnv
 from policies import CausalLMPolicy, load_lm
 
@@ -72,7 +72,7 @@ def test_kl_to_reference_is_zero_at_init(tiny_lm, lora):
     assert torch.allclose(ref, cur, atol=1e-6)
     # ...and the reference really is separate: moving the policy moves the KL.
     with torch.no_grad():
-        for name, param in policy.model.named_parameters():
+        for param in policy.model.parameters():
             if param.requires_grad:
                 param.add_(0.05 * torch.randn_like(param))
     moved = teacher_forced(policy, episodes).log_prob

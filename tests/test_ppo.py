@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from helpers import echo_task
 from stable_baselines3.common.callbacks import BaseCallback
 
 from agents import PPO
-from helpers import echo_task
 from lm_envs import TokenVecEnv
 
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}

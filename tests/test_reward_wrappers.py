@@ -4,12 +4,12 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import REPO, echo_task
 from omegaconf import OmegaConf
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import rewards
 from agents import PPO, evaluate_policy
-from helpers import REPO, echo_task
 from lm_envs import TokenEnv, TokenVecEnv
 from lm_envs.reward_wrappers import (
     AddTerms,
@@ -191,7 +191,7 @@ def test_normalize_sync_merges_every_ranks_moments_in_rank_order():
     """Two "ranks" see different batches; after `sync` (a fake all-gather) both hold the statistics
     of everything seen so far, and a second round merges onto the first sync's."""
     rng = np.random.default_rng(1)
-    ranks, one = [Compose([Normalize()]), Compose([Normalize()])], Normalize()
+    ranks = [Compose([Normalize()]), Compose([Normalize()])]
     everything = []
     for _ in range(2):
         for norm in ranks:
@@ -202,7 +202,7 @@ def test_normalize_sync_merges_every_ranks_moments_in_rank_order():
         assert ranks[0].transforms[0].count != 16 or ranks[1].transforms[0].count != 16
         pendings = [norm.transforms[0]._pending for norm in ranks]
         for norm in ranks:
-            norm.sync(lambda obj: list(pendings))
+            norm.sync(lambda obj, pendings=pendings: list(pendings))
         assert ranks[0].state_dict() == ranks[1].state_dict()
         seen = np.concatenate(everything)
         stats = ranks[0].transforms[0]
@@ -271,7 +271,8 @@ def test_from_config_builds_the_shipped_defaults():
         ("env.reward_wrappers=[]", []),
         (
             "env.reward_wrappers=[{type: add_terms, terms: {format: {reward: gsm8k-format, kwargs: {bonus: 1.0}, "
-            "weight: 0.2}, length: {term: length, weight: -0.001}}}, {type: clip, low: -1, high: 1}, {type: normalize}]",
+            "weight: 0.2}, length: {term: length, weight: -0.001}}}, {type: clip, low: -1, high: 1}, "
+            "{type: normalize}]",
             ["AddTerms", "Clip", "Normalize"],
         ),
         ("env.reward_wrappers=[{type: replace, reward: toxicity}]", ["ReplaceReward"]),

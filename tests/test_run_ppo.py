@@ -1,7 +1,6 @@
 """experiments/run_ppo.py end to end (tiny model), SIGKILL + resume, and every shipped config."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -109,6 +108,7 @@ def test_every_shipped_config_composes_and_instantiates(preset, agent, tiny_dir,
     """Configs cannot drift from the code: build envs, policy and agent for each preset x agent
     (tiny model swapped in)."""
     import run_ppo
+
     from agents import AGENTS
 
     argv = ([f"experiment={preset}"] if preset else []) + [
@@ -207,6 +207,7 @@ def test_cli_leaves_the_process_group_together_after_a_run_and_at_once_after_a_f
     barrier before the process group is destroyed; a failed run skips the barrier (the other ranks
     would wait for it forever) but still leaves the group."""
     import run_ppo
+
     from agents import distributed
 
     calls = []

@@ -8,10 +8,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
+from helpers import DATA_DIR
 
 import lm_envs
 import rewards
-from helpers import DATA_DIR
 
 SMALL = dict(max_new_tokens=4, max_prompt_tokens=256, truncate_prompt="left")
 CHAT = "{% for m in messages %}<s> {{ m['content'] }} </s> {% endfor %}{% if add_generation_prompt %}<s> {% endif %}"
@@ -261,7 +261,7 @@ def test_code_references_are_whole_records_the_rewards_accept():
 
 
 def test_humaneval_prompts_are_the_code_prefix(chat_tokenizer):
-    for builder, size, stop in (
+    for builder, size, _stop in (
         (lm_envs.humaneval_task, 164, lm_envs.HUMANEVAL_STOP_STRINGS),
         # 161 records, of which 3 (Union_* types) have no plain-data verdict
         (lm_envs.humaneval_cpp_task, 158, ("\n}",)),

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rewards.data import MBPP_SPLITS, load_humaneval, load_humaneval_x, load_mbpp
 from lm_envs.tasks.base import RewardFn, Task, _build, _check_split, _limit, make_reward, seeded_split, validate_rows
+from rewards.data import MBPP_SPLITS, load_humaneval, load_humaneval_x, load_mbpp
 
 __all__ = [
     "HUMANEVAL_STOP_STRINGS",

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rewards.data import load_from_hub, local_file, read_jsonl, resolve_data_dir
 from lm_envs.tasks.base import RewardFn, Task, _build, _check_split, _limit, make_reward, validate_rows
+from rewards.data import load_from_hub, local_file, read_jsonl, resolve_data_dir
 
 __all__ = [
     "GSM8K_CALCULATOR_TEMPLATE",

@@ -9,11 +9,12 @@ question format, shots included. May import `rewards` and `lm_envs.tasks.base`; 
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from rewards.data import DATA_DIR_ENV, load_from_hub, local_file, resolve_data_dir
 from lm_envs.tasks.base import RewardFn, Task, _build, _check_split, _limit, make_reward, validate_rows
+from rewards.data import DATA_DIR_ENV, load_from_hub, local_file, resolve_data_dir
 
 __all__ = ["MMLU_SUBJECTS", "MMMLU_LANGUAGES", "format_mmlu_question", "load_mmlu", "load_mmmlu", "mmlu_task"]
 

@@ -16,7 +16,8 @@ import ast
 import math
 import operator
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from lm_envs.tasks.turns import Reply, Tool
 

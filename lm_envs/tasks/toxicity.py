@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from rewards.data import load_from_hub, local_file, read_jsonl, resolve_data_dir
 from lm_envs.tasks.base import RewardFn, Task, _build, _check_split, _limit, make_reward, seeded_split, validate_rows
+from rewards.data import load_from_hub, local_file, read_jsonl, resolve_data_dir
 
 __all__ = ["TOXICITY_SUBSETS", "load_toxicity", "toxicity_split", "toxicity_task"]
 
