@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= $(abspath ../shared/data)
 STAMP := $(VENV)/.installed-$(shell cat setup.py requirements-embedded.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup run test docs bench system-deps
+.PHONY: setup run test test-fast lint lint-fix docs bench system-deps
 
 $(STAMP): setup.py requirements-embedded.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,9 +41,26 @@ run: setup
 # The docs site (MkDocs + mkdocstrings) builds in strict mode first: a broken link, a missing
 # anchor or an API reference that does not resolve fails the tests; tests/test_docs.py runs
 # every python example of README.md and docs/.
-test: setup system-deps
+test: setup system-deps lint
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $(abspath $(VENV))/site-check
 	LM_ENVS_DATA_DIR=$${LM_ENVS_DATA_DIR:-$(DATA_DIR)} $(PY) -m pytest -q tests $(ARGS)
+
+# The inner loop (about a minute alone): lint, then the unit tests: the pure maths, rewards,
+# configs, checkpoints, the env contract and the device check. `make test` still runs everything.
+FAST_TESTS := tests/test_ppo_math.py tests/test_group_math.py tests/test_head_math.py tests/test_preference_math.py \
+	tests/test_checkpoint.py tests/test_env_defaults.py tests/test_env_contract.py tests/test_rewards_math.py \
+	tests/test_rewards_choice.py tests/test_rewards_registry.py tests/test_kv_cache.py tests/test_device.py
+test-fast: setup lint
+	LM_ENVS_DATA_DIR=$${LM_ENVS_DATA_DIR:-$(DATA_DIR)} $(PY) -m pytest -q $(FAST_TESTS) $(ARGS)
+
+# ruff (ruff.toml): lint and format checks; `make lint-fix` applies both.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+lint-fix: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

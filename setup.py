@@ -46,6 +46,8 @@ setup(
             "mkdocs-material>=9.5",
             "mkdocstrings[python]>=1.0",
             "selenium>=4.15",
+            # Lint and format (ruff.toml); `make test` runs both checks.
+            "ruff>=0.8",
         ],
         # Benchmark-only: the peer we compare against. Never a runtime dependency.
         "bench": ["trl>=1.16"],
