@@ -15,6 +15,7 @@ evaluates and writes). A thin script: composition only, no algorithm logic.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -46,7 +47,13 @@ def build(cfg, tokenizer, model, eval_env: bool = False, reward=None):
     group = {} if eval_env else {"completions_per_prompt": k}
     # Rank r's prompt slots are slots [r·S, (r+1)·S) of one big env of S·world slots.
     offset = 10_000 if eval_env else distributed.rank() * (cfg.env.num_envs // k)
-    env = lm_envs.make_vec(
+    curriculum = None if eval_env else curriculum_kwargs(cfg)  # reasoning-gym's difficulty curriculum
+    make = lm_envs.make_vec
+    if curriculum is not None:
+        from lm_envs.ecosystem.reasoning_gym import make_curriculum_vec
+
+        make = functools.partial(make_curriculum_vec, **curriculum)
+    env = make(
         cfg.env.id,
         cfg.env.num_envs,
         tokenizer,
@@ -58,6 +65,20 @@ def build(cfg, tokenizer, model, eval_env: bool = False, reward=None):
     # Both envs get the same wrappers; evaluation reports the raw task score (info["score"]).
     wrappers = OmegaConf.to_container(cfg.env.reward_wrappers, resolve=True) if cfg.env.get("reward_wrappers") else []
     return VecRewardWrapper(env, from_config(wrappers)) if wrappers else env
+
+
+def curriculum_kwargs(cfg) -> dict | None:
+    """``env.curriculum``'s options for `make_curriculum_vec` when ``enabled`` (``None`` when not);
+    an error when the env is not a reasoning-gym id."""
+    options = OmegaConf.to_container(cfg.env.get("curriculum") or {}, resolve=True)
+    if not options.pop("enabled", False):
+        return None
+    if not str(cfg.env.id).startswith("reasoning_gym/"):
+        raise SystemExit(
+            f"env.curriculum.enabled=true needs a reasoning_gym/<task>-v0 env, not env.id={cfg.env.id}; "
+            "turn it off with env.curriculum.enabled=false"
+        )
+    return options
 
 
 def shared_reward(cfg, env):
@@ -223,6 +244,10 @@ def main(argv: list[str]) -> dict:
     time_limit = StopAfterSeconds(60 * cfg.time_limit_minutes, verbose=1) if cfg.get("time_limit_minutes") else None
     if time_limit is not None:
         callbacks.append(time_limit)
+    if curriculum_kwargs(cfg) is not None:  # curriculum/level, success_rate, changes in the logs
+        from lm_envs.ecosystem.reasoning_gym import CurriculumLogCallback
+
+        callbacks.append(CurriculumLogCallback())
     token_log = None
     if cfg.report_episodes != 0:  # per-token quantities of a few episodes per iteration, for the report
         from agents.token_log import TokenLogCallback

@@ -350,3 +350,47 @@ def test_openenv_env_trains_as_an_lm_envs_env(tok):
     finally:
         server.stop()
     assert not _port_open(server.url)
+
+
+def test_run_config_turns_the_curriculum_on_and_checkpoints_keep_it(tiny_dir, tmp_path):
+    """experiment=rg_basic_arithmetic_curriculum_cpu composes and instantiates with the curriculum
+    on the training env only, and a checkpoint resumed with resume=true brings its state back."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    import run_ppo
+    from config import compose
+
+    from lm_envs.ecosystem.reasoning_gym import CurriculumLogCallback, ReasoningGymCurriculum
+
+    argv = [
+        "experiment=rg_basic_arithmetic_curriculum_cpu",
+        "agent=dapo",
+        f"policy.model={tiny_dir}",
+        "policy.lora.r=2",
+        f"output_dir={tmp_path}",
+        "env.kwargs.size=16",
+        "env.kwargs.test_size=8",
+        "env.kwargs.max_new_tokens=2",
+        "env.curriculum.window=4",
+        "agent.max_extra_rollouts=0",
+    ]
+    agent, env, eval_env, _ = run_ppo.prepare(compose(argv))
+    assert isinstance(env, ReasoningGymCurriculum) and not isinstance(eval_env, ReasoningGymCurriculum)
+    assert (env.window, env.raise_above, env.lower_below, env.level) == (4, 0.7, 0.2, 0)
+    assert env.num_levels == 5 and eval_env.task.metadata["levels"] == 1  # held out: level 0 only
+    agent.learn(total_iterations=1, callback=CurriculumLogCallback())
+    env.load_state_dict({"level": 2, "recent": [1.0, 0.0], "episodes": 20, "changes": [[4, 1], [8, 2]]})
+    logged = CurriculumLogCallback()
+    logged.init_callback(agent)
+    logged.on_rollout_start()
+    assert {k: v for k, v in agent.logger.name_to_value.items() if k.startswith("curriculum/")} == {
+        "curriculum/level": 2,
+        "curriculum/success_rate": 0.5,
+        "curriculum/changes": 2,
+    }
+    agent.save(tmp_path / "checkpoints" / "iter_000001")
+
+    resumed, env2, _, source = run_ppo.prepare(compose([*argv, "resume=true"]))
+    assert source is not None and source.name == "iter_000001"
+    assert env2.state_dict() == env.state_dict() and env2.level == 2
+    with pytest.raises(SystemExit, match="reasoning_gym/<task>-v0"):
+        run_ppo.curriculum_kwargs(compose(["env.curriculum.enabled=true"]))

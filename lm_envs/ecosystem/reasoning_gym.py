@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvWrapper
 
 from lm_envs.ecosystem import require
@@ -45,6 +46,7 @@ from rewards.base import Reward
 __all__ = [
     "EXTRACTORS",
     "TASK_NAMES",
+    "CurriculumLogCallback",
     "ReasoningGymCurriculum",
     "ReasoningGymReward",
     "make_curriculum_vec",
@@ -634,6 +636,24 @@ class ReasoningGymCurriculum(VecEnvWrapper):
         if method_name in self._OWN_METHODS:
             return [getattr(self, method_name)(*method_args, **method_kwargs) for _ in self._get_indices(indices)]
         return self.venv.env_method(method_name, *method_args, indices=indices, **method_kwargs)
+
+
+class CurriculumLogCallback(BaseCallback):
+    """Logs the training env's curriculum at the start of each rollout: ``curriculum/level``,
+    ``curriculum/success_rate`` (the current window's, NaN when empty) and ``curriculum/changes``.
+    Does nothing when the agent's env has no `ReasoningGymCurriculum`."""
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_start(self) -> None:
+        env = self.model.get_env()
+        while env is not None and not isinstance(env, ReasoningGymCurriculum):
+            env = getattr(env, "venv", None)
+        if env is not None:
+            self.logger.record("curriculum/level", env.level)
+            self.logger.record("curriculum/success_rate", env.success_rate)
+            self.logger.record("curriculum/changes", len(env.changes))
 
 
 def make_curriculum_vec(
