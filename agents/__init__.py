@@ -20,6 +20,7 @@ from agents.evaluation import evaluate_policy
 from agents.grpo import GRPO
 from agents.ppo import PPO
 from agents.reinforce import REINFORCE, REINFORCEPlusPlus
+from agents.reward_model import RewardModel
 from agents.rloo import RLOO
 from agents.rollout import Episodes, collect_episodes
 from agents.sft import SFT
@@ -47,6 +48,7 @@ __all__ = [
     "PPO",
     "REINFORCE",
     "RLOO",
+    "RewardModel",
     "REINFORCEPlusPlus",
     "SFT",
     "STaR",

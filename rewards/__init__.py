@@ -8,7 +8,8 @@
 A `Reward` scores a batch of completions against references (see `rewards.base`). Built-in
 names: gsm8k, gsm8k-format, mgsm, mmlu, toxicity, and the code rewards mbpp, humaneval,
 humaneval-cpp, humaneval-java (`rewards.code`, run in the `rewards.sandbox` jail; they raise
-`SandboxError` / `MalformedRecordError` rather than return a score they cannot stand behind).
+`SandboxError` / `MalformedRecordError` rather than return a score they cannot stand behind),
+and reward-model: any local sequence classifier as a reward (`rewards.reward_model`).
 `rewards.data` is the project's data loader. `register` adds your own. The registry stores
 "module:Class" strings and imports on `make`, so heavy rewards cost nothing until used.
 This package imports nothing from lm_envs, policies or agents.
@@ -37,8 +38,10 @@ _REGISTRY: dict[str, str | Factory] = {
     "humaneval": "rewards.code:HumanEvalReward",
     "humaneval-cpp": "rewards.code:HumanEvalCppReward",
     "humaneval-java": "rewards.code:HumanEvalJavaReward",
+    "reward-model": "rewards.reward_model:RewardModelReward",
 }
 _LAZY = {"MBPPReward", "HumanEvalReward", "HumanEvalCppReward", "HumanEvalJavaReward"}
+_LAZY_MODULES = {"RewardModelReward": "rewards.reward_model"}
 
 
 def _resolve(target: str) -> Factory:
@@ -88,6 +91,8 @@ def __getattr__(attr: str):
     # Code rewards live in rewards.code (sandboxing, compilers); import it only when asked.
     if attr in _LAZY:
         return getattr(importlib.import_module("rewards.code"), attr)
+    if attr in _LAZY_MODULES:  # torch and transformers load only when a learned reward is asked for
+        return getattr(importlib.import_module(_LAZY_MODULES[attr]), attr)
     raise AttributeError(f"module 'rewards' has no attribute {attr!r}")
 
 

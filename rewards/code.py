@@ -23,7 +23,7 @@ raise_errors=False)` returns it as that item's `CodeResult.error` and scores the
 reward runs a known-correct canary when built and raises unless it scores full marks.
 
 Also here: `strip_code_fences`, `build_cpp_pch`, and the record loaders of `rewards.data`.
-Imports: standard library, numpy, `rewards.base`, `rewards.errors`, `rewards.data`,
+Imports: standard library, numpy, `rewards.base`, `rewards.errors`, `rewards.data`, `rewards.degenerate`,
 `rewards.pyplan`, `rewards.multipl_e`, `rewards.sandbox`.
 """
 
@@ -49,6 +49,7 @@ import numpy as np
 from rewards import multipl_e, pyplan
 from rewards.base import Reward, as_text
 from rewards.data import DATA_DIR_ENV, load_humaneval, load_humaneval_x, load_mbpp, resolve_data_dir
+from rewards.degenerate import degenerate_rate
 from rewards.errors import MalformedRecordError, SandboxError
 from rewards.sandbox import Job, Limits, RunResult, Sandbox, command_job, python_job
 
@@ -160,6 +161,7 @@ class CodeReward(Reward):
     """
 
     name = "code"
+    language = "python"  # the degenerate-body rule of `rewards.degenerate` that applies
     CANARY: tuple[str, Mapping[str, Any]] | None = None
 
     def __init__(
@@ -383,7 +385,8 @@ class CodeReward(Reward):
         return [self.to_score(r) for r in self.evaluate(completions, references, prompts)]
 
     def metrics(self, completions: Sequence[str], references: Sequence[Any], scores: np.ndarray) -> dict[str, float]:
-        """compile_rate, pass@1 (all tests passed), mean test pass fraction, timeout rate and
+        """compile_rate, degenerate_rate (bodies that are one constant ``return``, see
+        `rewards.degenerate`), pass@1 (all tests passed), mean test pass fraction, timeout rate and
         sandbox_error_rate: host faults per completion in the batch (retried ones included)."""
         texts = [as_text(c) for c in completions]
         recent = [self._recent.get((text, _record_key(ref))) for text, ref in zip(texts, references)]
@@ -398,6 +401,7 @@ class CodeReward(Reward):
         n = max(1, len(results))
         return {
             "compile_rate": sum(r.compiled for r in results) / n,
+            "degenerate_rate": degenerate_rate(self.language, texts, references),
             "pass@1": sum(r.all_passed for r in results) / n,
             "test_pass_rate": sum(r.pass_fraction for r in results) / n,
             "timeout_rate": sum(r.timed_out for r in results) / n,
@@ -649,6 +653,7 @@ class HumanEvalCppReward(_CompiledCodeReward):
     cached precompiled <bits/stdc++.h> (built on first use, see `build_cpp_pch`)."""
 
     name = "humaneval-cpp"
+    language = "cpp"
     CANARY = (
         "    for (auto& x : xs) x += y;\n    return xs;\n",
         {
@@ -713,6 +718,7 @@ class HumanEvalJavaReward(_CompiledCodeReward):
     `java` with javatuples on the classpath; each `assert` of `main` is one test."""
 
     name = "humaneval-java"
+    language = "java"
     CANARY = (
         "        return Pair.with(Collections.min(xs), Collections.max(xs));\n",
         {
