@@ -24,7 +24,8 @@ from agents.core import OnPolicyLMAlgorithm
 from lm_envs import Reply, Task
 from lm_envs.ecosystem import MissingExtra, require
 from lm_envs.ecosystem.reasoning_gym import TASK_NAMES, make_curriculum_vec
-from lm_envs.ecosystem.textarena import EXCLUDED, GAMES
+from lm_envs.ecosystem.textarena import EXCLUDED, GAMES, textarena_task
+from lm_envs.ecosystem.textarena_duel import TWO_PLAYER_GAMES, heuristic_opponent, textarena_duel_task
 
 EASY = dict(min_terms=2, max_terms=2, min_digits=1, max_digits=1, operators=("+",), allow_negation=False)
 
@@ -160,10 +161,12 @@ socket.socket.connect = refuse
 socket.create_connection = refuse
 socket.getaddrinfo = refuse
 from lm_envs.ecosystem.textarena import textarena_task
+from lm_envs.ecosystem.textarena_duel import TWO_PLAYER_GAMES, textarena_duel_task
 results = {}
 for game in sys.argv[1:]:
     try:
-        task = textarena_task(game, size=1) if not game.endswith("!raw") else None
+        build = textarena_duel_task if game in TWO_PLAYER_GAMES else textarena_task
+        task = build(game, size=1) if not game.endswith("!raw") else None
         if task is None:
             import textarena as ta
             env = ta.make(game[:-4] + "-raw"); env.reset(num_players=1, seed=0); env.step("[a]")
@@ -178,11 +181,12 @@ print(json.dumps(results))
 
 
 def test_shipped_textarena_games_run_with_no_network(tmp_path):
-    """Every shipped game imports and plays a move with sockets refused and an empty NLTK data path;
-    an excluded one (Wordle needs NLTK's word list) fails the same probe, so the probe can fail."""
+    """Every shipped game, single- and two-player, imports and plays a move (answered by the
+    scripted opponent) with sockets refused and an empty NLTK data path; an excluded one (Wordle
+    needs NLTK's word list) fails the same probe, so the probe can fail."""
     env = {**os.environ, "NLTK_DATA": str(tmp_path), "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
     out = subprocess.run(
-        [sys.executable, "-c", _OFFLINE_PROBE, *GAMES, "Wordle-v0!raw"],
+        [sys.executable, "-c", _OFFLINE_PROBE, *GAMES, *TWO_PLAYER_GAMES, "Wordle-v0!raw"],
         capture_output=True,
         text=True,
         env=env,
@@ -190,7 +194,8 @@ def test_shipped_textarena_games_run_with_no_network(tmp_path):
         timeout=120,
     )
     results = json.loads(out.stdout.strip().splitlines()[-1])
-    assert {game: results[game] for game in GAMES} == {game: "ok" for game in GAMES}
+    shipped = [*GAMES, *TWO_PLAYER_GAMES]
+    assert {game: results[game] for game in shipped} == {game: "ok" for game in shipped}
     assert results["Wordle-v0!raw"] != "ok" and "Wordle-v0" in EXCLUDED
 
 
@@ -218,6 +223,80 @@ def test_textarena_turns_carry_the_games_rewards(tok):
             break
     assert info["turn_ends"] == [2 * k + 1 for k in range(info["turns"])]
     assert reward == pytest.approx(sum(info["turn_rewards"])) and info["score"] == pytest.approx(reward)
+
+
+def test_two_invalid_moves_end_every_shipped_game_with_a_float_reward():
+    """TextArena's second invalid move in a row ends a game; its reward is a float even where the
+    game passes a message as the reward (ThreeCardMonte in textarena 0.7.4)."""
+    for game in GAMES:
+        task = textarena_task(game, size=1)
+        reply = task.respond(["x"], [task.references[0]], [2], histories=[["y"]])[0]
+        assert reply.text is None and isinstance(reply.reward, float), game
+
+
+def _play(env, tok, moves):
+    """One episode of single-token moves (each followed by EOS), cycling through ``moves``."""
+    env.reset(seed=0)
+    for k in range(64):
+        for action in (_word(tok, moves[k % len(moves)]), tok.eos_token_id):
+            _, reward, terminated, truncated, info = env.step(action)
+            if terminated or truncated:
+                return reward, terminated, info
+    raise AssertionError("the episode did not end")
+
+
+def test_two_player_game_runs_to_the_end_against_the_scripted_opponent(tok):
+    env = gym.make("textarena/TicTacToe-v0", tokenizer=tok, size=4, max_injected_tokens=2048)
+    reward, terminated, info = _play(env, tok, "401235678")
+    assert terminated and info["turns"] >= 3  # the game ended (win, draw or loss), not the turn budget
+    # Per-turn rewards as in the single-player games: 0 until the game's result on the last turn.
+    assert info["turn_rewards"][:-1] == [0.0] * (info["turns"] - 1) and info["turn_rewards"][-1] in (-1.0, 0.0, 1.0)
+    assert reward == pytest.approx(sum(info["turn_rewards"])) and info["score"] == pytest.approx(reward)
+    # The opponent's moves are injected, never actions: the policy's actions are its 2 tokens a turn.
+    assert info["turn_ends"] == [2 * k + 1 for k in range(info["turns"])]
+    # The same moves replayed on the task give the same result; the opponent's move is in the reply.
+    task, moves = env.unwrapped.task, list("401235678"[: info["turns"]])
+    reference = task.references[info["index"]]
+    last = task.respond([moves[-1]], [reference], [len(moves)], histories=[moves[:-1]])[0]
+    assert last.text is None and last.reward == info["turn_rewards"][-1]
+    first = task.respond(["4"], [reference], [1], histories=[[]])[0]
+    assert "Opponent's move: [" in first.text and "placed their symbol (O) in cell 4" in first.text
+
+
+def test_checkers_pass_on_a_two_player_textarena_env(tok):
+    env = gym.make(
+        "textarena/ConnectFour-v0",
+        tokenizer=tok,
+        max_turns=3,
+        max_turn_tokens=2,
+        max_new_tokens=6,
+        max_injected_tokens=1024,
+    )
+    gym_check_env(env.unwrapped, skip_render_check=True)
+    sb3_check_env(env.unwrapped, warn=True)
+
+
+def test_scripted_opponents_are_seeded_and_the_heuristic_wins_or_blocks():
+    task = textarena_duel_task("TicTacToe-v0", size=8)
+    replies = [task.respond(["4"], [task.references[i]], [1], histories=[[]])[0].text for i in range(8)]
+    assert replies == [task.respond(["4"], [task.references[i]], [1], histories=[[]])[0].text for i in range(8)]
+    assert len(set(replies)) > 1  # the seed picks the random opponent's moves
+    import textarena as ta
+
+    def board(moves):  # alternate O (player 0) and X (player 1); X is to move after an odd count
+        env = ta.make("TicTacToe-v0-raw")
+        env.reset(num_players=2, seed=0)
+        for move in moves:
+            env.step(f"[{move}]")
+        taken = set(moves)
+        return env, [f"[{c}]" for c in range(9) if c not in taken]
+
+    env, legal = board([0, 4, 1])  # O threatens 0-1-2
+    assert heuristic_opponent(env, 1, legal, ("[4]", "[8]"), None) == "[2]"  # blocks
+    env, legal = board([0, 4, 8, 2, 1])  # X can win 2-4-6
+    assert heuristic_opponent(env, 1, legal, ("[3]",), None) == "[6]"  # wins
+    player1 = textarena_duel_task("TicTacToe-v0", size=1, opponent="heuristic", player=1)
+    assert "Opponent's move: [4]" in player1.questions[0]  # the opponent opens in the centre
 
 
 # -- per-turn rewards -------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@
 * `lm_envs.ecosystem.textarena`: TextArena's single-player games that run offline as multi-turn
   ids ``textarena/<Game>-v0`` (the game's messages are injected, the model's move is its turn,
   the game's reward is a per-turn reward).
+* `lm_envs.ecosystem.textarena_duel`: TextArena's two-player board games (TicTacToe,
+  ConnectFour) as ``textarena/<Game>-v0`` against a scripted opponent (random or heuristic), whose
+  moves are injected as context.
 * `lm_envs.ecosystem.openenv`: both directions of OpenEnv's protocol: `serve` any `lm_envs` id as
   an OpenEnv server, and `openenv_task` to train on any OpenEnv environment through its client.
 
@@ -47,6 +50,8 @@ def register_ecosystem_ids() -> None:
     """Register ``reasoning_gym/*-v0`` and ``textarena/*-v0`` (lazy: nothing is imported)."""
     from lm_envs.ecosystem.reasoning_gym import register_reasoning_gym_ids
     from lm_envs.ecosystem.textarena import register_textarena_ids
+    from lm_envs.ecosystem.textarena_duel import register_textarena_duel_ids
 
     register_reasoning_gym_ids()
     register_textarena_ids()
+    register_textarena_duel_ids()

@@ -16,8 +16,9 @@ reseed, is restored after each call.
 Only games that import and run with the network unavailable ship (`GAMES`; the tests check each
 one in a process with no network and an empty NLTK data path). Left out: Hangman, Wordle,
 WordLadder, WordSearch (they download NLTK corpora at import), GuessWho and TwentyQuestions (an
-OpenRouter model plays the other side), Klondike (a syntax error in textarena 0.7.4), and the
-two-player games (no fixed opponent yet). May import `lm_envs.tasks` and `lm_envs.registration`.
+OpenRouter model plays the other side) and Klondike (a syntax error in textarena 0.7.4).
+Two-player games against a scripted opponent: `lm_envs.ecosystem.textarena_duel`, which reuses
+`game_task`. May import `lm_envs.tasks` and `lm_envs.registration`.
 """
 
 from __future__ import annotations
@@ -101,10 +102,19 @@ class _Game:
             if done:
                 closed = env.close()
                 rewards = closed[0] if isinstance(closed, tuple) else closed
-                reward = float((rewards or {}).get(0, 0.0))
+                reward = game_reward((rewards or {}).get(0, 0.0))
             return text, reward, bool(done)
         finally:
             random.setstate(state)
+
+
+def game_reward(value: Any) -> float:
+    """A game's reward as a float; 0 for a value that is not a number (textarena 0.7.4's
+    ThreeCardMonte passes its invalid-move message as the reward)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _format_move(move: str) -> str:
@@ -184,7 +194,42 @@ def textarena_task(
     if split not in ("train", "test"):
         raise ValueError(f"textarena/{game} has splits ['train', 'test'], not {split!r}")
     first = seed if seed is not None else (0 if split == "train" else 1_000_000)
-    runner = _Game(game, game_kwargs)
+    return game_task(
+        _Game(game, game_kwargs),
+        f"textarena/{game}",
+        first,
+        size,
+        prompt_template,
+        system_prompt,
+        chat_template,
+        metadata={"game_kwargs": dict(game_kwargs)},
+    )
+
+
+def game_task(
+    runner: Any,
+    name: str,
+    first_seed: int,
+    size: int,
+    prompt_template: str,
+    system_prompt: str | None,
+    chat_template: bool | None,
+    metadata: dict[str, Any],
+) -> Task:
+    """A multi-turn `Task` over a replayed game: row ``i`` is the game started with seed
+    ``first_seed + i``; each reply replays the row's moves (``runner.play``) and carries the
+    game's reward for the turn.
+
+    :param runner: has ``start(seed) -> (env, opening text)`` and ``play(seed, moves) -> (text,
+        reward, done)`` (`_Game`, or `lm_envs.ecosystem.textarena_duel`'s two-player runner).
+    :param name: the task's name (``textarena/<Game>-v0``).
+    :param first_seed: row 0's seed.
+    :param size: rows (seeds).
+    :param prompt_template: around the opening text.
+    :param system_prompt: a system message (chat template only).
+    :param chat_template: as `Task`.
+    :param metadata: the task's metadata.
+    """
 
     def respond(
         attempts: Sequence[str],
@@ -199,17 +244,18 @@ def textarena_task(
             replies.append(Reply(text=None if done else (text or "(no message)"), reward=reward))
         return replies
 
-    references = [{"game": game, "seed": first + i} for i in range(size)]
+    game = name.removeprefix("textarena/")
+    references = [{"game": game, "seed": first_seed + i} for i in range(size)]
     return Task(
-        questions=_Openings(runner, first, size),
+        questions=_Openings(runner, first_seed, size),
         references=references,
         reward=_no_reward,
-        name=f"textarena/{game}",
+        name=name,
         prompt_template=prompt_template,
         system_prompt=system_prompt,
         chat_template=chat_template,
         respond=respond,
-        metadata={"game_kwargs": dict(game_kwargs)},
+        metadata=metadata,
     )
 
 
