@@ -14,6 +14,7 @@ evaluation (`evaluation`) and SB3 callbacks (`callbacks`). Agents meet envs only
 from agents.buffer import TokenRolloutBuffer
 from agents.callbacks import CheckpointEveryIterations, EvalEveryIterations
 from agents.checkpoint import latest_checkpoint
+from agents.discriminator import Discriminator
 from agents.core import OnPolicyLMAlgorithm
 from agents.dpo import DPO, KTO
 from agents.evaluation import evaluate_policy
@@ -43,6 +44,7 @@ AGENTS = {
 __all__ = [
     "AGENTS",
     "DPO",
+    "Discriminator",
     "GRPO",
     "KTO",
     "PPO",

@@ -5,7 +5,8 @@ RealToxicityPrompts prompts away from toxicity (``lm_envs/Toxicity-v0``), about 
 2-core CPU; ``env.id=lm_envs/GSM8K-v0`` (or any registered id) picks another task. Pick the
 algorithm with ``agent=ppo|grpo|rloo|reinforce|reinforce_pp`` (online), a recipe
 ``agent=gspo|dapo|reinforce_pp_baseline``, or ``agent=sft|star|dpo|kto`` (rounds of learning from
-scored samples, one round per iteration), a preset with ``experiment=NAME``, and override any key
+scored samples, one round per iteration), or ``agent=reward_model`` (a reward model from preference
+pairs: ``train_reward_model.py``), a preset with ``experiment=NAME``, and override any key
 with dotted overrides (a misspelt key is an error), e.g.
 ``python experiments/run_ppo.py agent=grpo agent.learning_rate=1e-5 output_dir=runs/a``.
 Continue a killed run with ``resume=true``. Data parallel on N processes with
@@ -338,6 +339,10 @@ def write_report(out: Path, run_seconds: float, logging_seconds: float = 0.0) ->
 def cli(argv: list[str]) -> dict:
     """`main`, then leave the process group (torchrun): every rank together after a run that
     finished, at once after one that failed."""
+    if "agent=reward_model" in argv:  # not an RL agent: its own script and config (configs/reward_model.yaml)
+        import train_reward_model
+
+        return train_reward_model.main([arg for arg in argv if arg != "agent=reward_model"])
     from agents import distributed
 
     try:

@@ -66,6 +66,23 @@ def _blank_literals_and_comments(code: str) -> str:
     return "".join(out)
 
 
+def body_end(code: str) -> int:
+    """Index of the ``}`` that closes an already-open C++/Java function body in ``code`` (braces in
+    comments and literals do not count); ``len(code)`` when it never closes."""
+    depth, i = 0, 0
+    while i < len(code):
+        skip = _COMMENTS.match(code, i) or _LITERALS.match(code, i)
+        if skip:
+            i = skip.end()
+            continue
+        depth += code[i] == "{"
+        depth -= code[i] == "}"
+        if depth < 0:
+            return i
+        i += 1
+    return len(code)
+
+
 def _brace_body(code: str) -> str:
     """The text up to the ``}`` that closes the already-open function body."""
     depth = 0

@@ -65,6 +65,8 @@ class RewardModelReward(Reward):
     :param batch_size: texts per forward pass.
     :param max_length: tokens per text; longer texts lose their beginning, never the completion's end.
     :param name: the term's name in logs.
+    :param lazy: load the model at the first score instead of now (a preset's run builds its
+        envs before the model it names has to exist, e.g. a discriminator a first step trains).
     """
 
     name = "reward_model"
@@ -83,36 +85,58 @@ class RewardModelReward(Reward):
         batch_size: int = 32,
         max_length: int = 512,
         name: str | None = None,
+        lazy: bool = False,
     ) -> None:
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-        path = os.path.expanduser(str(path))
-        if not os.path.isdir(path):
-            raise FileNotFoundError(
-                f"no reward model directory at {path!r}: train one with python experiments/train_reward_model.py "
-                f"(or experiments/train_discriminator.py) and pass its output directory"
-            )
         if str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForSequenceClassification.from_pretrained(path).to(self.device).eval()
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        if not 0 <= int(label) < self.model.config.num_labels:
-            raise ValueError(f"label {label} out of range for a model with {self.model.config.num_labels} logits")
-        self.path, self.output, self.label = path, output, int(label)
+        self.path, self.output, self.label = os.path.expanduser(str(path)), output, int(label)
         self.normalize, self.epsilon, self.clip, self.update = bool(normalize), float(epsilon), clip, bool(update)
         self.include_prompt, self.batch_size = bool(include_prompt), max(1, int(batch_size))
         self.max_length = int(max_length)
         self.moments = RunningMoments()
+        self._model = self._tokenizer = None
         if name:
             self.name = name
+        if lazy:
+            return
+        self.load()
+
+    def load(self) -> None:
+        """Load the model and its tokenizer onto ``device`` (done once, at construction unless ``lazy``)."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        if not os.path.isdir(self.path):
+            raise FileNotFoundError(
+                f"no reward model directory at {self.path!r}: train one with python experiments/train_reward_model.py "
+                f"(a discriminator: python experiments/train_discriminator.py experiment=NAME) and pass its output "
+                f"directory"
+            )
+        tokenizer = AutoTokenizer.from_pretrained(self.path)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForSequenceClassification.from_pretrained(self.path).to(self.device).eval()
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        if not 0 <= self.label < model.config.num_labels:
+            raise ValueError(f"label {self.label} out of range for a model with {model.config.num_labels} logits")
+        self._model, self._tokenizer = model, tokenizer
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            self.load()
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            self.load()
+        return self._tokenizer
 
     def raw_scores(self, texts: Sequence[str]) -> np.ndarray:
         """The model's output (``output``) per text, before any normalisation, float32."""

@@ -320,3 +320,164 @@ def test_degenerate_rate_is_a_metric_of_every_code_reward():
     reward._recent = {}
     metrics = reward.metrics(["    return 0;\n}", "    return x + 1;\n}"], [CPP, CPP], np.zeros(2))
     assert metrics["degenerate_rate"] == 0.5 and metrics["compile_rate"] == 1.0
+
+
+# -- the discriminator ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "env_id, task_name",
+    [
+        ("lm_envs/HumanEvalCpp-v0", "humaneval-cpp"),
+        ("lm_envs/HumanEvalJava-v0", "humaneval-java"),
+        ("lm_envs/MBPP-v0", "mbpp"),
+    ],
+)
+def test_discriminator_training_data_excludes_held_out_problems(env_id, task_name):
+    """The problems the code env evaluates on (its run defaults' eval split, built here as the env
+    builds it) never reach the discriminator's rows, and a sample of one is refused."""
+    import lm_envs  # noqa: F401  (registers the ids)
+    from lm_envs.references import (
+        discriminator_examples,
+        held_out_keys,
+        problem_key,
+        reference_solutions,
+        training_keys,
+    )
+    from lm_envs.registration import run_defaults
+    from lm_envs.tasks.code import humaneval_x_task, mbpp_task
+
+    defaults = run_defaults(env_id)
+    build = mbpp_task if task_name == "mbpp" else lambda **kw: humaneval_x_task(task_name.split("-")[1], **kw)
+    none = lambda c, r, p=None: [0.0] * len(c)  # noqa: E731
+    train = build(split=defaults["kwargs"]["split"], reward=none)
+    evaluated = build(split=defaults["eval_kwargs"]["split"], reward=none)
+    eval_keys = {problem_key(r) for r in evaluated.references}
+    assert eval_keys and eval_keys <= held_out_keys(task_name)
+    samples = [{"prompt": q, "completion": " x", "reference": r} for q, r in zip(train.questions, train.references)]
+    solutions = reference_solutions(task_name)
+    rows = discriminator_examples(samples, task_name, solutions, held_out_keys(task_name), degenerate_negatives=True)
+    keys = {r["key"] for r in rows}
+    assert keys and not keys & eval_keys and keys <= training_keys(task_name)
+    assert keys == {problem_key(r) for r in train.references} & set(solutions)  # every training problem is used
+    references = [r["completion"] for r in rows if r["label"] == 1]
+    if task_name == "mbpp":
+        assert all(c.startswith("```python\n") for c in references)
+    else:  # bodies only, in the task's own language
+        assert not any(c.rstrip().endswith("}") and c.count("}") > c.count("{") for c in references)
+        marker = "std::" if task_name == "humaneval-cpp" else "new ArrayList"
+        assert any(marker in c for c in references) and not any("def " in c for c in references)
+    held = next(r for r in evaluated.references)
+    with pytest.raises(ValueError, match="held out"):
+        discriminator_examples(
+            [{"prompt": "p", "completion": "c", "reference": held}], task_name, solutions, held_out_keys(task_name)
+        )
+
+
+def test_discriminator_references_are_matched_by_number_and_never_cross_languages():
+    from lm_envs.references import language_of, problem_key, reference_solutions
+
+    cpp, java = reference_solutions("humaneval-cpp"), reference_solutions("humaneval-java")
+    assert len(cpp) == len(java) == 164 and cpp[23] != java[23]
+    assert "length()" in java[23] and ("size()" in cpp[23] or "length()" in cpp[23])  # strlen, both languages
+    assert problem_key({"name": "HumanEval_23_strlen"}) == 23 and problem_key({"task_id": 601}) == 601
+    with pytest.raises(ValueError, match="no reference solutions"):
+        language_of("humaneval")
+
+
+def test_discriminator_learns_references_from_samples(tiny_dir, tmp_path):
+    from agents import Discriminator
+    from rewards import RewardModelReward
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for key in range(40):
+        prompt = " ".join(rng.choice(list("abcdef"), size=3)) + " "
+        rows.append(
+            {
+                "prompt": prompt,
+                "completion": "7 7 " + " ".join(rng.choice(DIGITS, 2)),
+                "label": 1,
+                "key": key,
+                "kind": "reference",
+            }
+        )
+        rows.append(
+            {"prompt": prompt, "completion": " ".join(rng.choice(DIGITS, 4)), "label": 0, "key": key, "kind": "sample"}
+        )
+    disc = Discriminator(
+        str(tiny_dir), learning_rate=3e-3, batch_size=8, n_epochs=3, eval_fraction=0.25, seed=0, device="cpu"
+    )
+    metrics = disc.learn(rows)
+    assert metrics["eval_accuracy"] >= 0.9 and metrics["eval_d_reference"] > metrics["eval_d_sample"]
+    path = disc.save(tmp_path / "disc", task="synthetic")
+    log_d = RewardModelReward(path, output="log_sigmoid")(["7 7 1 2", "1 2 3 4"], None, prompts=["a b c ", "a b c "])
+    assert log_d[0] > log_d[1] and (log_d <= 0).all()
+
+
+def test_train_discriminator_script_samples_trains_and_saves(tiny_dir, tmp_path):
+    """Step 1 of compile_disc_cpu end to end on the tiny model: sample the training split, train,
+    save where the preset's term reads it; then step 2's reward term loads it."""
+    import json
+    import sys
+
+    from helpers import REPO
+
+    sys.path.insert(0, str(REPO / "experiments"))
+    import train_discriminator
+
+    from lm_envs.references import held_out_keys
+
+    out = tmp_path / "disc"
+    result = train_discriminator.main(
+        [
+            "experiment=compile_disc_cpu",
+            f"policy.model={tiny_dir}",
+            "env.num_envs=4",
+            "env.kwargs.max_new_tokens=4",
+            "disc.batches=1",
+            "disc.n_epochs=1",
+            "disc.lora=null",
+            "disc.device=cpu",
+            f"disc.out={out}",
+            "progress_bar=false",
+        ]
+    )
+    saved = json.loads((out / "reward_model.json").read_text())
+    assert saved["task"] == "humaneval-cpp" and saved["samples"] == 4 and saved["problems"] == result["problems"]
+    assert result["problems"] and not set(result["problems"]) & held_out_keys("humaneval-cpp")
+    wrappers = train_discriminator.compose(["experiment=compile_disc_cpu"]).env.reward_wrappers
+    assert train_discriminator.term_path(wrappers, "discriminator") == "outputs/discriminators/humaneval-cpp"
+    with pytest.raises(SystemExit, match="disc.out"):
+        train_discriminator.main(["disc.batches=1", f"policy.model={tiny_dir}"])
+
+
+def test_run_ppo_agent_reward_model_trains_from_the_pairs_build_preferences_writes(tiny_dir, tmp_path):
+    """``run_ppo.py agent=reward_model`` dispatches to ``train_reward_model.py`` (strict keys)."""
+    import json
+    import sys
+
+    from datasets import Dataset
+    from helpers import REPO
+
+    sys.path.insert(0, str(REPO / "experiments"))
+    import run_ppo
+
+    Dataset.from_list(sevens_pairs(240, 4)).save_to_disk(str(tmp_path / "pairs"))  # one split: held-out prompts
+    argv = [
+        "agent=reward_model",
+        f"data={tmp_path / 'pairs'}",
+        f"model={tiny_dir}",
+        "lora=null",
+        "learning_rate=3e-3",
+        "batch_size=16",
+        "n_epochs=3",
+        "eval_fraction=0.25",
+        "device=cpu",
+        "progress_bar=false",
+        f"output_dir={tmp_path / 'rm'}",
+    ]
+    metrics = run_ppo.cli(argv)
+    saved = json.loads((tmp_path / "rm" / "reward_model.json").read_text())
+    assert saved["eval_accuracy"] == metrics["eval_accuracy"] >= 0.9 and saved["settings"]["lora"] is None
+    assert metrics["train_pairs"] + metrics["eval_pairs"] == 240
+    with pytest.raises(SystemExit, match="unknown option"):
+        run_ppo.cli([*argv, "n_epoch=2"])
