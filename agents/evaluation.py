@@ -191,6 +191,7 @@ TABLE_KEYS = [
     "toxicity_frac_above_0.5",
     "accuracy",
     "compile_rate",
+    "degenerate_rate",
     "pass@1",
     "test_pass_rate",
     "kl_mean",
