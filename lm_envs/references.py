@@ -131,8 +131,8 @@ def discriminator_examples(
 ) -> list[dict[str, Any]]:
     """Labelled texts: each policy sample ``{prompt, completion, reference}`` (label 0) beside the
     reference solution of its problem on the same prompt (label 1, once per sample, so the classes
-    balance), and with ``degenerate_negatives`` one constant body per problem (label 0,
-    `DEGENERATE_BODIES`). Rows carry ``key`` (the problem) and ``kind`` (sample, reference,
+    balance), and with ``degenerate_negatives`` the constant bodies of `DEGENERATE_BODIES` once per
+    problem (label 0). Rows carry ``key`` (the problem) and ``kind`` (sample, reference,
     degenerate). Raises on a held-out problem."""
     language = language_of(task_name)
     rows: list[dict[str, Any]] = []
