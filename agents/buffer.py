@@ -68,7 +68,7 @@ class TokenRolloutBuffer:
     env_rewards: torch.Tensor
     terminated: torch.Tensor
     infos: list[dict[str, Any]] = field(default_factory=list)
-    group_size: int = 1
+    completions_per_prompt: int = 1
     # Filled in by the agent:
     ref_log_probs: torch.Tensor | None = None
     kl: torch.Tensor | None = None
@@ -82,7 +82,7 @@ class TokenRolloutBuffer:
     is_weights: torch.Tensor | None = None
 
     @classmethod
-    def from_episodes(cls, episodes: Episodes, group_size: int = 1) -> TokenRolloutBuffer:
+    def from_episodes(cls, episodes: Episodes, completions_per_prompt: int = 1) -> TokenRolloutBuffer:
         mask = episodes.action_mask
         return cls(
             episodes.input_ids,
@@ -94,7 +94,7 @@ class TokenRolloutBuffer:
             episodes.env_rewards.float(),
             episodes.terminated,
             episodes.infos,
-            group_size,
+            completions_per_prompt,
         )
 
     @property
@@ -133,9 +133,9 @@ class TokenRolloutBuffer:
         return {name: sum(v) / len(v) for name, v in totals.items()}
 
     def minibatches(self, batch_size: int, generator: torch.Generator) -> Iterator[TokenBatch]:
-        """Shuffled minibatches of ``batch_size`` rows; a prompt's group of ``group_size``
+        """Shuffled minibatches of ``batch_size`` rows; a prompt's group of ``completions_per_prompt``
         completions stays in one minibatch when ``batch_size`` is a multiple of it."""
-        group = self.group_size if batch_size % self.group_size == 0 else 1
+        group = self.completions_per_prompt if batch_size % self.completions_per_prompt == 0 else 1
         order = torch.randperm(self.num_rows // group, generator=generator)
         order = (order[:, None] * group + torch.arange(group)).reshape(-1).to(self.mask.device)
         ref = self.ref_log_probs if self.ref_log_probs is not None else self.log_probs

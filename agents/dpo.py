@@ -19,7 +19,7 @@ import torch
 
 from agents import preference_math as pm
 from agents import sequences
-from agents.core import constructor_args
+from agents.base import constructor_args
 from agents.env_contract import token_env
 from agents.rollout import Episodes
 from agents.rounds import ScoredRolloutAlgorithm

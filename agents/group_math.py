@@ -18,10 +18,10 @@ GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
 
 
-def _groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    if group_size < 1 or rewards.shape[0] % group_size:
-        raise ValueError(f"{rewards.shape[0]} rows do not split into groups of {group_size}")
-    return rewards.view(-1, group_size)
+def _groups(rewards: torch.Tensor, completions_per_prompt: int) -> torch.Tensor:
+    if completions_per_prompt < 1 or rewards.shape[0] % completions_per_prompt:
+        raise ValueError(f"{rewards.shape[0]} rows do not split into groups of {completions_per_prompt}")
+    return rewards.view(-1, completions_per_prompt)
 
 
 def batch_std(values: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
@@ -38,7 +38,7 @@ def batch_std(values: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tenso
 
 def group_advantages(
     rewards: torch.Tensor,
-    group_size: int,
+    completions_per_prompt: int,
     scale_rewards: str = "group",
     eps: float = 1e-4,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -48,11 +48,13 @@ def group_advantages(
     ε = 1e-4, as TRL's."""
     if scale_rewards not in SCALE_REWARDS:
         raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
-    grouped = _groups(rewards, group_size)
+    grouped = _groups(rewards, completions_per_prompt)
     advantages = (grouped - grouped.mean(1, keepdim=True)).reshape(-1)
     if scale_rewards == "group":
         std = (
-            grouped.std(1, keepdim=True).expand_as(grouped).reshape(-1) if group_size > 1 else torch.zeros_like(rewards)
+            grouped.std(1, keepdim=True).expand_as(grouped).reshape(-1)
+            if completions_per_prompt > 1
+            else torch.zeros_like(rewards)
         )
         advantages = advantages / (std + eps)
     elif scale_rewards == "batch":
@@ -60,12 +62,12 @@ def group_advantages(
     return advantages
 
 
-def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+def leave_one_out_advantages(rewards: torch.Tensor, completions_per_prompt: int) -> torch.Tensor:
     """RLOO: r_i − (Σ_{j≠i} r_j) / (k − 1) within each group of k ≥ 2."""
-    if group_size < 2:
+    if completions_per_prompt < 2:
         raise ValueError("the leave-one-out baseline needs at least 2 completions per prompt")
-    grouped = _groups(rewards, group_size)
-    baseline = (grouped.sum(1, keepdim=True) - grouped) / (group_size - 1)
+    grouped = _groups(rewards, completions_per_prompt)
+    baseline = (grouped.sum(1, keepdim=True) - grouped) / (completions_per_prompt - 1)
     return (grouped - baseline).reshape(-1)
 
 

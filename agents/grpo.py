@@ -4,8 +4,8 @@ The critic-free group method: each prompt gets ``k`` completions (the env's
 ``completions_per_prompt``), each completion's advantage is its reward against its group's mean
 (scaled by a standard deviation, or not), the same for all its tokens, and the loss is PPO's
 clipped surrogate with TRL's token normalisations (``loss_type``). No value head is built.
-With ``beta > 0`` the KL to the reference is k3 in the loss (TRL's choice), or −β·KL in the
-reward with ``kl_in_reward=True``; with ``beta = 0`` no reference pass runs at all.
+With ``kl_coef > 0`` (TRL: ``beta``) the KL to the reference is k3 in the loss (TRL's choice), or −β·KL in the
+reward with ``kl_in_reward=True``; with ``kl_coef = 0`` no reference pass runs at all.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import torch
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from agents import group_math, ppo_math
+from agents.base import constructor_args
 from agents.buffer import TokenBatch, TokenRolloutBuffer
-from agents.core import LossContext, OnPolicyLMAlgorithm, constructor_args
+from agents.core import LossContext, OnPolicyLMAlgorithm
 from agents.env_contract import token_env
 from policies.causal_lm import CausalLMPolicy
 
@@ -28,11 +29,11 @@ class GRPO(OnPolicyLMAlgorithm):
     :param policy: ``"CausalLMPolicy"`` or the class.
     :param env: a lockstep `lm_envs.TokenVecEnv` with ``completions_per_prompt = k ≥ 2``.
     :param learning_rate: float, schedule dict or SB3 schedule callable.
-    :param num_iterations: μ, passes over each generated batch (1: on-policy, ratio = 1).
+    :param n_epochs: μ, passes over each generated batch (1: on-policy, ratio = 1; TRL: ``num_iterations``).
     :param batch_size: rows per optimizer step (``None``: the whole batch, one step per pass, as TRL).
     :param micro_batch_size: rows per forward/backward (the accumulation window).
-    :param epsilon: lower clip ε of the ratio.
-    :param epsilon_high: upper clip (``None``: = ε; DAPO's clip-higher uses e.g. 0.28).
+    :param clip_range: lower clip ε of the ratio (TRL: ``epsilon``).
+    :param clip_range_high: upper clip (``None``: = ε; DAPO's clip-higher uses e.g. 0.28; TRL: ``epsilon_high``).
     :param delta: two-sided clipping (TRL's ``delta``): the unclipped term's ratio is capped at δ,
         so a very negative advantage cannot pull through a huge ratio (``None``: off; > 1 + ε_high).
     :param importance_sampling_level: ``token`` (GRPO) or ``sequence`` (GSPO: one ratio per
@@ -41,7 +42,7 @@ class GRPO(OnPolicyLMAlgorithm):
     :param dynamic_sampling: DAPO's dynamic sampling: drop groups whose rewards all agree (within
         ``dynamic_sampling_tolerance``) and sample more batches until the batch is full of groups
         that teach something, at most ``max_extra_rollouts`` more (see `OnPolicyLMAlgorithm`).
-    :param beta: KL coefficient (0: no KL and no reference pass, TRL's default).
+    :param kl_coef: KL coefficient β (0: no KL and no reference pass, TRL's default; TRL: ``beta``).
     :param kl_in_reward: put −β·KL (``kl_estimator``) in the reward before the group baseline,
         instead of β·k3 in the loss.
     :param kl_bias_correction: multiply the loss's k3 term by the ratio π/π_old, which makes its
@@ -66,14 +67,14 @@ class GRPO(OnPolicyLMAlgorithm):
         policy: str | type[CausalLMPolicy],
         env: GymEnv,
         learning_rate: float | dict | Schedule = 1e-6,
-        num_iterations: int = 1,
+        n_epochs: int = 1,
         batch_size: int | None = None,
         micro_batch_size: int | None = None,
-        epsilon: float | dict | Schedule = 0.2,
-        epsilon_high: float | None = None,
+        clip_range: float | dict | Schedule = 0.2,
+        clip_range_high: float | None = None,
         delta: float | None = None,
         importance_sampling_level: str = "token",
-        beta: float = 0.0,
+        kl_coef: float = 0.0,
         kl_in_reward: bool = False,
         kl_bias_correction: bool = True,
         kl_estimator: str = "k3",
@@ -97,8 +98,10 @@ class GRPO(OnPolicyLMAlgorithm):
         seed: int | None = None,
         device: torch.device | str = "auto",
         _init_setup_model: bool = True,
+        _hparams: dict[str, Any] | None = None,
     ) -> None:
-        hparams = constructor_args(locals())
+        # A subclass (RLOO) passes its own constructor arguments: those are what its checkpoints hold.
+        hparams = _hparams if _hparams is not None else constructor_args(locals())
         if loss_type not in group_math.GRPO_LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {group_math.GRPO_LOSS_TYPES}, got {loss_type!r}")
         if scale_rewards not in group_math.SCALE_REWARDS:
@@ -110,12 +113,12 @@ class GRPO(OnPolicyLMAlgorithm):
             )
         if delta is not None and delta <= 1:
             raise ValueError(
-                f"delta caps the ratio from above and must be > 1 (TRL recommends > 1 + epsilon_high), got {delta}"
+                f"delta caps the ratio from above and must be > 1 (TRL recommends > 1 + clip_range_high), got {delta}"
             )
-        self.loss_type, self.scale_rewards, self.beta = loss_type, scale_rewards, beta
+        self.loss_type, self.scale_rewards = loss_type, scale_rewards
         self.kl_bias_correction, self.delta = kl_bias_correction, delta
         self.importance_sampling_level = importance_sampling_level
-        group = _env_group_size(env)
+        group = _env_completions_per_prompt(env)
         if group < 2:
             raise ValueError(
                 f"{type(self).__name__} needs groups: build the env with completions_per_prompt >= 2 "
@@ -125,13 +128,13 @@ class GRPO(OnPolicyLMAlgorithm):
             policy,
             env,
             learning_rate=learning_rate,
-            n_epochs=num_iterations,
+            n_epochs=n_epochs,
             batch_size=batch_size or env.num_envs,
             micro_batch_size=micro_batch_size,
-            clip_range=epsilon,
-            clip_range_high=epsilon_high,
+            clip_range=clip_range,
+            clip_range_high=clip_range_high,
             max_grad_norm=max_grad_norm,
-            kl_coef=beta,
+            kl_coef=kl_coef,
             kl_in_reward=kl_in_reward,
             hparams=hparams,
             kl_estimator=kl_estimator,
@@ -139,7 +142,7 @@ class GRPO(OnPolicyLMAlgorithm):
             missing_eos_penalty=missing_eos_penalty,
             reward_scale=reward_scale,
             reward_clip=reward_clip,
-            group_size=group,
+            completions_per_prompt=group,
             dynamic_sampling=dynamic_sampling,
             dynamic_sampling_tolerance=dynamic_sampling_tolerance,
             max_extra_rollouts=max_extra_rollouts,
@@ -162,7 +165,10 @@ class GRPO(OnPolicyLMAlgorithm):
     def compute_advantages(self, buffer: TokenRolloutBuffer) -> None:
         """A_i = (r_i − mean_group r) / (std + 1e-4) (``scale_rewards``), on every token of row i."""
         advantages = group_math.group_advantages(
-            self.sequence_reward_for_baseline(buffer), self.group_size, self.scale_rewards, reduce=self._reduce
+            self.sequence_reward_for_baseline(buffer),
+            self.completions_per_prompt,
+            self.scale_rewards,
+            reduce=self._reduce,
         )
         buffer.advantages = group_math.broadcast_to_tokens(advantages, buffer.mask)
         buffer.returns = buffer.advantages
@@ -181,7 +187,7 @@ class GRPO(OnPolicyLMAlgorithm):
             self.importance_sampling_level,
         )
         policy_per_token = per_token
-        if self.beta and not self.kl_in_reward:
+        if self.kl_coef and not self.kl_in_reward:
             kl = ppo_math.k3(log_probs, micro.ref_log_probs)
             if self.kl_bias_correction:  # × the importance weight (per sequence under GSPO), as TRL
                 kl = (
@@ -190,7 +196,7 @@ class GRPO(OnPolicyLMAlgorithm):
                         log_probs, micro.old_log_probs, micro.mask, self.importance_sampling_level
                     ).exp()
                 )
-            per_token = per_token + self.beta * kl
+            per_token = per_token + self.kl_coef * kl
             stats["kl"] = ppo_math.masked_mean(kl, micro.mask)
         loss = group_math.grpo_loss(
             per_token,
@@ -204,12 +210,12 @@ class GRPO(OnPolicyLMAlgorithm):
         return loss, stats
 
     def _extra_log_values(self, buffer: TokenRolloutBuffer) -> dict[str, float]:
-        grouped = (buffer.token_rewards * buffer.mask).sum(-1).view(-1, self.group_size)
+        grouped = (buffer.token_rewards * buffer.mask).sum(-1).view(-1, self.completions_per_prompt)
         return {
             "objective/group_std": float(grouped.std(1).mean()),
             "objective/frac_zero_std_groups": float((grouped.std(1) == 0).float().mean()),
         }
 
 
-def _env_group_size(env: Any) -> int:
+def _env_completions_per_prompt(env: Any) -> int:
     return token_env(env).completions_per_prompt

@@ -2,8 +2,9 @@
 
 One iteration (`agents.core`): collect one lockstep batch of whole episodes; score the
 reference (one no-grad teacher-forced pass) for the per-token KL; per-token rewards (the
-sequence reward on the final token minus β·KL on every token); then, here, GAE over tokens and
-advantage whitening, and ``n_epochs`` of shuffled minibatches of clipped policy and value losses.
+sequence reward on the final token minus β·KL on every token); then, here, the value head's
+calibration on the first batch (`PPO.prepare_critic`), GAE over tokens and advantage
+whitening, and ``n_epochs`` of shuffled minibatches of clipped policy and value losses.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import torch
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from agents import ppo_math
+from agents.base import constructor_args
 from agents.buffer import TokenBatch, TokenRolloutBuffer
-from agents.core import LossContext, OnPolicyLMAlgorithm, constructor_args
+from agents.core import LossContext, OnPolicyLMAlgorithm
 from policies.causal_lm import CausalLMPolicy
 
 
@@ -140,8 +142,9 @@ class PPO(OnPolicyLMAlgorithm):
             _init_setup_model=_init_setup_model,
         )
 
-    def compute_advantages(self, buffer: TokenRolloutBuffer) -> None:
-        """GAE over tokens (no bootstrap past the end), then whitening over the batch's tokens."""
+    def prepare_critic(self, buffer: TokenRolloutBuffer) -> None:
+        """Value-head calibration (``calibrate_value_head``), before the first update only: shift
+        the head's bias, and this batch's values, by mean(Monte-Carlo return − value)."""
         if self.calibrate_value_head and self._n_updates == 0:
             shift = ppo_math.value_calibration_shift(
                 buffer.values, buffer.token_rewards, buffer.mask, self.gamma, self._reduce
@@ -149,6 +152,9 @@ class PPO(OnPolicyLMAlgorithm):
             buffer.values = (buffer.values + shift) * buffer.mask
             self.policy.shift_values(shift)
             self.value_shift = shift
+
+    def compute_advantages(self, buffer: TokenRolloutBuffer) -> None:
+        """GAE over tokens (no bootstrap past the end), then whitening over the batch's tokens."""
         buffer.advantages, buffer.returns = ppo_math.gae(
             buffer.token_rewards, buffer.values, buffer.mask, self.gamma, self.gae_lambda
         )

@@ -4,7 +4,7 @@ The advantage of token t is its reward-to-go G_t = Σ_{s≥t} r_s (the sequence 
 token, −β·KL on every token), minus a baseline: none, the batch mean, or a running mean
 across batches. REINFORCE++ is the variant OpenRLHF and verl ship: per-token KL in the reward,
 no baseline, and advantages whitened over all tokens of the batch. The loss is the clipped
-surrogate, a token mean (with ``num_iterations = 1`` its gradient is plain REINFORCE's).
+surrogate, a token mean (with ``n_epochs = 1`` its gradient is plain REINFORCE's).
 No value head is built.
 """
 
@@ -16,9 +16,10 @@ import torch
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from agents import group_math, ppo_math
+from agents.base import constructor_args
 from agents.buffer import TokenBatch, TokenRolloutBuffer
-from agents.core import LossContext, OnPolicyLMAlgorithm, constructor_args
-from agents.grpo import _env_group_size
+from agents.core import LossContext, OnPolicyLMAlgorithm
+from agents.grpo import _env_completions_per_prompt
 from policies.causal_lm import CausalLMPolicy
 
 BASELINES = ("none", "batch", "running", "group")
@@ -28,11 +29,11 @@ class REINFORCE(OnPolicyLMAlgorithm):
     """REINFORCE over the token-level MDP.
 
     :param learning_rate: float, schedule dict or SB3 schedule callable.
-    :param num_iterations: passes over each batch (1: on-policy).
+    :param n_epochs: passes over each batch (1: on-policy; TRL: ``num_iterations``).
     :param batch_size: rows per optimizer step (``None``: the whole batch).
     :param micro_batch_size: rows per forward/backward.
-    :param epsilon: ratio clip ε (matters only when ``num_iterations > 1``).
-    :param beta: coefficient of the per-token KL penalty in the reward (0: no reference pass).
+    :param clip_range: ratio clip ε (matters only when ``n_epochs > 1``; TRL: ``epsilon``).
+    :param kl_coef: coefficient β of the per-token KL penalty in the reward (0: no reference pass; TRL: ``beta``).
     :param kl_estimator: ``k1`` or ``k3``.
     :param baseline: ``none``, ``batch`` (mean reward-to-go of the batch's tokens), ``running``
         (a running mean of sequence rewards, ``baseline_momentum``; saved in checkpoints) or
@@ -54,11 +55,11 @@ class REINFORCE(OnPolicyLMAlgorithm):
         policy: str | type[CausalLMPolicy],
         env: GymEnv,
         learning_rate: float | dict | Schedule = 1e-6,
-        num_iterations: int = 1,
+        n_epochs: int = 1,
         batch_size: int | None = None,
         micro_batch_size: int | None = None,
-        epsilon: float | dict | Schedule = 0.2,
-        beta: float = 0.0,
+        clip_range: float | dict | Schedule = 0.2,
+        kl_coef: float = 0.0,
         kl_estimator: str = "k1",
         baseline: str = "batch",
         baseline_momentum: float = 0.9,
@@ -83,7 +84,7 @@ class REINFORCE(OnPolicyLMAlgorithm):
         hparams = constructor_args(locals())
         if baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
-        if baseline == "group" and _env_group_size(env) < 2:
+        if baseline == "group" and _env_completions_per_prompt(env) < 2:
             raise ValueError(
                 "baseline='group' subtracts each prompt's mean score: build the env with "
                 "completions_per_prompt >= 2 (run_ppo: env.completions_per_prompt=4)"
@@ -94,12 +95,12 @@ class REINFORCE(OnPolicyLMAlgorithm):
             policy,
             env,
             learning_rate=learning_rate,
-            n_epochs=num_iterations,
+            n_epochs=n_epochs,
             batch_size=batch_size or env.num_envs,
             micro_batch_size=micro_batch_size,
-            clip_range=epsilon,
+            clip_range=clip_range,
             max_grad_norm=max_grad_norm,
-            kl_coef=beta,
+            kl_coef=kl_coef,
             kl_in_reward=True,
             hparams=hparams,
             kl_estimator=kl_estimator,
@@ -108,7 +109,7 @@ class REINFORCE(OnPolicyLMAlgorithm):
             missing_eos_penalty=missing_eos_penalty,
             reward_scale=reward_scale,
             reward_clip=reward_clip,
-            group_size=_env_group_size(env) if baseline == "group" else 1,
+            completions_per_prompt=_env_completions_per_prompt(env) if baseline == "group" else 1,
             recompute_log_probs=recompute_log_probs,
             rollout_is_mode=rollout_is_mode,
             rollout_is_cap=rollout_is_cap,
@@ -126,7 +127,9 @@ class REINFORCE(OnPolicyLMAlgorithm):
         mean before the per-token KL joins it (REINFORCE++-baseline's order)."""
         super().shape_rewards(buffer)
         if self.baseline == "group":
-            buffer.sequence_rewards = group_math.group_advantages(buffer.sequence_rewards, self.group_size, "none")
+            buffer.sequence_rewards = group_math.group_advantages(
+                buffer.sequence_rewards, self.completions_per_prompt, "none"
+            )
             kl = buffer.kl if buffer.kl is not None else torch.zeros_like(buffer.log_probs)
             buffer.token_rewards = ppo_math.token_rewards(buffer.sequence_rewards, kl, buffer.kl_coef, buffer.mask)
 
@@ -165,13 +168,13 @@ class REINFORCE(OnPolicyLMAlgorithm):
 class REINFORCEPlusPlus(REINFORCE):
     """REINFORCE++: per-token KL in the reward, no baseline, global advantage whitening.
 
-    Parameters are `REINFORCE`'s, with these defaults: ``beta=0.01``, ``baseline="none"``,
+    Parameters are `REINFORCE`'s, with these defaults: ``kl_coef=0.01``, ``baseline="none"``,
     ``whiten_advantages=True``.
     """
 
     tb_name = "REINFORCEPlusPlus"
 
     def __init__(
-        self, policy, env, beta: float = 0.01, baseline: str = "none", whiten_advantages: bool = True, **kwargs
+        self, policy, env, kl_coef: float = 0.01, baseline: str = "none", whiten_advantages: bool = True, **kwargs
     ) -> None:
-        super().__init__(policy, env, beta=beta, baseline=baseline, whiten_advantages=whiten_advantages, **kwargs)
+        super().__init__(policy, env, kl_coef=kl_coef, baseline=baseline, whiten_advantages=whiten_advantages, **kwargs)

@@ -2,7 +2,7 @@
 
 Each of a prompt's ``k`` completions is judged against the mean reward of the other ``k − 1``.
 As in TRL's ``RLOOTrainer``, the KL is a k1 penalty summed over the sequence and taken off its
-reward (``beta``), before the baseline. The loss is GRPO's clipped surrogate and token
+reward (``kl_coef``, TRL's ``beta``), before the baseline. The loss is GRPO's clipped surrogate and token
 normalisation (`agents.grpo.GRPO`, ``loss_type``); it differs from TRL's, which clips a
 sequence-level ratio. No value head is built.
 """
@@ -15,8 +15,8 @@ import torch
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from agents import group_math, ppo_math
+from agents.base import constructor_args
 from agents.buffer import TokenRolloutBuffer
-from agents.core import constructor_args
 from agents.grpo import GRPO
 from policies.causal_lm import CausalLMPolicy
 
@@ -24,7 +24,7 @@ from policies.causal_lm import CausalLMPolicy
 class RLOO(GRPO):
     """REINFORCE Leave-One-Out over the token-level MDP.
 
-    :param beta: KL coefficient of the k1 penalty in the reward (0: no reference pass). TRL's default 0.05.
+    :param kl_coef: KL coefficient β of the k1 penalty in the reward (0: no reference pass). TRL's default 0.05.
     :param normalize_advantages: whiten the advantages over the batch (mean 0, std 1 + 1e-4).
     :param loss_type: token normalisation of the clipped surrogate, as in `agents.GRPO`.
     Other parameters are `agents.GRPO`'s.
@@ -37,12 +37,12 @@ class RLOO(GRPO):
         policy: str | type[CausalLMPolicy],
         env: GymEnv,
         learning_rate: float | dict | Schedule = 1e-6,
-        num_iterations: int = 1,
+        n_epochs: int = 1,
         batch_size: int | None = None,
         micro_batch_size: int | None = None,
-        epsilon: float | dict | Schedule = 0.2,
-        epsilon_high: float | None = None,
-        beta: float = 0.05,
+        clip_range: float | dict | Schedule = 0.2,
+        clip_range_high: float | None = None,
+        kl_coef: float = 0.05,
         normalize_advantages: bool = False,
         loss_type: str = "dapo",
         ent_coef: float = 0.0,
@@ -70,12 +70,12 @@ class RLOO(GRPO):
             policy,
             env,
             learning_rate=learning_rate,
-            num_iterations=num_iterations,
+            n_epochs=n_epochs,
             batch_size=batch_size,
             micro_batch_size=micro_batch_size,
-            epsilon=epsilon,
-            epsilon_high=epsilon_high,
-            beta=beta,
+            clip_range=clip_range,
+            clip_range_high=clip_range_high,
+            kl_coef=kl_coef,
             kl_in_reward=True,
             kl_bias_correction=False,
             kl_estimator="k1",
@@ -98,15 +98,15 @@ class RLOO(GRPO):
             verbose=verbose,
             seed=seed,
             device=device,
-            _init_setup_model=False,
+            _init_setup_model=_init_setup_model,
+            _hparams=hparams,
         )
-        self._hparams = hparams
-        if _init_setup_model:
-            self._setup_model()
 
     def compute_advantages(self, buffer: TokenRolloutBuffer) -> None:
         """A_i = r_i − mean of the other k − 1 rewards of its group (r_i already holds −β·ΣKL)."""
-        advantages = group_math.leave_one_out_advantages(self.sequence_reward_for_baseline(buffer), self.group_size)
+        advantages = group_math.leave_one_out_advantages(
+            self.sequence_reward_for_baseline(buffer), self.completions_per_prompt
+        )
         if self.normalize_advantages:
             everywhere = torch.ones_like(advantages, dtype=torch.bool)
             mean = ppo_math.masked_mean(advantages, everywhere, self._reduce)

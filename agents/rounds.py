@@ -37,8 +37,8 @@ import torch
 from stable_baselines3.common.utils import update_learning_rate
 
 from agents import distributed
+from agents.base import LMAlgorithm
 from agents.buffer import TokenRolloutBuffer
-from agents.core import OnPolicyLMAlgorithm
 from agents.env_contract import token_env
 from agents.rollout import Episodes, collect_episodes, concat_episodes
 
@@ -48,7 +48,7 @@ def env_tokenizer(env: Any) -> Any:
     return token_env(env).tokenizer
 
 
-class ScoredRolloutAlgorithm(OnPolicyLMAlgorithm):
+class ScoredRolloutAlgorithm(LMAlgorithm):
     """Shared loop of the agents that learn from scored samples (see the module docstring).
 
     Subclasses set `needs_reference` and implement `make_targets`, `num_targets` and
@@ -82,8 +82,6 @@ class ScoredRolloutAlgorithm(OnPolicyLMAlgorithm):
         device="auto",
         _init_setup_model: bool = True,
     ) -> None:
-        if batch_size < 1 or (micro_batch_size is not None and micro_batch_size < 1):
-            raise ValueError("batch_size and micro_batch_size must be positive")
         if rollout_batches < 1:
             raise ValueError(f"rollout_batches must be at least 1, got {rollout_batches}")
         if distributed.is_distributed():  # its update sums no gradients across ranks: refuse, never diverge
@@ -97,18 +95,15 @@ class ScoredRolloutAlgorithm(OnPolicyLMAlgorithm):
         self._base_state: dict[str, torch.Tensor] | None = None
         self._round_stats: dict[str, float] = {}
         self.episodes: Episodes | None = None
-        # The core checks its batch sizes against the env's rows; ours count training targets.
+        # batch_size and micro_batch_size count training targets (pairs, samples), not env rows.
         super().__init__(
             policy,
             env,
             learning_rate=learning_rate,
             n_epochs=n_epochs,
-            batch_size=env.num_envs,
-            micro_batch_size=None,
-            clip_range=0.2,
+            batch_size=batch_size,
+            micro_batch_size=micro_batch_size,
             max_grad_norm=max_grad_norm,
-            kl_coef=0.0,
-            kl_in_reward=False,
             hparams=hparams,
             log_samples=log_samples,
             tensorboard_log=tensorboard_log,
@@ -116,12 +111,7 @@ class ScoredRolloutAlgorithm(OnPolicyLMAlgorithm):
             verbose=verbose,
             seed=seed,
             device=device,
-            _init_setup_model=False,
         )
-        self.batch_size = batch_size
-        self.micro_batch_size = micro_batch_size or batch_size
-        if self.batch_size % self.micro_batch_size:
-            raise ValueError(f"micro_batch_size={self.micro_batch_size} must divide batch_size={self.batch_size}")
         if _init_setup_model:
             self._setup_model()
 
@@ -220,23 +210,17 @@ class ScoredRolloutAlgorithm(OnPolicyLMAlgorithm):
                 if self.from_base:  # a retrain from the base follows the schedule from its start
                     step = epoch * math.ceil(n / self.batch_size) + batch_index
                     update_learning_rate(policy.optimizer, self.lr_schedule(1.0 - step / steps))
-                policy.optimizer.zero_grad(set_to_none=True)
-                totals: dict[str, float] = {}
-                weights: dict[str, float] = {}
                 share = self.target_share(minibatch)
-                for micro in minibatch.split(self.micro_batch_size):
+
+                def micro_loss(micro: torch.Tensor, share: float = share) -> tuple[torch.Tensor, dict, float]:
                     weight = self.target_share(micro) / share
                     loss, micro_stats = self.target_loss(micro, weight)
-                    loss.backward()
-                    for key, value in micro_stats.items():  # a statistic a micro-batch lacks is not a 0
-                        totals[key] = totals.get(key, 0.0) + float(value) * weight
-                        weights[key] = weights.get(key, 0.0) + weight
-                grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), self.max_grad_norm)
-                policy.optimizer.step()
-                self._n_updates += 1
-                for key, value in totals.items():
-                    stats.setdefault(key, []).append(value / weights[key])
-                stats.setdefault("grad_norm", []).append(float(grad_norm))
+                    return loss, micro_stats, weight
+
+                acc = self.accumulate_and_step(minibatch.split(self.micro_batch_size), micro_loss)
+                for key, value in acc.stats.items():  # means over the micro-batches that reported them
+                    stats.setdefault(key, []).append(value / acc.shares[key])
+                stats.setdefault("grad_norm", []).append(acc.grad_norm)
         policy.set_training_mode(False)
         self._timings["update"] = time.perf_counter() - start
         self._train_stats = {k: float(np.mean(v)) for k, v in stats.items() if v}

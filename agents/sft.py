@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from agents import preference_math, sequences
-from agents.core import constructor_args
+from agents.base import constructor_args
 from agents.env_contract import token_env
 from agents.rounds import ScoredRolloutAlgorithm
 from agents.sequences import Sequences

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from agents import preference_math, sequences
-from agents.core import constructor_args
+from agents.base import constructor_args
 from agents.rollout import Episodes, collect_episodes
 from agents.rounds import ScoredRolloutAlgorithm
 from agents.sequences import Sequences

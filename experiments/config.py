@@ -141,6 +141,17 @@ def compose(argv: Sequence[str], base: str = "ppo.yaml", extra_nodes: dict | Non
     cfg = OmegaConf.merge(OmegaConf.load(CONFIG_DIR / base), extra_nodes or {})
     default_tuning = cfg.pop("per_agent", None)
     group = _load("agent", agent_name)
+    # Every layer's agent keys in the agent's internal names (TRL's spellings accepted: agents.names).
+    spell = _agent_speller(group.agent.get("algorithm") or agent_name)
+    group.agent = spell(group.agent)
+    if default_tuning is not None and agent_name in default_tuning:
+        default_tuning[agent_name] = spell(default_tuning[agent_name])
+    for preset in loaded:
+        if preset.get("agent") is not None:
+            preset.agent = spell(preset.agent)
+        if preset.get("per_agent") is not None and agent_name in preset.per_agent:
+            preset.per_agent[agent_name] = spell(preset.per_agent[agent_name])
+    overrides = [_spell_override(arg, spell) for arg in overrides]
     cfg.agent = group.agent  # replaces the node: no key of another agent survives
     cfg = OmegaConf.merge(cfg, {k: v for k, v in group.items() if k != "agent"})
     if not chosen["experiment"] and default_tuning is not None and agent_name in default_tuning:
@@ -155,6 +166,39 @@ def compose(argv: Sequence[str], base: str = "ppo.yaml", extra_nodes: dict | Non
     cfg.agent.name = agent_name
     cfg.experiment = chosen["experiment"][-1] if chosen["experiment"] else None
     return cfg
+
+
+def _agent_speller(algorithm: str):
+    """A function renaming an agent node's keys to the internal names, for the online agents
+    (whose constructors accept `agents.names.ALIASES`); the identity for the others (DPO's
+    ``beta`` is its own)."""
+    from agents.names import ALIASES, resolve_aliases
+
+    def spell(node: DictConfig) -> DictConfig:
+        if node is None or not set(node) & set(ALIASES) or not _accepts_aliases(algorithm):
+            return node
+        try:
+            return OmegaConf.create(resolve_aliases(f"agent {algorithm!r}", OmegaConf.to_container(node)))
+        except TypeError as err:
+            raise SystemExit(str(err)) from None
+
+    return spell
+
+
+def _accepts_aliases(algorithm: str) -> bool:
+    from agents import AGENTS
+
+    return algorithm in AGENTS and getattr(AGENTS[algorithm].__init__, "accepts_aliases", False)
+
+
+def _spell_override(arg: str, spell) -> str:
+    """``agent.beta=0.1`` → ``agent.kl_coef=0.1`` for an online agent."""
+    key, _, value = arg.partition("=")
+    head, _, name = key.partition(".")
+    if head != "agent" or not name or "." in name:
+        return arg
+    renamed = list(spell(OmegaConf.create({name: None})))
+    return f"agent.{renamed[0]}={value}"
 
 
 # Nodes whose keys are free-form (checked elsewhere, or kwargs passed through): any key may be set.

@@ -95,7 +95,7 @@ def shared_reward(cfg, env):
 
 def round_kwargs(cfg, cls, env) -> dict:
     """Constructor arguments that are code, not config: STaR's hinted env for rationalization."""
-    from agents.core import agent_parameters
+    from agents.base import agent_parameters
 
     if "hint_env_fn" not in agent_parameters(cls) or not cfg.agent.get("rationalize"):
         return {}
@@ -114,7 +114,7 @@ def agent_class(cfg):
     """The agent class ``cfg.agent.name`` names (or, for a recipe such as ``gspo``, its
     ``agent.algorithm``), after checking every agent key is one it takes."""
     from agents import AGENTS
-    from agents.core import agent_parameters
+    from agents.base import agent_parameters
 
     name = cfg.agent.get("algorithm") or cfg.agent.name
     if name not in AGENTS:

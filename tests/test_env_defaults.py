@@ -54,7 +54,7 @@ def test_the_default_tuning_applies_only_without_a_preset():
     agent = OmegaConf.to_container(compose([]).agent)
     assert agent["learning_rate"] == 5.0e-4 and agent["gae_lambda"] == 1.0 and agent["adaptive_kl"] is True
     grpo = OmegaConf.to_container(compose(["agent=grpo"]).agent)
-    assert grpo["beta"] == 0.2 and grpo["loss_type"] == "dapo"
+    assert grpo["kl_coef"] == 0.2 and grpo["loss_type"] == "dapo"
     preset = OmegaConf.to_container(compose(["experiment=mbpp_feedback_cpu"]).agent)
     assert preset["learning_rate"] == 2.5e-4 and preset["adaptive_kl"] is False  # the preset's and agent file's own
     assert "per_agent" not in compose([])

@@ -135,7 +135,7 @@ def test_agent_group_replaces_the_agent_node_whatever_the_order():
     # A preset's per-agent section reaches only its own agent.
     tox_ppo, tox_grpo = compose(["experiment=toxicity_cpu"]), compose(["experiment=toxicity_cpu", "agent=grpo"])
     assert tox_ppo.agent.adaptive_kl is True and "adaptive_kl" not in tox_grpo.agent
-    assert tox_grpo.agent.beta == 0.2 and "per_agent" not in tox_grpo
+    assert tox_grpo.agent.kl_coef == 0.2 and "per_agent" not in tox_grpo
 
 
 def test_unknown_preset_agent_key_and_bad_override_are_clear(tiny_dir, tmp_path, monkeypatch):
