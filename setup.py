@@ -9,7 +9,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["lm_envs*", "agents*", "policies*", "rewards*"]),
     include_package_data=True,
-    package_data={"": ["*.yaml"]},
+    # The MultiPL-E harness code, which rewards.multipl_e reads at import.
+    package_data={"": ["*.yaml"], "rewards": ["harness/*.cpp", "harness/*.java"]},
     install_requires=[
         # torch is pinned in the Makefile's install step (CPU wheel); any recent torch works.
         "torch>=2.4",

@@ -25,12 +25,18 @@ reported malformed when planned: the three MultiPL-E `Union_*` records); in Java
 `{"$o": class}`, which equals nothing. Equality is then JSON equality, which matches the
 test's `==` / `.equals` for these types.
 
+The serialiser the harness and the checker share is shipped as real source files, which a
+compiler checks on their own: `rewards/harness/lmsb_serializer.cpp` (`CPP_SERIALIZER`) and
+`rewards/harness/LmsbSerializer.java` (`JAVA_SERIALIZER`, the members of its class); the plans
+paste their code below the `pasted from here` marker into each record's sources.
+
 Asserts of another shape are dropped from the record's tests (`Plan.dropped`); a record with
 none left is a `MalformedRecordError`. Imports: standard library and `rewards.errors`.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import re
 from collections.abc import Mapping
@@ -40,6 +46,17 @@ from typing import Any
 from rewards.errors import MalformedRecordError
 
 _ASSERT_LINE = re.compile(r"^\s*assert\s*\((?P<body>.*)\)\s*;\s*$")
+_PASTE_FROM, _PASTE_TO = "// ---- lmsb: pasted from here ----\n", "// ---- lmsb: pasted up to here ----\n"
+
+
+def _harness_part(name: str) -> str:
+    """The code of `rewards/harness/<name>` that is pasted into each record's harness and checker:
+    the lines after its `pasted from here` marker, up to its `pasted up to here` marker if it has one.
+    Shipped as real source files so that a compiler can check them
+    (`tests/test_code_rewards.py::test_harness_files_compile`)."""
+    text = (importlib.resources.files("rewards") / "harness" / name).read_text(encoding="utf-8")
+    part = text.split(_PASTE_FROM, 1)[1]
+    return "\n" + part.split(_PASTE_TO, 1)[0]
 
 
 def _match_paren(text: str, start: int) -> int:
@@ -121,106 +138,7 @@ def _asserts(tests: str, record: str) -> tuple[str, list[tuple[str, str]], int]:
 
 # ----------------------------------------------------------------------------------- C++
 
-CPP_SERIALIZER = r"""
-#include <cmath>
-#include <cstdio>
-#include <map>
-#include <optional>
-#include <set>
-#include <string>
-#include <tuple>
-#include <type_traits>
-#include <unordered_map>
-#include <utility>
-#include <vector>
-#include <unistd.h>
-namespace {
-void lmsb_put(std::string& o, bool v);
-void lmsb_put(std::string& o, char v);
-void lmsb_put(std::string& o, const std::string& v);
-void lmsb_put(std::string& o, const char* v);
-void lmsb_put(std::string& o, std::nullopt_t);
-template <class T, typename std::enable_if<std::is_integral<T>::value, int>::type = 0> void lmsb_put(std::string& o, T v);
-template <class T, typename std::enable_if<std::is_floating_point<T>::value, int>::type = 0> void lmsb_put(std::string& o, T v);
-template <class T> void lmsb_put(std::string& o, const std::optional<T>& v);
-template <class T> void lmsb_put(std::string& o, const std::vector<T>& v);
-template <class A, class B> void lmsb_put(std::string& o, const std::pair<A, B>& v);
-template <class... Ts> void lmsb_put(std::string& o, const std::tuple<Ts...>& v);
-template <class K, class V> void lmsb_put(std::string& o, const std::map<K, V>& v);
-template <class K, class V> void lmsb_put(std::string& o, const std::unordered_map<K, V>& v);
-template <class T> void lmsb_put(std::string& o, const std::set<T>& v);
-
-void lmsb_str(std::string& o, const std::string& s) {
-    o += '"';
-    for (unsigned char c : s) {
-        if (c == '"' || c == '\\') { o += '\\'; o += (char)c; }
-        else if (c < 0x20 || c >= 0x7f) { char b[8]; std::snprintf(b, sizeof b, "\\u%04x", (unsigned)c); o += b; }
-        else o += (char)c;
-    }
-    o += '"';
-}
-void lmsb_put(std::string& o, bool v) { o += v ? "true" : "false"; }
-void lmsb_put(std::string& o, char v) { lmsb_str(o, std::string(1, v)); }
-void lmsb_put(std::string& o, const std::string& v) { lmsb_str(o, v); }
-void lmsb_put(std::string& o, const char* v) { lmsb_str(o, v ? std::string(v) : std::string()); }
-void lmsb_put(std::string& o, std::nullopt_t) { o += "null"; }
-template <class T, typename std::enable_if<std::is_integral<T>::value, int>::type>
-void lmsb_put(std::string& o, T v) { o += std::to_string(v); }
-template <class T, typename std::enable_if<std::is_floating_point<T>::value, int>::type>
-void lmsb_put(std::string& o, T v) {
-    double d = (double)v;
-    if (std::isnan(d)) o += "{\"$f\":\"nan\"}";
-    else if (std::isinf(d)) o += d > 0 ? "{\"$f\":\"inf\"}" : "{\"$f\":\"-inf\"}";
-    else { char b[40]; std::snprintf(b, sizeof b, "%.17g", d); o += b; }
-}
-template <class T> void lmsb_put(std::string& o, const std::optional<T>& v) { if (v) lmsb_put(o, *v); else o += "null"; }
-template <class T> void lmsb_put(std::string& o, const std::vector<T>& v) {
-    o += '[';
-    for (std::size_t i = 0; i < v.size(); ++i) { if (i) o += ','; lmsb_put(o, static_cast<T>(v[i])); }
-    o += ']';
-}
-template <class A, class B> void lmsb_put(std::string& o, const std::pair<A, B>& v) {
-    o += "{\"$t\":["; lmsb_put(o, v.first); o += ','; lmsb_put(o, v.second); o += "]}";
-}
-template <class Tuple, std::size_t... I> void lmsb_tuple(std::string& o, const Tuple& t, std::index_sequence<I...>) {
-    ((o += (I == 0 ? "" : ","), lmsb_put(o, std::get<I>(t))), ...);
-}
-template <class... Ts> void lmsb_put(std::string& o, const std::tuple<Ts...>& v) {
-    o += "{\"$t\":["; lmsb_tuple(o, v, std::index_sequence_for<Ts...>{}); o += "]}";
-}
-template <class It> void lmsb_entries(std::string& o, It b, It e) {
-    std::vector<std::string> items;
-    for (; b != e; ++b) { std::string s = "["; lmsb_put(s, b->first); s += ','; lmsb_put(s, b->second); s += ']'; items.push_back(s); }
-    std::sort(items.begin(), items.end());
-    o += "{\"$d\":[";
-    for (std::size_t i = 0; i < items.size(); ++i) { if (i) o += ','; o += items[i]; }
-    o += "]}";
-}
-template <class K, class V> void lmsb_put(std::string& o, const std::map<K, V>& v) { lmsb_entries(o, v.begin(), v.end()); }
-template <class K, class V> void lmsb_put(std::string& o, const std::unordered_map<K, V>& v) { lmsb_entries(o, v.begin(), v.end()); }
-template <class T> void lmsb_put(std::string& o, const std::set<T>& v) {
-    o += "{\"$s\":[";
-    bool first = true;
-    for (const auto& x : v) { if (!first) o += ','; first = false; lmsb_put(o, x); }
-    o += "]}";
-}
-void lmsb_line(const std::string& s) {
-    std::size_t off = 0;
-    while (off < s.size()) { ssize_t n = ::write(3, s.data() + off, s.size() - off); if (n <= 0) return; off += (std::size_t)n; }
-}
-template <class F> void lmsb_emit(int k, F f) {
-    std::string line;
-    try {
-        std::string v;
-        lmsb_put(v, f());
-        line = "{\"k\":" + std::to_string(k) + ",\"v\":" + v + "}\n";
-    } catch (...) {
-        line = "{\"k\":" + std::to_string(k) + ",\"e\":\"exception\"}\n";
-    }
-    lmsb_line(line);
-}
-}  // namespace
-"""
+CPP_SERIALIZER = _harness_part("lmsb_serializer.cpp")
 
 
 def cpp_plan(record: Mapping[str, Any]) -> Plan:
@@ -253,83 +171,7 @@ def cpp_plan(record: Mapping[str, Any]) -> Plan:
 
 # ----------------------------------------------------------------------------------- Java
 
-JAVA_SERIALIZER = r"""
-    private static java.io.OutputStream lmsbOut;
-    private static void lmsbStr(StringBuilder o, String s) {
-        o.append('"');
-        for (int i = 0; i < s.length(); i++) {
-            char c = s.charAt(i);
-            if (c == '"' || c == '\\') { o.append('\\').append(c); }
-            else if (c < 0x20 || c >= 0x7f) { o.append(String.format("\\u%04x", (int) c)); }
-            else o.append(c);
-        }
-        o.append('"');
-    }
-    private static String lmsbOne(Object v) { StringBuilder s = new StringBuilder(); lmsbPut(s, v); return s.toString(); }
-    private static void lmsbSorted(StringBuilder o, String tag, java.util.List<String> items) {
-        java.util.Collections.sort(items);
-        o.append("{\"").append(tag).append("\":[").append(String.join(",", items)).append("]}");
-    }
-    private static void lmsbPut(StringBuilder o, Object v) {
-        if (v == null) { o.append("null"); }
-        else if (v instanceof Boolean) { o.append(((Boolean) v) ? "true" : "false"); }
-        else if (v instanceof Long || v instanceof Integer || v instanceof Short || v instanceof Byte) { o.append(((Number) v).longValue()); }
-        else if (v instanceof java.math.BigInteger) { o.append(v.toString()); }
-        else if (v instanceof Double || v instanceof Float) {
-            double d = ((Number) v).doubleValue();
-            if (Double.isNaN(d)) o.append("{\"$f\":\"nan\"}");
-            else if (Double.isInfinite(d)) o.append(d > 0 ? "{\"$f\":\"inf\"}" : "{\"$f\":\"-inf\"}");
-            else o.append(Double.toString(d));
-        }
-        else if (v instanceof Character) { lmsbStr(o, String.valueOf((char) (Character) v)); }
-        else if (v instanceof String) { lmsbStr(o, (String) v); }
-        else if (v instanceof java.util.Optional) {
-            java.util.Optional<?> p = (java.util.Optional<?>) v;
-            o.append("{\"$opt\":[");
-            if (p.isPresent()) lmsbPut(o, p.get());
-            o.append("]}");
-        }
-        else if (v instanceof java.util.List) {
-            o.append('[');
-            boolean first = true;
-            for (Object x : (java.util.List<?>) v) { if (!first) o.append(','); first = false; lmsbPut(o, x); }
-            o.append(']');
-        }
-        else if (v instanceof org.javatuples.Tuple) {
-            o.append("{\"$t\":[");
-            boolean first = true;
-            for (Object x : ((org.javatuples.Tuple) v).toList()) { if (!first) o.append(','); first = false; lmsbPut(o, x); }
-            o.append("]}");
-        }
-        else if (v instanceof java.util.Map) {
-            java.util.List<String> items = new java.util.ArrayList<>();
-            for (java.util.Map.Entry<?, ?> e : ((java.util.Map<?, ?>) v).entrySet()) items.add("[" + lmsbOne(e.getKey()) + "," + lmsbOne(e.getValue()) + "]");
-            lmsbSorted(o, "$d", items);
-        }
-        else if (v instanceof java.util.Set) {
-            java.util.List<String> items = new java.util.ArrayList<>();
-            for (Object x : (java.util.Set<?>) v) items.add(lmsbOne(x));
-            lmsbSorted(o, "$s", items);
-        }
-        else if (v.getClass().isArray()) {
-            o.append('[');
-            int n = java.lang.reflect.Array.getLength(v);
-            for (int i = 0; i < n; i++) { if (i > 0) o.append(','); lmsbPut(o, java.lang.reflect.Array.get(v, i)); }
-            o.append(']');
-        }
-        else { o.append("{\"$o\":"); lmsbStr(o, v.getClass().getName()); o.append('}'); }
-    }
-    private static void lmsbEmit(int k, java.util.concurrent.Callable<Object> f) {
-        String line;
-        try { line = "{\"k\":" + k + ",\"v\":" + lmsbOne(f.call()) + "}\n"; }
-        catch (Throwable t) { line = "{\"k\":" + k + ",\"e\":\"exception\"}\n"; }
-        try {
-            if (lmsbOut == null) lmsbOut = new java.io.FileOutputStream("/dev/fd/3");
-            lmsbOut.write(line.getBytes(java.nio.charset.StandardCharsets.UTF_8));
-            lmsbOut.flush();
-        } catch (Throwable t) { }
-    }
-"""
+JAVA_SERIALIZER = _harness_part("LmsbSerializer.java")
 _CLASS = re.compile(r"^\s*(?:public\s+)?(?:final\s+)?class\s+([A-Za-z_]\w*)", re.MULTILINE)
 
 

@@ -208,6 +208,29 @@ def test_java_reward(java_strlen):
         reward.close()
 
 
+@pytest.mark.parametrize("name", ["lmsb_serializer.cpp", "LmsbSerializer.java"])
+def test_harness_files_compile(name, tmp_path):
+    """The C++ and Java code pasted into every MultiPL-E harness and checker ships as real source
+    files (`rewards/harness/`); each compiles on its own, and it is what the plans paste in."""
+    import subprocess
+
+    from rewards import multipl_e
+    from rewards.code import CPP_FLAGS, JAVATUPLES_JAR
+
+    path = ROOT / "rewards" / "harness" / name
+    if name.endswith(".cpp"):
+        # as the reward compiles it: every HumanEval-X prompt includes <bits/stdc++.h> (the PCH)
+        cmd = ["g++", *CPP_FLAGS, "-Wall", "-Werror", "-Wno-unused-function", "-include", "bits/stdc++.h"]
+        cmd += ["-fsyntax-only", str(path)]
+        pasted = multipl_e.CPP_SERIALIZER
+    else:
+        cmd = ["javac", "-Werror", "-cp", JAVATUPLES_JAR, "-d", str(tmp_path), str(path)]
+        pasted = multipl_e.JAVA_SERIALIZER
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert pasted.strip() and pasted.strip() in path.read_text() and "lmsb: pasted" not in pasted
+
+
 # ----------------------------------------------------------------------------------- faults
 
 
