@@ -653,10 +653,10 @@ def test_python_jobs_do_not_see_each_other(host):
 
 
 def test_monitor_reads_only_job_headers():
-    """What a monitor reads of a job (`server._header`) holds no source, argv, file or input."""
+    """What a monitor reads of a job (`forkserver.framing._header`) holds no source, argv, file or input."""
     sys.path.insert(0, str(ROOT / "rewards" / "sandbox"))
     try:
-        import server
+        from forkserver import framing
     finally:
         sys.path.pop(0)
     job = {
@@ -665,10 +665,10 @@ def test_monitor_reads_only_job_headers():
         "limits": [{"wall_s": 1}],
         "files": {"a.txt": "U0VDUkVU"},
     }
-    head = server._header(job)
+    head = framing._header(job)
     assert "SECRET" not in json.dumps(head) and "U0VDUkVU" not in json.dumps(head), head
     assert head == {"id": 7, "limits": [{"wall_s": 1}], "kinds": ["python"], "prelude": "shared = 1"}
-    cmd = server._header({"id": 8, "steps": [{"kind": "exec", "argv": ["g++", "SECRET.cpp"]}], "limits": [{}]})
+    cmd = framing._header({"id": 8, "steps": [{"kind": "exec", "argv": ["g++", "SECRET.cpp"]}], "limits": [{}]})
     assert "SECRET" not in json.dumps(cmd)
 
 

@@ -316,18 +316,43 @@ def test_refuses_to_run_without_the_jail_unless_asked(tmp_path):
     assert lines[1].startswith("none") and lines[2] == "42"
 
 
+SERVER_FILES = sorted(
+    [ROOT / "rewards" / "sandbox" / "server.py", ROOT / "rewards" / "sandbox" / "protocol.py"]
+    + list((ROOT / "rewards" / "sandbox" / "forkserver").glob("*.py"))
+)
+
+
 def test_protocol_is_json_not_pickle():
-    """The host decodes only JSON from the server; the server script imports no pickle."""
+    """The host decodes only JSON from the server; the server's code imports no pickle."""
     from rewards.sandbox import protocol
 
     buf = bytearray(b"\x00\x00\x00\x05\x80\x04N.\x00")  # a pickle frame
     with pytest.raises(protocol.ProtocolError):
         protocol.unframe(buf)
-    for name in ("server.py", "protocol.py", "client.py", "jail.py"):
-        text = (ROOT / "rewards" / "sandbox" / name).read_text()
-        assert "import pickle" not in text and "pickle.loads" not in text, name
-    server = (ROOT / "rewards" / "sandbox" / "server.py").read_text()
-    assert "import rewards" not in server and "from rewards" not in server
+    for path in [*SERVER_FILES, ROOT / "rewards" / "sandbox" / "client.py", ROOT / "rewards" / "sandbox" / "jail.py"]:
+        text = path.read_text()
+        assert "import pickle" not in text and "pickle.loads" not in text, path.name
+
+
+def test_server_imports_nothing_of_ours():
+    """The server (server.py, the forkserver package it runs, protocol.py) imports the standard
+    library, `protocol` and its own package only: it runs on the system interpreter in the jail,
+    where nothing else of ours is mounted."""
+    import ast
+
+    assert len(SERVER_FILES) > 5
+    for path in SERVER_FILES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [] if node.level else [node.module or ""]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                ok = top in sys.stdlib_module_names or top in ("protocol", "forkserver", "__future__")
+                assert ok, f"{path.name} imports {name}"
 
 
 def test_programs_see_only_their_own_fds_and_processes(sb):
@@ -414,26 +439,27 @@ def test_without_a_delegated_cgroup_protections_say_rlimit_only(sb):
 FD_LEAK = r"""
 import errno, os, sys, tempfile
 sys.path.insert(0, sys.argv[1])
-import server
+import protocol
+from forkserver import event_loop, monitor, program
 
 def fail_fork(*a, **k):
     raise OSError(errno.EAGAIN, "fork refused")
 
-server.os.fork = fail_fork
-server.os.posix_spawn = fail_fork  # monitors are spawned, programs forked or cloned
-server._clone_into_job_namespaces = fail_fork
+os.fork = fail_fork
+os.posix_spawn = fail_fork  # monitors are spawned, programs forked or cloned
+program._clone_into_job_namespaces = monitor._clone_into_job_namespaces = fail_fork
 base = tempfile.mkdtemp()
 job = {"id": 1, "steps": [{"kind": "python", "source": "print(1)"}],
-       "limits": [dict(server.protocol.LIMIT_DEFAULTS)]}
+       "limits": [dict(protocol.LIMIT_DEFAULTS)]}
 before = sorted(os.listdir("/proc/self/fd"))
 errors = []
 for _ in range(50):
     try:
-        res = server._run_job(job, base, False, 4096)
+        res = monitor._run_job(job, base, False, 4096)
         errors.append(res["error"])
     except Exception as e:
         errors.append(repr(e))
-srv = server._Server.__new__(server._Server)
+srv = event_loop._Server.__new__(event_loop._Server)
 srv.monitors, srv.writers, srv.monitor_cfg = {}, {}, {}
 for _ in range(50):
     try:

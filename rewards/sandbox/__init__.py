@@ -2,8 +2,9 @@
 
 Modules: `protocol` (the JSON wire format), `jail` (the bubblewrap command line and whether it
 can run here), `syscall_filter` (the per-program seccomp filter, compiled on the host),
-`server` (the fork server, run as its own script inside the jail; it imports neither this
-package nor `rewards`), `client` (`Sandbox`, job builders, result types).
+`server` (the fork server's script, run as its own interpreter inside the jail) and
+`forkserver` (its code, one module per concern; neither imports this package nor `rewards`),
+`client` (`Sandbox`, job builders, result types).
 See `server`'s docstring for the process tree and `jail`'s for what the jail exposes.
 Imports: standard library and `rewards.errors`.
 """

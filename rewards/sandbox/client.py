@@ -5,11 +5,11 @@ Lives here: `Limits`, `RunResult`, `Job` (+ `python_job`, `command_job`), `Sandb
 `map_python`, `run_command`, `run_commands`, `map_commands`, `submit`) and module-level
 `run_python`, `map_python`, `run_command` on a shared default `Sandbox`.
 
-The server (`server.py`) runs inside the bubblewrap jail described in `jail.py`, started as its
-own clean interpreter (never a fork of a host holding torch or a model). Everything that comes
-back from it is JSON (see `protocol.py`), checked field by field before it becomes a
-`RunResult`: the host never unpickles data a sandboxed process could have written. Where the
-jail cannot run, `Sandbox()` raises `rewards.SandboxError` saying why, unless
+The server (`server.py`, running the `forkserver` package) runs inside the bubblewrap jail
+described in `jail.py`, started as its own clean interpreter (never a fork of a host holding torch
+or a model). Everything that comes back from it is JSON (see `protocol.py`), checked field by
+field before it becomes a `RunResult`: the host never unpickles data a sandboxed process could
+have written. Where the jail cannot run, `Sandbox()` raises `rewards.SandboxError` saying why, unless
 `allow_unsandboxed=True` is passed; it never falls back silently.
 
 Imports: standard library, `rewards.errors`, and this package's `protocol`, `jail`, `cgroup` and

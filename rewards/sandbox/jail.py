@@ -9,7 +9,8 @@ One long-lived jail per `Sandbox` (per worker pool). What it gives every process
   unprivileged user get the same unprivileged jail;
 - filesystem: a read-only root holding only /usr (and the /bin, /lib... links into it), the
   few /etc entries the toolchains read (ld.so.cache, alternatives, the JDK's config), a fresh
-  /proc and a read-only minimal /dev; the server's own two files at /lmsb; each shared dir
+  /proc and a read-only minimal /dev; the server's own directory at /lmsb (server.py,
+  protocol.py, the forkserver package: the whole of rewards/sandbox); each shared dir
   read-only at /lmsb-shared/<i>; a private tmpfs /tmp. Python's dist/site-packages dirs under
   /usr are masked with empty read-only dirs. Not there: /home, /root, /run, /var, /etc's
   other files, the repository, the data dirs, host sockets.
@@ -27,7 +28,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 
-SERVER_DIR = os.path.dirname(os.path.abspath(__file__))  # protocol.py + server.py
+SERVER_DIR = os.path.dirname(os.path.abspath(__file__))  # server.py, protocol.py, forkserver/
 INSIDE_SERVER_DIR = "/lmsb"
 INSIDE_SHARED = "/lmsb-shared"
 TMP_SIZE = 1 << 30  # the jail's /tmp (all job dirs of the pool)

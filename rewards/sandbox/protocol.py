@@ -1,11 +1,11 @@
 """The wire format between the host (`rewards.sandbox.client`) and the fork server
-(`rewards.sandbox.server`): length-prefixed JSON frames, in both directions.
+(`server.py` and its `forkserver` package): length-prefixed JSON frames, in both directions.
 
 JSON, never pickle: the server runs inside the jail next to model-written programs, so
 everything that comes back from it is treated as data a hostile program may have shaped.
 `unframe` only ever builds dicts, lists, strings, numbers, booleans and None.
 
-This module is loaded by the server as a plain script module (`import protocol`, from the
+This module is loaded by the server as a plain top-level module (`import protocol`, from the
 directory the jail mounts), so it imports the standard library only, nothing of ours.
 """
 
