@@ -7,8 +7,9 @@ task builder.
 
 Each id may also carry *run defaults* (`run_defaults`): the env kwargs, held-out eval kwargs
 and reward wrappers a training run on it starts from (its token budget, its splits, the
-wrappers to use or none), so ``run_ppo.py env.id=X`` alone gives X's. The built-in ids' are
-in `lm_envs.suite.RUN_DEFAULTS`; ``register_task(..., run_defaults=...)`` sets them for others.
+wrappers to use or none), so ``run_ppo.py env.id=X`` alone gives X's. ``register_task(...,
+run_defaults=...)`` sets them (the built-in ids' come from `lm_envs.suite.BUILTIN_IDS`, which
+imports this module; this module imports nothing of it).
 """
 
 from __future__ import annotations
@@ -71,9 +72,7 @@ def run_defaults(env_id: str) -> dict[str, Any]:
     training env: split, token budget...), ``eval_kwargs`` (merged over them for the held-out
     env) and ``reward_wrappers`` (a `lm_envs.reward_wrappers.from_config` list; ``[]``: none).
     Empty for an id registered without them (its spec's own defaults then apply)."""
-    from lm_envs.suite import RUN_DEFAULTS
-
-    found = _RUN_DEFAULTS.get(env_id, RUN_DEFAULTS.get(env_id, {}))
+    found = _RUN_DEFAULTS.get(env_id, {})
     defaults: dict[str, Any] = {"kwargs": {}, "eval_kwargs": {}, "reward_wrappers": []}
     defaults.update(copy.deepcopy(found))
     return defaults

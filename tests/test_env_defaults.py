@@ -118,3 +118,27 @@ def test_registering_with_run_defaults_and_without():
     with pytest.raises(ValueError, match="unknown run_defaults keys"):
         register_task("test_envs/Bad-v0", lambda: echo_task(), run_defaults={"kwarg": {}})
     assert "test_envs/Bad-v0" not in gym.registry
+
+
+def test_one_table_holds_every_builtin_ids_defaults_and_registration_does_not_import_it():
+    import ast
+
+    from lm_envs import registration
+    from lm_envs.suite import BUILTIN_IDS
+
+    for env_id, row in BUILTIN_IDS.items():
+        spec_kwargs = dict(gym.spec(env_id).kwargs)
+        assert spec_kwargs.pop("task_builder") is row["builder"] and spec_kwargs == row["env"], env_id
+        assert run_defaults(env_id) == {"kwargs": {}, "eval_kwargs": {}, "reward_wrappers": [], **row["run"]}
+    # Toxicity's own budget is its run's (it was 20 for gymnasium.make and 32 for a run).
+    assert (
+        gym.spec("lm_envs/Toxicity-v0").kwargs["max_new_tokens"]
+        == RUN_DEFAULTS["lm_envs/Toxicity-v0"]["kwargs"]["max_new_tokens"]
+    )
+    imported = {
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(ast.parse(Path(registration.__file__).read_text()))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert "lm_envs.suite" not in imported and "lm_envs" not in imported  # no import circle

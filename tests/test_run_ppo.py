@@ -80,15 +80,18 @@ def test_sigkill_then_resume_continues(tiny_dir, tmp_path):
     proc.wait()
     done = sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("iter_"))
     assert done and done[-1] != "iter_000400"
-    resumed = run(tiny_args(tiny_dir, tmp_path, "iterations=400", "resume=true"))
+    # The resumed run ends 3 iterations later (a budget of 400 kept the first one running until
+    # the kill; the rest of it would only cost time).
+    last_before_kill = int(done[-1].split("_")[1])
+    end = last_before_kill + 3
+    resumed = run(tiny_args(tiny_dir, tmp_path, f"iterations={end}", "resume=true"))
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output
     assert "resuming from" in output
-    last_before_kill = int(done[-1].split("_")[1])
     assert f"iter {last_before_kill + 1:4d}" in output  # continues at the next iteration, not from 1
     assert "iter    1 |" not in output
-    assert (checkpoints / "iter_000400" / "agent.pt").exists()
-    assert json.loads((tmp_path / "run.json").read_text())["iterations_done"] == 400
+    assert (checkpoints / f"iter_{end:06d}" / "agent.pt").exists()
+    assert json.loads((tmp_path / "run.json").read_text())["iterations_done"] == end
 
 
 # pause_gsm8k is a PPO preset: the pause head is trained through PPO's value head and KL. A recipe
