@@ -419,6 +419,26 @@ def test_episode_config_is_the_one_list_of_settings(tiny_lm):
     assert b.batch.config.stop_strings == ("!",) and a.observation_space["input_ids"].shape == (21,)
 
 
+def test_episode_state_saved_before_multi_turn_episodes_still_loads(tiny_lm):
+    """`EpisodeBatch.set_state` reads state saved before multi-turn episodes and per-turn rewards:
+    the arrays added since take the values they would have had (nothing injected, no turn ended)."""
+    tok = tiny_lm[1]
+    env = TokenVecEnv(echo_task(), tok, num_envs=2, max_new_tokens=8, max_prompt_tokens=16, seed=0)
+    env.reset()
+    for _ in range(3):
+        env.step(np.full(2, ids(tok, "7")[0]))
+    state = env.batch.get_state()
+    added = {"completion_length", "num_injected", "turns", "turn_start", "turn_generated", "segment_start"}
+    added |= {"tool_calls", "first_score", "last_score", "waiting", "turn_end"}
+    for later in (added | {"turn_spans", "turn_last_action", "turn_rewards"}, {"turn_spans", "turn_rewards"}):
+        restored = TokenVecEnv(echo_task(), tok, num_envs=2, max_new_tokens=8, max_prompt_tokens=16, seed=1)
+        restored.batch.set_state({name: array for name, array in state.items() if name not in later})
+        for name, array in restored.batch.get_state().items():
+            np.testing.assert_array_equal(array, state[name], err_msg=name)
+    with pytest.raises(ValueError, match="lacks.*input_ids"):
+        restored.batch.set_state({name: array for name, array in state.items() if name != "input_ids"})
+
+
 # -- the registered multi-turn ids ----------------------------------------------------------------
 @pytest.mark.parametrize(
     "env_id", ["lm_envs/GSM8KCalculator-v0", "lm_envs/MBPPFeedback-v0", "lm_envs/HumanEvalCppFeedback-v0"]
