@@ -178,6 +178,7 @@ def _child_prctl() -> Any:
 
 
 _PRCTL: Any = None
+# Plain ints, for a program process's `_signal.signal` calls: the enum wrapper touches more memory.
 _SIGKILL, _SIGTERM, _SIGPIPE, _SIG_DFL = (
     int(x) for x in (signal.SIGKILL, signal.SIGTERM, signal.SIGPIPE, signal.SIG_DFL)
 )
