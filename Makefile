@@ -46,10 +46,12 @@ test: setup system-deps lint
 	LM_ENVS_DATA_DIR=$${LM_ENVS_DATA_DIR:-$(DATA_DIR)} $(PY) -m pytest -q tests $(ARGS)
 
 # The inner loop (about a minute alone): lint, then the unit tests: the pure maths, rewards,
-# configs, checkpoints, the env contract and the device check. `make test` still runs everything.
+# configs, checkpoints, the env contract, the device check, the settings' names and the fixed-seed
+# fingerprints of every agent. `make test` still runs everything.
 FAST_TESTS := tests/test_ppo_math.py tests/test_group_math.py tests/test_head_math.py tests/test_preference_math.py \
 	tests/test_checkpoint.py tests/test_env_defaults.py tests/test_env_contract.py tests/test_rewards_math.py \
-	tests/test_rewards_choice.py tests/test_rewards_registry.py tests/test_kv_cache.py tests/test_device.py
+	tests/test_rewards_choice.py tests/test_rewards_registry.py tests/test_kv_cache.py tests/test_device.py \
+	tests/test_names.py tests/test_fixed_seed.py
 test-fast: setup lint
 	LM_ENVS_DATA_DIR=$${LM_ENVS_DATA_DIR:-$(DATA_DIR)} $(PY) -m pytest -q $(FAST_TESTS) $(ARGS)
 

@@ -51,11 +51,8 @@ class PPO(OnPolicyLMAlgorithm):
     :param reward_clip: clip scaled scores to ``[-reward_clip, reward_clip]`` (``None``: off).
     :param whiten_advantages: whiten advantages over the batch's generated tokens.
     :param calibrate_value_head: before the first update, shift the value head's bias by the
-        first batch's mean(Monte-Carlo return − value), so it starts centred on the returns (the
-        head starts at 0; the shift is 0 for a head already centred). Adam moves a bias by about one
-        learning rate per step, so an uncalibrated head stays far below scores near 1 for
-        hundreds of updates, and with ``gae_lambda < 1`` that offset turns into advantages that
-        depend on the token's position rather than on the completion's score.
+        first batch's mean(Monte-Carlo return − value), so it starts centred on the returns
+        (`prepare_critic`; why: docs/ppo.md, "Value-head calibration").
     :param recompute_log_probs, rollout_is_mode, rollout_is_cap: the rollout-versus-update
         mismatch correction (see `OnPolicyLMAlgorithm`; the values stay the rollout's).
     :param log_samples: prompt/completion pairs written to tensorboard as text per iteration.

@@ -106,10 +106,39 @@ CASES = [
 ]
 
 
+def own_agent(preset):
+    return compose([f"experiment={preset}"] if preset else []).agent.name
+
+
+# Built for real (envs, policy, agent): every agent with the default and the tiny config, and every
+# preset with its own agent. Every other preset x agent pair is composed and checked without a
+# model (`test_every_preset_agent_pair_composes_and_validates`): what differs between them is
+# the agent node, which that check covers.
+BUILT = sorted(
+    {(None, agent) for agent in agents()}
+    | {("tiny_test", agent) for agent in agents()}
+    | {(preset, own_agent(preset)) for preset in presets()},
+    key=str,
+)
+
+
 @pytest.mark.parametrize("preset, agent", CASES)
+def test_every_preset_agent_pair_composes_and_validates(preset, agent):
+    """Each pair's agent keys are ones its class takes, and its batch shape fits its env."""
+    import run_ppo
+
+    cfg = compose(([f"experiment={preset}"] if preset else []) + [f"agent={agent}"])
+    cls = run_ppo.agent_class(cfg)  # unknown keys and env.num_envs vs completions_per_prompt
+    rows, group = cfg.env.num_envs, cfg.env.get("completions_per_prompt", 1)
+    batch = cfg.agent.get("batch_size") or rows
+    assert cfg.agent.name == agent and rows % group == 0
+    if cls.__name__ in ("PPO", "GRPO", "RLOO", "REINFORCE", "REINFORCEPlusPlus"):
+        assert batch <= rows and rows % batch == 0, (preset, agent, batch, rows)  # the core's own check
+
+
+@pytest.mark.parametrize("preset, agent", BUILT)
 def test_every_shipped_config_composes_and_instantiates(preset, agent, tiny_dir, tmp_path):
-    """Configs cannot drift from the code: build envs, policy and agent for each preset x agent
-    (tiny model swapped in)."""
+    """Configs cannot drift from the code: build envs, policy and agent (tiny model swapped in)."""
     import run_ppo
 
     from agents import AGENTS
