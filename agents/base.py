@@ -11,6 +11,10 @@ Both update through `LMAlgorithm.accumulate_and_step`: one optimizer step from m
 losses are already weighted by their share of the minibatch (tokens for a token mean, targets for a
 per-target mean), so gradient accumulation gives the minibatch's loss whatever the micro-batch size.
 
+Why one file of this length: its one concern is the surface every agent shows SB3 users (the
+``learn`` loop, the logged tags, ``save``/``load`` and what resume restores), which must change
+together; file formats live in `agents.checkpoint`, collectives in `agents.distributed`.
+
 Built on SB3's `OnPolicyAlgorithm` (callbacks, logger, schedules, ``learn``); agents meet envs
 only through the `VecEnv` API and its contract (`agents.env_contract`) and policies only through
 the policy API. Imports `agents` checkpoint, distributed, memory and buffer modules, the
