@@ -888,18 +888,12 @@ def test_java_isolation(host, trainer_keys):
 # ----------------------------------------------------------------------------------- unprivileged
 
 
-def test_hostile_suite_as_unprivileged_user():
-    """The same suite as `nobody` (when we are root); as a non-root user it *is* this run."""
-    if os.geteuid() != 0:
-        assert os.getuid() != 0  # this very run is the unprivileged one: nothing to re-run
-        return
-    setpriv = shutil.which("setpriv")
-    assert setpriv, "setpriv (util-linux) is needed to run the hostile suite as an unprivileged user"
-    python = "/usr/bin/python3"
+UNPRIVILEGED = "test_hostile_suite_as_unprivileged_user"
+
+
+def _unprivileged_env(home: Path) -> dict[str, str]:
     site = sysconfig.get_paths()["purelib"]
-    home = Path(tempfile.mkdtemp(prefix="lmsb-nobody-"))  # pytest's own tmp dirs are root-only
-    os.chmod(home, 0o777)
-    env = {
+    return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": str(home),
         "PYTHONPATH": f"{ROOT}:{site}",
@@ -908,12 +902,27 @@ def test_hostile_suite_as_unprivileged_user():
         "HF_HUB_OFFLINE": "1",
         "LANG": "C.UTF-8",
     }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def unprivileged_run(request):
+    """As root, with the unprivileged test selected: the same suite as `nobody`, started when this
+    module starts, so it runs beside the tests below (mostly compilers and a jail waiting on its
+    programs) instead of after them; `test_hostile_suite_as_unprivileged_user` waits for it."""
+    selected = any(item.name == UNPRIVILEGED for item in request.session.items)
+    if os.geteuid() != 0 or not selected:
+        yield None
+        return
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed to run the hostile suite as an unprivileged user"
+    home = Path(tempfile.mkdtemp(prefix="lmsb-nobody-"))  # pytest's own tmp dirs are root-only
+    os.chmod(home, 0o777)
     cmd = [
         setpriv,
         "--reuid=65534",
         "--regid=65534",
         "--clear-groups",
-        python,
+        "/usr/bin/python3",
         "-m",
         "pytest",
         "-q",
@@ -926,16 +935,40 @@ def test_hostile_suite_as_unprivileged_user():
         "--rootdir",
         str(ROOT),
     ]
+    env = _unprivileged_env(home)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=str(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
-        out = subprocess.run(cmd, env=env, cwd=str(home), capture_output=True, text=True, timeout=900)
+        yield setpriv, env, proc
     finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
         shutil.rmtree(home, ignore_errors=True)
-    tail = out.stdout[-3000:] + out.stderr[-2000:]
-    assert out.returncode == 0, tail
+
+
+def test_hostile_suite_as_unprivileged_user(unprivileged_run):
+    """The same suite as `nobody` (when we are root); as a non-root user it *is* this run."""
+    if os.geteuid() != 0:
+        assert os.getuid() != 0  # this very run is the unprivileged one: nothing to re-run
+        return
+    setpriv, env, proc = unprivileged_run
+    stdout, stderr = proc.communicate(timeout=900)
+    tail = stdout[-3000:] + stderr[-2000:]
+    assert proc.returncode == 0, tail
     expected = len([name for name in globals() if name.startswith("test_") and "unprivileged" not in name])
-    assert f"{expected} passed" in out.stdout and "skipped" not in out.stdout and "failed" not in out.stdout, tail
+    assert f"{expected} passed" in stdout and "skipped" not in stdout and "failed" not in stdout, tail
     check = subprocess.run(
-        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c", "import os; print(os.geteuid())"],
+        [
+            setpriv,
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            "import os; print(os.geteuid())",
+        ],
         env=env,
         capture_output=True,
         text=True,
