@@ -473,3 +473,15 @@ def test_run_config_turns_the_curriculum_on_and_checkpoints_keep_it(tiny_dir, tm
     assert env2.state_dict() == env.state_dict() and env2.level == 2
     with pytest.raises(SystemExit, match="reasoning_gym/<task>-v0"):
         run_ppo.curriculum_kwargs(compose(["env.curriculum.enabled=true"]))
+
+
+def test_answer_extractors_read_what_each_format_promises_and_nothing_else():
+    from lm_envs.ecosystem.reasoning_gym import EXTRACTORS
+
+    read = {name: fn for name, (fn, _) in EXTRACTORS.items()}
+    assert read["first_line"]("\n 4 + 3 = 7 \nmore") == "4 + 3 = 7"
+    assert read["first_line_result"]("\n 4 + 3 = 7 \n8") == "7"  # the restated sum's result
+    assert read["first_line_result"]("7") == "7" and read["first_line_result"]("-8 + -5 = -13") == "-13"
+    assert read["first_line_result"]("4 + 3 =") is None and read["first_line_result"]("  \n") is None
+    assert read["last_line"]("work\n\n 12 ") == "12"
+    assert read["answer_tag"]("<answer>1</answer> then <answer> 2 </answer>") == "2"

@@ -175,6 +175,11 @@ def _first_line(text: str) -> str | None:
     return lines[0] if lines else None
 
 
+def _first_line_result(text: str) -> str | None:
+    line = _first_line(text)
+    return line.rsplit("=", 1)[-1].strip() or None if line is not None else None
+
+
 def _last_line(text: str) -> str | None:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else None
@@ -193,6 +198,9 @@ def _full(text: str) -> str | None:
 EXTRACTORS: dict[str, tuple[Callable[[str], str | None], str]] = {
     # The first non-empty line, stripped ("Give only the final answer.": a small model's format).
     "first_line": (_first_line, "{question}\nGive only the final answer."),
+    # The first non-empty line after its last "=" ("4 + 3 = 7" -> "7"): the small model's habit of
+    # restating the sum, read as its answer. One line, one number after "=": nothing else scores.
+    "first_line_result": (_first_line_result, "{question}\nGive only the final answer."),
     # The last non-empty line, stripped (room to reason first, the answer last).
     "last_line": (_last_line, "{question}\nThink step by step, then give the final answer alone on the last line."),
     # The last <answer>...</answer> (reasoning-gym's own convention, `reasoning_gym.utils.extract_answer`).
