@@ -25,18 +25,7 @@ import numpy as np
 import torch
 
 from agents.reward_math import discriminator_loss
-from agents.scorer_model import build_scorer, pick_device, save_scorer, seed_everything, sequence_scores
-
-
-def split_by_key(
-    rows: Sequence[Mapping[str, Any]], eval_fraction: float, seed: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """A seeded split by problem: about ``eval_fraction`` of the keys go to evaluation, all their rows with them."""
-    keys = sorted({r["key"] for r in rows})
-    order = np.random.default_rng(seed).permutation(len(keys))
-    n_eval = min(len(keys) - 1, max(1, round(eval_fraction * len(keys)))) if eval_fraction > 0 else 0
-    held = {keys[i] for i in order[:n_eval]}
-    return [dict(r) for r in rows if r["key"] not in held], [dict(r) for r in rows if r["key"] in held]
+from agents.scorer_model import build_scorer, pick_device, save_scorer, seed_everything, sequence_scores, split_by
 
 
 class Discriminator:
@@ -113,7 +102,7 @@ class Discriminator:
         missing = [c for c in ("prompt", "completion", "label", "key") if rows and c not in rows[0]]
         if not rows or missing:
             raise ValueError(f"discriminator rows need prompt, completion, label and key; missing {missing or 'rows'}")
-        train, held = split_by_key(rows, self.eval_fraction, self.seed)
+        train, held = split_by(rows, "key", self.eval_fraction, self.seed)
         optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.learning_rate)
         rng = np.random.default_rng(self.seed)
         bar = tqdm(

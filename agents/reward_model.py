@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from agents.reward_math import bradley_terry_loss, pair_statistics
-from agents.scorer_model import build_scorer, pick_device, save_scorer, seed_everything, sequence_scores
+from agents.scorer_model import build_scorer, pick_device, save_scorer, seed_everything, sequence_scores, split_by
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -61,13 +61,8 @@ def load_pairs(data: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | 
 def split_by_prompt(
     rows: Sequence[Mapping[str, Any]], eval_fraction: float, seed: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """A seeded split of the pairs by prompt: about ``eval_fraction`` of the prompts (at least one
-    when there are two or more) go to evaluation with all their pairs."""
-    prompts = sorted({r["prompt"] for r in rows})
-    order = np.random.default_rng(seed).permutation(len(prompts))
-    n_eval = min(len(prompts) - 1, max(1, round(eval_fraction * len(prompts)))) if eval_fraction > 0 else 0
-    held = {prompts[i] for i in order[:n_eval]}
-    return [dict(r) for r in rows if r["prompt"] not in held], [dict(r) for r in rows if r["prompt"] in held]
+    """A seeded split of the pairs by prompt (`agents.scorer_model.split_by`)."""
+    return split_by(rows, "prompt", eval_fraction, seed)
 
 
 class RewardModel:

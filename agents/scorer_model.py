@@ -37,6 +37,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def split_by(
+    rows: Sequence[Mapping[str, Any]], column: str, eval_fraction: float, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A seeded split by the value of ``column`` (a prompt, a problem): about ``eval_fraction`` of
+    the values (at least one when there are two or more) go to evaluation with all their rows."""
+    values = sorted({r[column] for r in rows})
+    order = np.random.default_rng(seed).permutation(len(values))
+    n_eval = min(len(values) - 1, max(1, round(eval_fraction * len(values)))) if eval_fraction > 0 else 0
+    held = {values[i] for i in order[:n_eval]}
+    return [dict(r) for r in rows if r[column] not in held], [dict(r) for r in rows if r[column] in held]
+
+
 def build_scorer(
     backbone: str,
     lora: Mapping[str, Any] | None = None,
