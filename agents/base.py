@@ -400,6 +400,8 @@ class LMAlgorithm(OnPolicyAlgorithm):
             "time/reference": self._timings.get("reference", 0.0),
             "time/update": self._timings.get("update", 0.0),
         }
+        if "weight_sync" in self._timings:  # an inference engine took the policy's weights (agents.engine)
+            values["time/weight_sync"] = self._timings["weight_sync"]
         if buffer.has_reference:  # no reference pass, no KL to report
             kl = float(buffer.sequence_kl.mean())
             values["objective/kl"] = kl

@@ -36,6 +36,7 @@ from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from agents import distributed, names, ppo_math
 from agents.base import Accumulated, LMAlgorithm, make_schedule
 from agents.buffer import TokenBatch, TokenRolloutBuffer
+from agents.engine.actor import EngineActor
 from agents.env_contract import token_env
 from agents.rollout import collect_episodes, concat_episodes
 from policies.causal_lm import CausalLMPolicy
@@ -192,6 +193,10 @@ class OnPolicyLMAlgorithm(LMAlgorithm):
         self.adaptive_kl, self.kl_target, self.kl_horizon = adaptive_kl, kl_target, kl_horizon
         self.missing_eos_penalty, self.reward_scale, self.reward_clip = missing_eos_penalty, reward_scale, reward_clip
         self.completions_per_prompt = completions_per_prompt
+        self.rollout_engine: Any = None  # `use_engine`: None generates with the policy itself (rollout.engine=hf)
+        self._engine_actor: EngineActor | None = None
+        self._engine_version: int | None = None  # the update count whose weights the engine serves
+        self._sync_seconds = 0.0
         if _init_setup_model:
             self._setup_model()
 
@@ -213,7 +218,8 @@ class OnPolicyLMAlgorithm(LMAlgorithm):
         batches, extra = [], 0
         while True:
             with self.policy.gathered():  # FSDP: full weights for generation, which takes each rank its own steps
-                episodes, self._last_obs = collect_episodes(self.policy, env, self._last_obs, callback=callback)
+                actor = self._rollout_actor()  # the policy, or an inference engine (use_engine)
+                episodes, self._last_obs = collect_episodes(actor, env, self._last_obs, callback=callback)
             # Env steps × rows of every rank (ranks' batches may run different numbers of steps).
             self.num_timesteps += int(
                 distributed.reduce_sum(torch.tensor(episodes.num_steps * env.num_envs, device=self.device))
@@ -235,6 +241,7 @@ class OnPolicyLMAlgorithm(LMAlgorithm):
             extra += 1
         episodes = concat_episodes(batches)
         self._timings = {
+            **({"weight_sync": self._sync_seconds} if self.rollout_engine is not None else {}),
             "rollout": episodes.seconds,
             "reward": float(sum(info.get("reward_time", 0.0) for info in episodes.infos)),
             "reward_wait": float(sum(info.get("reward_wait", 0.0) for info in episodes.infos)),
@@ -245,6 +252,41 @@ class OnPolicyLMAlgorithm(LMAlgorithm):
         callback.update_locals(locals())
         callback.on_rollout_end()
         return True
+
+    # -- the rollout engine -------------------------------------------------------------------
+    def use_engine(self, engine: Any) -> None:
+        """Generate rollouts with an inference engine (`agents.engine`) instead of the policy's
+        own decoding loop; ``None`` goes back to the policy.
+
+        The engine gets the policy's weights before the first rollout and after every update
+        (``time/weight_sync``). The old log-probs, and PPO's values, are recomputed with the
+        learner (the engine's log-probs are kept as the sampler's, ``rollout/logprob_diff``, and
+        ``rollout_is_mode`` corrects for the difference). The engine is not saved with the
+        agent: pass it again after `load`.
+        """
+        if engine is not None:
+            from agents.engine.deploy import check_policy
+
+            check_policy(self.policy)
+            if distributed.is_distributed():
+                raise ValueError(
+                    "rollout.engine=vllm runs in one trainer process; under torchrun use rollout.engine=hf"
+                )
+        self.rollout_engine = engine
+        self._engine_actor = None if engine is None else EngineActor(engine, self.policy, self.seed)
+        self._engine_version = None
+
+    def _rollout_actor(self):
+        """What chooses the actions: the policy, or the engine once it serves the current weights."""
+        self._sync_seconds = 0.0
+        if self.rollout_engine is None:
+            return self.policy
+        if self._engine_version != self._n_updates:
+            start = time.perf_counter()
+            self.rollout_engine.sync(self.policy)
+            self._sync_seconds = time.perf_counter() - start
+            self._engine_version = self._n_updates
+        return self._engine_actor
 
     def _informative_groups(self, batches: list) -> list[int]:
         """Groups (indices over the concatenated batches) whose env rewards differ by more than the tolerance."""
@@ -278,7 +320,9 @@ class OnPolicyLMAlgorithm(LMAlgorithm):
         are recomputed), reference pass, shaping, advantages, the rollout correction."""
         start = time.perf_counter()
         buffer = TokenRolloutBuffer.from_episodes(episodes, completions_per_prompt=self.completions_per_prompt)
-        if self._recomputes_log_probs():
+        if self.rollout_engine is not None:  # the engine's log-probs are the sampler's; it has no value head
+            self.recompute_pass(buffer, with_values=self.uses_value_head)
+        elif self._recomputes_log_probs():
             self.recompute_pass(buffer)
         self.reference_pass(buffer)
         self._timings["reference"] = time.perf_counter() - start
@@ -298,15 +342,21 @@ class OnPolicyLMAlgorithm(LMAlgorithm):
         return next(self.policy.model.parameters()).dtype in (torch.bfloat16, torch.float16)
 
     @torch.no_grad()
-    def recompute_pass(self, buffer: TokenRolloutBuffer, batch_size: int = 16) -> None:
+    def recompute_pass(self, buffer: TokenRolloutBuffer, batch_size: int = 16, with_values: bool = False) -> None:
         """The learner's own log-probs of the rollout's actions (teacher-forced, no grad) become
-        the old log-probs; the sampler's are kept as ``buffer.rollout_log_probs``."""
-        flat = []
+        the old log-probs; the sampler's are kept as ``buffer.rollout_log_probs``.
+
+        :param with_values: also the value head's values (an engine's rollout has none)."""
+        flat, flat_values = [], []
         for rows in torch.arange(buffer.num_rows, device=self.device).split(batch_size):
             ids, attn, pol = buffer.trimmed_rows(rows)
-            flat.append(self.policy.evaluate_actions(ids, attn, pol, with_entropy=False, with_values=False).log_prob)
+            out = self.policy.evaluate_actions(ids, attn, pol, with_entropy=False, with_values=with_values)
+            flat.append(out.log_prob)
+            flat_values.append(out.values)
         buffer.rollout_log_probs = buffer.log_probs
         buffer.log_probs = torch.zeros_like(buffer.log_probs).masked_scatter(buffer.mask, torch.cat(flat))
+        if with_values:
+            buffer.values = torch.zeros_like(buffer.values).masked_scatter(buffer.mask, torch.cat(flat_values))
 
     @torch.no_grad()
     def reference_pass(self, buffer: TokenRolloutBuffer, reference_batch_size: int = 16) -> None:

@@ -2,8 +2,8 @@
 
 `collect_episodes` drives any SB3 `VecEnv` in the token-MDP layout (`lm_envs.TokenVecEnv`,
 possibly wrapped) with a policy that has ``act(obs, state, episode_start, deterministic)``
-(`policies.CausalLMPolicy`). It talks to the env through the VecEnv API and its contract
-(`agents.env_contract`). The result,
+(`policies.CausalLMPolicy`, or `agents.engine.EngineActor` for an inference engine). It talks
+to the env through the VecEnv API and its contract (`agents.env_contract`). The result,
 `EpisodeBatch`-shaped tensors plus per-action rollout log-probs and values, is what
 `agents.buffer.TokenRolloutBuffer` stores.
 """
@@ -140,8 +140,12 @@ def collect_episodes(
         acting = torch.as_tensor(acting_np, device=device)
         # Rows being scored in the background (overlap_scoring) never act again: out of the cache.
         active = torch.as_tensor(~finished & ~env.scoring_rows, device=device)
+        if getattr(policy, "acts_on_acting_rows", False):  # an engine (agents.engine) asks for acting rows only
+            step_active = acting
+        else:
+            step_active = active if compact else None
         actions, step_log_probs, step_values, state = policy.act(
-            obs_to_torch(obs, device), state, episode_start, deterministic, active=active if compact else None
+            obs_to_torch(obs, device), state, episode_start, deterministic, active=step_active
         )
         acting_rows, positions = rows[acting], taken[acting]
         log_probs[acting_rows, positions] = step_log_probs[acting]

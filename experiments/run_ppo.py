@@ -196,6 +196,35 @@ def prepare(cfg):
     return agent, env, eval_env, resume_from
 
 
+def attach_engine(cfg, agent, out: Path):
+    """The inference engine ``rollout.engine`` asks for, given to the agent (None for ``hf``)."""
+    rollout = cfg.get("rollout") or {}
+    name = rollout.get("engine", "hf")
+    if name == "hf":
+        return None
+    if name != "vllm":
+        raise SystemExit(f"rollout.engine must be hf or vllm, got {name!r}")
+    if not hasattr(agent, "use_engine"):
+        raise SystemExit(
+            f"rollout.engine=vllm serves the online agents (ppo, grpo, rloo, reinforce, reinforce_pp); "
+            f"agent={cfg.agent.name} generates with the policy: use rollout.engine=hf"
+        )
+    from agents.engine.deploy import make_engine
+
+    engine = make_engine(
+        agent.policy,
+        deployment=rollout.get("deployment", "server"),
+        server_url=rollout.get("server_url"),
+        engine_python_path=rollout.get("engine_python"),
+        seed=cfg.seed,
+        max_model_len=rollout.get("max_model_len", 2048),
+        kv_cache_gb=rollout.get("kv_cache_gb", 1.0),
+        log_path=str(out / "engine.log"),
+    )
+    agent.use_engine(engine)
+    return engine
+
+
 def main(argv: list[str]) -> dict:
     from agents import distributed
     from agents.checkpoint import atomic_write_text
@@ -215,13 +244,24 @@ def main(argv: list[str]) -> dict:
             else "single process",
             file=sys.stderr,
         )
+    agent, env, eval_env, resume_from = prepare(cfg)
+    engine = attach_engine(cfg, agent, out)
+    try:
+        return _run(cfg, agent, eval_env, resume_from, out, started)
+    finally:
+        if engine is not None:
+            engine.close()
+
+
+def _run(cfg, agent, eval_env, resume_from, out: Path, started: float) -> dict:
+    """Evaluate, train, save, evaluate again and write the report."""
     from stable_baselines3.common.callbacks import CallbackList
 
-    from agents import CheckpointEveryIterations, EvalEveryIterations, evaluate_policy
+    from agents import CheckpointEveryIterations, EvalEveryIterations, distributed, evaluate_policy
     from agents.callbacks import StopAfterSeconds
     from agents.checkpoint import write_json
 
-    agent, env, eval_env, resume_from = prepare(cfg)
+    main_process = distributed.is_main_process()
     checkpoints = out / "checkpoints"
 
     def evaluate(tag: str) -> dict:

