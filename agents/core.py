@@ -216,6 +216,7 @@ class OnPolicyLMAlgorithm(LMAlgorithm):
         self.policy.set_training_mode(False)
         callback.on_rollout_start()
         batches, extra = [], 0
+        self._sync_seconds = 0.0
         while True:
             with self.policy.gathered():  # FSDP: full weights for generation, which takes each rank its own steps
                 actor = self._rollout_actor()  # the policy, or an inference engine (use_engine)
@@ -278,13 +279,12 @@ class OnPolicyLMAlgorithm(LMAlgorithm):
 
     def _rollout_actor(self):
         """What chooses the actions: the policy, or the engine once it serves the current weights."""
-        self._sync_seconds = 0.0
         if self.rollout_engine is None:
             return self.policy
         if self._engine_version != self._n_updates:
             start = time.perf_counter()
             self.rollout_engine.sync(self.policy)
-            self._sync_seconds = time.perf_counter() - start
+            self._sync_seconds += time.perf_counter() - start
             self._engine_version = self._n_updates
         return self._engine_actor
 

@@ -11,8 +11,13 @@ sampling (temperature 1, no top-k/top-p). Two cases:
   on. Our rollout feeds each row's injected tokens into the kept KV cache in one step; the
   baseline is the manual loop people write: `generate`, append each row's turn and the
   message, left-pad, `generate` again (re-running the whole prefix). Prints ``ratio_multi_turn=``.
-* **fixed** (``--max-new-tokens``, 64): most rows use the whole budget. Prints, last,
+* **fixed** (``--max-new-tokens``, 64): most rows use the whole budget. Prints
   ``ratio=<rollout tokens/s ÷ generate tokens/s>``.
+* **engine** (``--engine server`` or ``colocated``; ``--engine-max-new-tokens``, 128): the same
+  env collected by our rollout (the policy) and by a vLLM engine through `agents.engine.EngineActor`
+  (``rollout.engine=vllm``), both sampled at T=1, the engine's time including its HTTP round
+  trips and the env's steps. Prints, last, ``ratio_engine=<engine tokens/s ÷ rollout tokens/s>``.
+  ``server`` needs ``make engine``; ``colocated`` needs vllm in this environment.
 
 Freed memory stays in the process (`agents.memory.keep_freed_memory`, as in `learn`), for both
 sides alike. Repetitions alternate between the two sides so machine noise hits both alike; ratios are
@@ -21,6 +26,7 @@ row's first EOS on both sides.
 
     python benchmarks/rollout_throughput.py [--repeats 3] [--batch 16] [--max-new-tokens 64]
         [--variable-max-new-tokens 256] [--turn-tokens 32] [--device cuda --dtype bfloat16]
+        [--engine server --engine-max-new-tokens 128]
 
 On a GPU (``--device cuda``) every timing ends with ``torch.cuda.synchronize()``; the summary
 lines also give absolute tokens/s (``benchmarks/gpu_check.sh``).
@@ -33,6 +39,7 @@ import dataclasses
 import statistics
 import time
 
+import numpy as np
 import torch
 
 from agents import collect_episodes, memory
@@ -58,6 +65,8 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", help="float32 or bfloat16")
+    parser.add_argument("--engine", default="none", choices=["none", "server", "colocated"], help="the engine case")
+    parser.add_argument("--engine-max-new-tokens", type=int, default=128)
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     if args.device == "cpu":  # as `learn` does (agents.memory); process-wide, so `generate` gains as much
@@ -78,6 +87,62 @@ def main() -> None:
     if args.max_new_tokens:
         rate, _ = measure(model, tokenizer, args, args.max_new_tokens)
         print(f"ratio={rate:.3f}")
+    if args.engine != "none":
+        print(f"ratio_engine={measure_engine(model, tokenizer, args):.3f}")
+
+
+def measure_engine(model, tokenizer, args) -> float:
+    """Our rollout against a vLLM engine's, on one env and the same prompts; median ratio engine ÷ ours."""
+    from agents.engine import EngineActor
+    from agents.engine.deploy import make_engine
+
+    env = make_vec(
+        "lm_envs/GSM8K-v0",
+        args.batch,
+        tokenizer,
+        split="test",
+        max_new_tokens=args.engine_max_new_tokens,
+        max_prompt_tokens=512,
+        truncate_prompt="left",
+        vocab_size=model.config.vocab_size,
+        seed=0,
+    )
+    policy = CausalLMPolicy(
+        env.observation_space,
+        env.action_space,
+        lambda _: 0.0,
+        model=args.model,
+        reference=False,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    start = time.perf_counter()
+    engine = make_engine(policy, deployment=args.engine, seed=0, max_model_len=1024)
+    print(f"engine ({args.engine}) started in {time.perf_counter() - start:.1f} s")
+    print(f"weight sync (full, {sum(p.numel() for p in policy.parameters()) / 1e6:.0f}M parameters): "
+          f"{engine.sync(policy):.2f} s")  # fmt: skip
+    actor = EngineActor(engine, policy, seed=0)
+
+    def rollout(who):
+        def run(seed: int) -> tuple[int, float]:
+            env.seed(0)  # the same prompts every time
+            torch.manual_seed(seed)
+            actor.rng = np.random.default_rng(seed)
+            episodes, _ = collect_episodes(who, env)
+            return int(episodes.lengths.sum()), episodes.seconds
+
+        return run
+
+    try:
+        return alternate(
+            rollout(actor),
+            rollout(policy),
+            args,
+            f"max_new_tokens {args.engine_max_new_tokens}",
+            names=(f"vLLM engine ({args.engine})", "TokenVecEnv+CausalLMPolicy"),
+        )
+    finally:
+        engine.close()
 
 
 def trimmed_prompts(env, P: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,22 +288,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def alternate(ours, theirs, args, what: str, after_warmup=lambda: None) -> float:
-    """Warm up, then alternate the two sides ``args.repeats`` times; print the table; median ratio."""
+def alternate(
+    ours, theirs, args, what: str, after_warmup=lambda: None, names=("TokenVecEnv+CausalLMPolicy", "model.generate")
+) -> float:
+    """Warm up, then alternate the two sides ``args.repeats`` times; print the table; median ratio
+    of the first side's tokens/s to the second's."""
     ours(0), theirs(0)  # warm-up
     after_warmup()
     rows = []
     for repeat in range(args.repeats):
-        for name, fn in (("TokenVecEnv+CausalLMPolicy", ours), ("model.generate", theirs)):
+        for name, fn in zip(names, (ours, theirs)):
             tokens, seconds = fn(repeat + 1)
             rows.append((name, repeat, tokens, seconds, tokens / seconds))
     print(f"{'side':28s} {'rep':>3s} {'tokens':>7s} {'seconds':>8s} {'tokens/s':>9s}")
     for name, repeat, tokens, seconds, rate in rows:
         print(f"{name:28s} {repeat:3d} {tokens:7d} {seconds:8.2f} {rate:9.1f}")
-    ours_rate = statistics.median(r[4] for r in rows if r[0] != "model.generate")
-    theirs_rate = statistics.median(r[4] for r in rows if r[0] == "model.generate")
+    ours_rate = statistics.median(r[4] for r in rows if r[0] == names[0])
+    theirs_rate = statistics.median(r[4] for r in rows if r[0] == names[1])
     print(
-        f"median tokens/s: ours {ours_rate:.1f}, generate {theirs_rate:.1f} (batch {args.batch}, {what}, sampled, T=1)"
+        f"median tokens/s: {names[0]} {ours_rate:.1f}, {names[1]} {theirs_rate:.1f} "
+        f"(batch {args.batch}, {what}, sampled, T=1)"
     )
     return ours_rate / theirs_rate
 

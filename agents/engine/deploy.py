@@ -43,6 +43,14 @@ def engine_model_dir(policy: Any) -> str:
     return str(embedded_checkpoint(spec)) if spec in EMBEDDED_MODELS else resolve_model_path(spec)
 
 
+def engine_dtype(policy: Any) -> str:
+    """The policy's weights' dtype, by vLLM's name."""
+    import torch
+
+    dtype = next(policy.model.parameters()).dtype
+    return {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+
+
 def lora_rank(policy: Any) -> int:
     """The policy's LoRA rank (0: full fine-tuning)."""
     if not policy.uses_lora:
@@ -96,7 +104,9 @@ class VLLMEngine:
             ) from err
         from agents.engine.vllm_core import VLLMCore
 
-        self.core = VLLMCore(engine_model_dir(policy), seed, max_model_len, kv_cache_gb, lora_rank(policy))
+        self.core = VLLMCore(
+            engine_model_dir(policy), seed, max_model_len, kv_cache_gb, lora_rank(policy), engine_dtype(policy)
+        )
 
     def generate(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return self.core.generate(requests)
@@ -185,6 +195,7 @@ def start_server(
     max_model_len: int = 2048,
     kv_cache_gb: float = 1.0,
     lora_rank: int = 0,
+    dtype: str = "float32",
     startup_timeout: float = 600.0,
     log_path: str | None = None,
 ) -> VLLMServerEngine:
@@ -200,6 +211,7 @@ def start_server(
         f"--max-model-len={max_model_len}",
         f"--kv-cache-gb={kv_cache_gb}",
         f"--lora-rank={lora_rank}",
+        f"--dtype={dtype}",
     ]
     with tempfile.TemporaryDirectory() as directory:
         ready = os.path.join(directory, "ready")
@@ -244,6 +256,7 @@ def make_engine(
             max_model_len=max_model_len,
             kv_cache_gb=kv_cache_gb,
             lora_rank=lora_rank(policy),
+            dtype=engine_dtype(policy),
             log_path=log_path,
         )
     raise ValueError(f"rollout.deployment must be 'colocated' or 'server', got {deployment!r}")

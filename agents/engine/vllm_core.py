@@ -24,11 +24,13 @@ import time
 from typing import Any
 
 
-def engine_args(model: str, seed: int, max_model_len: int, kv_cache_gb: float, lora_rank: int, **extra: Any):
-    """The `vllm.LLM` keyword arguments of this engine (fp32 like the learner, eager on CPU)."""
+def engine_args(
+    model: str, seed: int, max_model_len: int, kv_cache_gb: float, lora_rank: int, dtype: str = "float32", **extra: Any
+):
+    """The `vllm.LLM` keyword arguments of this engine (the learner's dtype; eager: no graph capture)."""
     args = {
         "model": model,
-        "dtype": "float32",
+        "dtype": dtype,
         "seed": int(seed),
         "max_model_len": int(max_model_len),
         "enable_prefix_caching": True,
@@ -50,6 +52,7 @@ class VLLMCore:
     :param max_model_len: the longest context (prompt + completion + injected turns).
     :param kv_cache_gb: the KV cache's memory bound, in GiB.
     :param lora_rank: the largest LoRA rank to serve (0: no LoRA, full-weight sync only).
+    :param dtype: the weights' dtype, the learner's (``float32``, ``bfloat16``, ``float16``).
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class VLLMCore:
         max_model_len: int = 2048,
         kv_cache_gb: float = 1.0,
         lora_rank: int = 0,
+        dtype: str = "float32",
         **extra: Any,
     ) -> None:
         # One process: the engine core runs where it is created (the colocated trainer, or the server).
@@ -66,10 +70,10 @@ class VLLMCore:
         from vllm import LLM
 
         start = time.perf_counter()
-        self.llm = LLM(**engine_args(model, seed, max_model_len, kv_cache_gb, lora_rank, **extra))
+        self.llm = LLM(**engine_args(model, seed, max_model_len, kv_cache_gb, lora_rank, dtype, **extra))
         self.start_seconds = time.perf_counter() - start
         self.model = model
-        self.lora_rank = int(lora_rank)
+        self.lora_rank, self.dtype = int(lora_rank), dtype
         self._lora = None  # the LoRARequest every generation uses (None: the base weights)
         self._lora_dir: str | None = None
         self._version = 0
@@ -149,7 +153,7 @@ class VLLMCore:
         return time.perf_counter() - start
 
     def info(self) -> dict[str, Any]:
-        return {"model": self.model, "lora_rank": self.lora_rank, "version": self._version}
+        return {"model": self.model, "lora_rank": self.lora_rank, "dtype": self.dtype, "version": self._version}
 
     def close(self) -> None:
         if self._lora_dir is not None:

@@ -81,9 +81,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--kv-cache-gb", type=float, default=1.0, help="the KV cache's memory bound")
     parser.add_argument("--lora-rank", type=int, default=0, help="largest LoRA rank to serve (0: full weights only)")
+    parser.add_argument("--dtype", default="float32", help="the weights' dtype: the learner's (float32, bfloat16)")
     parser.add_argument("--ready-file", default=None, help="write the server's address here once it serves")
     args = parser.parse_args(argv)
-    core = VLLMCore(args.model, args.seed, args.max_model_len, args.kv_cache_gb, args.lora_rank)
+    core = VLLMCore(args.model, args.seed, args.max_model_len, args.kv_cache_gb, args.lora_rank, args.dtype)
     box: list = []
     server = HTTPServer((args.host, args.port), make_handler(core, box))
     box.append(server)
