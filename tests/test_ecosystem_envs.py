@@ -81,6 +81,21 @@ def test_config_keys_reach_reasoning_gym_and_the_answer_is_scored(tok):
     assert metrics["accuracy"] == 0.5 and metrics["format_rate"] == 0.75  # first line extracted; "" has none
 
 
+def test_partial_credit_off_scores_exact_answers_only(tok):
+    from lm_envs.ecosystem.reasoning_gym import reasoning_gym_task
+
+    kwargs = dict(split="test", test_size=8, min_word_len=3, max_word_len=3)
+    lenient = reasoning_gym_task("spell_backward", **kwargs)
+    strict = reasoning_gym_task("spell_backward", partial_credit=False, **kwargs)
+    entries = [lenient.references[i] for i in range(len(lenient))]
+    words = [e["metadata"]["word"] for e in entries]
+    answers = [e["answer"] for e in entries]
+    echo = [float(s) for s in lenient.reward(words, entries)]  # the echo hack: the word unreversed
+    assert any(0 < s < 1 for s in echo)  # the task's partial credit pays for it ...
+    assert [float(s) for s in strict.reward(words, entries)] == [float(w == a) for w, a in zip(words, answers)]
+    assert [float(s) for s in strict.reward(answers, entries)] == [1.0] * len(entries)  # ... exact answers still 1
+
+
 def test_held_out_questions_never_appear_in_training():
     from lm_envs.ecosystem.reasoning_gym import reasoning_gym_task
 

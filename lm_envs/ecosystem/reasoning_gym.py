@@ -217,12 +217,21 @@ class ReasoningGymReward(Reward):
         scores items of that level (references carry their level).
     :param extractor: a name in `EXTRACTORS`.
     :param name: the reward's name (``reasoning_gym/<task>``).
+    :param partial_credit: the scorer's own partial credit (``False``: 1 for an exactly right
+        answer, else 0; e.g. spell_backward gives an echoed word 1/3, a score without solving).
     """
 
-    def __init__(self, datasets: Callable[[int], Any], extractor: str = "first_line", name: str = "reasoning_gym"):
+    def __init__(
+        self,
+        datasets: Callable[[int], Any],
+        extractor: str = "first_line",
+        name: str = "reasoning_gym",
+        partial_credit: bool = True,
+    ):
         if extractor not in EXTRACTORS:
             raise ValueError(f"unknown extractor {extractor!r}; known: {sorted(EXTRACTORS)}")
         self.datasets, self.extractor, self.name = datasets, extractor, name
+        self.partial_credit = bool(partial_credit)
 
     def extract(self, completion: str) -> str | None:
         return EXTRACTORS[self.extractor][0](completion)
@@ -238,7 +247,8 @@ class ReasoningGymReward(Reward):
                 value = self.datasets(int(entry.get(_LEVEL_KEY, 0))).score_answer(answer, entry)
             except Exception:  # noqa: BLE001 - a scorer that chokes on odd text scores it 0, never crashes training
                 value = 0.0
-            scores.append(float(value or 0.0))
+            value = float(value or 0.0)
+            scores.append(value if self.partial_credit else float(value >= 1.0))
         return scores
 
     def metrics(self, completions: Sequence[str], references: Sequence[Any], scores: np.ndarray) -> dict[str, float]:
@@ -402,6 +412,7 @@ def reasoning_gym_task(
     test_size: int = 64,
     held_out_seed: int = 10_000_019,
     extractor: str = "first_line",
+    partial_credit: bool = True,
     curriculum: bool = False,
     prompt_template: str | None = None,
     system_prompt: str | None = None,
@@ -421,6 +432,8 @@ def reasoning_gym_task(
     :param test_size: held-out items drawn (duplicates by question text are dropped).
     :param held_out_seed: seed of the held-out items.
     :param extractor: how the answer is read from a completion (`EXTRACTORS`).
+    :param partial_credit: keep the task's partial credit (``False``: exact answers score 1, all
+        else 0; `ReasoningGymReward`).
     :param curriculum: build every level of the task's reasoning-gym curriculum (for
         `ReasoningGymCurriculum`); the held-out items stay those of ``config``.
     :param prompt_template: around the question; defaults to the extractor's.
@@ -455,7 +468,7 @@ def reasoning_gym_task(
     levels = _Levels(name, configs, split, size, seed, test_size, held_out_seed)
     levels.held_out()  # a config the task rejects fails here, with reasoning-gym's message
     if reward is None:
-        reward = ReasoningGymReward(levels.scorer, extractor, name=f"reasoning_gym/{name}")
+        reward = ReasoningGymReward(levels.scorer, extractor, f"reasoning_gym/{name}", partial_credit)
     else:
         from lm_envs.tasks.base import make_reward
 
