@@ -18,6 +18,7 @@ sampling (temperature 1, no top-k/top-p). Two cases:
   (``rollout.engine=vllm``), both sampled at T=1, the engine's time including its HTTP round
   trips and the env's steps. Prints, last, ``ratio_engine=<engine tokens/s ÷ rollout tokens/s>``.
   ``server`` needs ``make engine``; ``colocated`` needs vllm in this environment.
+  ``--engine-lora-rank R`` serves a LoRA policy (the adapter loaded unmerged, as in training).
 
 Freed memory stays in the process (`agents.memory.keep_freed_memory`, as in `learn`), for both
 sides alike. Repetitions alternate between the two sides so machine noise hits both alike; ratios are
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", help="float32 or bfloat16")
     parser.add_argument("--engine", default="none", choices=["none", "server", "colocated"], help="the engine case")
     parser.add_argument("--engine-max-new-tokens", type=int, default=128)
+    parser.add_argument("--engine-lora-rank", type=int, default=0, help="the engine case: a LoRA policy of this rank")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     if args.device == "cpu":  # as `learn` does (agents.memory); process-wide, so `generate` gains as much
@@ -115,12 +117,16 @@ def measure_engine(model, tokenizer, args) -> float:
         reference=False,
         device=args.device,
         dtype=args.dtype,
+        lora=None
+        if not args.engine_lora_rank
+        else {"r": args.engine_lora_rank, "lora_alpha": 2 * args.engine_lora_rank, "target_modules": "all-linear"},
     )
     start = time.perf_counter()
     engine = make_engine(policy, deployment=args.engine, seed=0, max_model_len=1024)
     print(f"engine ({args.engine}) started in {time.perf_counter() - start:.1f} s")
-    print(f"weight sync (full, {sum(p.numel() for p in policy.parameters()) / 1e6:.0f}M parameters): "
-          f"{engine.sync(policy):.2f} s")  # fmt: skip
+    trainable = sum(p.numel() for p in policy.model.parameters() if p.requires_grad) / 1e6
+    kind = f"LoRA r={args.engine_lora_rank}" if args.engine_lora_rank else "full"
+    print(f"weight sync ({kind}, {trainable:.1f}M parameters): {engine.sync(policy):.2f} s")
     actor = EngineActor(engine, policy, seed=0)
 
     def rollout(who):
@@ -138,7 +144,7 @@ def measure_engine(model, tokenizer, args) -> float:
             rollout(actor),
             rollout(policy),
             args,
-            f"max_new_tokens {args.engine_max_new_tokens}",
+            f"max_new_tokens {args.engine_max_new_tokens}, {kind} weights",
             names=(f"vLLM engine ({args.engine})", "TokenVecEnv+CausalLMPolicy"),
         )
     finally:

@@ -315,8 +315,8 @@ def test_every_online_agent_trains_on_the_engine(server, name, tmp_path):
     settings = dict(learning_rate=1e-4, batch_size=4, seed=0, micro_batch_size=4)
     settings.update(n_epochs=2, kl_coef=0.01) if name == "ppo" else settings.update(num_iterations=2, beta=0.01)
     envs = {
-        "single": echo_env(tok, num_envs=8, group=group, vocab_size=model.config.vocab_size),
-        "multi": multi_turn_env(tok, num_envs=8, group=group),
+        "single": echo_env(tok, num_envs=4, group=group, vocab_size=model.config.vocab_size),
+        "multi": multi_turn_env(tok, num_envs=4, group=group),
     }
     for kind, env in envs.items():
         agent = ALL[name]("CausalLMPolicy", env, policy_kwargs=dict(model=model, lora=LORA), **settings)

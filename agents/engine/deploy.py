@@ -35,7 +35,7 @@ def engine_model_dir(policy: Any) -> str:
     from policies.loading import EMBEDDED_MODELS, embedded_checkpoint, resolve_model_path
 
     spec = policy.model_spec
-    if not isinstance(spec, str):
+    if not isinstance(spec, str) or spec == "<object>":
         raise ValueError(
             "the engine starts from the policy's base model, given by name or path; this policy was "
             "built from a model object: save it with save_pretrained and pass the directory as policy.model"
@@ -88,8 +88,9 @@ def check_policy(policy: Any) -> None:
 class VLLMEngine:
     """A colocated vLLM engine (in this process) serving ``policy``'s base model.
 
-    :param kv_cache_gb: the bound on the engine's KV-cache memory.
-    :param max_model_len: the longest context; ``None``: the env's observation width + 1.
+    :param seed: the engine's seed (each request also carries one).
+    :param max_model_len: the longest context the engine holds (prompt + completion + injected turns).
+    :param kv_cache_gb: the bound on the engine's KV-cache memory, in GiB.
     """
 
     def __init__(self, policy: Any, seed: int = 0, max_model_len: int = 2048, kv_cache_gb: float = 1.0) -> None:
@@ -112,8 +113,14 @@ class VLLMEngine:
         return self.core.generate(requests)
 
     def sync(self, policy: Any) -> float:
+        """Load the policy's weights into the engine; :return: seconds (extracting them included)."""
+        start = time.perf_counter()
         kind, payload = policy_weights(policy)
-        return self.core.load_lora(payload) if kind == "lora" else self.core.load_weights(payload)
+        if kind == "lora":
+            self.core.load_lora(payload)
+        else:
+            self.core.load_weights(payload)
+        return time.perf_counter() - start
 
     def close(self) -> None:
         self.core.close()
@@ -148,6 +155,8 @@ class VLLMServerEngine:
         return self._call("POST", "/generate", json.dumps({"requests": requests}).encode())["results"]
 
     def sync(self, policy: Any) -> float:
+        """Send the policy's weights; :return: seconds, from here (serialising and sending included)."""
+        start = time.perf_counter()
         check_policy(policy)
         kind, payload = policy_weights(policy)
         if kind == "lora":
@@ -157,11 +166,13 @@ class VLLMServerEngine:
                     f"the policy's is {lora_rank(policy)}: restart it with --lora-rank {lora_rank(policy)}"
                 )
             files = {name: base64.b64encode(data).decode() for name, data in payload.items()}
-            return self._call("POST", "/load_lora", json.dumps({"files": files}).encode())["seconds"]
-        from safetensors.torch import save
+            self._call("POST", "/load_lora", json.dumps({"files": files}).encode())
+        else:
+            from safetensors.torch import save
 
-        body = save({name: t.to("cpu", copy=False).contiguous() for name, t in payload.items()})
-        return self._call("POST", "/load_weights", body, "application/octet-stream")["seconds"]
+            body = save({name: t.to("cpu", copy=False).contiguous() for name, t in payload.items()})
+            self._call("POST", "/load_weights", body, "application/octet-stream")
+        return time.perf_counter() - start
 
     def close(self) -> None:
         if self.process is None:
