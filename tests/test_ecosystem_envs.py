@@ -96,6 +96,18 @@ def test_partial_credit_off_scores_exact_answers_only(tok):
     assert [float(s) for s in strict.reward(answers, entries)] == [1.0] * len(entries)  # ... exact answers still 1
 
 
+def test_a_game_takes_its_own_reward_and_refuses_any_other():
+    from lm_envs.ecosystem.textarena import textarena_task
+    from lm_envs.ecosystem.textarena_duel import textarena_duel_task
+
+    for build, game in ((textarena_task, "GuessTheNumber-v0"), (textarena_duel_task, "TicTacToe-v0")):
+        train = build(game, size=2)
+        test = build(game, split="test", size=2, reward=train.reward)  # as run_ppo shares it with the eval env
+        assert test.questions[0] and test.reward is train.reward
+        with pytest.raises(ValueError, match="scores every turn with the game's own reward"):
+            build(game, size=2, reward=lambda texts, refs, prompts=None: [1.0] * len(texts))
+
+
 def test_held_out_questions_never_appear_in_training():
     from lm_envs.ecosystem.reasoning_gym import reasoning_gym_task
 

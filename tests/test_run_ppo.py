@@ -155,6 +155,7 @@ def test_every_shipped_config_composes_and_instantiates(preset, agent, tiny_dir,
     assert resumed is None and env.num_envs == cfg.env.num_envs
     assert created.batch_size == cfg.agent.batch_size and created.policy.uses_lora == (cfg.policy.lora is not None)
     assert (created.policy.value_head is not None) == (agent == "ppo")
+    env.reset(), eval_env.reset()  # prompts load (e.g. a game's opening, with the shared reward)
 
 
 def test_agent_group_replaces_the_agent_node_whatever_the_order():

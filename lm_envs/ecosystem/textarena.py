@@ -163,6 +163,15 @@ def _no_reward(completions, references, prompts=None) -> np.ndarray:
     return np.zeros(len(completions), dtype=np.float32)
 
 
+def check_game_reward(reward: Any, game: str) -> None:
+    """Refuse a task-level reward for a game, which scores every turn with its own."""
+    if reward is not None and reward is not _no_reward:
+        raise ValueError(
+            f"textarena/{game} scores every turn with the game's own reward; a reward= for the whole "
+            "completion would never be used: leave it out (wrap the env's rewards with env.reward_wrappers)"
+        )
+
+
 def textarena_task(
     game: str,
     split: str = "train",
@@ -172,6 +181,7 @@ def textarena_task(
     system_prompt: str | None = None,
     chat_template: bool | None = None,
     data_dir: str | None = None,
+    reward: Any = None,
     **game_kwargs: Any,
 ) -> Task:
     """A TextArena single-player game as a multi-turn `Task`.
@@ -185,9 +195,12 @@ def textarena_task(
     :param system_prompt: a system message (chat template only).
     :param chat_template: as `Task`.
     :param data_dir: ignored (games generate their own); accepted as every task accepts it.
+    :param reward: ``None``, or a game task's own (a run's evaluation env is given its training
+        env's): the game scores every turn itself, so any other reward is an error, not ignored.
     :param game_kwargs: passed to the game's constructor (e.g. ``num_disks=3``).
     """
     require("textarena", "textarena")
+    check_game_reward(reward, game)
     if game not in GAMES:
         why = f" ({EXCLUDED[game]})" if game in EXCLUDED else ""
         raise ValueError(f"TextArena game {game!r} is not shipped{why}; shipped: {list(GAMES)}")

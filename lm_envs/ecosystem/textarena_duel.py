@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lm_envs.ecosystem import require
-from lm_envs.ecosystem.textarena import _INSTRUCTION, _format_move, game_reward, game_task
+from lm_envs.ecosystem.textarena import _INSTRUCTION, _format_move, check_game_reward, game_reward, game_task
 from lm_envs.registration import register_task
 from lm_envs.tasks import Task
 
@@ -169,6 +169,7 @@ def textarena_duel_task(
     system_prompt: str | None = None,
     chat_template: bool | None = None,
     data_dir: str | None = None,
+    reward: Any = None,
     **game_kwargs: Any,
 ) -> Task:
     """A TextArena two-player game against a scripted opponent, as a multi-turn `Task`.
@@ -186,9 +187,12 @@ def textarena_duel_task(
     :param system_prompt: a system message (chat template only).
     :param chat_template: as `Task`.
     :param data_dir: ignored (games generate their own); accepted as every task accepts it.
+    :param reward: ``None``, or a game task's own (a run's evaluation env is given its training
+        env's): the game scores every turn itself, so any other reward is an error, not ignored.
     :param game_kwargs: passed to the game's constructor (e.g. ``num_rows=4`` for ConnectFour).
     """
     require("textarena", "textarena")
+    check_game_reward(reward, game)
     if game not in TWO_PLAYER_GAMES:
         raise ValueError(f"two-player TextArena game {game!r} is not shipped; shipped: {sorted(TWO_PLAYER_GAMES)}")
     if opponent not in OPPONENTS:
