@@ -319,6 +319,8 @@ def test_every_online_agent_trains_on_the_engine(server, name, tmp_path):
         "multi": multi_turn_env(tok, num_envs=4, group=group),
     }
     for kind, env in envs.items():
+        if kind == "multi":  # LoRA wrapped the first model in place: a fresh one
+            model = load_lm("smollm2-135m-instruct")[0]
         agent = ALL[name]("CausalLMPolicy", env, policy_kwargs=dict(model=model, lora=LORA), **settings)
         agent.use_engine(server)
         agent.learn(total_iterations=1)
@@ -330,7 +332,6 @@ def test_every_online_agent_trains_on_the_engine(server, name, tmp_path):
         assert stats["time/weight_sync"] > 0, kind
         if kind == "multi":
             assert int(agent.buffer.mask.sum()) == int(agent.buffer.policy_mask.sum())  # injected ids are context
-        model = load_lm("smollm2-135m-instruct")[0]  # LoRA wraps the model in place: a fresh one
 
 
 @pytest.mark.engine

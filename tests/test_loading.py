@@ -60,10 +60,15 @@ def test_embedded_model_is_plain_and_trainable(smollm, tmp_path):
     assert (tmp_path / "copy" / "config.json").exists()
 
 
-def test_embedded_cache_write_is_atomic(monkeypatch, tmp_path):
+def test_embedded_cache_write_is_atomic(monkeypatch, tmp_path, tiny_dir):
     """A conversion killed mid-write leaves neither a cache nor staging debris."""
     monkeypatch.setenv("LM_SB_CACHE", str(tmp_path))
     from transformers import PreTrainedModel
+
+    # Dequantizing the 135M GGUF (15 s) is not what this test is about: the tiny model stands in.
+    model_from, tokenizer_from = loading.AutoModelForCausalLM.from_pretrained, loading.AutoTokenizer.from_pretrained
+    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: model_from(str(tiny_dir)))
+    monkeypatch.setattr(loading.AutoTokenizer, "from_pretrained", lambda *a, **k: tokenizer_from(str(tiny_dir)))
 
     def dying_save(self, *args, **kwargs):
         os.makedirs(args[0], exist_ok=True)
