@@ -286,6 +286,8 @@ class OnPolicyLMAlgorithm(LMAlgorithm):
             self.rollout_engine.sync(self.policy)
             self._sync_seconds += time.perf_counter() - start
             self._engine_version = self._n_updates
+        if self.seed is not None:  # request seeds follow the run's progress: a resumed run draws the same
+            self._engine_actor.rng = np.random.default_rng([self.seed, distributed.rank(), self.num_timesteps])
         return self._engine_actor
 
     def _informative_groups(self, batches: list) -> list[int]:

@@ -163,6 +163,35 @@ def test_agent_syncs_before_each_rollout_and_recomputes_log_probs_and_values(tin
     assert engine.syncs == 2  # after the update, before the next rollout
 
 
+def test_resume_on_an_engine_draws_what_the_uninterrupted_run_drew(tiny_dir, tiny_lm, tmp_path):
+    """Request seeds follow the run's progress, so save + load + use_engine continues bit-exactly."""
+    tok = tiny_lm[1]
+
+    def agent():
+        made = GRPO(
+            "CausalLMPolicy",
+            echo_env(tok, num_envs=8, group=4),
+            learning_rate=3e-3,
+            batch_size=4,
+            seed=0,
+            policy_kwargs=dict(model=str(tiny_dir)),
+        )
+        made.use_engine(HFEngine(made.policy.model, tok.eos_token_id))
+        return made
+
+    straight = agent()
+    straight.learn(total_iterations=3)
+    first = agent()
+    first.learn(total_iterations=2)
+    first.save(tmp_path / "half")
+    resumed = GRPO.load(tmp_path / "half", env=echo_env(tok, num_envs=8, group=4, seed=5))
+    resumed.use_engine(HFEngine(resumed.policy.model, tok.eos_token_id))
+    resumed.learn(total_iterations=3, reset_num_timesteps=False)
+    assert torch.equal(resumed.buffer.input_ids, straight.buffer.input_ids)  # the same draws in iteration 3
+    for (name, a), b in zip(straight.policy.state_dict().items(), resumed.policy.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
 def test_pause_policy_refuses_the_engine_by_name(tiny_dir):
     from policies import add_pause_token, load_lm
 
