@@ -98,17 +98,7 @@ def measure_engine(model, tokenizer, args) -> float:
     from agents.engine import EngineActor
     from agents.engine.deploy import make_engine
 
-    env = make_vec(
-        "lm_envs/GSM8K-v0",
-        args.batch,
-        tokenizer,
-        split="test",
-        max_new_tokens=args.engine_max_new_tokens,
-        max_prompt_tokens=512,
-        truncate_prompt="left",
-        vocab_size=model.config.vocab_size,
-        seed=0,
-    )
+    env = gsm8k_env(model, tokenizer, args.batch, args.engine_max_new_tokens)
     policy = CausalLMPolicy(
         env.observation_space,
         env.action_space,
@@ -149,6 +139,21 @@ def measure_engine(model, tokenizer, args) -> float:
         )
     finally:
         engine.close()
+
+
+def gsm8k_env(model, tokenizer, batch: int, max_new_tokens: int):
+    """The benchmark's env: the first ``batch`` GSM8K test prompts (seed 0), left-truncated to 512 tokens."""
+    return make_vec(
+        "lm_envs/GSM8K-v0",
+        batch,
+        tokenizer,
+        split="test",
+        max_new_tokens=max_new_tokens,
+        max_prompt_tokens=512,
+        truncate_prompt="left",
+        vocab_size=model.config.vocab_size,
+        seed=0,
+    )
 
 
 def trimmed_prompts(env, P: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,17 +247,7 @@ def measure_multi_turn(model, tokenizer, args) -> float:
 
 def measure(model, tokenizer, args, max_new_tokens: int) -> tuple[float, list[int]]:
     """Alternate ours and generate; print the table; return (median ratio, our episode lengths)."""
-    env = make_vec(
-        "lm_envs/GSM8K-v0",
-        args.batch,
-        tokenizer,
-        split="test",
-        max_new_tokens=max_new_tokens,
-        max_prompt_tokens=512,
-        truncate_prompt="left",
-        vocab_size=model.config.vocab_size,
-        seed=0,
-    )
+    env = gsm8k_env(model, tokenizer, args.batch, max_new_tokens)
     policy = CausalLMPolicy(
         env.observation_space, env.action_space, lambda _: 0.0, model=model, reference=False, device=args.device
     )

@@ -79,6 +79,22 @@ def echo_task(n: int = 12, reward=None):
     )
 
 
+def echo_env(tokenizer, num_envs=4, max_new_tokens=8, seed=0, group=1, task=None, vocab_size=None):
+    """A lockstep `TokenVecEnv` over ``task`` (default `echo_task`), 16-token prompts."""
+    from lm_envs import TokenVecEnv
+
+    return TokenVecEnv(
+        task or echo_task(),
+        tokenizer,
+        num_envs=num_envs,
+        max_new_tokens=max_new_tokens,
+        max_prompt_tokens=16,
+        seed=seed,
+        completions_per_prompt=group,
+        vocab_size=vocab_size,
+    )
+
+
 def score_tracker():
     """An SB3 callback that keeps each iteration's mean env reward (``.scores``), for learning tests."""
     from stable_baselines3.common.callbacks import BaseCallback

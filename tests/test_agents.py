@@ -10,11 +10,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import echo_task, score_tracker
+from helpers import echo_env, echo_task, score_tracker
 from stable_baselines3.common.callbacks import BaseCallback
 
 from agents import GRPO, PPO, REINFORCE, RLOO, REINFORCEPlusPlus
-from lm_envs import TokenVecEnv
 
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
 GROUP_AGENTS = {"grpo": GRPO, "rloo": RLOO}
@@ -22,15 +21,7 @@ ALL = {"ppo": PPO, "grpo": GRPO, "rloo": RLOO, "reinforce": REINFORCE, "reinforc
 
 
 def make_env(tokenizer, num_envs=8, seed=0, group=1, max_new_tokens=6, task=None):
-    return TokenVecEnv(
-        task or echo_task(),
-        tokenizer,
-        num_envs=num_envs,
-        max_new_tokens=max_new_tokens,
-        max_prompt_tokens=16,
-        seed=seed,
-        completions_per_prompt=group,
-    )
+    return echo_env(tokenizer, num_envs, max_new_tokens, seed, group, task)
 
 
 def make(name, tiny_dir, tokenizer, lora=None, num_envs=8, env_seed=0, **kwargs):

@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import echo_task
+from helpers import echo_env
 from test_multi_turn import multi_turn_env
 
 from agents import GRPO, PPO, REINFORCE, RLOO, REINFORCEPlusPlus, collect_episodes
 from agents.buffer import TokenRolloutBuffer
 from agents.engine import EngineActor
-from lm_envs import TokenVecEnv
 from policies import CausalLMPolicy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,19 +69,6 @@ class HFEngine:
 
     def close(self):
         pass
-
-
-def echo_env(tokenizer, num_envs=4, max_new_tokens=8, seed=0, group=1, vocab_size=None):
-    return TokenVecEnv(
-        echo_task(),
-        tokenizer,
-        num_envs=num_envs,
-        max_new_tokens=max_new_tokens,
-        max_prompt_tokens=16,
-        seed=seed,
-        completions_per_prompt=group,
-        vocab_size=vocab_size,
-    )
 
 
 def sequences(episodes):

@@ -8,11 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import echo_task, score_tracker
+from helpers import echo_env, echo_task, score_tracker
 from stable_baselines3.common.callbacks import BaseCallback
 
 from agents import GRPO, REINFORCEPlusPlus, group_math, ppo_math
-from lm_envs import TokenVecEnv
 from lm_envs.reward_wrappers import OverlongTerm, VecRewardWrapper, from_config
 
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
@@ -24,15 +23,7 @@ def has_seven(completions, references, prompts=None):
 
 
 def make_env(tokenizer, num_envs=8, seed=0, group=4, max_new_tokens=6, wrappers=None):
-    env = TokenVecEnv(
-        echo_task(reward=has_seven),
-        tokenizer,
-        num_envs=num_envs,
-        max_new_tokens=max_new_tokens,
-        max_prompt_tokens=16,
-        seed=seed,
-        completions_per_prompt=group,
-    )
+    env = echo_env(tokenizer, num_envs, max_new_tokens, seed, group, echo_task(reward=has_seven))
     return VecRewardWrapper(env, from_config(wrappers)) if wrappers else env
 
 

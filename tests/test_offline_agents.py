@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import echo_task, score_tracker
+from helpers import echo_env, echo_task, score_tracker
 
 from agents import DPO, KTO, SFT, STaR, sequences
 from agents.rounds import ScoredRolloutAlgorithm
@@ -27,15 +27,7 @@ def digit_fraction(completions, references, prompts=None):
 
 
 def make_env(tokenizer, num_envs=8, group=4, seed=0, task=None, max_new_tokens=6):
-    return TokenVecEnv(
-        task or echo_task(),
-        tokenizer,
-        num_envs=num_envs,
-        max_new_tokens=max_new_tokens,
-        max_prompt_tokens=16,
-        seed=seed,
-        completions_per_prompt=group,
-    )
+    return echo_env(tokenizer, num_envs, max_new_tokens, seed, group, task)
 
 
 def make(cls, tiny_dir, tokenizer, lora=LORA, group=4, env_seed=0, task=None, **kwargs):

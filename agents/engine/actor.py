@@ -104,6 +104,7 @@ class EngineActor:
                     raise RuntimeError(f"the engine returned no tokens for row {r} (budget {budgets[r]})")
                 self._plans[r] = _Plan(contexts[r], list(result["token_ids"]), list(result["log_probs"]))
                 steps[r] = 0
+        # Filled row by row from the plans on the CPU, then moved to the policy's device at once.
         actions = torch.zeros(n, dtype=torch.long)
         log_probs = torch.zeros(n)
         for r, k in steps.items():
