@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 GROUPS = ("agent", "experiment")
@@ -214,9 +214,15 @@ def _merge_strictly(cfg: DictConfig, overrides: Sequence[str], where: str) -> Di
         node = OmegaConf.select(cfg, key)
         if isinstance(node, DictConfig):
             OmegaConf.set_struct(node, False)
+    # ``env.reward_wrappers.0.terms.x.weight=...``: a path through a list is set in place (a merge
+    # of ``{"0": ...}`` into a list would fail); the rest merge at once.
+    indexed = [o for o in overrides if any(part.isdigit() for part in o.partition("=")[0].split("."))]
     try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-    except ConfigKeyError as err:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o for o in overrides if o not in indexed]))
+        for override in indexed:
+            key, _, value = override.partition("=")
+            OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"value={value}"])["value"], merge=True)
+    except (ConfigKeyError, ConfigAttributeError) as err:
         parent = err.full_key.rpartition(".")[0]
         node = OmegaConf.select(cfg, parent) if parent else cfg
         known = sorted(node.keys()) if isinstance(node, DictConfig) else []

@@ -187,6 +187,15 @@ def test_unknown_preset_agent_key_and_bad_override_are_clear(tiny_dir, tmp_path,
         compose(["iteratons=100"])
     with pytest.raises(SystemExit, match=r"unknown option 'env.num_env'.*known keys under env: \[.*'num_envs'"):
         compose(["experiment=tiny_test", "env.num_env=3"])
+    # A path through a list (a reward wrapper's term) is set in place, and checked like the rest.
+    term = "env.reward_wrappers.0.terms.discriminator"
+    tuned = compose(["experiment=compile_disc_cpu", f"{term}.weight=0.02", f"{term}.kwargs.output=sigmoid"])
+    assert tuned.env.reward_wrappers[0].terms.discriminator.weight == 0.02
+    assert tuned.env.reward_wrappers[0].terms.discriminator.kwargs.output == "sigmoid"
+    with pytest.raises(SystemExit, match=r"unknown option .*discriminator.wieght.*known keys.*'weight'"):
+        compose(["experiment=compile_disc_cpu", f"{term}.wieght=0.02"])
+    with pytest.raises(SystemExit, match="index out of range"):
+        compose(["experiment=compile_disc_cpu", "env.reward_wrappers.5.type=x"])
     free = compose(["env.kwargs.max_new_tokens=8", "policy.lora.r=4", "env.eval_kwargs.split=test"])
     assert free.env.kwargs.max_new_tokens == 8 and free.policy.lora.r == 4  # free-form nodes stay free
     with pytest.raises(SystemExit, match=r"does not take \['vf_coef'\]"):
