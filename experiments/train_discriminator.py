@@ -9,8 +9,10 @@ env's own defaults) plus this script's ``disc.*`` options (`DEFAULTS`), then:
 1. samples ``disc.batches`` lockstep batches of the starting policy (``policy.model``) on the
    env's *training* split (``env.kwargs``; ``disc.completions_per_prompt`` per prompt, unscored);
 2. pairs each sample with its problem's reference solution on the same prompt, in the task's own
-   language (`lm_envs.references`: HumanEval-X canonical bodies for C++/Java, MBPP's code for
-   Python), plus constant bodies as extra negatives with ``disc.degenerate_negatives``; a sample
+   language (`lm_envs.references`: HumanEval-X canonical bodies for C++/Java, renamed to our
+   prompts' parameters, MBPP's code for Python), plus constant bodies as extra negatives with
+   ``disc.degenerate_negatives``; with ``disc.verify_references`` (default) only references that
+   pass their problem's tests against our prompt, under the task's own reward, are used; a sample
    of a held-out problem is an error;
 3. trains `agents.Discriminator` (a one-logit classifier on the policy's backbone, LoRA) and
    saves it where the preset's reward term reads it: the ``path`` of the ``disc.term`` term of
@@ -39,6 +41,7 @@ DEFAULTS = {
     "batches": 6,  # x env.num_envs samples of the starting policy
     "completions_per_prompt": 1,
     "degenerate_negatives": True,
+    "verify_references": True,  # keep only references that pass their record's tests against our prompt
     "lora": {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"},
     "learning_rate": 1.0e-4,
     "batch_size": 8,
@@ -97,6 +100,27 @@ def sample_policy(cfg, disc: dict[str, Any]) -> tuple[list[dict[str, Any]], str]
     return samples, env.get_attr("task", [0])[0].name
 
 
+def training_references(
+    task_name: str, samples: list[dict[str, Any]], data_dir: str | None, verify: bool
+) -> tuple[dict[int, str], dict[str, Any]]:
+    """The reference solution of each sampled problem, and how many were tried and passed: with
+    ``verify``, the first of `lm_envs.references.reference_candidates` that passes its record's
+    tests under the task's own reward (its compiler, its sandbox); a problem with none is left out."""
+    import rewards
+    from lm_envs.references import problem_key, reference_candidates, reference_solutions, verified_references
+
+    if not verify:
+        return reference_solutions(task_name, data_dir), {"verified": False}
+    records = list({problem_key(s["reference"]): s["reference"] for s in samples}.values())
+    reward = rewards.make(task_name)
+    try:
+        solutions = verified_references(reference_candidates(task_name, records, data_dir), records, reward)
+    finally:
+        reward.close()
+    print(f"{len(solutions)} of {len(records)} references pass their tests on our prompts", file=sys.stderr)
+    return solutions, {"verified": True, "problems": len(records), "passing": len(solutions)}
+
+
 def main(argv: list[str]) -> dict[str, Any]:
     cfg = compose(list(argv), extra_nodes={"disc": DEFAULTS})
     disc = OmegaConf.to_container(cfg.disc, resolve=True)
@@ -110,15 +134,16 @@ def main(argv: list[str]) -> dict[str, Any]:
     from stable_baselines3.common.utils import set_random_seed
 
     from agents import Discriminator
-    from lm_envs.references import discriminator_examples, held_out_keys, reference_solutions
+    from lm_envs.references import discriminator_examples, held_out_keys
 
     set_random_seed(cfg.seed)
     samples, task_name = sample_policy(cfg, disc)
     data_dir = cfg.data_dir or None
+    solutions, references = training_references(task_name, samples, data_dir, disc["verify_references"])
     rows = discriminator_examples(
         samples,
         task_name,
-        reference_solutions(task_name, data_dir),
+        solutions,
         held_out_keys(task_name, data_dir),
         degenerate_negatives=disc["degenerate_negatives"],
     )
@@ -136,14 +161,16 @@ def main(argv: list[str]) -> dict[str, Any]:
     )
     metrics = discriminator.learn(rows, progress_bar=cfg.progress_bar)
     keys = sorted({r["key"] for r in rows})
-    path = discriminator.save(out, task=task_name, env_id=cfg.env.id, samples=len(samples), problems=keys)
+    path = discriminator.save(
+        out, task=task_name, env_id=cfg.env.id, samples=len(samples), problems=keys, references=references
+    )
     print(
         f"discriminator ({task_name}, {len(keys)} training problems, {len(rows)} rows): "
         + " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
         + f"; saved to {path}",
         file=sys.stderr,
     )
-    return {"out": str(path), "problems": keys, **metrics}
+    return {"out": str(path), "problems": keys, "references": references, **metrics}
 
 
 if __name__ == "__main__":

@@ -26,12 +26,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rewards.data import MBPP_SPLITS, load_mbpp, resolve_data_dir
-from rewards.degenerate import body_end
+from rewards.degenerate import body_end, c_family_parameter_list
 
 LANGUAGE_OF_TASK = {"humaneval-cpp": "cpp", "humaneval-java": "java", "mbpp": "python"}
 SOLUTIONS_DIR = "humaneval-x-solutions"
 _NUMBER = re.compile(r"HumanEval_(\d+)_")
-_STD_NAMES = re.compile(r"(?<![:\w])(vector|string|map|set|pair|tuple|unordered_map|unordered_set|make_pair)\b")
+_LITERAL = re.compile(r'"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'')
+_STD_NAMES = re.compile(r"(?<![:\w.])(vector|string|map|set|pair|tuple|unordered_map|unordered_set|make_pair)\b")
+_STD_FUNCTIONS = re.compile(
+    r"(?<![:\w.>])(to_string|stoi|sort|reverse|min|max|min_element|max_element|swap|accumulate|find|count)(?=\s*\()"
+)
 # What a constant body looks like in each language: the synthetic negatives of `degenerate_negatives`.
 DEGENERATE_BODIES = {
     "cpp": ("    return 0;", "    return false;", "    return {};", '    return "";'),
@@ -88,14 +92,12 @@ def training_keys(task_name: str, data_dir: str | None = None) -> set[int]:
 
 
 def _qualify_std(body: str) -> str:
-    return _STD_NAMES.sub(r"std::\1", body)
+    """``vector<`` → ``std::vector<``, ``sort(`` → ``std::sort(``: MultiPL-E prompts have no ``using namespace std``."""
+    return _STD_FUNCTIONS.sub(r"std::\1", _STD_NAMES.sub(r"std::\1", body))
 
 
-def reference_solutions(task_name: str, data_dir: str | None = None) -> dict[int, str]:
-    """Problem key → the reference solution written as the model would complete the prompt."""
-    language = language_of(task_name)
-    if language == "python":
-        return {int(r["task_id"]): f"```python\n{r['code'].strip()}\n```" for r in load_mbpp(None, data_dir)}
+def _humaneval_x_solutions(language: str, data_dir: str | None) -> dict[int, dict[str, Any]]:
+    """HumanEval number → the HumanEval-X row (``canonical_solution``, ``declaration``, ...)."""
     local = resolve_data_dir(data_dir)
     path = None if local is None else local / SOLUTIONS_DIR / f"humaneval_{language}.jsonl.gz"
     if path is None or not path.exists():
@@ -103,13 +105,80 @@ def reference_solutions(task_name: str, data_dir: str | None = None) -> dict[int
             f"HumanEval-X canonical solutions not found at {path}: set LM_ENVS_DATA_DIR (or data_dir=) to the "
             f"data dir holding {SOLUTIONS_DIR}/ (see its README)"
         )
-    out = {}
     with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            solution = row["canonical_solution"]
-            body = solution[: body_end(solution)].rstrip()
-            out[int(row["task_id"].split("/")[-1])] = _qualify_std(body) if language == "cpp" else body
+        rows = [json.loads(line) for line in f]
+    return {int(row["task_id"].split("/")[-1]): row for row in rows}
+
+
+def _body(language: str, row: Mapping[str, Any]) -> str:
+    solution = row["canonical_solution"]
+    body = solution[: body_end(solution)].rstrip()
+    return _qualify_std(body) if language == "cpp" else body
+
+
+def reference_solutions(task_name: str, data_dir: str | None = None) -> dict[int, str]:
+    """Problem key → the reference solution written as the model would complete the prompt."""
+    language = language_of(task_name)
+    if language == "python":
+        return {int(r["task_id"]): f"```python\n{r['code'].strip()}\n```" for r in load_mbpp(None, data_dir)}
+    return {key: _body(language, row) for key, row in _humaneval_x_solutions(language, data_dir).items()}
+
+
+def rename_identifiers(code: str, mapping: Mapping[str, str]) -> str:
+    """``code`` with each identifier of ``mapping`` renamed at once (so a swap stays a swap); string
+    and character literals and members (``.x``, ``->x``, ``::x``) are left alone."""
+    mapping = {old: new for old, new in mapping.items() if old != new}
+    if not mapping:
+        return code
+    names = "|".join(re.escape(name) for name in sorted(mapping, key=len, reverse=True))
+    pattern = re.compile(rf"{_LITERAL.pattern}|(?<!->)(?<!::)(?<![\w.])({names})\b")
+    return pattern.sub(lambda m: mapping[m.group(1)] if m.group(1) else m.group(0), code)
+
+
+def reference_candidates(
+    task_name: str, records: Sequence[Mapping[str, Any]], data_dir: str | None = None
+) -> dict[int, list[str]]:
+    """Problem key → the reference bodies to try against each record's own prompt, best guess first.
+
+    HumanEval-X's solutions were written for its own signatures, MultiPL-E's prompts differ: the
+    parameters are renamed to the prompt's by position (``strlen(string str)`` → ``strlen(std::string
+    string)``), and in C++ a second candidate also widens ``int`` to ``long`` (MultiPL-E's integer
+    type). MBPP's reference is its record's code. Which candidate fits is decided by
+    `verified_references`."""
+    language = language_of(task_name)
+    if language == "python":
+        solutions = reference_solutions(task_name, data_dir)
+        return {key: [solutions[key]] for key in map(problem_key, records) if key in solutions}
+    rows = _humaneval_x_solutions(language, data_dir)
+    out: dict[int, list[str]] = {}
+    for record in records:
+        key = problem_key(record)
+        if key not in rows:
+            continue
+        body = _body(language, rows[key])
+        theirs, ours = c_family_parameter_list(rows[key]["declaration"]), c_family_parameter_list(record["prompt"])
+        if len(theirs) == len(ours):
+            body = rename_identifiers(body, dict(zip(theirs, ours)))
+        candidates = [body]
+        if language == "cpp":
+            candidates.append(re.sub(r"(?<![\w:])int\b", "long", body))
+        out[key] = list(dict.fromkeys(candidates))
+    return out
+
+
+def verified_references(
+    candidates: Mapping[int, Sequence[str]], records: Sequence[Mapping[str, Any]], reward: Any
+) -> dict[int, str]:
+    """Problem key → its first candidate that passes every test of its record under ``reward`` (the
+    task's own code reward: its compiler, its sandbox); a problem with none is left out. A
+    reference that does not compile against our prompt would teach a discriminator that "looks
+    like a reference" is worth more than compiling."""
+    todo = [(problem_key(r), r, c) for r in records if problem_key(r) in candidates for c in candidates[problem_key(r)]]
+    results = reward.evaluate([c for _, _, c in todo], [r for _, r, _ in todo], [r["prompt"] for _, r, _ in todo])
+    out: dict[int, str] = {}
+    for (key, _, candidate), result in zip(todo, results):
+        if key not in out and result.all_passed:
+            out[key] = candidate
     return out
 
 

@@ -110,24 +110,29 @@ def _split_top_level(text: str, sep: str = ",") -> list[str]:
     return [p for p in parts if p.strip()]
 
 
-def c_family_parameters(prompt: str) -> set[str]:
-    """Parameter names of the last signature in a C++/Java prompt (which ends with ``... ) {``)."""
+def c_family_parameter_list(prompt: str) -> list[str]:
+    """Parameter names, in order, of the last signature in C++/Java code (which ends with ``... ) {``)."""
     code = _blank_literals_and_comments(prompt)
     close = code.rfind(")")
     if close < 0:
-        return set()
+        return []
     depth = 0
     for start in range(close, -1, -1):
         depth += code[start] == ")"
         depth -= code[start] == "("
         if depth == 0:
             break
-    names = set()
+    names = []
     for param in _split_top_level(code[start + 1 : close]):
         idents = _IDENT.findall(param.split("=")[0])
         if idents:
-            names.add(idents[-1])
+            names.append(idents[-1])
     return names
+
+
+def c_family_parameters(prompt: str) -> set[str]:
+    """Parameter names of the last signature in a C++/Java prompt, as a set."""
+    return set(c_family_parameter_list(prompt))
 
 
 def c_family_body(completion: str, stop_tokens: Sequence[str] = ()) -> str:

@@ -6,6 +6,7 @@ and the degenerate-body metric per language."""
 from __future__ import annotations
 
 import math
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -383,6 +384,67 @@ def test_discriminator_references_are_matched_by_number_and_never_cross_language
         language_of("humaneval")
 
 
+def test_rename_identifiers_renames_at_once_and_leaves_literals_and_members_alone():
+    from lm_envs.references import rename_identifiers
+
+    code = 'if (a.size() > b) swap(a, b); s = "a b"; p->a = x::b; return a + b;'
+    assert rename_identifiers(code, {"a": "b", "b": "a"}) == (
+        'if (b.size() > a) swap(b, a); s = "a b"; p->a = x::b; return b + a;'
+    )
+    assert rename_identifiers("ab + a", {"a": "c"}) == "ab + c" and rename_identifiers("x", {}) == "x"
+
+
+def test_reference_candidates_speak_the_prompts_names_and_types():
+    """HumanEval-X's strlen is ``strlen(string str)`` with ``int``; MultiPL-E's prompt is
+    ``long strlen(std::string string)``: the candidates use the prompt's parameter name, qualified
+    standard names, and (second candidate) ``long``."""
+    from lm_envs.references import reference_candidates, reference_solutions
+
+    record = {"name": "HumanEval_23_strlen", "prompt": "long strlen(std::string string) {\n"}
+    raw = reference_solutions("humaneval-cpp")[23]
+    assert "str." in raw and reference_candidates("humaneval-cpp", [record])[23] == ["    return string.length();"]
+    unique = {"name": "HumanEval_34_unique", "prompt": "std::vector<long> unique(std::vector<long> xs) {\n"}
+    first, widened = reference_candidates("humaneval-cpp", [unique])[34]
+    assert "std::sort(" in first and "xs[i]" in first and "l[i]" not in first  # qualified and renamed
+    assert "std::vector<int> out" in first and "std::vector<long> out" in widened
+    assert widened == re.sub(r"\bint\b", "long", first)
+    mbpp = reference_candidates("mbpp", [{"task_id": 601}])[601]
+    assert mbpp == [reference_solutions("mbpp")[601]]
+
+
+def test_verified_references_keep_the_first_candidate_that_passes_and_drop_problems_with_none():
+    from lm_envs.references import verified_references
+    from rewards.code.outcome import CodeResult
+
+    class Judge:  # passes the candidates that say so
+        def evaluate(self, completions, references, prompts):
+            assert prompts == [r["prompt"] for r in references]
+            return [CodeResult(compiled="ok" in c, passed=int("ok" in c), total=1) for c in completions]
+
+    records = [{"name": f"HumanEval_{k}_f", "prompt": f"p{k}"} for k in (1, 2, 3)]
+    candidates = {1: ["bad", "ok 1", "ok 2"], 2: ["bad", "worse"], 3: ["ok 3"]}
+    assert verified_references(candidates, records, Judge()) == {1: "ok 1", 3: "ok 3"}
+
+
+def test_verified_cpp_references_pass_their_tests_under_the_task_reward():
+    """On the real compiler and tests: HumanEval-X's strlen as written does not compile against our
+    prompt (its parameter is ``str``, ours ``string``); the verified candidate passes every test."""
+    import rewards
+    from lm_envs.references import reference_candidates, reference_solutions, verified_references
+    from lm_envs.tasks.code import humaneval_x_task
+
+    task = humaneval_x_task("cpp", split="train", reward=lambda c, r, p=None: [0.0] * len(c))
+    record = next(r for r in task.references if r["name"] == "HumanEval_23_strlen")
+    reward = rewards.make("humaneval-cpp")
+    try:
+        raw = reward.evaluate([reference_solutions("humaneval-cpp")[23]], [record], [record["prompt"]])[0]
+        verified = verified_references(reference_candidates("humaneval-cpp", [record]), [record], reward)
+        again = reward.evaluate([verified[23]], [record], [record["prompt"]])[0]
+    finally:
+        reward.close()
+    assert not raw.compiled and again.all_passed
+
+
 def test_discriminator_learns_references_from_samples(tiny_dir, tmp_path):
     from agents import Discriminator
     from rewards import RewardModelReward
@@ -443,6 +505,9 @@ def test_train_discriminator_script_samples_trains_and_saves(tiny_dir, tmp_path)
     )
     saved = json.loads((out / "reward_model.json").read_text())
     assert saved["task"] == "humaneval-cpp" and saved["samples"] == 4 and saved["problems"] == result["problems"]
+    # The references were checked against our prompts: the problems trained on are those that passed.
+    assert saved["references"]["verified"] and saved["references"]["problems"] <= 4
+    assert len(saved["problems"]) == saved["references"]["passing"] > 0
     assert result["problems"] and not set(result["problems"]) & held_out_keys("humaneval-cpp")
     wrappers = train_discriminator.compose(["experiment=compile_disc_cpu"]).env.reward_wrappers
     assert train_discriminator.term_path(wrappers, "discriminator") == "outputs/discriminators/humaneval-cpp"
