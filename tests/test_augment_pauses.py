@@ -5,7 +5,9 @@ GSM8K rows with the seed project's flags."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import math
 import os
@@ -293,14 +295,27 @@ def test_parse_patterns():
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
+    """The command line's result: ``python experiments/augment_pauses.py ARGS`` in a subprocess when
+    ``env`` is given (settings read at import, e.g. HF_HUB_OFFLINE), else the script's ``main`` in
+    this process, with its exit status, stdout and stderr (no interpreter start-up per call)."""
+    if env is not None:
+        return subprocess.run(
+            [sys.executable, str(SCRIPT), *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, **env},
+        )
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = script.main(list(args))
+        except SystemExit as exit_:  # argparse errors (2) and the script's own (a message: 1)
+            code = exit_.code if isinstance(exit_.code, int) or exit_.code is None else 1
+            if isinstance(exit_.code, str):
+                print(exit_.code, file=sys.stderr)
+    return subprocess.CompletedProcess(list(args), code or 0, out.getvalue(), err.getvalue())
 
 
 def test_cli_end_to_end_on_real_rows(tmp_path):
