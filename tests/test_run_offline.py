@@ -1,9 +1,11 @@
 """run_ppo.py agent=sft|star|dpo|kto end to end (tiny model): the online agents' outputs, a merged
 final/ that policy.model= starts from, resume mid-rounds, and the presets on the embedded defaults."""
 
+import contextlib
+import io
 import json
-import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -23,10 +25,22 @@ EXTRA = {
 
 
 def run(args):
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "experiments" / "run_ppo.py"), *args], capture_output=True, text=True, timeout=600
-    )
-    return proc.returncode, proc.stdout + proc.stderr
+    """``python experiments/run_ppo.py ARGS``, in this process (no interpreter start-up per run): its
+    exit status and output. tests/test_run_ppo.py runs the script itself, as a subprocess."""
+    import run_ppo
+
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+        try:
+            run_ppo.cli(list(args))
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+            print(exit_.code)
+        except Exception:
+            traceback.print_exc()
+            code = 1
+    return code, output.getvalue()
 
 
 def tiny_args(tiny_dir, out, agent, *extra):
