@@ -111,3 +111,30 @@ def score_tracker():
             self.scores.append(float(self.model.buffer.env_rewards.mean()))
 
     return Scores()
+
+
+def run_ppo_in_process(args: list[str]) -> tuple[int, str]:
+    """``python experiments/run_ppo.py ARGS`` in this process (no interpreter start-up per run): its
+    exit status and its output (stdout and stderr). tests/test_run_ppo.py also runs the script
+    itself, as a subprocess (end to end, SIGKILL)."""
+    import contextlib
+    import io
+    import sys
+    import traceback
+
+    if str(REPO / "experiments") not in sys.path:
+        sys.path.insert(0, str(REPO / "experiments"))
+    import run_ppo
+
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+        try:
+            run_ppo.cli(list(args))
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+            print(exit_.code)
+        except Exception:
+            traceback.print_exc()
+            code = 1
+    return code, output.getvalue()

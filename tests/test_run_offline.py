@@ -1,14 +1,12 @@
 """run_ppo.py agent=sft|star|dpo|kto end to end (tiny model): the online agents' outputs, a merged
 final/ that policy.model= starts from, resume mid-rounds, and the presets on the embedded defaults."""
 
-import contextlib
-import io
 import json
 import sys
-import traceback
 from pathlib import Path
 
 import pytest
+from helpers import run_ppo_in_process
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
@@ -24,23 +22,7 @@ EXTRA = {
 }
 
 
-def run(args):
-    """``python experiments/run_ppo.py ARGS``, in this process (no interpreter start-up per run): its
-    exit status and output. tests/test_run_ppo.py runs the script itself, as a subprocess."""
-    import run_ppo
-
-    output = io.StringIO()
-    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
-        try:
-            run_ppo.cli(list(args))
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-            print(exit_.code)
-        except Exception:
-            traceback.print_exc()
-            code = 1
-    return code, output.getvalue()
+run = run_ppo_in_process
 
 
 def tiny_args(tiny_dir, out, agent, *extra):

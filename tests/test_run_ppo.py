@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import run_ppo_in_process
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
@@ -57,13 +58,13 @@ def test_end_to_end_writes_logs_checkpoints_and_evals(tiny_dir, tmp_path):
 
 def test_two_runs_with_the_same_seed_give_the_same_evaluations(tiny_dir, tmp_path):
     """Reproducible experiments: same seed, same machine, same eval_before/eval_after files
-    (sampled evaluation included)."""
-    outputs = []
-    for name in ("a", "b"):
-        proc = run(tiny_args(tiny_dir, tmp_path / name, "seed=3", "env.eval_deterministic=false"))
-        output, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, output
-        outputs.append({tag: (tmp_path / name / f"eval_{tag}.json").read_text() for tag in ("before", "after")})
+    (sampled evaluation included), whether the run has a fresh interpreter or this one."""
+    proc = run(tiny_args(tiny_dir, tmp_path / "a", "seed=3", "env.eval_deterministic=false"))
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    code, output = run_ppo_in_process(tiny_args(tiny_dir, tmp_path / "b", "seed=3", "env.eval_deterministic=false"))
+    assert code == 0, output
+    outputs = [{tag: (tmp_path / n / f"eval_{tag}.json").read_text() for tag in ("before", "after")} for n in "ab"]
     assert outputs[0] == outputs[1]
     assert outputs[0]["before"] != outputs[0]["after"]  # it trained: the match is not of an untouched model
 
@@ -226,14 +227,12 @@ def test_the_eval_env_scores_with_the_train_envs_reward_unless_it_chooses_its_ow
 
 
 def test_grpo_runs_end_to_end_and_resumes(tiny_dir, tmp_path):
-    proc = run(tiny_args(tiny_dir, tmp_path, "agent=grpo"))
-    output, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, output
+    code, output = run_ppo_in_process(tiny_args(tiny_dir, tmp_path, "agent=grpo"))
+    assert code == 0, output
     assert "iter    2" in output and list((tmp_path / "tb").glob("grpo_*/events.out.tfevents.*"))
     assert not (tmp_path / "final" / "value_head.pt").exists()  # GRPO has no value head
-    resumed = run(tiny_args(tiny_dir, tmp_path, "agent=grpo", "iterations=3", "resume=true"))
-    output, _ = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, output
+    code, output = run_ppo_in_process(tiny_args(tiny_dir, tmp_path, "agent=grpo", "iterations=3", "resume=true"))
+    assert code == 0, output
     assert "iter    3" in output and "iter    1 |" not in output
     # The comparison script overlays runs and tabulates their held-out evaluations.
     import compare_runs
