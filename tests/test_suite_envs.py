@@ -269,11 +269,11 @@ def test_humaneval_prompts_are_the_code_prefix(chat_tokenizer):
         (lm_envs.humaneval_cpp_task, 158, ("\n}",)),
         (lm_envs.humaneval_java_task, 158, ("\n    }\n",)),
     ):
-        task = builder()
+        task = builder(reward=lambda c, r, p=None: [0.0] * len(c))  # no sandbox: nothing is scored here
         assert len(task) == size and task.chat_template is False
         assert task.prompt(3, chat_tokenizer) == task.references[3]["prompt"]  # no chat template, verbatim
     with pytest.raises(ValueError, match="humaneval-cpp: 3 malformed rows"):
-        lm_envs.humaneval_cpp_task(on_bad_row="error")
+        lm_envs.humaneval_cpp_task(on_bad_row="error", reward=lambda c, r, p=None: [0.0] * len(c))
     env = gym.make("lm_envs/HumanEvalJava-v0", tokenizer=chat_tokenizer, **SMALL)
     assert env.unwrapped.batch.stop_strings == ("\n    }\n",)
     env = gym.make("lm_envs/HumanEval-v0", tokenizer=chat_tokenizer, **SMALL)
