@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import run_ppo_in_process
+
 REPO = Path(__file__).resolve().parents[1]
 EVAL_KEYS = {
     "toxicity_mean",
@@ -34,10 +36,8 @@ def test_short_toxicity_preset_writes_evals_and_plots(tiny_dir, tmp_path):
         "agent.micro_batch_size=2",
         "env.reward_wrappers=[{type: add_terms, terms: {too_short: {term: length, below: 3, weight: -1.0}}}]",
     ]
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "experiments" / "run_ppo.py"), *args], capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    code, output = run_ppo_in_process(args)
+    assert code == 0, output
     before = json.loads((tmp_path / "eval_before.json").read_text())
     after = json.loads((tmp_path / "eval_after.json").read_text())
     assert EVAL_KEYS <= before.keys() and EVAL_KEYS <= after.keys()
