@@ -9,7 +9,7 @@ One implementation of the reward logic, two shells:
   `VecEnvWrapper` on `TokenVecEnv`) both call `apply_transform`, so they give the same numbers.
 
 Transforms compose: `ReplaceReward`, `AddTerms` (with `LengthTerm`, `InfoTerm`, DAPO's
-`OverlongTerm`), `Scale`, `Clip`, `Normalize`, `Compose`, and
+`OverlongTerm`, any of them behind a `ScoreGate`), `Scale`, `Clip`, `Normalize`, `Compose`, and
 `from_config` builds them from plain dicts (YAML/CLI). After a wrapper, the returned reward and
 ``info["episode"]["r"]`` are the transformed value, ``info["score"]`` stays the raw task score,
 and ``info["reward_components"]`` holds ``{"score": task score, <term name>: value, ...}``
@@ -154,6 +154,30 @@ class InfoTerm:
 
     def __repr__(self) -> str:
         return f"InfoTerm(key={self.key!r})"
+
+
+class ScoreGate:
+    """``term`` on the episodes whose task score (``info["score"]``) is at least ``min_score``, 0 on
+    the others (where it is not computed). E.g. a discriminator among programs that compile only
+    (``min_score`` = the compile credit): between two programs that both fail, it makes no
+    preference, so it cannot rank one failure above another."""
+
+    def __init__(self, term: Term, min_score: float) -> None:
+        self.term, self.min_score = term, float(min_score)
+        self._takes_infos = _takes_infos(term)
+
+    def __call__(self, completions, references, prompts, infos) -> np.ndarray:
+        keep = [i for i, info in enumerate(infos) if float(info.get("score", -np.inf)) >= self.min_score]
+        values = np.zeros(len(completions), dtype=np.float32)
+        if keep:
+            pick = lambda xs: [xs[i] for i in keep]  # noqa: E731
+            values[keep] = _call_term(
+                self.term, self._takes_infos, pick(completions), pick(references), pick(prompts), pick(infos)
+            )
+        return values
+
+    def __repr__(self) -> str:
+        return f"ScoreGate({self.term!r}, min_score={self.min_score})"
 
 
 # -- transforms ----------------------------------------------------------------------------------
@@ -444,6 +468,7 @@ def _term_from_spec(name: str, spec: Any) -> tuple[Term, float]:
         return _reward_from_spec(spec), 1.0
     spec = dict(spec)
     weight = float(spec.pop("weight", 1.0))
+    min_score = spec.pop("min_score", None)
     if "reward" in spec:
         term = _reward_from_spec(spec.pop("reward"), spec.pop("kwargs", None))
     elif spec.get("term") == "length":
@@ -458,7 +483,7 @@ def _term_from_spec(name: str, spec: Any) -> tuple[Term, float]:
         raise ValueError(f"term {name!r}: give 'reward: <rewards name>' or 'term: length|info', got {spec}")
     if spec:
         raise ValueError(f"term {name!r}: unexpected keys {sorted(spec)}")
-    return term, weight
+    return (term if min_score is None else ScoreGate(term, min_score)), weight
 
 
 def _replace(reward: Any, kwargs: Mapping[str, Any] | None = None, name: str | None = None) -> ReplaceReward:
@@ -488,7 +513,8 @@ def from_config(specs: Sequence[Mapping[str, Any]] | None) -> Compose:
 
     * ``{type: replace, reward: NAME, kwargs: {...}, name: ...}``
     * ``{type: add_terms, terms: {NAME: {reward: REWARD_NAME, kwargs: {...}, weight: W}
-      | {term: length, unit: tokens|chars, weight: W} | {term: info, key: KEY, weight: W}}}``
+      | {term: length, unit: tokens|chars, weight: W} | {term: info, key: KEY, weight: W}}}``;
+      any term may add ``min_score: S`` (`ScoreGate`: the term only where the task score ≥ S)
     * ``{type: scale, factor: F}``, ``{type: clip, low: L, high: H}``,
       ``{type: normalize, epsilon: E, clip: C, center: true, update: true}``
     * ``{type: overlong, max_length: L_MAX, cache: L_CACHE}``: DAPO's soft overlong punishment
@@ -519,6 +545,7 @@ __all__ = [
     "LengthTerm",
     "Normalize",
     "OverlongTerm",
+    "ScoreGate",
     "ReplaceReward",
     "RewardTransform",
     "RewardWrapper",

@@ -21,6 +21,7 @@ from lm_envs.reward_wrappers import (
     ReplaceReward,
     RewardWrapper,
     Scale,
+    ScoreGate,
     VecRewardWrapper,
     apply_transform,
     from_config,
@@ -152,6 +153,36 @@ def test_info_term_is_a_hook_for_env_reported_costs():
     np.testing.assert_allclose(rew, [0.25, 0.0, 5.0])
     assert out[0]["reward_components"] == {"score": 1.0, "pauses": -0.75} and out[2] == {"waiting": True}
     assert infos[0]["episode"]["r"] == 1.0 and "reward_components" not in infos[0]  # inputs not mutated
+
+
+def test_score_gate_scores_only_episodes_that_reach_the_task_score():
+    """A term behind ``min_score`` is computed on the episodes whose raw task score reaches it and is
+    0 on the others: two failures (score 0) stay tied whatever the term thinks of them."""
+    seen = []
+
+    def term(completions, references, prompts):
+        seen.append(list(completions))
+        return [-float(len(c)) for c in completions]
+
+    infos = [
+        {"completion": c, "score": s, "prompt": "p", "episode": {"r": s, "l": 1}}
+        for c, s in (("ab", 0.2), ("abcd", 0.0), ("abc", 1.0), ("a", 0.0))
+    ]
+    rewards = np.array([info["score"] for info in infos])
+    rew, out = apply_transform(AddTerms({"d": (ScoreGate(term, 0.2), 0.1)}), rewards, infos, [0, 1, 2, 3])
+    np.testing.assert_allclose(rew, [0.2 - 0.2, 0.0, 1.0 - 0.3, 0.0], atol=1e-6)
+    assert seen == [["ab", "abc"]]  # not computed on the gated-out episodes
+    assert [o["reward_components"]["d"] for o in out] == pytest.approx([-0.2, 0.0, -0.3, 0.0])
+    seen.clear()
+    none = apply_transform(AddTerms({"d": (ScoreGate(term, 2.0), 1.0)}), rewards, infos, [0, 1, 2, 3])[0]
+    np.testing.assert_allclose(none, rewards)  # nobody reaches it: the term is never called
+    assert seen == []
+    (add,) = from_config(
+        [{"type": "add_terms", "terms": {"len": {"term": "length", "unit": "chars", "weight": 1, "min_score": 0.5}}}]
+    ).transforms
+    gated = add.terms["len"][0]
+    assert isinstance(gated, ScoreGate) and gated.min_score == 0.5 and isinstance(gated.term, LengthTerm)
+    np.testing.assert_allclose(apply_transform(add, rewards, infos, [0, 1, 2, 3])[0], [0.2, 0.0, 4.0, 0.0])
 
 
 def test_stacked_wrappers_keep_inner_components(tokenizer):
