@@ -157,12 +157,17 @@ def test_cpp_reward(cpp_strlen):
             "    return string.size()\n}\n",  # missing ';'
             "    exit(0);\n}\n",  # leaves before any result
             "    while (true) {}\n}\n",  # killed at the wall limit
+            # Falling off the end of a non-void function is undefined behaviour (the caller reads
+            # a stale register, which can match expected values): refused at compile time.
+            "    // strlen\n}\n",
+            "    if (string.empty()) return 0;\n}\n",
         ]
         scores = reward(completions, [cpp_strlen] * len(completions))
-        assert scores.tolist() == pytest.approx([1.0, 0.2 + 0.8 / 3, 0.0, 0.2, 0.2])
+        assert scores.tolist() == pytest.approx([1.0, 0.2 + 0.8 / 3, 0.0, 0.2, 0.2, 0.0, 0.0])
         m = reward.metrics(completions, [cpp_strlen] * len(completions), scores)
-        assert m["compile_rate"] == pytest.approx(0.8) and m["pass@1"] == pytest.approx(0.2)
-        assert m["timeout_rate"] == pytest.approx(0.2) and m["sandbox_error_rate"] == 0.0
+        assert m["compile_rate"] == pytest.approx(4 / 7) and m["pass@1"] == pytest.approx(1 / 7)
+        assert m["timeout_rate"] == pytest.approx(1 / 7) and m["sandbox_error_rate"] == 0.0
+        assert "return-type" in reward.evaluate([completions[5]], [cpp_strlen])[0].feedback
     finally:
         reward.close()
 

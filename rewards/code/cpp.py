@@ -26,6 +26,9 @@ def _cache_dir() -> Path:
 
 
 CPP_FLAGS = ("-std=c++17", "-O0")
+# The candidate's compile: control reaching the end of a non-void function is an error (other
+# warnings are printed, not errors); the other compiles (the checker, the plan's check) use -w.
+STRICT_FLAGS = ("-Werror=return-type",)
 
 
 def build_cpp_pch(cache_dir: str | os.PathLike | None = None, compiler: str = "g++") -> Path | None:
@@ -78,8 +81,8 @@ def build_cpp_pch(cache_dir: str | os.PathLike | None = None, compiler: str = "g
 
 
 class HumanEvalCppReward(_CompiledCodeReward):
-    """HumanEval-X C++ (MultiPL-E): `g++ -std=c++17 -O0` of the candidate's translation unit and
-    the harness's, then run; each `assert` of the tests' `main` is one test. `pch=True` uses a
+    """HumanEval-X C++ (MultiPL-E): `g++ -std=c++17 -O0 -Werror=return-type` of the candidate's
+    translation unit and the harness's, then run; each `assert` of the tests' `main` is one test. `pch=True` uses a
     cached precompiled <bits/stdc++.h> (built on first use, see `build_cpp_pch`)."""
 
     name = "humaneval-cpp"
@@ -118,8 +121,9 @@ class HumanEvalCppReward(_CompiledCodeReward):
     def parse_record(self, reference: Any) -> multipl_e.Plan:
         return multipl_e.cpp_plan(reference)
 
-    def _gxx(self, *args: str) -> list[str]:
-        cmd = [self.compiler, *CPP_FLAGS, "-w"]
+    def _gxx(self, *args: str, strict: bool = False) -> list[str]:
+        # -w silences every warning, and would silence -Werror=return-type with them (gcc 12).
+        cmd = [self.compiler, *CPP_FLAGS, *(STRICT_FLAGS if strict else ("-w",))]
         inside = self.sandbox.shared_path(str(self.pch_dir)) if self.pch_dir else None
         if inside:
             cmd += ["-I", inside, "-include", "bits/stdc++.h"]
@@ -136,8 +140,12 @@ class HumanEvalCppReward(_CompiledCodeReward):
 
     def job(self, code: str, plan: multipl_e.Plan) -> Job:
         files = {"main.cpp": plan.candidate_prefix + code + plan.candidate_suffix, "harness.cpp": plan.harness}
+        # A value-returning function that can end without `return` is undefined behaviour: the
+        # caller reads whatever is in the return register, which matches some expected values by
+        # chance (a body of comments scored 0.54 or 0.66 of its tests, run to run). Refused, as
+        # javac refuses a missing return.
         return command_job(
-            [self._gxx("-o", "prog", "main.cpp", "harness.cpp"), ["./prog"]],
+            [self._gxx("-o", "prog", "main.cpp", "harness.cpp", strict=True), ["./prog"]],
             files,
             [self.compile_limits(), self.limits],
         )
