@@ -324,32 +324,3 @@ def test_one_loader_lives_in_rewards():
     assert lm_envs.tasks.code.load_humaneval_x is rewards.data.load_humaneval_x
     assert rewards.code.load_mbpp is rewards.data.load_mbpp
     assert len(load_mbpp("test")) == 500 and len(load_mbpp()) == 974
-
-
-def test_rescore_scores_a_runs_saved_samples_with_todays_reward(cpp_strlen, tmp_path, capsys):
-    """experiments/rescore.py: the saved held-out samples of a run, scored again (no generation)."""
-    import json
-    import sys
-
-    from helpers import REPO
-
-    sys.path.insert(0, str(REPO / "experiments"))
-    import rescore
-
-    prompt = cpp_strlen["prompt"]
-    samples = {
-        "before": [CPP_STRLEN_OK, "    // strlen\n}\n"],  # the second has no return: it does not compile
-        "after": [CPP_STRLEN_OK, "    return 0;\n}\n"],
-    }
-    for tag, completions in samples.items():
-        rows = [{"prompt": prompt, "completion": c, "reference": cpp_strlen} for c in completions]
-        (tmp_path / f"samples_{tag}.json").write_text(json.dumps(rows))
-    out = tmp_path / "rescored.json"
-    results = rescore.main([str(tmp_path), "--reward", "humaneval-cpp", "--out", str(out)])
-    before, after = results[str(tmp_path)]["before"], results[str(tmp_path)]["after"]
-    assert before["compile_rate"] == 0.5 and before["degenerate_rate"] == 0.0 and before["pass@1"] == 0.5
-    assert after["compile_rate"] == 1.0 and after["degenerate_rate"] == 0.5
-    assert json.loads(out.read_text()) == results
-    assert f"| {tmp_path} | after |" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="no samples"):
-        rescore.main([str(tmp_path / "missing"), "--reward", "humaneval-cpp"])

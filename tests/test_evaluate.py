@@ -254,3 +254,23 @@ def test_summarize_seeds_reports_mean_and_spread(tmp_path):
     assert "2 ± 1" in kl and kl.split("|")[4].strip() == ""  # no relative change from 0
     with pytest.raises(SystemExit, match="no eval_before.json"):
         summarize_seeds.main([str(tmp_path)])
+
+
+def test_rescore_scores_a_runs_saved_samples_with_todays_reward(tmp_path, capsys):
+    """experiments/rescore.py: a run's saved held-out samples, scored again (no generation), with
+    the reward's own metrics."""
+    import rescore
+
+    reference = {"question": "2 + 3?", "answer": "2 + 3 = 5\n#### 5"}
+    for tag, completions in {"before": ["so #### 5", "4"], "after": ["#### 5", "it is\n#### 5"]}.items():
+        rows = [{"prompt": "2 + 3?", "completion": c, "reference": reference} for c in completions]
+        (tmp_path / f"samples_{tag}.json").write_text(json.dumps(rows))
+    out = tmp_path / "rescored.json"
+    results = rescore.main([str(tmp_path), "--reward", "gsm8k", "--out", str(out)])
+    before, after = results[str(tmp_path)]["before"], results[str(tmp_path)]["after"]
+    assert before["accuracy"] == 0.5 and before["score_mean"] == 0.5 and before["episodes"] == 2
+    assert after["accuracy"] == 1.0 and after["score_mean"] == 1.0
+    assert json.loads(out.read_text()) == results
+    assert f"| {tmp_path} | after |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no samples"):
+        rescore.main([str(tmp_path / "missing"), "--reward", "gsm8k"])
