@@ -113,28 +113,41 @@ def score_tracker():
     return Scores()
 
 
-def run_ppo_in_process(args: list[str]) -> tuple[int, str]:
-    """``python experiments/run_ppo.py ARGS`` in this process (no interpreter start-up per run): its
-    exit status and its output (stdout and stderr). tests/test_run_ppo.py also runs the script
-    itself, as a subprocess (end to end, SIGKILL)."""
+def call_script(entry, args: list[str]):
+    """A script's entry point (``main``/``cli``) called on ``args`` in this process, reported as
+    ``python script.py ARGS`` would be: a `subprocess.CompletedProcess` with its exit status (an
+    uncaught exception: 1 with its traceback, a ``SystemExit`` message: 1 with the message on
+    stderr), stdout and stderr. No interpreter start-up per call."""
     import contextlib
     import io
+    import subprocess
     import sys
     import traceback
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            result = entry(list(args))
+            code = result if isinstance(result, int) else 0  # as sys.exit(main()) for an int
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) or exit_.code is None else 1
+            if isinstance(exit_.code, str):
+                print(exit_.code, file=sys.stderr)
+        except Exception:
+            traceback.print_exc()
+            code = 1
+    return subprocess.CompletedProcess(list(args), code or 0, out.getvalue(), err.getvalue())
+
+
+def run_ppo_in_process(args: list[str]) -> tuple[int, str]:
+    """``python experiments/run_ppo.py ARGS`` in this process (`call_script`): its exit status and
+    its output (stdout then stderr). tests/test_run_ppo.py also runs the script itself, as a
+    subprocess (end to end, SIGKILL)."""
+    import sys
 
     if str(REPO / "experiments") not in sys.path:
         sys.path.insert(0, str(REPO / "experiments"))
     import run_ppo
 
-    output = io.StringIO()
-    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
-        try:
-            run_ppo.cli(list(args))
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-            print(exit_.code)
-        except Exception:
-            traceback.print_exc()
-            code = 1
-    return code, output.getvalue()
+    proc = call_script(run_ppo.cli, args)
+    return proc.returncode, proc.stdout + proc.stderr

@@ -5,9 +5,7 @@ GSM8K rows with the seed project's flags."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import json
 import math
 import os
@@ -18,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import call_script
 
 import policies.pause_data as ap
 from policies import PAUSE_TOKEN
@@ -307,15 +306,7 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
             timeout=300,
             env={**os.environ, **env},
         )
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = script.main(list(args))
-        except SystemExit as exit_:  # argparse errors (2) and the script's own (a message: 1)
-            code = exit_.code if isinstance(exit_.code, int) or exit_.code is None else 1
-            if isinstance(exit_.code, str):
-                print(exit_.code, file=sys.stderr)
-    return subprocess.CompletedProcess(list(args), code or 0, out.getvalue(), err.getvalue())
+    return call_script(script.main, list(args))
 
 
 def test_cli_end_to_end_on_real_rows(tmp_path):

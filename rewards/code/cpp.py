@@ -82,8 +82,8 @@ def build_cpp_pch(cache_dir: str | os.PathLike | None = None, compiler: str = "g
 
 class HumanEvalCppReward(_CompiledCodeReward):
     """HumanEval-X C++ (MultiPL-E): `g++ -std=c++17 -O0 -Werror=return-type` of the candidate's
-    translation unit and the harness's, then run; each `assert` of the tests' `main` is one test. `pch=True` uses a
-    cached precompiled <bits/stdc++.h> (built on first use, see `build_cpp_pch`)."""
+    translation unit and the harness's, then run; each `assert` of the tests' `main` is one test.
+    `pch=True` uses a cached precompiled <bits/stdc++.h> (built on first use, see `build_cpp_pch`)."""
 
     name = "humaneval-cpp"
     language = "cpp"
